@@ -1,0 +1,21 @@
+#!/usr/bin/env node
+// The `baton` command. Plain JavaScript that any Node can parse, so that an old
+// Node gets one clear line instead of a syntax error from a dependency.
+const [major, minor] = process.versions.node.split('.').map(Number);
+if (major < 22 || (major === 22 && minor < 12)) {
+  process.stderr.write(
+    `baton: Node ${process.versions.node} is too old; baton needs Node 22.12 or newer (22 LTS or 24 LTS).\n`,
+  );
+  process.exit(1);
+}
+try {
+  await import('../dist/bin/cli.js');
+} catch (error) {
+  if (error?.code === 'ERR_MODULE_NOT_FOUND' && String(error.message).includes('dist/bin/cli.js')) {
+    process.stderr.write(
+      "baton: the compiled CLI is missing; run 'npm run build' in baton's folder first.\n",
+    );
+    process.exit(1);
+  }
+  throw error;
+}

@@ -1,0 +1,91 @@
+/**
+ * baton's error family. Errors carry facts as fields, never messages to parse;
+ * the CLI turns each into one line and an exit code (see EXIT_CODES).
+ */
+
+/** Exit codes of the `baton` command, documented in the README. */
+export const EXIT_CODES = {
+  ok: 0,
+  internal: 1,
+  usage: 2,
+  listenFailed: 3,
+  startFailed: 4,
+  drainForced: 5,
+  commandNotFound: 127,
+} as const;
+
+/** Any failure baton knows how to explain in one line. */
+export class BatonError extends Error {
+  /** The exit code a command that ends on this error returns. */
+  readonly exitCode: number = EXIT_CODES.internal;
+
+  constructor(message: string, options?: { cause?: unknown }) {
+    super(message, options);
+    this.name = new.target.name;
+  }
+}
+
+/** A flag or argument the user gave is wrong; nothing was started. */
+export class UsageError extends BatonError {
+  override readonly exitCode: number = EXIT_CODES.usage;
+}
+
+/** A listener could not be bound (port in use, no permission, bad address). */
+export class ListenError extends BatonError {
+  override readonly exitCode: number = EXIT_CODES.listenFailed;
+
+  constructor(
+    readonly listener: string,
+    readonly code: string,
+    message: string,
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+  }
+}
+
+/** The worker command does not exist or cannot be executed. */
+export class CommandNotFoundError extends BatonError {
+  override readonly exitCode: number = EXIT_CODES.commandNotFound;
+
+  constructor(readonly command: string) {
+    super(`Command not found or not executable: '${command}'. Check the command after '--' and your PATH.`);
+  }
+}
+
+/** Why a generation failed to start. */
+export type StartFailure =
+  | {
+      kind: 'worker-exited';
+      worker: number;
+      pid: number | undefined;
+      exitCode: number | null;
+      signal: string | null;
+      stderrTail: string;
+    }
+  | { kind: 'ready-timeout'; notReady: number[]; timeoutMs: number }
+  | { kind: 'command-not-found'; command: string };
+
+/** A generation did not become ready: a worker exited or the deadline passed. */
+export class GenerationFailedError extends BatonError {
+  override readonly exitCode: number = EXIT_CODES.startFailed;
+
+  constructor(
+    readonly generation: number,
+    readonly failure: StartFailure,
+  ) {
+    super(describeStartFailure(generation, failure));
+  }
+}
+
+/** One line that says why a generation did not start. */
+export function describeStartFailure(generation: number, failure: StartFailure): string {
+  if (failure.kind === 'command-not-found') {
+    return `Generation ${generation} failed to start: command not found or not executable: '${failure.command}'.`;
+  }
+  if (failure.kind === 'ready-timeout') {
+    return `Generation ${generation} did not say ready within ${failure.timeoutMs} ms (workers not ready: ${failure.notReady.join(', ')}); the app must call process.send('ready') or the child API's ready().`;
+  }
+  const how = failure.signal ? `was killed by ${failure.signal}` : `exited with code ${failure.exitCode}`;
+  return `Generation ${generation} failed to start: worker ${failure.worker} ${how} before it was ready.`;
+}

@@ -1,0 +1,520 @@
+/**
+ * Master: owns the listeners and the generations, and turns signals and
+ * requests into operations. Everything that changes state is an event, queued
+ * and applied one at a time by `dispatch`: a signal handler or a timer only
+ * queues.
+ */
+
+import {
+  crashesAfterExit,
+  decideReload,
+  generationsOverDrainLimit,
+  isCrashLoop,
+  isGenerationReady,
+  restartDelayMs,
+} from './decisions.js';
+import { EXIT_CODES, GenerationFailedError, type StartFailure } from './errors.js';
+import { Generation } from './generation.js';
+import { parseWorkerMessage } from './ipc.js';
+import type { Logger } from './log.js';
+import type { MasterOptions } from './options.js';
+import type { Os } from './os.js';
+import { Worker } from './worker.js';
+
+/** Everything that can happen to a master. */
+export type MasterEvent =
+  | { type: 'start' }
+  | { type: 'reload'; source: string }
+  | { type: 'stop'; fast: boolean; source: string }
+  | { type: 'worker-message'; worker: Worker; message: unknown }
+  | { type: 'worker-exited'; worker: Worker; exitCode: number | null; signal: NodeJS.Signals | null }
+  | { type: 'ready-timeout'; worker: Worker }
+  | { type: 'worker-kill-due'; worker: Worker }
+  | { type: 'drain-timeout'; generation: Generation }
+  | { type: 'restart-due'; generation: Generation; slot: number };
+
+/** starting (first generation not ready yet) → running → stopping → stopped. */
+export type MasterState = 'starting' | 'running' | 'stopping' | 'stopped';
+
+/** A socket the master hands to every worker. */
+export interface InheritedListener {
+  readonly name: string;
+  readonly fd: number;
+  close(): void;
+}
+
+/** What a master needs from the world around it. */
+export interface MasterContext {
+  os: Os;
+  logger: Logger;
+  listeners: readonly InheritedListener[];
+  /** The environment workers start from (the master's own). */
+  env: Record<string, string | undefined>;
+  cwd: string;
+  /** Where workers' stderr goes once the master has kept its tail. */
+  writeStderr(chunk: Buffer): void;
+}
+
+/** How many generations that have ended the master remembers (for status). */
+export const RETIRED_GENERATIONS_KEPT = 10;
+
+/** Environment variables the master never passes on: they describe the master's own parent, not the worker's. */
+const ENV_NOT_INHERITED = [
+  'LISTEN_FDS',
+  'LISTEN_FDNAMES',
+  'LISTEN_PID',
+  'NODE_CHANNEL_FD',
+  'NODE_CHANNEL_SERIALIZATION_MODE',
+  'NODE_UNIQUE_ID',
+];
+
+type Handlers = { [K in MasterEvent['type']]: (event: Extract<MasterEvent, { type: K }>) => void };
+
+/** The supervisor: one per `baton start`. */
+export class Master {
+  state: MasterState = 'starting';
+  readonly generations: Generation[] = [];
+  /** Resolves with the exit code once every worker is gone after a stop. */
+  readonly finished: Promise<number>;
+
+  private nextGenerationId = 1;
+  private readonly queue: MasterEvent[] = [];
+  private dispatching = false;
+  private reloadQueued = false;
+  private startFailure: GenerationFailedError | undefined;
+  private killedAtStopDeadline = false;
+  private resolveFinished: (exitCode: number) => void = () => {};
+  private readonly handlers: Handlers = {
+    start: () => this.startGeneration(),
+    reload: (event) => this.onReload(event.source),
+    stop: (event) => this.onStop(event.fast, event.source),
+    'worker-message': (event) => this.onWorkerMessage(event.worker, event.message),
+    'worker-exited': (event) => this.onWorkerExited(event.worker, event.exitCode, event.signal),
+    'ready-timeout': (event) => this.onReadyTimeout(event.worker),
+    'worker-kill-due': (event) => this.kill(event.worker, 'SIGKILL'),
+    'drain-timeout': (event) => this.onDrainTimeout(event.generation),
+    'restart-due': (event) => this.onRestartDue(event.generation, event.slot),
+  };
+
+  constructor(
+    readonly options: MasterOptions,
+    private readonly context: MasterContext,
+  ) {
+    this.finished = new Promise((resolve) => {
+      this.resolveFinished = resolve;
+    });
+  }
+
+  /** Queues an event; events are applied one at a time, in order. */
+  dispatch(event: MasterEvent): void {
+    this.queue.push(event);
+    if (this.dispatching) return;
+    this.dispatching = true;
+    try {
+      for (let next = this.queue.shift(); next; next = this.queue.shift()) {
+        (this.handlers[next.type] as (event: MasterEvent) => void)(next);
+      }
+    } finally {
+      this.dispatching = false;
+    }
+  }
+
+  /** The generation that serves new connections, if any. */
+  get activeGeneration(): Generation | undefined {
+    return this.generations.find((generation) => generation.state === 'active');
+  }
+
+  private get log(): Logger {
+    return this.context.logger;
+  }
+
+  private get reloadRunning(): boolean {
+    return this.generations.some((generation) => generation.state === 'starting');
+  }
+
+  private now(): number {
+    return this.context.os.now();
+  }
+
+  private generationOf(worker: Worker): Generation {
+    return this.generations.find((generation) => generation.id === worker.generation) as Generation;
+  }
+
+  // ---- reload -------------------------------------------------------------
+
+  private onReload(source: string): void {
+    const decision = decideReload({
+      stopping: this.state === 'stopping' || this.state === 'stopped',
+      reloadRunning: this.reloadRunning,
+      reloadQueued: this.reloadQueued,
+    });
+    if (decision === 'ignore-stopping') {
+      this.log.warn({ source }, 'reload ignored: the master is stopping');
+    } else if (decision === 'start') {
+      this.log.info({ source }, 'reload requested');
+      this.startGeneration();
+    } else {
+      this.reloadQueued = true;
+      this.log.info(
+        { source, alreadyQueued: decision === 'already-queued' },
+        'reload queued behind the running one',
+      );
+    }
+  }
+
+  private startGeneration(): void {
+    const id = this.nextGenerationId++;
+    const generation = new Generation(id, String(id), this.options.workers, this.now());
+    this.generations.push(generation);
+    this.log.info(
+      { gen: id, workers: this.options.workers, version: generation.version },
+      'generation starting',
+    );
+    let command: string;
+    try {
+      command = this.context.os.resolveCommand(this.options.command, this.context.env, this.context.cwd);
+    } catch {
+      this.failGeneration(generation, { kind: 'command-not-found', command: this.options.command });
+      return;
+    }
+    for (const slot of generation.slots) this.spawnWorker(generation, slot.index, command);
+  }
+
+  private spawnWorker(generation: Generation, slotIndex: number, command: string): void {
+    const slot = generation.slots[slotIndex];
+    if (!slot) return;
+    const worker = new Worker(generation.id, slotIndex, this.now());
+    slot.current = worker;
+    generation.workers.push(worker);
+    worker.process = this.context.os.spawnWorker(
+      {
+        command,
+        args: this.options.args,
+        env: this.workerEnv(generation, slotIndex),
+        listenerFds: this.context.listeners.map((listener) => listener.fd),
+        cwd: this.context.cwd,
+      },
+      {
+        onMessage: (message) => this.dispatch({ type: 'worker-message', worker, message }),
+        onStderr: (chunk) => {
+          worker.stderr.push(chunk);
+          this.context.writeStderr(chunk);
+        },
+        onExit: (exitCode, signal) => this.dispatch({ type: 'worker-exited', worker, exitCode, signal }),
+      },
+    );
+    worker.readyTimer = this.context.os.setTimer(this.options.readyTimeoutMs, () =>
+      this.dispatch({ type: 'ready-timeout', worker }),
+    );
+    this.log.debug({ gen: generation.id, worker: slotIndex, pid: worker.pid }, 'worker spawned');
+  }
+
+  private workerEnv(generation: Generation, slotIndex: number): Record<string, string> {
+    const env: Record<string, string> = {};
+    for (const [key, value] of Object.entries(this.context.env)) {
+      if (value !== undefined && !ENV_NOT_INHERITED.includes(key)) env[key] = value;
+    }
+    return {
+      ...env,
+      LISTEN_FDS: String(this.context.listeners.length),
+      LISTEN_FDNAMES: this.context.listeners.map((listener) => listener.name).join(':'),
+      BATON_GENERATION: String(generation.id),
+      BATON_WORKER: String(slotIndex),
+      BATON_VERSION: generation.version,
+      BATON_DRAIN_SIGNAL: this.options.drainSignal,
+      BATON_DRAIN_TIMEOUT_MS: String(this.options.drainTimeoutMs),
+    };
+  }
+
+  private onWorkerMessage(worker: Worker, raw: unknown): void {
+    const message = parseWorkerMessage(raw);
+    if (message?.kind === 'ready') this.onWorkerReady(worker);
+    else if (message?.kind === 'connections') worker.connections = message.count;
+    else
+      this.log.debug(
+        { gen: worker.generation, worker: worker.index, pid: worker.pid },
+        'worker message ignored',
+      );
+  }
+
+  private onWorkerReady(worker: Worker): void {
+    if (!worker.markReady(this.now())) return;
+    const generation = this.generationOf(worker);
+    this.log.info(
+      {
+        gen: generation.id,
+        worker: worker.index,
+        pid: worker.pid,
+        durationMs: this.now() - worker.startedAt,
+      },
+      'worker ready',
+    );
+    if (generation.state === 'starting' && isGenerationReady(generation.currentWorkers))
+      this.promote(generation);
+  }
+
+  private promote(generation: Generation): void {
+    const previous = this.generations.filter((other) => other !== generation && other.state === 'active');
+    generation.state = 'active';
+    generation.activeAt = this.now();
+    this.log.info(
+      {
+        gen: generation.id,
+        version: generation.version,
+        durationMs: generation.activeAt - generation.startedAt,
+      },
+      'generation active',
+    );
+    if (this.state === 'starting') this.state = 'running';
+    for (const old of previous) this.drainGeneration(old);
+    this.afterReload();
+  }
+
+  private failGeneration(generation: Generation, failure: StartFailure): void {
+    generation.state = 'failed';
+    generation.failure = failure;
+    generation.cancelTimers();
+    const error = new GenerationFailedError(generation.id, failure);
+    const facts =
+      failure.kind === 'worker-exited'
+        ? { exitCode: failure.exitCode, signal: failure.signal, stderrTail: failure.stderrTail }
+        : {};
+    const first = this.state === 'starting';
+    this.log.error(
+      { gen: generation.id, reason: failure.kind, ...facts },
+      first ? `start failed: ${error.message}` : `reload failed: ${error.message}`,
+    );
+    this.signalDrain(generation);
+    if (first) {
+      this.startFailure = error;
+      this.onStop(false, 'start failed');
+      return;
+    }
+    this.afterReload();
+  }
+
+  private afterReload(): void {
+    if (!this.reloadQueued || this.state === 'stopping') return;
+    this.reloadQueued = false;
+    this.log.info('queued reload starting');
+    this.startGeneration();
+  }
+
+  // ---- drain --------------------------------------------------------------
+
+  private drainGeneration(generation: Generation): void {
+    generation.state = 'draining';
+    this.log.info({ gen: generation.id, workers: generation.liveWorkers.length }, 'generation draining');
+    this.signalDrain(generation);
+    for (const id of generationsOverDrainLimit(this.generations, this.options.maxDraining)) {
+      const oldest = this.generations.find((candidate) => candidate.id === id) as Generation;
+      this.log.warn(
+        { gen: id, maxDraining: this.options.maxDraining },
+        'too many generations draining: cutting the oldest short',
+      );
+      this.force(oldest);
+    }
+  }
+
+  /** Asks every live worker of a generation to drain, and starts the generation's drain deadline. */
+  private signalDrain(generation: Generation): void {
+    generation.cancelTimers();
+    generation.drainStartedAt ??= this.now();
+    for (const worker of generation.liveWorkers) {
+      if (worker.markDraining()) this.kill(worker, this.options.drainSignal);
+    }
+    if (generation.liveWorkers.length === 0) {
+      this.retire(generation);
+      return;
+    }
+    generation.drainTimer ??= this.context.os.setTimer(this.options.drainTimeoutMs, () =>
+      this.dispatch({ type: 'drain-timeout', generation }),
+    );
+  }
+
+  private onDrainTimeout(generation: Generation): void {
+    if (generation.liveWorkers.length === 0) return;
+    this.log.warn(
+      {
+        gen: generation.id,
+        workers: generation.liveWorkers.length,
+        drainTimeoutMs: this.options.drainTimeoutMs,
+      },
+      'drain timeout: killing the workers left',
+    );
+    if (this.state === 'stopping') this.killedAtStopDeadline = true;
+    this.force(generation);
+  }
+
+  private force(generation: Generation): void {
+    generation.forced = true;
+    for (const worker of generation.liveWorkers) this.kill(worker, 'SIGKILL');
+  }
+
+  private retire(generation: Generation): void {
+    generation.drainTimer?.cancel();
+    if (generation.retiredAt !== undefined) return;
+    generation.retiredAt = this.now();
+    if (generation.state === 'draining') {
+      generation.state = 'retired';
+      this.log.info(
+        {
+          gen: generation.id,
+          drainMs: generation.retiredAt - (generation.drainStartedAt ?? generation.retiredAt),
+          forced: generation.forced,
+        },
+        'generation retired',
+      );
+    }
+    const ended = this.generations.filter((candidate) => candidate.retiredAt !== undefined);
+    for (const old of ended.slice(0, Math.max(0, ended.length - RETIRED_GENERATIONS_KEPT))) {
+      this.generations.splice(this.generations.indexOf(old), 1);
+    }
+  }
+
+  // ---- workers that exit --------------------------------------------------
+
+  private onWorkerExited(worker: Worker, exitCode: number | null, signal: NodeJS.Signals | null): void {
+    const stateBefore = worker.state;
+    worker.markExited(exitCode, signal, this.now());
+    const generation = this.generationOf(worker);
+    const uptimeMs = this.now() - worker.startedAt;
+    const expected = stateBefore === 'draining';
+    this.log[expected ? 'info' : 'warn'](
+      {
+        gen: generation.id,
+        worker: worker.index,
+        pid: worker.pid,
+        exitCode,
+        signal,
+        uptimeMs,
+        state: stateBefore,
+      },
+      'worker exited',
+    );
+    if (generation.state === 'starting') {
+      this.failGeneration(generation, {
+        kind: 'worker-exited',
+        worker: worker.index,
+        pid: worker.pid,
+        exitCode,
+        signal,
+        stderrTail: worker.stderr.lines().join('\n'),
+      });
+    } else if (generation.state === 'active') {
+      const slot = generation.slots[worker.index];
+      if (slot?.current === worker) this.scheduleRestart(generation, worker.index, uptimeMs);
+    } else if (generation.liveWorkers.length === 0) {
+      this.retire(generation);
+    }
+    this.finishIfStopped();
+  }
+
+  private scheduleRestart(generation: Generation, slotIndex: number, uptimeMs: number): void {
+    const slot = generation.slots[slotIndex];
+    if (!slot || this.state === 'stopping') return;
+    slot.consecutiveCrashes = crashesAfterExit(slot.consecutiveCrashes, uptimeMs);
+    const delayMs = restartDelayMs(slot.consecutiveCrashes);
+    const facts = { gen: generation.id, worker: slotIndex, crashes: slot.consecutiveCrashes, delayMs };
+    if (isCrashLoop(slot.consecutiveCrashes))
+      this.log.error(facts, 'worker crash loop: restarting with backoff');
+    else this.log.warn(facts, 'worker restarting');
+    slot.restartTimer = this.context.os.setTimer(delayMs, () =>
+      this.dispatch({ type: 'restart-due', generation, slot: slotIndex }),
+    );
+  }
+
+  private onRestartDue(generation: Generation, slotIndex: number): void {
+    const slot = generation.slots[slotIndex];
+    if (!slot || generation.state !== 'active' || this.state === 'stopping') return;
+    slot.restartTimer = undefined;
+    slot.restarts++;
+    let command: string;
+    try {
+      command = this.context.os.resolveCommand(this.options.command, this.context.env, this.context.cwd);
+    } catch {
+      this.log.error(
+        { gen: generation.id, worker: slotIndex, command: this.options.command },
+        'worker not restarted: command not found',
+      );
+      this.scheduleRestart(generation, slotIndex, 0);
+      return;
+    }
+    this.spawnWorker(generation, slotIndex, command);
+  }
+
+  private onReadyTimeout(worker: Worker): void {
+    if (worker.state !== 'starting') return;
+    const generation = this.generationOf(worker);
+    if (generation.state === 'starting') {
+      this.failGeneration(generation, {
+        kind: 'ready-timeout',
+        notReady: generation.currentWorkers.filter((w) => w.state === 'starting').map((w) => w.index),
+        timeoutMs: this.options.readyTimeoutMs,
+      });
+      return;
+    }
+    // A restarted worker that never says ready: drain it; its exit refills the slot.
+    this.log.warn(
+      {
+        gen: generation.id,
+        worker: worker.index,
+        pid: worker.pid,
+        readyTimeoutMs: this.options.readyTimeoutMs,
+      },
+      'worker not ready in time: replacing it',
+    );
+    if (worker.markDraining()) this.kill(worker, this.options.drainSignal);
+    this.context.os.setTimer(this.options.drainTimeoutMs, () =>
+      this.dispatch({ type: 'worker-kill-due', worker }),
+    );
+  }
+
+  private kill(worker: Worker, signal: NodeJS.Signals): void {
+    if (worker.alive) worker.process?.kill(signal);
+  }
+
+  // ---- stop ---------------------------------------------------------------
+
+  private onStop(fast: boolean, source: string): void {
+    if (this.state === 'stopped') return;
+    if (this.state === 'stopping') {
+      if (fast) {
+        this.log.warn({ source }, 'fast stop: killing every worker');
+        for (const generation of this.generations) this.force(generation);
+      } else {
+        this.log.info({ source }, 'stop already in progress; send SIGQUIT to stop at once');
+      }
+      return;
+    }
+    this.state = 'stopping';
+    this.reloadQueued = false;
+    this.log.info({ source, fast }, fast ? 'stopping now' : 'stopping: draining every generation');
+    // Close the master's copies: each socket closes for good when its last worker stops accepting.
+    for (const listener of this.context.listeners) listener.close();
+    for (const generation of this.generations) {
+      generation.cancelTimers();
+      if (generation.state === 'starting' || generation.state === 'active') this.drainGeneration(generation);
+      if (fast) this.force(generation);
+    }
+    this.finishIfStopped();
+  }
+
+  private finishIfStopped(): void {
+    if (this.state !== 'stopping') return;
+    if (this.generations.some((generation) => generation.liveWorkers.length > 0)) return;
+    this.state = 'stopped';
+    const exitCode = this.startFailure
+      ? EXIT_CODES.startFailed
+      : this.killedAtStopDeadline
+        ? EXIT_CODES.drainForced
+        : EXIT_CODES.ok;
+    this.log.info({ exitCode }, 'stopped');
+    this.resolveFinished(exitCode);
+  }
+
+  /** Why the first generation failed, if it did (the CLI prints it). */
+  get startError(): GenerationFailedError | undefined {
+    return this.startFailure;
+  }
+}

@@ -1,0 +1,69 @@
+/**
+ * Every use of Node's internal APIs lives here, each with why no public API
+ * does the job. test/unit/node-internals.test.ts fails loudly if a Node
+ * release changes them.
+ */
+import net from 'node:net';
+import { getSystemErrorName } from 'node:util';
+
+/** A TCP socket bound to an address but not listening and not polled by anyone. */
+export interface BoundSocket {
+  /** The socket's file descriptor in this process, to hand to children. */
+  readonly fd: number;
+  readonly address: string;
+  readonly port: number;
+  /** Closes this process's copy of the socket; children keep theirs. */
+  close(): void;
+}
+
+interface TcpHandle {
+  fd: number;
+  getsockname(out: { address?: string; port?: number }): number;
+  close(): void;
+}
+
+type CreateServerHandle = (
+  address: string,
+  port: number,
+  addressType: 4 | 6,
+  fd: number | undefined,
+  flags: number,
+) => TcpHandle | number;
+
+/**
+ * Binds host:port without listening.
+ *
+ * Why internal: every public way (`net.Server#listen`) also makes this process
+ * poll the socket, and a master that polls accepts connections itself (measured:
+ * about a quarter of them). `node:cluster`'s primary binds through the same
+ * `net._createServerHandle`, which returns a bound libuv handle, or a negative
+ * errno.
+ */
+export function bindTcpWithoutListening(host: string, port: number, family: 4 | 6): BoundSocket {
+  const createServerHandle = (net as unknown as { _createServerHandle?: CreateServerHandle })
+    ._createServerHandle;
+  if (typeof createServerHandle !== 'function') {
+    throw new Error(
+      'net._createServerHandle is missing: this Node release changed an internal API baton relies on',
+    );
+  }
+  const handle = createServerHandle(host, port, family, undefined, 0);
+  if (typeof handle === 'number') {
+    const code = getSystemErrorName(handle);
+    throw Object.assign(new Error(`bind ${host}:${port} failed: ${code}`), { code, errno: handle });
+  }
+  const out: { address?: string; port?: number } = {};
+  const err = handle.getsockname(out);
+  if (err !== 0 || typeof out.port !== 'number' || typeof handle.fd !== 'number' || handle.fd < 0) {
+    handle.close();
+    throw new Error(
+      'a bound TCP handle has no fd or address: this Node release changed an internal API baton relies on',
+    );
+  }
+  return {
+    fd: handle.fd,
+    address: out.address ?? host,
+    port: out.port,
+    close: () => handle.close(),
+  };
+}

@@ -1,0 +1,211 @@
+/**
+ * The master's settings: one DEFAULTS object, and the parsers that turn what a
+ * user typed into validated values, each failing with one UsageError line of
+ * the form "Expected `--flag` to be ..., got '...'".
+ */
+
+import { isIP } from 'node:net';
+import { constants as osConstants } from 'node:os';
+import { UsageError } from './errors.js';
+
+/** How many consecutive quick crashes of one worker slot count as a crash loop. */
+export const CRASH_LOOP_THRESHOLD = 3;
+/** The first restart delay after a crash; it doubles with each further crash. */
+export const RESTART_BACKOFF_BASE_MS = 250;
+/** The longest delay between two restarts of a crashing worker. */
+export const RESTART_BACKOFF_MAX_MS = 30_000;
+/** A worker that stayed up this long is healthy again: its crash count resets. */
+export const STABLE_UPTIME_MS = 10_000;
+/** The longest duration a timer can hold (Node clamps larger timeouts to 1 ms). */
+export const MAX_DURATION_MS = 2_147_483_647;
+/** The most workers one generation may have. */
+export const MAX_WORKERS = 1024;
+/** The backlog of every listening socket (Node's own default). */
+export const LISTEN_BACKLOG = 511;
+
+/** Every default of `baton start`, shown in `--help`. */
+export const DEFAULTS = {
+  workers: 1,
+  readyTimeoutMs: 30_000,
+  drainTimeoutMs: 30_000,
+  drainSignal: 'SIGTERM' as NodeJS.Signals,
+  maxDraining: 8,
+  logLevel: 'info' as LogLevel,
+} as const;
+
+/** pino's levels, plus silent. */
+export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
+/** One of pino's levels. */
+export type LogLevel = (typeof LOG_LEVELS)[number];
+
+/** A TCP listener as given by `--listen [name=]tcp://host:port`. */
+export interface ListenSpec {
+  name: string;
+  scheme: 'tcp';
+  host: string;
+  port: number;
+  family: 4 | 6;
+  /** What the user typed, for messages. */
+  text: string;
+}
+
+/** The validated settings of one master. */
+export interface MasterOptions {
+  listen: ListenSpec[];
+  workers: number;
+  readyTimeoutMs: number;
+  drainTimeoutMs: number;
+  drainSignal: NodeJS.Signals;
+  maxDraining: number;
+  command: string;
+  args: string[];
+}
+
+const DURATION_UNITS_MS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 };
+const DURATION_PATTERN = /^(\d+(?:\.\d+)?)(ms|s|m|h|d)$/;
+
+/** Parses `500ms`, `30s`, `1.5m`, `2h`, `1d` into milliseconds. */
+export function parseDuration(flag: string, text: string, { allowZero = false } = {}): number {
+  const match = DURATION_PATTERN.exec(String(text).trim());
+  const expected = `Expected \`${flag}\` to be a duration like 500ms, 30s, 5m or 2h`;
+  if (!match) throw new UsageError(`${expected}, got '${text}'`);
+  const ms = Math.round(Number(match[1]) * (DURATION_UNITS_MS[match[2] as string] as number));
+  if (ms === 0 && !allowZero) throw new UsageError(`${expected} and more than zero, got '${text}'`);
+  if (ms > MAX_DURATION_MS) throw new UsageError(`${expected} and at most 24d, got '${text}'`);
+  return ms;
+}
+
+/** Parses a whole number between min and max. */
+export function parseInteger(flag: string, text: unknown, min: number, max: number): number {
+  const value = typeof text === 'number' ? text : Number(String(text).trim());
+  if (!Number.isInteger(value) || value < min || value > max || String(text).trim() === '') {
+    throw new UsageError(`Expected \`${flag}\` to be a whole number from ${min} to ${max}, got '${text}'`);
+  }
+  return value;
+}
+
+const LISTENER_NAME = /^[A-Za-z0-9_.-]{1,64}$/;
+const TCP_URL = /^tcp:\/\/(\[[^\]]*\]|[^:/[\]]*):(\d+)$/;
+
+/** Parses `[name=]tcp://host:port` (IPv6 hosts in brackets); unnamed listeners are called listen0, listen1, ... */
+export function parseListen(text: string, index: number): ListenSpec {
+  const expected = `Expected \`--listen\` to look like http=tcp://127.0.0.1:8080 or tcp://[::]:9000`;
+  const raw = String(text).trim();
+  const eq = raw.indexOf('=');
+  const hasName = eq !== -1 && !raw.slice(0, eq).includes('://');
+  const name = hasName ? raw.slice(0, eq) : `listen${index}`;
+  const url = hasName ? raw.slice(eq + 1) : raw;
+  if (!LISTENER_NAME.test(name)) {
+    throw new UsageError(`${expected}; the name may use letters, digits, '_', '.', '-', got '${text}'`);
+  }
+  const scheme = /^([a-z0-9+]+):/.exec(url)?.[1];
+  if (scheme && scheme !== 'tcp') {
+    throw new UsageError(`${expected}; the scheme '${scheme}' is not supported (use tcp://), got '${text}'`);
+  }
+  const match = TCP_URL.exec(url);
+  if (!match) throw new UsageError(`${expected}, got '${text}'`);
+  let host = match[1] as string;
+  if (host.startsWith('[')) host = host.slice(1, -1);
+  if (host === '' || host === '*') host = '0.0.0.0';
+  if (host === 'localhost') host = '127.0.0.1';
+  const family = isIP(host);
+  if (family === 0)
+    throw new UsageError(`${expected}; the host must be an IP address or localhost, got '${text}'`);
+  if (family === 6 && !match[1]?.startsWith('[')) {
+    throw new UsageError(`${expected}; put an IPv6 address in brackets, got '${text}'`);
+  }
+  const port = Number(match[2]);
+  if (!Number.isInteger(port) || port > 65_535) {
+    throw new UsageError(`${expected}; the port must be from 0 to 65535, got '${text}'`);
+  }
+  return { name, scheme: 'tcp', host, port, family: family as 4 | 6, text: raw };
+}
+
+/** Checks a signal name that may be sent to workers to make them drain. */
+export function parseSignal(flag: string, text: string): NodeJS.Signals {
+  const name = String(text).trim().toUpperCase();
+  const full = (name.startsWith('SIG') ? name : `SIG${name}`) as NodeJS.Signals;
+  if (!(full in osConstants.signals) || full === 'SIGKILL' || full === 'SIGSTOP') {
+    throw new UsageError(
+      `Expected \`${flag}\` to be a signal a process can handle, like SIGTERM or SIGINT, got '${text}'`,
+    );
+  }
+  return full;
+}
+
+/** Checks a pino log level. */
+export function parseLogLevel(text: string): LogLevel {
+  const level = String(text).trim().toLowerCase();
+  if (!(LOG_LEVELS as readonly string[]).includes(level)) {
+    throw new UsageError(`Expected \`--log-level\` to be one of ${LOG_LEVELS.join(', ')}, got '${text}'`);
+  }
+  return level as LogLevel;
+}
+
+/** What `baton start` received from the command line, before validation. */
+export interface RawStartArgs {
+  listen?: unknown;
+  workers?: unknown;
+  readyTimeout?: unknown;
+  drainTimeout?: unknown;
+  drainSignal?: unknown;
+  maxDraining?: unknown;
+  command: string[];
+}
+
+/** Validates everything `baton start` was given; throws the first UsageError found. */
+export function parseStartOptions(raw: RawStartArgs): MasterOptions {
+  const listenTexts = raw.listen === undefined ? [] : ([] as unknown[]).concat(raw.listen).map(String);
+  if (listenTexts.length === 0) {
+    throw new UsageError('Expected at least one `--listen`, like --listen http=tcp://127.0.0.1:8080');
+  }
+  const listen = listenTexts.map(parseListen);
+  const names = new Set<string>();
+  for (const spec of listen) {
+    if (names.has(spec.name))
+      throw new UsageError(`Expected each \`--listen\` name once, got '${spec.name}' twice`);
+    names.add(spec.name);
+  }
+  const [command, ...args] = raw.command;
+  if (!command) {
+    throw new UsageError(
+      "Expected a command to run after '--', like: baton start --listen tcp://127.0.0.1:8080 -- node server.js",
+    );
+  }
+  return {
+    listen,
+    workers:
+      raw.workers === undefined ? DEFAULTS.workers : parseInteger('--workers', raw.workers, 1, MAX_WORKERS),
+    readyTimeoutMs:
+      raw.readyTimeout === undefined
+        ? DEFAULTS.readyTimeoutMs
+        : parseDuration('--ready-timeout', String(raw.readyTimeout)),
+    drainTimeoutMs:
+      raw.drainTimeout === undefined
+        ? DEFAULTS.drainTimeoutMs
+        : parseDuration('--drain-timeout', String(raw.drainTimeout), { allowZero: true }),
+    drainSignal:
+      raw.drainSignal === undefined
+        ? DEFAULTS.drainSignal
+        : parseSignal('--drain-signal', String(raw.drainSignal)),
+    maxDraining:
+      raw.maxDraining === undefined
+        ? DEFAULTS.maxDraining
+        : parseInteger('--max-draining', raw.maxDraining, 1, 1000),
+    command,
+    args,
+  };
+}
+
+/** Formats milliseconds the way the flags take them, for `--help`. */
+export function formatDuration(ms: number): string {
+  for (const [unit, size] of [
+    ['d', 86_400_000],
+    ['h', 3_600_000],
+    ['m', 60_000],
+    ['s', 1000],
+  ] as const) {
+    if (ms % size === 0 && ms >= size) return `${ms / size}${unit}`;
+  }
+  return `${ms}ms`;
+}

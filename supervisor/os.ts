@@ -1,0 +1,139 @@
+/**
+ * The OS seam: everything the master does to the world (spawning, signalling,
+ * the clock and timers) goes through `Os`, so its logic runs against fakes in
+ * unit tests and against the real OS in integration tests.
+ */
+import { accessSync, constants as fsConstants, statSync } from 'node:fs';
+import path from 'node:path';
+import { execa } from 'execa';
+import { CommandNotFoundError } from './errors.js';
+
+/** What the master asks for when it starts a worker. */
+export interface SpawnRequest {
+  /** An absolute path (see resolveCommand). */
+  command: string;
+  args: string[];
+  /** The complete environment of the worker. */
+  env: Record<string, string>;
+  /** Inherited at fds 3, 4, ... in this order; nothing else above stderr but the IPC channel. */
+  listenerFds: number[];
+  cwd: string;
+}
+
+/** What a spawned worker reports back; each callback queues an event in the master. */
+export interface WorkerCallbacks {
+  onMessage(message: unknown): void;
+  onStderr(chunk: Buffer): void;
+  onExit(exitCode: number | null, signal: NodeJS.Signals | null): void;
+}
+
+/** A running worker process as the master sees it. */
+export interface WorkerProcess {
+  readonly pid: number | undefined;
+  /** Sends a signal; false when the process is already gone. */
+  kill(signal: NodeJS.Signals): boolean;
+}
+
+/** A timer the master can cancel. */
+export interface TimerHandle {
+  cancel(): void;
+}
+
+/** The master's whole view of the operating system. */
+export interface Os {
+  spawnWorker(request: SpawnRequest, callbacks: WorkerCallbacks): WorkerProcess;
+  resolveCommand(command: string, env: Record<string, string | undefined>, cwd: string): string;
+  now(): number;
+  setTimer(ms: number, fn: () => void): TimerHandle;
+}
+
+/**
+ * Sets LISTEN_PID to the worker's own pid, which only the worker knows, then
+ * replaces itself with the command: `exec` keeps the pid, and the command and
+ * its arguments arrive as "$0" "$@", never parsed by the shell.
+ */
+const LISTEN_PID_TRAMPOLINE = 'LISTEN_PID=$$; export LISTEN_PID; exec "$0" "$@"';
+
+/** The real operating system. */
+export const realOs: Os = {
+  spawnWorker(request, callbacks) {
+    const subprocess = execa('/bin/sh', ['-c', LISTEN_PID_TRAMPOLINE, request.command, ...request.args], {
+      cwd: request.cwd,
+      env: request.env,
+      extendEnv: false,
+      stdio: inheritFds(['ignore', 'inherit', 'pipe'], request.listenerFds),
+      ipc: true,
+      serialization: 'json',
+      buffer: false,
+      reject: false,
+      // The master decides when a worker is killed: never execa's default 5 s after a SIGTERM.
+      forceKillAfterDelay: false,
+      // Own process group: a terminal's Ctrl-C reaches the master only, which drains the workers.
+      detached: true,
+    });
+    subprocess.stderr?.on('data', (chunk: Buffer) => callbacks.onStderr(chunk));
+    readMessages(subprocess, callbacks);
+    subprocess.then(
+      (result) =>
+        callbacks.onExit(result.exitCode ?? null, (result.signal as NodeJS.Signals | undefined) ?? null),
+      () => callbacks.onExit(null, null),
+    );
+    return {
+      pid: subprocess.pid,
+      kill: (signal) => {
+        try {
+          return subprocess.kill(signal);
+        } catch {
+          return false;
+        }
+      },
+    };
+  },
+
+  resolveCommand(command, env, cwd) {
+    const candidates = command.includes('/')
+      ? [path.resolve(cwd, command)]
+      : (env.PATH ?? '').split(':').map((dir) => path.resolve(cwd, dir || '.', command));
+    for (const candidate of candidates) {
+      try {
+        if (statSync(candidate).isFile()) {
+          accessSync(candidate, fsConstants.X_OK);
+          return candidate;
+        }
+      } catch {
+        // not here, or not executable: try the next directory
+      }
+    }
+    throw new CommandNotFoundError(command);
+  },
+
+  now: () => Date.now(),
+
+  setTimer(ms, fn) {
+    const timer = setTimeout(fn, ms);
+    return { cancel: () => clearTimeout(timer) };
+  },
+};
+
+/**
+ * A stdio array that passes `fds` on at 3, 4, ... execa's types admit only the
+ * literals 3 to 9 as inherited descriptors; any descriptor works at run time.
+ */
+export function inheritFds<const T extends readonly [StdioName, StdioName, StdioName]>(
+  standard: T,
+  fds: number[],
+): T {
+  return [...standard, ...fds] as unknown as T;
+}
+
+type StdioName = 'ignore' | 'inherit' | 'pipe';
+
+type MessageSource = { getEachMessage(options?: { reference?: boolean }): AsyncIterableIterator<unknown> };
+
+async function readMessages(subprocess: MessageSource, callbacks: WorkerCallbacks): Promise<void> {
+  try {
+    for await (const message of subprocess.getEachMessage({ reference: false })) callbacks.onMessage(message);
+  } catch {
+    // The channel broke because the worker exited: its exit is reported by onExit.
+  }
+}

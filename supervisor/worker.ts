@@ -1,0 +1,87 @@
+/**
+ * Worker: one child process of a generation.
+ * starting → ready → draining → exited (any state may go straight to exited).
+ */
+import type { TimerHandle, WorkerProcess } from './os.js';
+
+/** The life of one worker process. */
+export type WorkerState = 'starting' | 'ready' | 'draining' | 'exited';
+
+/** How much of a worker's stderr the master keeps, to explain a failed start. */
+export const STDERR_TAIL_BYTES = 4096;
+
+/** The last few KB a worker wrote to stderr. */
+export class OutputTail {
+  private chunks: Buffer[] = [];
+  private size = 0;
+
+  push(chunk: Buffer): void {
+    this.chunks.push(chunk);
+    this.size += chunk.length;
+    while (this.size - (this.chunks[0]?.length ?? 0) >= STDERR_TAIL_BYTES && this.chunks.length > 1) {
+      this.size -= (this.chunks.shift() as Buffer).length;
+    }
+  }
+
+  /** The last lines, at most `maxLines`. */
+  lines(maxLines = 10): string[] {
+    const text = Buffer.concat(this.chunks).subarray(-STDERR_TAIL_BYTES).toString('utf8');
+    return text
+      .split('\n')
+      .filter((line) => line.trim() !== '')
+      .slice(-maxLines);
+  }
+}
+
+/** One worker process and what the master knows of it. */
+export class Worker {
+  state: WorkerState = 'starting';
+  process: WorkerProcess | undefined;
+  readyAt: number | undefined;
+  exitedAt: number | undefined;
+  exitCode: number | null = null;
+  signal: NodeJS.Signals | null = null;
+  /** Open connections as the worker last reported them (child API), if it does. */
+  connections: number | undefined;
+  readyTimer: TimerHandle | undefined;
+  readonly stderr = new OutputTail();
+
+  constructor(
+    readonly generation: number,
+    readonly index: number,
+    readonly startedAt: number,
+  ) {}
+
+  get pid(): number | undefined {
+    return this.process?.pid;
+  }
+
+  get alive(): boolean {
+    return this.state !== 'exited';
+  }
+
+  /** starting → ready; false if the worker was not starting. */
+  markReady(now: number): boolean {
+    if (this.state !== 'starting') return false;
+    this.state = 'ready';
+    this.readyAt = now;
+    this.readyTimer?.cancel();
+    return true;
+  }
+
+  /** starting|ready → draining; false if it was already draining or gone. */
+  markDraining(): boolean {
+    if (this.state !== 'starting' && this.state !== 'ready') return false;
+    this.state = 'draining';
+    this.readyTimer?.cancel();
+    return true;
+  }
+
+  markExited(exitCode: number | null, signal: NodeJS.Signals | null, now: number): void {
+    this.state = 'exited';
+    this.exitCode = exitCode;
+    this.signal = signal;
+    this.exitedAt = now;
+    this.readyTimer?.cancel();
+  }
+}
