@@ -53,11 +53,16 @@ export function bindTcpWithoutListening(host: string, port: number, family: 4 | 
     throw Object.assign(new Error(`bind ${host}:${port} failed: ${code}`), { code, errno: handle });
   }
   const out: { address?: string; port?: number } = {};
-  const err = handle.getsockname(out);
-  if (err !== 0 || typeof out.port !== 'number' || typeof handle.fd !== 'number' || handle.fd < 0) {
+  if (handle.getsockname(out) !== 0) {
+    // libuv defers exactly one bind error to listen(): EADDRINUSE. A handle
+    // with no address is a bind that failed that way.
+    handle.close();
+    throw Object.assign(new Error(`bind ${host}:${port} failed: EADDRINUSE`), { code: 'EADDRINUSE' });
+  }
+  if (typeof out.port !== 'number' || typeof handle.fd !== 'number' || handle.fd < 0) {
     handle.close();
     throw new Error(
-      'a bound TCP handle has no fd or address: this Node release changed an internal API baton relies on',
+      'a bound TCP handle has no fd or port: this Node release changed an internal API baton relies on',
     );
   }
   return {

@@ -1,0 +1,342 @@
+/**
+ * The master's dispatcher against a fake OS seam and fake timers: every
+ * decision of the upgrade algorithm, without a process or a socket.
+ */
+import { afterEach, beforeEach, describe, expect, jest, test } from '@jest/globals';
+import { pino } from 'pino';
+import { CommandNotFoundError, EXIT_CODES } from '../../supervisor/errors.js';
+import { Master } from '../../supervisor/master.js';
+import { type MasterOptions, RESTART_BACKOFF_BASE_MS } from '../../supervisor/options.js';
+import type { Os, SpawnRequest, WorkerCallbacks, WorkerProcess } from '../../supervisor/os.js';
+
+class FakeProcess implements WorkerProcess {
+  readonly signals: NodeJS.Signals[] = [];
+  constructor(
+    readonly pid: number,
+    readonly request: SpawnRequest,
+    private readonly callbacks: WorkerCallbacks,
+  ) {}
+  kill(signal: NodeJS.Signals): boolean {
+    this.signals.push(signal);
+    return true;
+  }
+  ready(): void {
+    this.callbacks.onMessage('ready');
+  }
+  exit(exitCode: number | null, signal: NodeJS.Signals | null = null): void {
+    this.callbacks.onExit(exitCode, signal);
+  }
+  stderr(text: string): void {
+    this.callbacks.onStderr(Buffer.from(text));
+  }
+}
+
+class FakeOs implements Os {
+  readonly processes: FakeProcess[] = [];
+  readonly missingCommands = new Set<string>();
+  private nextPid = 1000;
+
+  spawnWorker(request: SpawnRequest, callbacks: WorkerCallbacks): WorkerProcess {
+    const process = new FakeProcess(this.nextPid++, request, callbacks);
+    this.processes.push(process);
+    return process;
+  }
+  resolveCommand(command: string): string {
+    if (this.missingCommands.has(command)) throw new CommandNotFoundError(command);
+    return `/usr/bin/${command}`;
+  }
+  now(): number {
+    return Date.now();
+  }
+  setTimer(ms: number, fn: () => void) {
+    const timer = setTimeout(fn, ms);
+    return { cancel: () => clearTimeout(timer) };
+  }
+  /** The processes of generation `gen`, in spawn order. */
+  ofGeneration(gen: number): FakeProcess[] {
+    return this.processes.filter((p) => p.request.env.BATON_GENERATION === String(gen));
+  }
+}
+
+const OPTIONS: MasterOptions = {
+  listen: [],
+  workers: 2,
+  readyTimeoutMs: 5_000,
+  drainTimeoutMs: 10_000,
+  drainSignal: 'SIGTERM',
+  maxDraining: 8,
+  command: 'node',
+  args: ['app.js'],
+};
+
+let os: FakeOs;
+let logs: Array<Record<string, unknown>>;
+let closedListeners: string[];
+
+function makeMaster(options: Partial<MasterOptions> = {}): Master {
+  const logger = pino({ level: 'debug' }, { write: (line: string) => logs.push(JSON.parse(line)) });
+  return new Master(
+    { ...OPTIONS, ...options },
+    {
+      os,
+      logger,
+      listeners: [
+        { name: 'http', fd: 20, close: () => closedListeners.push('http') },
+        { name: 'game', fd: 21, close: () => closedListeners.push('game') },
+      ],
+      env: { PATH: '/usr/bin', LISTEN_PID: '1', HOME: '/root' },
+      cwd: '/srv',
+      writeStderr: () => {},
+    },
+  );
+}
+
+function messages(): string[] {
+  return logs.map((entry) => String(entry.msg));
+}
+
+/** Starts a master and brings generation 1 up. */
+function running(options: Partial<MasterOptions> = {}): Master {
+  const master = makeMaster(options);
+  master.dispatch({ type: 'start' });
+  for (const p of os.ofGeneration(1)) p.ready();
+  return master;
+}
+
+beforeEach(() => {
+  jest.useFakeTimers();
+  os = new FakeOs();
+  logs = [];
+  closedListeners = [];
+});
+
+afterEach(() => {
+  jest.useRealTimers();
+});
+
+describe('start', () => {
+  test('spawns the workers with the listeners and the documented environment', () => {
+    const master = makeMaster();
+    master.dispatch({ type: 'start' });
+    expect(os.processes).toHaveLength(2);
+    const [first] = os.processes;
+    expect(first?.request).toMatchObject({
+      command: '/usr/bin/node',
+      args: ['app.js'],
+      listenerFds: [20, 21],
+      cwd: '/srv',
+    });
+    expect(first?.request.env).toMatchObject({
+      LISTEN_FDS: '2',
+      LISTEN_FDNAMES: 'http:game',
+      BATON_GENERATION: '1',
+      BATON_WORKER: '0',
+      BATON_DRAIN_SIGNAL: 'SIGTERM',
+      HOME: '/root',
+    });
+    expect(first?.request.env.LISTEN_PID).toBeUndefined();
+    expect(master.state).toBe('starting');
+  });
+
+  test('the generation is active only once every worker said ready', () => {
+    const master = makeMaster();
+    master.dispatch({ type: 'start' });
+    os.processes[0]?.ready();
+    expect(master.activeGeneration).toBeUndefined();
+    os.processes[1]?.ready();
+    expect(master.activeGeneration?.id).toBe(1);
+    expect(master.state).toBe('running');
+  });
+
+  test('a first generation that fails stops the master with the start-failed code', async () => {
+    const master = makeMaster();
+    master.dispatch({ type: 'start' });
+    os.processes[0]?.stderr('Error: boom\n');
+    os.processes[0]?.exit(1);
+    expect(os.processes[1]?.signals).toEqual(['SIGTERM']);
+    os.processes[1]?.exit(0);
+    await expect(master.finished).resolves.toBe(EXIT_CODES.startFailed);
+    expect(master.startError?.failure).toMatchObject({
+      kind: 'worker-exited',
+      exitCode: 1,
+      stderrTail: 'Error: boom',
+    });
+  });
+});
+
+describe('reload', () => {
+  test('the old generation drains only after every new worker is ready', () => {
+    const master = running();
+    master.dispatch({ type: 'reload', source: 'test' });
+    const [a, b] = os.ofGeneration(2);
+    a?.ready();
+    expect(os.ofGeneration(1).flatMap((p) => p.signals)).toEqual([]);
+    b?.ready();
+    expect(master.activeGeneration?.id).toBe(2);
+    expect(os.ofGeneration(1).map((p) => p.signals)).toEqual([['SIGTERM'], ['SIGTERM']]);
+    for (const p of os.ofGeneration(1)) p.exit(0);
+    expect(master.generations.find((g) => g.id === 1)?.state).toBe('retired');
+  });
+
+  test('reloads asked during a reload coalesce into one more, never run in parallel', () => {
+    const master = running();
+    for (let i = 0; i < 5; i++) master.dispatch({ type: 'reload', source: 'test' });
+    expect(os.ofGeneration(2)).toHaveLength(2);
+    expect(os.ofGeneration(3)).toHaveLength(0);
+    for (const p of os.ofGeneration(2)) p.ready();
+    expect(os.ofGeneration(3)).toHaveLength(2);
+    for (const p of os.ofGeneration(3)) p.ready();
+    expect(os.ofGeneration(4)).toHaveLength(0);
+    expect(master.activeGeneration?.id).toBe(3);
+  });
+
+  test('a new worker that crashes fails the reload and leaves the old generation untouched', () => {
+    const master = running();
+    master.dispatch({ type: 'reload', source: 'test' });
+    const [a, b] = os.ofGeneration(2);
+    a?.stderr('SyntaxError: Unexpected token\n');
+    a?.exit(1);
+    expect(master.activeGeneration?.id).toBe(1);
+    expect(os.ofGeneration(1).flatMap((p) => p.signals)).toEqual([]);
+    expect(b?.signals).toEqual(['SIGTERM']);
+    const failure = logs.find((entry) => String(entry.msg).startsWith('reload failed'));
+    expect(failure).toMatchObject({ gen: 2, exitCode: 1, stderrTail: 'SyntaxError: Unexpected token' });
+  });
+
+  test('a timeout is never success: a generation that does not say ready fails at the deadline', () => {
+    const master = running();
+    master.dispatch({ type: 'reload', source: 'test' });
+    os.ofGeneration(2)[0]?.ready();
+    jest.advanceTimersByTime(OPTIONS.readyTimeoutMs - 1);
+    expect(master.generations.find((g) => g.id === 2)?.state).toBe('starting');
+    jest.advanceTimersByTime(1);
+    expect(master.generations.find((g) => g.id === 2)?.state).toBe('failed');
+    expect(master.activeGeneration?.id).toBe(1);
+    expect(os.ofGeneration(2).map((p) => p.signals)).toEqual([['SIGTERM'], ['SIGTERM']]);
+    expect(messages().some((m) => m.startsWith('reload failed') && m.includes('did not say ready'))).toBe(
+      true,
+    );
+  });
+
+  test('a failed reload lets the queued one run: the next good release goes through', () => {
+    const master = running();
+    master.dispatch({ type: 'reload', source: 'test' });
+    master.dispatch({ type: 'reload', source: 'test' });
+    os.ofGeneration(2)[0]?.exit(1);
+    const third = os.ofGeneration(3);
+    expect(third).toHaveLength(2);
+    for (const p of third) p.ready();
+    expect(master.activeGeneration?.id).toBe(3);
+  });
+
+  test('a missing command fails the reload, not the master', () => {
+    const master = running();
+    os.missingCommands.add('node');
+    master.dispatch({ type: 'reload', source: 'test' });
+    expect(master.generations.find((g) => g.id === 2)?.state).toBe('failed');
+    expect(master.activeGeneration?.id).toBe(1);
+  });
+
+  test('workers that outlive the drain timeout are killed', () => {
+    const master = running();
+    master.dispatch({ type: 'reload', source: 'test' });
+    for (const p of os.ofGeneration(2)) p.ready();
+    jest.advanceTimersByTime(OPTIONS.drainTimeoutMs);
+    expect(os.ofGeneration(1).map((p) => p.signals)).toEqual([
+      ['SIGTERM', 'SIGKILL'],
+      ['SIGTERM', 'SIGKILL'],
+    ]);
+    expect(master.generations.find((g) => g.id === 1)?.forced).toBe(true);
+  });
+
+  test('past --max-draining the oldest draining generation is cut short', () => {
+    const master = running({ maxDraining: 1 });
+    for (const gen of [2, 3]) {
+      master.dispatch({ type: 'reload', source: 'test' });
+      for (const p of os.ofGeneration(gen)) p.ready();
+    }
+    expect(os.ofGeneration(1).map((p) => p.signals)).toEqual([
+      ['SIGTERM', 'SIGKILL'],
+      ['SIGTERM', 'SIGKILL'],
+    ]);
+    expect(os.ofGeneration(2).map((p) => p.signals)).toEqual([['SIGTERM'], ['SIGTERM']]);
+  });
+});
+
+describe('crashes of the active generation', () => {
+  test('a dead worker is restarted, with a backoff that grows and a crash loop reported', () => {
+    running();
+    const crashLatest = () =>
+      os.processes
+        .filter((p) => p.request.env.BATON_WORKER === '0')
+        .at(-1)
+        ?.exit(1);
+    crashLatest();
+    jest.advanceTimersByTime(0); // the first restart is immediate
+    expect(os.ofGeneration(1)).toHaveLength(3);
+    crashLatest();
+    expect(os.ofGeneration(1)).toHaveLength(3);
+    jest.advanceTimersByTime(RESTART_BACKOFF_BASE_MS);
+    expect(os.ofGeneration(1)).toHaveLength(4);
+    crashLatest();
+    jest.advanceTimersByTime(2 * RESTART_BACKOFF_BASE_MS - 1);
+    expect(os.ofGeneration(1)).toHaveLength(4);
+    jest.advanceTimersByTime(1);
+    expect(os.ofGeneration(1)).toHaveLength(5);
+    const loop = logs.filter((entry) => String(entry.msg).startsWith('worker crash loop'));
+    expect(loop).toHaveLength(1);
+    expect(loop[0]).toMatchObject({ crashes: 3, worker: 0 });
+  });
+
+  test('a restarted worker that never says ready is replaced', () => {
+    running();
+    os.processes[0]?.exit(1);
+    jest.advanceTimersByTime(0);
+    const replacement = os.processes.at(-1);
+    expect(replacement?.request.env.BATON_WORKER).toBe('0');
+    jest.advanceTimersByTime(OPTIONS.readyTimeoutMs);
+    expect(replacement?.signals).toEqual(['SIGTERM']);
+    replacement?.exit(0);
+    jest.advanceTimersByTime(RESTART_BACKOFF_BASE_MS);
+    expect(os.ofGeneration(1)).toHaveLength(4);
+  });
+});
+
+describe('stop', () => {
+  test('drains every generation, closes the master copies of the listeners, exits 0', async () => {
+    const master = running();
+    master.dispatch({ type: 'stop', fast: false, source: 'SIGTERM' });
+    expect(closedListeners).toEqual(['http', 'game']);
+    expect(os.processes.map((p) => p.signals)).toEqual([['SIGTERM'], ['SIGTERM']]);
+    master.dispatch({ type: 'reload', source: 'SIGUSR2' });
+    expect(os.processes).toHaveLength(2);
+    expect(messages()).toContain('reload ignored: the master is stopping');
+    for (const p of os.processes) p.exit(0);
+    await expect(master.finished).resolves.toBe(EXIT_CODES.ok);
+  });
+
+  test('no restart while stopping', async () => {
+    const master = running();
+    master.dispatch({ type: 'stop', fast: false, source: 'SIGTERM' });
+    for (const p of os.processes) p.exit(1);
+    jest.advanceTimersByTime(60_000);
+    expect(os.processes).toHaveLength(2);
+    await expect(master.finished).resolves.toBe(EXIT_CODES.ok);
+  });
+
+  test('workers killed at the deadline make a non-zero exit', async () => {
+    const master = running();
+    master.dispatch({ type: 'stop', fast: false, source: 'SIGTERM' });
+    jest.advanceTimersByTime(OPTIONS.drainTimeoutMs);
+    for (const p of os.processes) p.exit(null, 'SIGKILL');
+    await expect(master.finished).resolves.toBe(EXIT_CODES.drainForced);
+  });
+
+  test('a fast stop kills at once', async () => {
+    const master = running();
+    master.dispatch({ type: 'stop', fast: true, source: 'SIGQUIT' });
+    expect(os.processes.map((p) => p.signals.at(-1))).toEqual(['SIGKILL', 'SIGKILL']);
+    for (const p of os.processes) p.exit(null, 'SIGKILL');
+    await expect(master.finished).resolves.toBe(EXIT_CODES.ok);
+  });
+});

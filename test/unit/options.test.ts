@@ -1,0 +1,97 @@
+import { describe, expect, test } from '@jest/globals';
+import { UsageError } from '../../supervisor/errors.js';
+import { parseDuration, parseListen, parseSignal, parseStartOptions } from '../../supervisor/options.js';
+
+describe('parseDuration', () => {
+  test('reads every unit', () => {
+    expect(parseDuration('--x', '500ms')).toBe(500);
+    expect(parseDuration('--x', '30s')).toBe(30_000);
+    expect(parseDuration('--x', '1.5m')).toBe(90_000);
+    expect(parseDuration('--x', '2h')).toBe(7_200_000);
+    expect(parseDuration('--x', '1d')).toBe(86_400_000);
+  });
+
+  test.each(['abc', '30', '-1s', '1.5', '', '5 s', '10y', '30d'])(
+    'refuses %p with one clear line',
+    (text) => {
+      expect(() => parseDuration('--drain-timeout', text)).toThrow(UsageError);
+      expect(() => parseDuration('--drain-timeout', text)).toThrow(
+        /Expected `--drain-timeout` to be a duration/,
+      );
+    },
+  );
+
+  test('zero only where allowed', () => {
+    expect(() => parseDuration('--ready-timeout', '0s')).toThrow(/more than zero/);
+    expect(parseDuration('--drain-timeout', '0s', { allowZero: true })).toBe(0);
+  });
+});
+
+describe('parseListen', () => {
+  test('named and unnamed, IPv4, IPv6 and localhost', () => {
+    expect(parseListen('http=tcp://127.0.0.1:8080', 0)).toMatchObject({
+      name: 'http',
+      host: '127.0.0.1',
+      port: 8080,
+      family: 4,
+    });
+    expect(parseListen('tcp://[::1]:0', 1)).toMatchObject({
+      name: 'listen1',
+      host: '::1',
+      port: 0,
+      family: 6,
+    });
+    expect(parseListen('game=tcp://localhost:9000', 0)).toMatchObject({ host: '127.0.0.1' });
+    expect(parseListen('tcp://:9000', 0)).toMatchObject({ host: '0.0.0.0' });
+  });
+
+  test.each([
+    ['udp://127.0.0.1:53', /scheme 'udp' is not supported/],
+    ['tcp://127.0.0.1:70000', /port must be from 0 to 65535/],
+    ['tcp://example.com:80', /IP address or localhost/],
+    ['tcp://::1:80', /./],
+    ['bad name=tcp://127.0.0.1:1', /name may use/],
+    ['127.0.0.1:8080', /Expected `--listen`/],
+    ['tcp://127.0.0.1', /Expected `--listen`/],
+  ])('refuses %p', (text, message) => {
+    expect(() => parseListen(text, 0)).toThrow(UsageError);
+    expect(() => parseListen(text, 0)).toThrow(message);
+  });
+});
+
+describe('parseSignal', () => {
+  test('accepts names with or without SIG, refuses what cannot be handled', () => {
+    expect(parseSignal('--drain-signal', 'term')).toBe('SIGTERM');
+    expect(parseSignal('--drain-signal', 'SIGINT')).toBe('SIGINT');
+    expect(() => parseSignal('--drain-signal', 'SIGKILL')).toThrow(UsageError);
+    expect(() => parseSignal('--drain-signal', 'SIGNOPE')).toThrow(UsageError);
+  });
+});
+
+describe('parseStartOptions', () => {
+  const base = { listen: ['tcp://127.0.0.1:0'], command: ['node', 'app.js'] };
+
+  test('applies the defaults', () => {
+    expect(parseStartOptions(base)).toMatchObject({
+      workers: 1,
+      readyTimeoutMs: 30_000,
+      drainTimeoutMs: 30_000,
+      drainSignal: 'SIGTERM',
+      command: 'node',
+      args: ['app.js'],
+    });
+  });
+
+  test.each([
+    [{ workers: '0' }, /`--workers` to be a whole number from 1/],
+    [{ workers: 'two' }, /`--workers`/],
+    [{ workers: '2.5' }, /`--workers`/],
+    [{ workers: '100000' }, /`--workers`/],
+    [{ listen: [] }, /at least one `--listen`/],
+    [{ listen: ['a=tcp://127.0.0.1:1', 'a=tcp://127.0.0.1:2'] }, /name once/],
+    [{ command: [] }, /command to run after '--'/],
+    [{ readyTimeout: 'soon' }, /`--ready-timeout`/],
+  ])('refuses %p', (change, message) => {
+    expect(() => parseStartOptions({ ...base, ...change })).toThrow(message);
+  });
+});
