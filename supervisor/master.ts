@@ -13,7 +13,7 @@ import {
   isGenerationReady,
   restartDelayMs,
 } from './decisions.js';
-import { EXIT_CODES, GenerationFailedError, type StartFailure } from './errors.js';
+import { describeStartFailure, EXIT_CODES, GenerationFailedError, type StartFailure } from './errors.js';
 import { Generation } from './generation.js';
 import { parseWorkerMessage } from './ipc.js';
 import type { Logger } from './log.js';
@@ -24,7 +24,7 @@ import { Worker } from './worker.js';
 /** Everything that can happen to a master. */
 export type MasterEvent =
   | { type: 'start' }
-  | { type: 'reload'; source: string }
+  | { type: 'reload'; source: string; reply?: (answer: ReloadAnswer) => void }
   | { type: 'stop'; fast: boolean; source: string }
   | { type: 'worker-message'; worker: Worker; message: unknown }
   | { type: 'worker-exited'; worker: Worker; exitCode: number | null; signal: NodeJS.Signals | null }
@@ -32,6 +32,58 @@ export type MasterEvent =
   | { type: 'worker-kill-due'; worker: Worker }
   | { type: 'drain-timeout'; generation: Generation }
   | { type: 'restart-due'; generation: Generation; slot: number };
+
+/** What a reload request became: the generation that will carry it, or nothing while stopping. */
+export type ReloadAnswer =
+  | { outcome: 'started' | 'queued' | 'joined'; generation: number }
+  | { outcome: 'ignored'; reason: 'stopping' };
+
+/** What the master reports as an upgrade goes, for whoever follows it (the control socket). */
+export type Progress =
+  | { kind: 'generation-starting'; generation: number; workers: number; version: string }
+  | { kind: 'worker-ready'; generation: number; worker: number; ready: number; of: number }
+  | { kind: 'generation-active'; generation: number; readyMs: number; draining: number[] }
+  | { kind: 'reload-failed'; generation: number; failure: StartFailure; message: string }
+  | { kind: 'generation-draining'; generation: number; workers: number }
+  | { kind: 'generation-retired'; generation: number; drainMs: number; forced: boolean }
+  | { kind: 'stopping'; fast: boolean };
+
+/** A worker as `status` shows it. */
+export interface WorkerSnapshot {
+  index: number;
+  pid: number | undefined;
+  state: Worker['state'];
+  startedAt: number;
+  readyAt: number | undefined;
+  exitedAt: number | undefined;
+  exitCode: number | null;
+  signal: string | null;
+  connections: number | undefined;
+}
+
+/** A generation as `status` shows it. */
+export interface GenerationSnapshot {
+  id: number;
+  version: string;
+  state: Generation['state'];
+  startedAt: number;
+  activeAt: number | undefined;
+  drainStartedAt: number | undefined;
+  retiredAt: number | undefined;
+  forced: boolean;
+  failure: string | undefined;
+  restarts: number;
+  workers: WorkerSnapshot[];
+}
+
+/** The master's state as plain data. */
+export interface MasterSnapshot {
+  state: MasterState;
+  pid: number;
+  workers: number;
+  reloadQueued: boolean;
+  generations: GenerationSnapshot[];
+}
 
 /** starting (first generation not ready yet) → running → stopping → stopped. */
 export type MasterState = 'starting' | 'running' | 'stopping' | 'stopped';
@@ -84,9 +136,13 @@ export class Master {
   private startFailure: GenerationFailedError | undefined;
   private killedAtStopDeadline = false;
   private resolveFinished: (exitCode: number) => void = () => {};
+  private readonly followers = new Set<(progress: Progress) => void>();
   private readonly handlers: Handlers = {
     start: () => this.startGeneration(),
-    reload: (event) => this.onReload(event.source),
+    reload: (event) => {
+      const answer = this.onReload(event.source);
+      event.reply?.(answer);
+    },
     stop: (event) => this.onStop(event.fast, event.source),
     'worker-message': (event) => this.onWorkerMessage(event.worker, event.message),
     'worker-exited': (event) => this.onWorkerExited(event.worker, event.exitCode, event.signal),
@@ -142,7 +198,7 @@ export class Master {
 
   // ---- reload -------------------------------------------------------------
 
-  private onReload(source: string): void {
+  private onReload(source: string): ReloadAnswer {
     const decision = decideReload({
       stopping: this.state === 'stopping' || this.state === 'stopped',
       reloadRunning: this.reloadRunning,
@@ -150,16 +206,64 @@ export class Master {
     });
     if (decision === 'ignore-stopping') {
       this.log.warn({ source }, 'reload ignored: the master is stopping');
-    } else if (decision === 'start') {
-      this.log.info({ source }, 'reload requested');
-      this.startGeneration();
-    } else {
-      this.reloadQueued = true;
-      this.log.info(
-        { source, alreadyQueued: decision === 'already-queued' },
-        'reload queued behind the running one',
-      );
+      return { outcome: 'ignored', reason: 'stopping' };
     }
+    if (decision === 'start') {
+      this.log.info({ source }, 'reload requested');
+      const generation = this.nextGenerationId;
+      this.startGeneration();
+      return { outcome: 'started', generation };
+    }
+    // Only one reload waits: it becomes the next generation, whoever else asks meanwhile.
+    this.reloadQueued = true;
+    this.log.info(
+      { source, alreadyQueued: decision === 'already-queued' },
+      'reload queued behind the running one',
+    );
+    return { outcome: decision === 'queue' ? 'queued' : 'joined', generation: this.nextGenerationId };
+  }
+
+  /** Calls `follower` with every progress report until the returned function is called. */
+  follow(follower: (progress: Progress) => void): () => void {
+    this.followers.add(follower);
+    return () => this.followers.delete(follower);
+  }
+
+  private report(progress: Progress): void {
+    for (const follower of this.followers) follower(progress);
+  }
+
+  /** The master's state as plain data, for `status`. */
+  snapshot(): MasterSnapshot {
+    return {
+      state: this.state,
+      pid: process.pid,
+      workers: this.options.workers,
+      reloadQueued: this.reloadQueued,
+      generations: this.generations.map((generation) => ({
+        id: generation.id,
+        version: generation.version,
+        state: generation.state,
+        startedAt: generation.startedAt,
+        activeAt: generation.activeAt,
+        drainStartedAt: generation.drainStartedAt,
+        retiredAt: generation.retiredAt,
+        forced: generation.forced,
+        failure: generation.failure && describeStartFailure(generation.id, generation.failure),
+        restarts: generation.slots.reduce((sum, slot) => sum + slot.restarts, 0),
+        workers: generation.workers.map((worker) => ({
+          index: worker.index,
+          pid: worker.pid,
+          state: worker.state,
+          startedAt: worker.startedAt,
+          readyAt: worker.readyAt,
+          exitedAt: worker.exitedAt,
+          exitCode: worker.exitCode,
+          signal: worker.signal,
+          connections: worker.connections,
+        })),
+      })),
+    };
   }
 
   private startGeneration(): void {
@@ -266,6 +370,12 @@ export class Master {
       'generation active',
     );
     if (this.state === 'starting') this.state = 'running';
+    this.report({
+      kind: 'generation-active',
+      generation: generation.id,
+      readyMs: generation.activeAt - generation.startedAt,
+      draining: previous.map((old) => old.id),
+    });
     for (const old of previous) this.drainGeneration(old);
     this.afterReload();
   }
@@ -284,6 +394,7 @@ export class Master {
       { gen: generation.id, reason: failure.kind, ...facts },
       first ? `start failed: ${error.message}` : `reload failed: ${error.message}`,
     );
+    this.report({ kind: 'reload-failed', generation: generation.id, failure, message: error.message });
     this.signalDrain(generation);
     if (first) {
       this.startFailure = error;
@@ -305,6 +416,11 @@ export class Master {
   private drainGeneration(generation: Generation): void {
     generation.state = 'draining';
     this.log.info({ gen: generation.id, workers: generation.liveWorkers.length }, 'generation draining');
+    this.report({
+      kind: 'generation-draining',
+      generation: generation.id,
+      workers: generation.liveWorkers.length,
+    });
     this.signalDrain(generation);
     for (const id of generationsOverDrainLimit(this.generations, this.options.maxDraining)) {
       const oldest = this.generations.find((candidate) => candidate.id === id) as Generation;
@@ -365,6 +481,12 @@ export class Master {
         },
         'generation retired',
       );
+      this.report({
+        kind: 'generation-retired',
+        generation: generation.id,
+        drainMs: generation.retiredAt - (generation.drainStartedAt ?? generation.retiredAt),
+        forced: generation.forced,
+      });
     }
     const ended = this.generations.filter((candidate) => candidate.retiredAt !== undefined);
     for (const old of ended.slice(0, Math.max(0, ended.length - RETIRED_GENERATIONS_KEPT))) {
@@ -490,6 +612,7 @@ export class Master {
     this.state = 'stopping';
     this.reloadQueued = false;
     this.log.info({ source, fast }, fast ? 'stopping now' : 'stopping: draining every generation');
+    this.report({ kind: 'stopping', fast });
     // Close the master's copies: each socket closes for good when its last worker stops accepting.
     for (const listener of this.context.listeners) listener.close();
     for (const generation of this.generations) {
