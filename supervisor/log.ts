@@ -21,6 +21,7 @@ export function createLogger(options: { level: LogLevel; pretty: boolean }): Log
       translateTime: 'HH:MM:ss.l',
       ignore: 'hostname',
       messageFormat: '{msg}',
+      singleLine: true,
     }),
   );
 }

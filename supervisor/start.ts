@@ -17,7 +17,10 @@ export async function runMaster(options: MasterOptions, logger: Logger): Promise
   realOs.resolveCommand(options.command, env, cwd);
   const listeners = await openListeners(options.listen);
   for (const listener of listeners) {
-    logger.info({ name: listener.name, address: listener.address, port: listener.port }, 'listener bound');
+    logger.info(
+      { listener: listener.name, address: listener.address, port: listener.port },
+      'listener bound',
+    );
   }
   const master = new Master(options, {
     os: realOs,

@@ -136,7 +136,9 @@ export class BatonProcess {
   async listenPort(name: string, timeoutMs = DEFAULT_LOG_TIMEOUT_MS): Promise<number> {
     const entry = await this.waitForLog(
       (candidate) =>
-        candidate.msg === 'listener bound' && candidate.name === name && typeof candidate.port === 'number',
+        candidate.msg === 'listener bound' &&
+        candidate.listener === name &&
+        typeof candidate.port === 'number',
       timeoutMs,
       `log "listener bound" for listener ${name}`,
     );

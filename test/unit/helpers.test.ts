@@ -249,7 +249,7 @@ describe('processes', () => {
   const FAKE_MASTER = `
     const { spawn } = require('node:child_process');
     const log = (entry) => console.log(JSON.stringify({ level: 30, ...entry }));
-    log({ msg: 'listener bound', name: 'http', port: 4321 });
+    log({ msg: 'listener bound', listener: 'http', port: 4321 });
     console.log('plain worker line');
     console.error('a line on stderr');
     const idle = ['-e', 'setInterval(() => {}, 1000)'];
