@@ -2,6 +2,7 @@
  * `baton start`: bind the listeners, start the master, route signals to it,
  * and return the exit code once it has stopped.
  */
+import { closeLeakedDescriptors } from './descriptors.js';
 import { openListeners } from './listener.js';
 import type { Logger } from './log.js';
 import { Master } from './master.js';
@@ -13,6 +14,9 @@ import { routeSignals } from './signals.js';
 export async function runMaster(options: MasterOptions, logger: Logger): Promise<number> {
   const env = process.env;
   const cwd = process.cwd();
+  const ipcFd = (process.channel as { fd?: number } | undefined)?.fd;
+  const leaked = closeLeakedDescriptors(new Set(ipcFd === undefined ? [] : [ipcFd]));
+  if (leaked.length > 0) logger.debug({ fds: leaked }, 'inherited descriptors closed');
   // Fail before binding anything when the command cannot run.
   realOs.resolveCommand(options.command, env, cwd);
   const listeners = await openListeners(options.listen);

@@ -345,3 +345,71 @@ describe('bad input gets one clear line and a non-zero exit', () => {
     expect(failure).toMatchObject({ exitCode: 7, stderrTail: 'cannot open database' });
   });
 });
+
+describe('what a worker gets', () => {
+  test('exactly its standard streams, the listeners at fd 3.. and the IPC channel after them; LISTEN_PID is its own pid; arguments arrive verbatim', async () => {
+    // A shell worker prints its own descriptors and environment, then waits to be drained.
+    const script =
+      'ls -l /proc/$$/fd | tail -n +2 | sed "s/.* \\([0-9]*\\) -> \\(.*\\)/fd \\1 \\2/" >&2; echo "pid $$ listen_pid $LISTEN_PID fds $LISTEN_FDS names $LISTEN_FDNAMES args $#:$1|$2" >&2; exec sleep 30';
+    const baton = startBaton([
+      'start',
+      '--listen',
+      'a=tcp://127.0.0.1:0',
+      '--listen',
+      'b=tcp://[::1]:0',
+      '--ready-timeout',
+      '30s',
+      '--',
+      '/bin/sh',
+      '-c',
+      script,
+      'worker',
+      "it's $(not run) `either`",
+      'two words',
+    ]);
+    await waitFor(() => /pid \d+ listen_pid/.test(baton.output) || undefined, {
+      timeoutMs: 10_000,
+      what: 'the worker describing itself',
+    });
+    const fds = [...baton.output.matchAll(/^fd (\d+) (.*)$/gm)].map((match) => [Number(match[1]), match[2]]);
+    expect(fds.map(([fd]) => fd)).toEqual([0, 1, 2, 3, 4, 5]);
+    expect(fds[0]?.[1]).toBe('/dev/null');
+    for (const [fd, target] of fds.slice(3))
+      expect([fd, target]).toEqual([fd, expect.stringMatching(/^socket:/)]);
+    const identity = /pid (\d+) listen_pid (\d+) fds (\d+) names (\S+) args (.*)$/m.exec(baton.output);
+    expect(identity?.[1]).toBe(identity?.[2]);
+    expect(identity?.slice(3)).toEqual(['2', 'a:b', "2:it's $(not run) `either`|two words"]);
+  });
+});
+
+describe('signal storms', () => {
+  test('twenty SIGUSR2 at once under load: reloads coalesce, nothing fails, every worker started is serving or gone', async () => {
+    const { baton, httpPort } = await startApp();
+    const load = httpLoad({
+      port: httpPort,
+      keepAlive: false,
+      concurrency: 2,
+      maxRequests: 100_000,
+      maxDurationMs: 60_000,
+    });
+    app.setVersion('9.0.0');
+    for (let i = 0; i < 20; i++) baton.signal('SIGUSR2');
+    await baton.waitForLogMsg('generation active', { gen: 2 }, 20_000);
+    await baton.waitForLogMsg('generation active', { gen: 3 }, 20_000);
+    await baton.waitForLogMsg('generation retired', { gen: 2 }, 20_000);
+    await waitForVersion(httpPort, '9.0.0', 5000);
+    const starting = baton.logs
+      .filter((entry) => entry.msg === 'generation starting')
+      .map((entry) => entry.gen);
+    expect(starting).toEqual([1, 2, 3]);
+    const report = await load.stop();
+    expect(report.errors).toEqual([]);
+    expect(report.failed).toBe(0);
+    const live = baton.logs.filter(
+      (entry) =>
+        entry.msg === 'worker ready' &&
+        !baton.logs.some((e) => e.msg === 'worker exited' && e.pid === entry.pid),
+    );
+    expect(live.map((entry) => entry.gen)).toEqual([3, 3]);
+  });
+});
