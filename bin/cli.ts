@@ -60,6 +60,13 @@ function startOptions(argv: Argv) {
       default: String(DEFAULTS.maxDraining),
       describe: 'Most old generations draining at once; past it the oldest is cut short',
     })
+    .option('ready', {
+      type: 'string',
+      requiresArg: true,
+      default: DEFAULTS.ready,
+      describe:
+        "How a worker says it is ready: auto (the IPC message 'ready' or READY=1 on the pipe in BATON_NOTIFY_FD), ipc, notify, or delay:<duration> for programs that cannot say anything",
+    })
     .option('log-level', {
       type: 'string',
       requiresArg: true,
@@ -95,6 +102,7 @@ async function main(): Promise<number> {
           drainTimeout: argv['drain-timeout'],
           drainSignal: argv['drain-signal'],
           maxDraining: argv['max-draining'],
+          ready: argv.ready,
           command: commandAfterDashes(argv),
         });
         const logger = createLogger({

@@ -18,7 +18,7 @@ import { Generation } from './generation.js';
 import { parseWorkerMessage } from './ipc.js';
 import type { Logger } from './log.js';
 import type { MasterOptions } from './options.js';
-import type { Os } from './os.js';
+import { notifyFd, type Os } from './os.js';
 import { Worker } from './worker.js';
 
 /** Everything that can happen to a master. */
@@ -28,6 +28,8 @@ export type MasterEvent =
   | { type: 'stop'; fast: boolean; source: string }
   | { type: 'worker-message'; worker: Worker; message: unknown }
   | { type: 'worker-exited'; worker: Worker; exitCode: number | null; signal: NodeJS.Signals | null }
+  | { type: 'worker-notified'; worker: Worker; line: string }
+  | { type: 'ready-delay-passed'; worker: Worker }
   | { type: 'ready-timeout'; worker: Worker }
   | { type: 'worker-kill-due'; worker: Worker }
   | { type: 'drain-timeout'; generation: Generation }
@@ -146,6 +148,8 @@ export class Master {
     stop: (event) => this.onStop(event.fast, event.source),
     'worker-message': (event) => this.onWorkerMessage(event.worker, event.message),
     'worker-exited': (event) => this.onWorkerExited(event.worker, event.exitCode, event.signal),
+    'worker-notified': (event) => this.onWorkerNotified(event.worker, event.line),
+    'ready-delay-passed': (event) => this.onReadySignal(event.worker, 'delay'),
     'ready-timeout': (event) => this.onReadyTimeout(event.worker),
     'worker-kill-due': (event) => this.kill(event.worker, 'SIGKILL'),
     'drain-timeout': (event) => this.onDrainTimeout(event.generation),
@@ -274,6 +278,12 @@ export class Master {
       { gen: id, workers: this.options.workers, version: generation.version },
       'generation starting',
     );
+    this.report({
+      kind: 'generation-starting',
+      generation: id,
+      workers: this.options.workers,
+      version: generation.version,
+    });
     let command: string;
     try {
       command = this.context.os.resolveCommand(this.options.command, this.context.env, this.context.cwd);
@@ -300,6 +310,7 @@ export class Master {
       },
       {
         onMessage: (message) => this.dispatch({ type: 'worker-message', worker, message }),
+        onNotify: (line) => this.dispatch({ type: 'worker-notified', worker, line }),
         onStderr: (chunk) => {
           worker.stderr.push(chunk);
           this.context.writeStderr(chunk);
@@ -310,6 +321,10 @@ export class Master {
     worker.readyTimer = this.context.os.setTimer(this.options.readyTimeoutMs, () =>
       this.dispatch({ type: 'ready-timeout', worker }),
     );
+    const readiness = this.options.ready;
+    if (readiness.kind === 'delay') {
+      this.context.os.setTimer(readiness.ms, () => this.dispatch({ type: 'ready-delay-passed', worker }));
+    }
     this.log.debug({ gen: generation.id, worker: slotIndex, pid: worker.pid }, 'worker spawned');
   }
 
@@ -327,12 +342,13 @@ export class Master {
       BATON_VERSION: generation.version,
       BATON_DRAIN_SIGNAL: this.options.drainSignal,
       BATON_DRAIN_TIMEOUT_MS: String(this.options.drainTimeoutMs),
+      BATON_NOTIFY_FD: String(notifyFd(this.context.listeners.length)),
     };
   }
 
   private onWorkerMessage(worker: Worker, raw: unknown): void {
     const message = parseWorkerMessage(raw);
-    if (message?.kind === 'ready') this.onWorkerReady(worker);
+    if (message?.kind === 'ready') this.onReadySignal(worker, 'ipc');
     else if (message?.kind === 'connections') worker.connections = message.count;
     else
       this.log.debug(
@@ -341,7 +357,24 @@ export class Master {
       );
   }
 
-  private onWorkerReady(worker: Worker): void {
+  /** sd_notify words on the notify pipe: READY=1 says ready; STATUS= is logged. */
+  private onWorkerNotified(worker: Worker, line: string): void {
+    if (line === 'READY=1') this.onReadySignal(worker, 'notify');
+    else if (line.startsWith('STATUS=')) {
+      this.log.info(
+        { gen: worker.generation, worker: worker.index, pid: worker.pid, status: line.slice(7) },
+        'worker status',
+      );
+    }
+  }
+
+  /** A worker said ready one way; whether that counts depends on `--ready`. */
+  private onReadySignal(worker: Worker, via: 'ipc' | 'notify' | 'delay'): void {
+    const mode = this.options.ready.kind;
+    if (mode === via || (mode === 'auto' && via !== 'delay')) this.onWorkerReady(worker, via);
+  }
+
+  private onWorkerReady(worker: Worker, via: 'ipc' | 'notify' | 'delay'): void {
     if (!worker.markReady(this.now())) return;
     const generation = this.generationOf(worker);
     this.log.info(
@@ -350,11 +383,19 @@ export class Master {
         worker: worker.index,
         pid: worker.pid,
         durationMs: this.now() - worker.startedAt,
+        via,
       },
       'worker ready',
     );
-    if (generation.state === 'starting' && isGenerationReady(generation.currentWorkers))
-      this.promote(generation);
+    if (generation.state !== 'starting') return;
+    this.report({
+      kind: 'worker-ready',
+      generation: generation.id,
+      worker: worker.index,
+      ready: generation.currentWorkers.filter((current) => current.state === 'ready').length,
+      of: generation.slots.length,
+    });
+    if (isGenerationReady(generation.currentWorkers)) this.promote(generation);
   }
 
   private promote(generation: Generation): void {

@@ -31,7 +31,31 @@ export const DEFAULTS = {
   drainSignal: 'SIGTERM' as NodeJS.Signals,
   maxDraining: 8,
   logLevel: 'info' as LogLevel,
+  ready: 'auto',
 } as const;
+
+/**
+ * How the master judges that a worker is ready: `auto` takes the IPC message or
+ * the notify pipe, whichever comes first; `ipc` and `notify` take only that one;
+ * `delay` takes the worker as ready once it has run that long (for programs
+ * that cannot say anything).
+ */
+export type ReadinessMode =
+  | { kind: 'auto' }
+  | { kind: 'ipc' }
+  | { kind: 'notify' }
+  | { kind: 'delay'; ms: number };
+
+/** Parses `--ready auto|ipc|notify|delay:2s`. */
+export function parseReadiness(text: string): ReadinessMode {
+  const value = String(text).trim();
+  if (value === 'auto' || value === 'ipc' || value === 'notify') return { kind: value };
+  if (value.startsWith('delay:'))
+    return { kind: 'delay', ms: parseDuration('--ready delay', value.slice(6)) };
+  throw new UsageError(
+    `Expected \`--ready\` to be auto, ipc, notify or delay:<duration> like delay:2s, got '${text}'`,
+  );
+}
 
 /** pino's levels, plus silent. */
 export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent'] as const;
@@ -57,6 +81,7 @@ export interface MasterOptions {
   drainTimeoutMs: number;
   drainSignal: NodeJS.Signals;
   maxDraining: number;
+  ready: ReadinessMode;
   command: string;
   args: string[];
 }
@@ -150,6 +175,7 @@ export interface RawStartArgs {
   drainTimeout?: unknown;
   drainSignal?: unknown;
   maxDraining?: unknown;
+  ready?: unknown;
   command: string[];
 }
 
@@ -192,6 +218,7 @@ export function parseStartOptions(raw: RawStartArgs): MasterOptions {
       raw.maxDraining === undefined
         ? DEFAULTS.maxDraining
         : parseInteger('--max-draining', raw.maxDraining, 1, 1000),
+    ready: parseReadiness(raw.ready === undefined ? DEFAULTS.ready : String(raw.ready)),
     command,
     args,
   };

@@ -5,6 +5,7 @@
  */
 import { accessSync, constants as fsConstants, statSync } from 'node:fs';
 import path from 'node:path';
+import type { Readable } from 'node:stream';
 import { execa } from 'execa';
 import { CommandNotFoundError } from './errors.js';
 
@@ -15,7 +16,7 @@ export interface SpawnRequest {
   args: string[];
   /** The complete environment of the worker. */
   env: Record<string, string>;
-  /** Inherited at fds 3, 4, ... in this order; nothing else above stderr but the IPC channel. */
+  /** Inherited at fds 3, 4, ... in this order; then the notify pipe (BATON_NOTIFY_FD), then the IPC channel. */
   listenerFds: number[];
   cwd: string;
 }
@@ -24,6 +25,8 @@ export interface SpawnRequest {
 export interface WorkerCallbacks {
   onMessage(message: unknown): void;
   onStderr(chunk: Buffer): void;
+  /** One line the worker wrote on its notify pipe (sd_notify words: `READY=1`, `STATUS=...`). */
+  onNotify(line: string): void;
   onExit(exitCode: number | null, signal: NodeJS.Signals | null): void;
 }
 
@@ -61,7 +64,7 @@ export const realOs: Os = {
       cwd: request.cwd,
       env: request.env,
       extendEnv: false,
-      stdio: inheritFds(['ignore', 'inherit', 'pipe'], request.listenerFds),
+      stdio: [...inheritFds(['ignore', 'inherit', 'pipe'], request.listenerFds), 'pipe'],
       ipc: true,
       serialization: 'json',
       buffer: false,
@@ -72,6 +75,8 @@ export const realOs: Os = {
       detached: true,
     });
     subprocess.stderr?.on('data', (chunk: Buffer) => callbacks.onStderr(chunk));
+    const notify = subprocess.stdio[3 + request.listenerFds.length] as Readable | null | undefined;
+    if (notify) readNotifyLines(notify, callbacks);
     readMessages(subprocess, callbacks);
     subprocess.then(
       (result) =>
@@ -127,6 +132,25 @@ export function inheritFds<const T extends readonly [StdioName, StdioName, Stdio
 }
 
 type StdioName = 'ignore' | 'inherit' | 'pipe';
+
+/** The index of the notify pipe in a worker's descriptors: right after its listeners. */
+export function notifyFd(listenerCount: number): number {
+  return 3 + listenerCount;
+}
+
+/** The longest notify line kept; a worker that writes more without a newline is cut off. */
+const MAX_NOTIFY_LINE = 4096;
+
+function readNotifyLines(stream: Readable, callbacks: WorkerCallbacks): void {
+  let partial = '';
+  stream.setEncoding('utf8');
+  stream.on('data', (chunk: string) => {
+    const lines = (partial + chunk).split('\n');
+    partial = (lines.pop() ?? '').slice(-MAX_NOTIFY_LINE);
+    for (const line of lines) if (line.trim() !== '') callbacks.onNotify(line.trim());
+  });
+  stream.on('error', () => {});
+}
 
 type MessageSource = { getEachMessage(options?: { reference?: boolean }): AsyncIterableIterator<unknown> };
 

@@ -29,6 +29,9 @@ class FakeProcess implements WorkerProcess {
   stderr(text: string): void {
     this.callbacks.onStderr(Buffer.from(text));
   }
+  notify(line: string): void {
+    this.callbacks.onNotify(line);
+  }
 }
 
 class FakeOs implements Os {
@@ -65,6 +68,7 @@ const OPTIONS: MasterOptions = {
   drainTimeoutMs: 10_000,
   drainSignal: 'SIGTERM',
   maxDraining: 8,
+  ready: { kind: 'auto' },
   command: 'node',
   args: ['app.js'],
 };
@@ -338,5 +342,57 @@ describe('stop', () => {
     expect(os.processes.map((p) => p.signals.at(-1))).toEqual(['SIGKILL', 'SIGKILL']);
     for (const p of os.processes) p.exit(null, 'SIGKILL');
     await expect(master.finished).resolves.toBe(EXIT_CODES.ok);
+  });
+});
+
+describe('readiness modes', () => {
+  test('auto takes the IPC message or READY=1 on the notify pipe, and tells the worker where the pipe is', () => {
+    const master = makeMaster();
+    master.dispatch({ type: 'start' });
+    expect(os.processes[0]?.request.env.BATON_NOTIFY_FD).toBe('5');
+    os.processes[0]?.notify('STATUS=warming caches');
+    os.processes[0]?.notify('READY=1');
+    os.processes[1]?.ready();
+    expect(master.activeGeneration?.id).toBe(1);
+    expect(logs.filter((entry) => entry.msg === 'worker ready').map((entry) => entry.via)).toEqual([
+      'notify',
+      'ipc',
+    ]);
+    expect(logs.find((entry) => entry.msg === 'worker status')).toMatchObject({ status: 'warming caches' });
+  });
+
+  test('ipc and notify take only their own way', () => {
+    const ipcOnly = makeMaster({ workers: 1, ready: { kind: 'ipc' } });
+    ipcOnly.dispatch({ type: 'start' });
+    os.processes[0]?.notify('READY=1');
+    expect(ipcOnly.activeGeneration).toBeUndefined();
+    os.processes[0]?.ready();
+    expect(ipcOnly.activeGeneration?.id).toBe(1);
+
+    const notifyOnly = makeMaster({ workers: 1, ready: { kind: 'notify' } });
+    notifyOnly.dispatch({ type: 'start' });
+    os.processes[1]?.ready();
+    expect(notifyOnly.activeGeneration).toBeUndefined();
+    os.processes[1]?.notify('READY=1');
+    expect(notifyOnly.activeGeneration?.id).toBe(1);
+  });
+
+  test('delay takes a worker that is still running after the delay as ready, and nothing else', () => {
+    const master = makeMaster({ workers: 1, ready: { kind: 'delay', ms: 2000 } });
+    master.dispatch({ type: 'start' });
+    os.processes[0]?.ready();
+    jest.advanceTimersByTime(1999);
+    expect(master.activeGeneration).toBeUndefined();
+    jest.advanceTimersByTime(1);
+    expect(master.activeGeneration?.id).toBe(1);
+  });
+
+  test('delay: a worker that exits before the delay fails the generation', () => {
+    const master = makeMaster({ workers: 1, ready: { kind: 'delay', ms: 2000 } });
+    master.dispatch({ type: 'start' });
+    os.processes[0]?.exit(1);
+    jest.advanceTimersByTime(2000);
+    expect(master.activeGeneration).toBeUndefined();
+    expect(master.generations[0]?.state).toBe('failed');
   });
 });

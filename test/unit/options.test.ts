@@ -1,6 +1,12 @@
 import { describe, expect, test } from '@jest/globals';
 import { UsageError } from '../../supervisor/errors.js';
-import { parseDuration, parseListen, parseSignal, parseStartOptions } from '../../supervisor/options.js';
+import {
+  parseDuration,
+  parseListen,
+  parseReadiness,
+  parseSignal,
+  parseStartOptions,
+} from '../../supervisor/options.js';
 
 describe('parseDuration', () => {
   test('reads every unit', () => {
@@ -93,5 +99,17 @@ describe('parseStartOptions', () => {
     [{ readyTimeout: 'soon' }, /`--ready-timeout`/],
   ])('refuses %p', (change, message) => {
     expect(() => parseStartOptions({ ...base, ...change })).toThrow(message);
+  });
+});
+
+describe('parseReadiness', () => {
+  test('auto, ipc, notify and delay:<duration>', () => {
+    expect(parseReadiness('auto')).toEqual({ kind: 'auto' });
+    expect(parseReadiness('notify')).toEqual({ kind: 'notify' });
+    expect(parseReadiness('delay:1.5s')).toEqual({ kind: 'delay', ms: 1500 });
+  });
+
+  test.each(['soon', 'delay:', 'delay:abc', 'poll-ish', ''])('refuses %p', (text) => {
+    expect(() => parseReadiness(text)).toThrow(UsageError);
   });
 });

@@ -1,0 +1,151 @@
+/**
+ * Workers in other languages and unmodified programs: the systemd
+ * socket-activation convention exactly, readiness on the notify pipe, and
+ * readiness by delay for programs that cannot say anything.
+ */
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, beforeEach, describe, expect, test } from '@jest/globals';
+import { httpGetJson, httpLoad, waitForVersion } from '../helpers/load.js';
+import { type BatonProcess, killAll, REPO_ROOT, startBaton } from '../helpers/processes.js';
+import { waitFor } from '../helpers/wait.js';
+
+const PYTHON_SERVER = join(REPO_ROOT, 'test', 'fixtures', 'systemd_http.py');
+let dir: string;
+let versionFile: string;
+
+beforeEach(() => {
+  dir = mkdtempSync(join(tmpdir(), 'baton-lang-'));
+  versionFile = join(dir, 'VERSION');
+  writeFileSync(versionFile, '1');
+});
+
+afterEach(async () => {
+  await killAll();
+  rmSync(dir, { recursive: true, force: true });
+});
+
+async function start(readiness: string, command: string[], env: Record<string, string> = {}) {
+  const baton = startBaton(
+    ['start', '--listen', 'http=tcp://127.0.0.1:0', '--workers', '2', '--ready', readiness, '--', ...command],
+    { env: { APP_VERSION_FILE: versionFile, ...env } },
+  );
+  const port = await baton.listenPort('http');
+  await baton.waitForLogMsg('generation active', { gen: 1 }, 15_000);
+  return { baton, port };
+}
+
+/** Five reloads with a version bump each under keep-alive and new-connection load; returns both reports. */
+async function fiveReloadsUnderLoad(baton: BatonProcess, port: number) {
+  const keepAlive = httpLoad({
+    port,
+    keepAlive: true,
+    concurrency: 2,
+    maxRequests: 100_000,
+    maxDurationMs: 90_000,
+  });
+  const fresh = httpLoad({
+    port,
+    keepAlive: false,
+    concurrency: 2,
+    maxRequests: 100_000,
+    maxDurationMs: 90_000,
+  });
+  await waitFor(() => keepAlive.snapshot().ok > 20 && fresh.snapshot().ok > 20, {
+    timeoutMs: 10_000,
+    what: 'load flowing',
+  });
+  for (let gen = 2; gen <= 6; gen++) {
+    writeFileSync(versionFile, String(gen));
+    baton.signal('SIGUSR2');
+    await baton.waitForLogMsg('generation active', { gen }, 20_000);
+    await baton.waitForLogMsg('generation retired', { gen: gen - 1 }, 20_000);
+    await waitForVersion(port, String(gen), 5000);
+  }
+  return Promise.all([keepAlive.stop(), fresh.stop()]);
+}
+
+function python(): string[] {
+  return ['python3', PYTHON_SERVER];
+}
+
+describe('a Python server written for systemd socket activation', () => {
+  test('runs unchanged, says ready on BATON_NOTIFY_FD, and reloads five times under load with zero failed requests', async () => {
+    const { baton, port } = await start('notify', python());
+    expect(baton.logs.filter((entry) => entry.msg === 'worker ready').map((entry) => entry.via)).toEqual([
+      'notify',
+      'notify',
+    ]);
+    const { body } = await httpGetJson(port);
+    expect(body).toMatchObject({ version: '1', lang: 'python' });
+    const reports = await fiveReloadsUnderLoad(baton, port);
+    for (const report of reports) {
+      expect(report.errors).toEqual([]);
+      expect(report.failed).toBe(0);
+    }
+  });
+
+  test('with no readiness code at all, --ready delay:1s promotes it after a second, and reloads lose nothing', async () => {
+    const { baton, port } = await start('delay:1s', python(), { SAY_READY: '0' });
+    const ready = baton.logs.find((entry) => entry.msg === 'worker ready');
+    expect(ready).toMatchObject({ via: 'delay' });
+    expect(ready?.durationMs as number).toBeGreaterThanOrEqual(1000);
+    const reports = await fiveReloadsUnderLoad(baton, port);
+    for (const report of reports) expect(report.failed).toBe(0);
+  });
+
+  test('--ready ipc ignores the notify pipe: a worker that only writes READY=1 never becomes ready', async () => {
+    const baton = startBaton(
+      [
+        'start',
+        '--listen',
+        'http=tcp://127.0.0.1:0',
+        '--ready',
+        'ipc',
+        '--ready-timeout',
+        '1s',
+        '--',
+        ...python(),
+      ],
+      { env: { APP_VERSION_FILE: versionFile } },
+    );
+    expect((await baton.waitForExit(15_000)).exitCode).toBe(4);
+    expect(baton.logs.some((entry) => String(entry.msg).includes('did not say ready within 1000 ms'))).toBe(
+      true,
+    );
+  });
+});
+
+describe('a Node server with no baton import', () => {
+  test('server.listen({ fd: 3 }) and process.send("ready"): reloads with zero failed requests', async () => {
+    const script = join(dir, 'plain.cjs');
+    writeFileSync(
+      script,
+      `const http = require('node:http');
+const fs = require('node:fs');
+const version = fs.readFileSync(process.env.APP_VERSION_FILE, 'utf8').trim();
+const server = http.createServer((req, res) => res.end(JSON.stringify({ version, pid: process.pid })));
+server.listen({ fd: 3 }, () => process.send('ready'));
+process.on('SIGTERM', () => { server.close(() => process.exit(0)); });
+`,
+    );
+    const { baton, port } = await start('auto', [process.execPath, script]);
+    const fresh = httpLoad({
+      port,
+      keepAlive: false,
+      concurrency: 2,
+      maxRequests: 100_000,
+      maxDurationMs: 60_000,
+    });
+    for (let gen = 2; gen <= 4; gen++) {
+      writeFileSync(versionFile, String(gen));
+      baton.signal('SIGUSR2');
+      await baton.waitForLogMsg('generation retired', { gen: gen - 1 }, 20_000);
+      await waitForVersion(port, String(gen), 5000);
+    }
+    const report = await fresh.stop();
+    expect(report.errors).toEqual([]);
+    expect(report.failed).toBe(0);
+  });
+});
