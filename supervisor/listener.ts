@@ -7,6 +7,7 @@ import { ListenError } from './errors.js';
 import { type BoundSocket, bindTcpWithoutListening } from './node-internals.js';
 import { LISTEN_BACKLOG, type ListenSpec } from './options.js';
 import { inheritFds } from './os.js';
+import { socketInode } from './proc.js';
 
 /** unbound → bound → listening → closed. */
 export type ListenerState = 'unbound' | 'bound' | 'listening' | 'closed';
@@ -31,6 +32,11 @@ export class Listener {
   /** The port actually bound (differs from the spec's when it asked for 0). */
   get port(): number {
     return this.socket?.port ?? this.spec.port;
+  }
+
+  /** The socket's inode (Linux), by which /proc shows who holds and polls it. */
+  get inode(): number | undefined {
+    return this.socket ? socketInode(this.socket.fd) : undefined;
   }
 
   get address(): string {

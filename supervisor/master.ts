@@ -17,7 +17,7 @@ import { describeStartFailure, EXIT_CODES, GenerationFailedError, type StartFail
 import { Generation } from './generation.js';
 import { parseWorkerMessage } from './ipc.js';
 import type { Logger } from './log.js';
-import type { MasterOptions } from './options.js';
+import { type MasterOptions, POLL_READINESS_INTERVAL_MS } from './options.js';
 import { notifyFd, type Os } from './os.js';
 import { Worker } from './worker.js';
 
@@ -30,6 +30,7 @@ export type MasterEvent =
   | { type: 'worker-exited'; worker: Worker; exitCode: number | null; signal: NodeJS.Signals | null }
   | { type: 'worker-notified'; worker: Worker; line: string }
   | { type: 'ready-delay-passed'; worker: Worker }
+  | { type: 'ready-probe'; worker: Worker }
   | { type: 'ready-timeout'; worker: Worker }
   | { type: 'worker-kill-due'; worker: Worker }
   | { type: 'drain-timeout'; generation: Generation }
@@ -87,6 +88,9 @@ export interface MasterSnapshot {
   generations: GenerationSnapshot[];
 }
 
+/** How a worker's readiness was seen. */
+type ReadyVia = 'ipc' | 'notify' | 'delay' | 'poll';
+
 /** starting (first generation not ready yet) → running → stopping → stopped. */
 export type MasterState = 'starting' | 'running' | 'stopping' | 'stopped';
 
@@ -94,6 +98,8 @@ export type MasterState = 'starting' | 'running' | 'stopping' | 'stopped';
 export interface InheritedListener {
   readonly name: string;
   readonly fd: number;
+  /** The socket's inode, for readiness seen in /proc (`--ready poll`); undefined where there is no /proc. */
+  readonly inode: number | undefined;
   close(): void;
 }
 
@@ -150,6 +156,7 @@ export class Master {
     'worker-exited': (event) => this.onWorkerExited(event.worker, event.exitCode, event.signal),
     'worker-notified': (event) => this.onWorkerNotified(event.worker, event.line),
     'ready-delay-passed': (event) => this.onReadySignal(event.worker, 'delay'),
+    'ready-probe': (event) => this.onReadyProbe(event.worker),
     'ready-timeout': (event) => this.onReadyTimeout(event.worker),
     'worker-kill-due': (event) => this.kill(event.worker, 'SIGKILL'),
     'drain-timeout': (event) => this.onDrainTimeout(event.generation),
@@ -324,6 +331,8 @@ export class Master {
     const readiness = this.options.ready;
     if (readiness.kind === 'delay') {
       this.context.os.setTimer(readiness.ms, () => this.dispatch({ type: 'ready-delay-passed', worker }));
+    } else if (readiness.kind === 'poll') {
+      this.scheduleReadyProbe(worker);
     }
     this.log.debug({ gen: generation.id, worker: slotIndex, pid: worker.pid }, 'worker spawned');
   }
@@ -368,13 +377,32 @@ export class Master {
     }
   }
 
+  private scheduleReadyProbe(worker: Worker): void {
+    this.context.os.setTimer(POLL_READINESS_INTERVAL_MS, () =>
+      this.dispatch({ type: 'ready-probe', worker }),
+    );
+  }
+
+  /** `--ready poll`: a worker is ready once /proc shows it waiting for connections on the listeners. */
+  private onReadyProbe(worker: Worker): void {
+    if (worker.state !== 'starting' || worker.pid === undefined) return;
+    if (this.context.os.pollsListeners(worker.pid, this.listenerInodes)) this.onReadySignal(worker, 'poll');
+    else this.scheduleReadyProbe(worker);
+  }
+
+  private get listenerInodes(): Set<number> {
+    return new Set(
+      this.context.listeners.flatMap((listener) => (listener.inode === undefined ? [] : [listener.inode])),
+    );
+  }
+
   /** A worker said ready one way; whether that counts depends on `--ready`. */
-  private onReadySignal(worker: Worker, via: 'ipc' | 'notify' | 'delay'): void {
+  private onReadySignal(worker: Worker, via: ReadyVia): void {
     const mode = this.options.ready.kind;
     if (mode === via || (mode === 'auto' && via !== 'delay')) this.onWorkerReady(worker, via);
   }
 
-  private onWorkerReady(worker: Worker, via: 'ipc' | 'notify' | 'delay'): void {
+  private onWorkerReady(worker: Worker, via: ReadyVia): void {
     if (!worker.markReady(this.now())) return;
     const generation = this.generationOf(worker);
     this.log.info(

@@ -20,6 +20,8 @@ export const STABLE_UPTIME_MS = 10_000;
 export const MAX_DURATION_MS = 2_147_483_647;
 /** The most workers one generation may have. */
 export const MAX_WORKERS = 1024;
+/** How often the master looks in /proc whether a starting worker polls its listeners (`--ready poll`). */
+export const POLL_READINESS_INTERVAL_MS = 50;
 /** The backlog of every listening socket (Node's own default). */
 export const LISTEN_BACKLOG = 511;
 
@@ -37,23 +39,25 @@ export const DEFAULTS = {
 /**
  * How the master judges that a worker is ready: `auto` takes the IPC message or
  * the notify pipe, whichever comes first; `ipc` and `notify` take only that one;
- * `delay` takes the worker as ready once it has run that long (for programs
- * that cannot say anything).
+ * `poll` takes it as ready once it waits for connections on a listener, as
+ * seen in /proc (for unmodified programs); `delay` takes the worker as ready
+ * once it has run that long (for programs that cannot say anything).
  */
 export type ReadinessMode =
   | { kind: 'auto' }
   | { kind: 'ipc' }
   | { kind: 'notify' }
+  | { kind: 'poll' }
   | { kind: 'delay'; ms: number };
 
-/** Parses `--ready auto|ipc|notify|delay:2s`. */
+/** Parses `--ready auto|ipc|notify|poll|delay:2s`. */
 export function parseReadiness(text: string): ReadinessMode {
   const value = String(text).trim();
-  if (value === 'auto' || value === 'ipc' || value === 'notify') return { kind: value };
+  if (value === 'auto' || value === 'ipc' || value === 'notify' || value === 'poll') return { kind: value };
   if (value.startsWith('delay:'))
     return { kind: 'delay', ms: parseDuration('--ready delay', value.slice(6)) };
   throw new UsageError(
-    `Expected \`--ready\` to be auto, ipc, notify or delay:<duration> like delay:2s, got '${text}'`,
+    `Expected \`--ready\` to be auto, ipc, notify, poll or delay:<duration> like delay:2s, got '${text}'`,
   );
 }
 

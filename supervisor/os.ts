@@ -8,6 +8,7 @@ import path from 'node:path';
 import type { Readable } from 'node:stream';
 import { execa } from 'execa';
 import { CommandNotFoundError } from './errors.js';
+import { pollsListeners } from './proc.js';
 
 /** What the master asks for when it starts a worker. */
 export interface SpawnRequest {
@@ -46,6 +47,8 @@ export interface TimerHandle {
 export interface Os {
   spawnWorker(request: SpawnRequest, callbacks: WorkerCallbacks): WorkerProcess;
   resolveCommand(command: string, env: Record<string, string | undefined>, cwd: string): string;
+  /** Whether process `pid` waits for connections on a socket with one of these inodes (see proc.ts). */
+  pollsListeners(pid: number, inodes: ReadonlySet<number>): boolean;
   now(): number;
   setTimer(ms: number, fn: () => void): TimerHandle;
 }
@@ -111,6 +114,8 @@ export const realOs: Os = {
     }
     throw new CommandNotFoundError(command);
   },
+
+  pollsListeners,
 
   now: () => Date.now(),
 

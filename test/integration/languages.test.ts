@@ -117,6 +117,52 @@ describe('a Python server written for systemd socket activation', () => {
   });
 });
 
+describe('--ready poll: readiness seen from outside, for programs that say nothing', () => {
+  test('Python http.server (poll()) with no readiness code: ready once it waits on the socket; five reloads, zero failed', async () => {
+    const { baton, port } = await start('poll', python(), { SAY_READY: '0' });
+    expect(baton.logs.filter((entry) => entry.msg === 'worker ready').map((entry) => entry.via)).toEqual([
+      'poll',
+      'poll',
+    ]);
+    const reports = await fiveReloadsUnderLoad(baton, port);
+    for (const report of reports) {
+      expect(report.errors).toEqual([]);
+      expect(report.failed).toBe(0);
+    }
+  });
+
+  test('Python asyncio (epoll) and a Node server that never says ready are seen polling', async () => {
+    const node = join(dir, 'silent.cjs');
+    writeFileSync(node, "require('node:http').createServer((q, s) => s.end('{}')).listen({ fd: 3 });\n");
+    for (const command of [
+      ['python3', join(REPO_ROOT, 'test', 'fixtures', 'asyncio_http.py')],
+      [process.execPath, node],
+    ]) {
+      const { baton, port } = await start('poll', command);
+      expect(baton.logs.find((entry) => entry.msg === 'worker ready')).toMatchObject({ via: 'poll' });
+      expect((await httpGetJson(port)).status).toBe(200);
+      await killAll();
+    }
+  });
+
+  test('a worker that never listens is never taken for ready', async () => {
+    const baton = startBaton([
+      'start',
+      '--listen',
+      'tcp://127.0.0.1:0',
+      '--ready',
+      'poll',
+      '--ready-timeout',
+      '1s',
+      '--',
+      process.execPath,
+      '-e',
+      'setInterval(() => {}, 1000)',
+    ]);
+    expect((await baton.waitForExit(15_000)).exitCode).toBe(4);
+  });
+});
+
 describe('a Node server with no baton import', () => {
   test('server.listen({ fd: 3 }) and process.send("ready"): reloads with zero failed requests', async () => {
     const script = join(dir, 'plain.cjs');

@@ -347,38 +347,47 @@ describe('bad input gets one clear line and a non-zero exit', () => {
 });
 
 describe('what a worker gets', () => {
-  test('exactly its standard streams, the listeners at fd 3.. and the IPC channel after them; LISTEN_PID is its own pid; arguments arrive verbatim', async () => {
-    // A shell worker prints its own descriptors and environment, then waits to be drained.
-    const script =
-      'ls -l /proc/$$/fd | tail -n +2 | sed "s/.* \\([0-9]*\\) -> \\(.*\\)/fd \\1 \\2/" >&2; echo "pid $$ listen_pid $LISTEN_PID fds $LISTEN_FDS names $LISTEN_FDNAMES args $#:$1|$2" >&2; exec sleep 30';
+  test('exactly its standard streams, the listeners at fd 3.., the notify pipe and the IPC channel; LISTEN_PID is its own pid; arguments arrive verbatim', async () => {
+    // The worker lists its descriptors with readlink only: listing must not open any.
+    const script = [
+      'import os, sys, time',
+      "fds = [n for n in range(256) if os.path.lexists('/proc/self/fd/%d' % n)]",
+      "for n in fds: print('fd', n, os.readlink('/proc/self/fd/%d' % n), file=sys.stderr)",
+      "print('pid', os.getpid(), 'listen_pid', os.environ['LISTEN_PID'], 'fds', os.environ['LISTEN_FDS'], 'names', os.environ['LISTEN_FDNAMES'], 'notify', os.environ['BATON_NOTIFY_FD'], 'args', '|'.join(sys.argv[1:]), file=sys.stderr, flush=True)",
+      'time.sleep(30)',
+    ].join('\n');
     const baton = startBaton([
       'start',
       '--listen',
       'a=tcp://127.0.0.1:0',
       '--listen',
       'b=tcp://[::1]:0',
-      '--ready-timeout',
-      '30s',
       '--',
-      '/bin/sh',
+      'python3',
       '-c',
       script,
-      'worker',
       "it's $(not run) `either`",
       'two words',
     ]);
-    await waitFor(() => /pid \d+ listen_pid/.test(baton.output) || undefined, {
+    await waitFor(() => /^pid \d+ listen_pid/m.test(baton.output) || undefined, {
       timeoutMs: 10_000,
       what: 'the worker describing itself',
     });
     const fds = [...baton.output.matchAll(/^fd (\d+) (.*)$/gm)].map((match) => [Number(match[1]), match[2]]);
-    expect(fds.map(([fd]) => fd)).toEqual([0, 1, 2, 3, 4, 5]);
+    // 0-2 standard streams, 3-4 the listeners, 5 the notify pipe (BATON_NOTIFY_FD), 6 the IPC channel.
+    expect(fds.map(([fd]) => fd)).toEqual([0, 1, 2, 3, 4, 5, 6]);
     expect(fds[0]?.[1]).toBe('/dev/null');
-    for (const [fd, target] of fds.slice(3))
-      expect([fd, target]).toEqual([fd, expect.stringMatching(/^socket:/)]);
-    const identity = /pid (\d+) listen_pid (\d+) fds (\d+) names (\S+) args (.*)$/m.exec(baton.output);
+    expect(fds.slice(3).map(([, target]) => String(target).replace(/\[\d+\]/, ''))).toEqual([
+      'socket:',
+      'socket:',
+      'socket:',
+      'socket:',
+    ]);
+    const identity = /^pid (\d+) listen_pid (\d+) fds (\d+) names (\S+) notify (\d+) args (.*)$/m.exec(
+      baton.output,
+    );
     expect(identity?.[1]).toBe(identity?.[2]);
-    expect(identity?.slice(3)).toEqual(['2', 'a:b', "2:it's $(not run) `either`|two words"]);
+    expect(identity?.slice(3)).toEqual(['2', 'a:b', '5', "it's $(not run) `either`|two words"]);
   });
 });
 
@@ -394,14 +403,20 @@ describe('signal storms', () => {
     });
     app.setVersion('9.0.0');
     for (let i = 0; i < 20; i++) baton.signal('SIGUSR2');
+    // The kernel merges a signal that is already pending, so the master sees one to twenty of them:
+    // one reload runs, at most one more is queued, and a queued one starts as soon as gen 2 is active.
     await baton.waitForLogMsg('generation active', { gen: 2 }, 20_000);
-    await baton.waitForLogMsg('generation active', { gen: 3 }, 20_000);
-    await baton.waitForLogMsg('generation retired', { gen: 2 }, 20_000);
-    await waitForVersion(httpPort, '9.0.0', 5000);
     const starting = baton.logs
       .filter((entry) => entry.msg === 'generation starting')
       .map((entry) => entry.gen);
-    expect(starting).toEqual([1, 2, 3]);
+    const last = starting.at(-1) as number;
+    expect([
+      [1, 2],
+      [1, 2, 3],
+    ]).toContainEqual(starting);
+    await baton.waitForLogMsg('generation active', { gen: last }, 20_000);
+    await baton.waitForLogMsg('generation retired', { gen: last - 1 }, 20_000);
+    await waitForVersion(httpPort, '9.0.0', 5000);
     const report = await load.stop();
     expect(report.errors).toEqual([]);
     expect(report.failed).toBe(0);
@@ -410,6 +425,6 @@ describe('signal storms', () => {
         entry.msg === 'worker ready' &&
         !baton.logs.some((e) => e.msg === 'worker exited' && e.pid === entry.pid),
     );
-    expect(live.map((entry) => entry.gen)).toEqual([3, 3]);
+    expect(live.map((entry) => entry.gen)).toEqual([last, last]);
   });
 });

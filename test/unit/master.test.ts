@@ -6,7 +6,11 @@ import { afterEach, beforeEach, describe, expect, jest, test } from '@jest/globa
 import { pino } from 'pino';
 import { CommandNotFoundError, EXIT_CODES } from '../../supervisor/errors.js';
 import { Master } from '../../supervisor/master.js';
-import { type MasterOptions, RESTART_BACKOFF_BASE_MS } from '../../supervisor/options.js';
+import {
+  type MasterOptions,
+  POLL_READINESS_INTERVAL_MS,
+  RESTART_BACKOFF_BASE_MS,
+} from '../../supervisor/options.js';
 import type { Os, SpawnRequest, WorkerCallbacks, WorkerProcess } from '../../supervisor/os.js';
 
 class FakeProcess implements WorkerProcess {
@@ -37,6 +41,8 @@ class FakeProcess implements WorkerProcess {
 class FakeOs implements Os {
   readonly processes: FakeProcess[] = [];
   readonly missingCommands = new Set<string>();
+  /** Pids that /proc would show waiting on the listeners (`--ready poll`). */
+  readonly polling = new Set<number>();
   private nextPid = 1000;
 
   spawnWorker(request: SpawnRequest, callbacks: WorkerCallbacks): WorkerProcess {
@@ -47,6 +53,9 @@ class FakeOs implements Os {
   resolveCommand(command: string): string {
     if (this.missingCommands.has(command)) throw new CommandNotFoundError(command);
     return `/usr/bin/${command}`;
+  }
+  pollsListeners(pid: number, inodes: ReadonlySet<number>): boolean {
+    return this.polling.has(pid) && inodes.has(7001);
   }
   now(): number {
     return Date.now();
@@ -85,8 +94,8 @@ function makeMaster(options: Partial<MasterOptions> = {}): Master {
       os,
       logger,
       listeners: [
-        { name: 'http', fd: 20, close: () => closedListeners.push('http') },
-        { name: 'game', fd: 21, close: () => closedListeners.push('game') },
+        { name: 'http', fd: 20, inode: 7001, close: () => closedListeners.push('http') },
+        { name: 'game', fd: 21, inode: 7002, close: () => closedListeners.push('game') },
       ],
       env: { PATH: '/usr/bin', LISTEN_PID: '1', HOME: '/root' },
       cwd: '/srv',
@@ -385,6 +394,18 @@ describe('readiness modes', () => {
     expect(master.activeGeneration).toBeUndefined();
     jest.advanceTimersByTime(1);
     expect(master.activeGeneration?.id).toBe(1);
+  });
+
+  test('poll takes a worker as ready once /proc shows it waiting on a listener, and only then', () => {
+    const master = makeMaster({ workers: 1, ready: { kind: 'poll' } });
+    master.dispatch({ type: 'start' });
+    os.processes[0]?.ready();
+    jest.advanceTimersByTime(500);
+    expect(master.activeGeneration).toBeUndefined();
+    os.polling.add(os.processes[0]?.pid as number);
+    jest.advanceTimersByTime(POLL_READINESS_INTERVAL_MS);
+    expect(master.activeGeneration?.id).toBe(1);
+    expect(logs.find((entry) => entry.msg === 'worker ready')).toMatchObject({ via: 'poll' });
   });
 
   test('delay: a worker that exits before the delay fails the generation', () => {

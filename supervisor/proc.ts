@@ -1,0 +1,168 @@
+/**
+ * What the master reads about its workers in Linux's /proc: whether a worker
+ * waits for connections on a listener (readiness seen from outside, for
+ * programs that cannot say ready).
+ */
+import { closeSync, openSync, readdirSync, readFileSync, readlinkSync, readSync } from 'node:fs';
+
+/** Linux system call numbers that wait on descriptors, per architecture (/proc/<pid>/syscall shows the number). */
+const SYSCALLS: Record<string, { accept: number[]; poll: number[]; ppoll: number[]; select: number[] }> = {
+  x64: { accept: [43, 288], poll: [7], ppoll: [271], select: [23, 270] },
+  arm64: { accept: [202, 242], poll: [], ppoll: [73], select: [72] },
+};
+const EPOLLIN = 0x1;
+const POLLIN = 0x1;
+/** sizeof(struct pollfd): int fd, short events, short revents. */
+const POLLFD_SIZE = 8;
+/** More descriptors than this in one poll() call are not read. */
+const MAX_POLLFDS = 4096;
+
+/** The inode of the socket behind a descriptor of this process, from its /proc link (`socket:[1234]`). */
+export function socketInode(fd: number): number | undefined {
+  try {
+    return inodeOf(readlinkSync(`/proc/self/fd/${fd}`));
+  } catch {
+    return undefined;
+  }
+}
+
+function inodeOf(link: string): number | undefined {
+  const match = /^socket:\[(\d+)\]$/.exec(link);
+  return match ? Number(match[1]) : undefined;
+}
+
+/** Whether /proc shows anything of processes here (Linux, and not hidden). */
+export function procAvailable(): boolean {
+  try {
+    readdirSync('/proc/self/fd');
+    return true;
+  } catch {
+    return false;
+  }
+}
+
+/**
+ * Whether process `pid` waits for connections on one of the sockets with these
+ * inodes: the socket is in one of its epoll interest lists with EPOLLIN (Node,
+ * Go, Python asyncio and selectors), or one of its threads is blocked in
+ * accept(), poll() or select() on it (blocking servers, Python's socketserver).
+ * False when it cannot tell (the process is gone, or /proc is not readable).
+ */
+export function pollsListeners(pid: number, inodes: ReadonlySet<number>): boolean {
+  const listenerFds = new Set<number>();
+  const epollFds: number[] = [];
+  let entries: string[];
+  try {
+    entries = readdirSync(`/proc/${pid}/fd`);
+  } catch {
+    return false;
+  }
+  for (const entry of entries) {
+    let link: string;
+    try {
+      link = readlinkSync(`/proc/${pid}/fd/${entry}`);
+    } catch {
+      continue;
+    }
+    const inode = inodeOf(link);
+    if (inode !== undefined && inodes.has(inode)) listenerFds.add(Number(entry));
+    else if (link === 'anon_inode:[eventpoll]') epollFds.push(Number(entry));
+  }
+  if (listenerFds.size === 0) return false;
+  return epollFds.some((fd) => epollWatches(pid, fd, inodes)) || threadsWaitOn(pid, listenerFds);
+}
+
+/** An epoll descriptor's interest list, from its fdinfo: `tfd: 3 events: 19 data: ... ino: 4744d`. */
+function epollWatches(pid: number, epollFd: number, inodes: ReadonlySet<number>): boolean {
+  let info: string;
+  try {
+    info = readFileSync(`/proc/${pid}/fdinfo/${epollFd}`, 'utf8');
+  } catch {
+    return false;
+  }
+  for (const match of info.matchAll(/^tfd:\s*\d+\s+events:\s*([0-9a-f]+).*?\bino:([0-9a-f]+)/gm)) {
+    if (
+      (Number.parseInt(match[1] as string, 16) & EPOLLIN) !== 0 &&
+      inodes.has(Number.parseInt(match[2] as string, 16))
+    ) {
+      return true;
+    }
+  }
+  return false;
+}
+
+function threadsWaitOn(pid: number, listenerFds: ReadonlySet<number>): boolean {
+  const calls = SYSCALLS[process.arch];
+  if (!calls) return false;
+  let threads: string[];
+  try {
+    threads = readdirSync(`/proc/${pid}/task`);
+  } catch {
+    return false;
+  }
+  for (const tid of threads) {
+    let fields: string[];
+    try {
+      fields = readFileSync(`/proc/${pid}/task/${tid}/syscall`, 'utf8').trim().split(/\s+/);
+    } catch {
+      continue;
+    }
+    const nr = Number(fields[0]);
+    const args = fields.slice(1).map((arg) => Number.parseInt(arg, 16));
+    if (Number.isNaN(nr)) continue; // "running"
+    if (calls.accept.includes(nr) && listenerFds.has(args[0] as number)) return true;
+    if (
+      (calls.poll.includes(nr) || calls.ppoll.includes(nr)) &&
+      pollfdsInclude(pid, args[0], args[1], listenerFds)
+    )
+      return true;
+    if (calls.select.includes(nr) && fdSetIncludes(pid, args[0], args[1], listenerFds)) return true;
+  }
+  return false;
+}
+
+/** Reads the pollfd array a blocked poll() passed, from the process's memory (a parent may read its child's). */
+function pollfdsInclude(
+  pid: number,
+  address: number | undefined,
+  count: number | undefined,
+  fds: ReadonlySet<number>,
+): boolean {
+  if (!address || !count || count > MAX_POLLFDS) return false;
+  const bytes = readMemory(pid, address, count * POLLFD_SIZE);
+  if (!bytes) return false;
+  for (let offset = 0; offset + POLLFD_SIZE <= bytes.length; offset += POLLFD_SIZE) {
+    if (fds.has(bytes.readInt32LE(offset)) && (bytes.readInt16LE(offset + 4) & POLLIN) !== 0) return true;
+  }
+  return false;
+}
+
+/** Reads the read-fd_set a blocked select() passed (bit n set: descriptor n). */
+function fdSetIncludes(
+  pid: number,
+  nfds: number | undefined,
+  address: number | undefined,
+  fds: ReadonlySet<number>,
+): boolean {
+  if (!address || !nfds || nfds > MAX_POLLFDS) return false;
+  const bytes = readMemory(pid, address, Math.ceil(nfds / 8));
+  if (!bytes) return false;
+  for (const fd of fds) {
+    if (fd < nfds && ((bytes[fd >> 3] ?? 0) & (1 << (fd & 7))) !== 0) return true;
+  }
+  return false;
+}
+
+function readMemory(pid: number, address: number, length: number): Buffer | undefined {
+  let fd: number | undefined;
+  try {
+    fd = openSync(`/proc/${pid}/mem`, 'r');
+    const buffer = Buffer.alloc(length);
+    const read = readSync(fd, buffer, 0, length, address);
+    return buffer.subarray(0, read);
+  } catch {
+    return undefined;
+  } finally {
+    if (fd !== undefined) closeSync(fd);
+  }
+}
