@@ -1,63 +1,82 @@
 /**
- * Listener: a named socket the master binds once and keeps for its whole life.
- * Workers inherit it; the master itself never polls it.
+ * Listener: a named socket the master binds once (or receives from systemd)
+ * and keeps for its whole life. Workers inherit it; the master itself never
+ * polls it.
  */
+import { chmodSync, chownSync, closeSync, lstatSync, readFileSync, unlinkSync } from 'node:fs';
+import net from 'node:net';
 import { execa } from 'execa';
 import { ListenError } from './errors.js';
-import { type BoundSocket, bindTcpWithoutListening } from './node-internals.js';
-import { LISTEN_BACKLOG, type ListenSpec } from './options.js';
+import {
+  type BoundSocket,
+  bindTcpWithoutListening,
+  bindUdpWithoutReading,
+  bindUnixWithoutListening,
+} from './node-internals.js';
+import { LISTEN_BACKLOG, type ListenSpec, type UnixListenSpec } from './options.js';
 import { inheritFds } from './os.js';
-import { socketInode } from './proc.js';
+import { describeSocket, socketInode } from './proc.js';
 
-/** unbound → bound → listening → closed. */
-export type ListenerState = 'unbound' | 'bound' | 'listening' | 'closed';
+/** bound (or inherited) → listening → closed. */
+export type ListenerState = 'bound' | 'listening' | 'closed';
 
-/** One named listening socket owned by the master. */
+/** What kind of socket a listener is. */
+export type ListenerKind = 'tcp' | 'udp' | 'unix';
+
+/** How long a stale-socket check waits for an answer on an existing Unix socket file. */
+const STALE_SOCKET_CHECK_MS = 1000;
+
+/** One named socket owned by the master. */
 export class Listener {
-  state: ListenerState = 'unbound';
-  private socket: BoundSocket | undefined;
+  state: ListenerState = 'bound';
+  /** The socket's inode (Linux), by which /proc shows who holds and polls it. */
+  readonly inode: number | undefined;
 
-  constructor(readonly spec: ListenSpec) {}
-
-  get name(): string {
-    return this.spec.name;
+  constructor(
+    readonly name: string,
+    readonly kind: ListenerKind,
+    private readonly socket: BoundSocket,
+    /** Bound by this master, or received from its parent (systemd socket activation). */
+    readonly origin: 'bound' | 'inherited',
+    /** The socket file this master created, removed when it closes. */
+    private readonly unixPath?: string,
+  ) {
+    this.inode = socketInode(socket.fd);
   }
 
   /** The descriptor workers inherit (at 3 + this listener's index). */
   get fd(): number {
-    if (!this.socket || this.state === 'closed') throw new Error(`listener ${this.name} is not open`);
+    if (this.state === 'closed') throw new Error(`listener ${this.name} is closed`);
     return this.socket.fd;
   }
 
-  /** The port actually bound (differs from the spec's when it asked for 0). */
+  /** The port actually bound (differs from the spec's when it asked for 0); 0 for Unix sockets. */
   get port(): number {
-    return this.socket?.port ?? this.spec.port;
+    return this.socket.port;
   }
 
-  /** The socket's inode (Linux), by which /proc shows who holds and polls it. */
-  get inode(): number | undefined {
-    return this.socket ? socketInode(this.socket.fd) : undefined;
-  }
-
+  /** The IP address, or the Unix socket's path. */
   get address(): string {
-    return this.socket?.address ?? this.spec.host;
+    return this.socket.address;
   }
 
-  /** Binds the address; throws a ListenError that says what to do. */
-  bind(): void {
-    try {
-      this.socket = bindTcpWithoutListening(this.spec.host, this.spec.port, this.spec.family);
-      this.state = 'bound';
-    } catch (error) {
-      throw listenError(this.spec, (error as { code?: string }).code ?? 'UNKNOWN', error);
-    }
+  /** Stream sockets are made to listen; datagram sockets are only bound. */
+  get isStream(): boolean {
+    return this.kind !== 'udp';
   }
 
-  /** Closes the master's copy: the socket lives on while any worker holds it. */
+  /** Closes the master's copy (the socket lives on while a worker holds it) and removes the socket file it created. */
   close(): void {
     if (this.state === 'closed') return;
-    this.socket?.close();
+    this.socket.close();
     this.state = 'closed';
+    if (this.unixPath) {
+      try {
+        unlinkSync(this.unixPath);
+      } catch {
+        // already gone
+      }
+    }
   }
 }
 
@@ -83,43 +102,191 @@ process.nextTick(() => {
 });
 `;
 
-/** Binds every listener, then makes them all listen; throws a ListenError on the first that fails. */
-export async function openListeners(specs: ListenSpec[]): Promise<Listener[]> {
-  const listeners = specs.map((spec) => new Listener(spec));
+/**
+ * Opens every listener: sockets inherited from the parent first (systemd
+ * socket activation), then each `--listen` that they do not already provide,
+ * bound here. Every stream socket is then made to listen. Throws a ListenError
+ * on the first that fails, having closed the others.
+ */
+export async function openListeners(specs: ListenSpec[], inherited: Listener[] = []): Promise<Listener[]> {
+  const listeners = [...inherited];
   try {
-    for (const listener of listeners) listener.bind();
-    const result = await execa(
-      process.execPath,
-      ['-e', LISTEN_HELPER, String(listeners.length), String(LISTEN_BACKLOG)],
-      {
-        stdio: inheritFds(
-          ['ignore', 'ignore', 'pipe'],
-          listeners.map((listener) => listener.fd),
-        ),
-        reject: false,
-        env: { NODE_OPTIONS: '' },
-      },
-    );
-    if (result.exitCode !== 0) {
-      const [index, code] = String(result.stderr).trim().split(':');
-      const spec = specs[Number(index)] ?? (specs[0] as ListenSpec);
-      throw listenError(spec, code ?? 'UNKNOWN', new Error(String(result.stderr || result.message)));
+    for (const spec of specs) {
+      if (inherited.some((listener) => listener.name === spec.name)) continue;
+      listeners.push(await bindListener(spec));
+    }
+    const streams = listeners.filter((listener) => listener.isStream);
+    if (streams.length > 0) {
+      const result = await execa(
+        process.execPath,
+        ['-e', LISTEN_HELPER, String(streams.length), String(LISTEN_BACKLOG)],
+        {
+          stdio: inheritFds(
+            ['ignore', 'ignore', 'pipe'],
+            streams.map((listener) => listener.fd),
+          ),
+          reject: false,
+          env: { NODE_OPTIONS: '' },
+        },
+      );
+      if (result.exitCode !== 0) {
+        const [index, code] = String(result.stderr).trim().split(':');
+        const failed = streams[Number(index)] ?? (streams[0] as Listener);
+        const spec = specs.find((candidate) => candidate.name === failed.name);
+        throw listenError(
+          spec?.text ?? failed.name,
+          failed.address,
+          code ?? 'UNKNOWN',
+          new Error(String(result.stderr)),
+        );
+      }
     }
     for (const listener of listeners) listener.state = 'listening';
     return listeners;
   } catch (error) {
-    for (const listener of listeners) listener.close();
+    for (const listener of listeners) if (listener.origin === 'bound') listener.close();
     throw error;
   }
 }
 
-function listenError(spec: ListenSpec, code: string, cause: unknown): ListenError {
-  const where = `${spec.host.includes(':') ? `[${spec.host}]` : spec.host}:${spec.port}`;
+async function bindListener(spec: ListenSpec): Promise<Listener> {
+  try {
+    if (spec.scheme !== 'unix') {
+      const socket =
+        spec.scheme === 'tcp'
+          ? bindTcpWithoutListening(spec.host, spec.port, spec.family)
+          : await bindUdpWithoutReading(spec.host, spec.port, spec.family);
+      return new Listener(spec.name, spec.scheme, socket, 'bound');
+    }
+    await removeStaleSocket(spec);
+    const socket = bindUnixWithoutListening(spec.path);
+    const listener = new Listener(spec.name, 'unix', socket, 'bound', spec.path);
+    try {
+      applyOwnership(spec);
+    } catch (error) {
+      listener.close();
+      throw error;
+    }
+    return listener;
+  } catch (error) {
+    if (error instanceof ListenError) throw error;
+    const where = spec.scheme === 'unix' ? spec.path : hostPort(spec.host, spec.port);
+    throw listenError(spec.text, where, (error as { code?: string }).code ?? 'UNKNOWN', error);
+  }
+}
+
+/** A socket file left by a crash is replaced; one that another process answers on is refused. */
+async function removeStaleSocket(spec: UnixListenSpec): Promise<void> {
+  let isSocket: boolean;
+  try {
+    isSocket = lstatSync(spec.path).isSocket();
+  } catch {
+    return; // nothing there
+  }
+  if (!isSocket) {
+    throw new ListenError(
+      spec.name,
+      'EEXIST',
+      `Cannot listen on ${spec.text}: ${spec.path} exists and is not a socket; remove it or choose another path.`,
+    );
+  }
+  const answer = await new Promise<string>((resolve) => {
+    const probe = net.connect(spec.path);
+    const timer = setTimeout(() => {
+      probe.destroy();
+      resolve('ETIMEDOUT');
+    }, STALE_SOCKET_CHECK_MS);
+    probe.once('connect', () => {
+      clearTimeout(timer);
+      probe.destroy();
+      resolve('connected');
+    });
+    probe.once('error', (error: NodeJS.ErrnoException) => {
+      clearTimeout(timer);
+      resolve(error.code ?? 'UNKNOWN');
+    });
+  });
+  if (answer === 'ECONNREFUSED') {
+    unlinkSync(spec.path);
+    return;
+  }
+  throw new ListenError(
+    spec.name,
+    'EADDRINUSE',
+    `Cannot listen on ${spec.text}: another process answers on ${spec.path}; stop it or choose another path.`,
+  );
+}
+
+function applyOwnership(spec: UnixListenSpec): void {
+  if (spec.mode !== undefined) chmodSync(spec.path, spec.mode);
+  if (spec.owner === undefined && spec.group === undefined) return;
+  const uid = spec.owner === undefined ? -1 : resolveId(spec.owner, '/etc/passwd', spec);
+  const gid = spec.group === undefined ? -1 : resolveId(spec.group, '/etc/group', spec);
+  chownSync(spec.path, uid, gid);
+}
+
+/** A user or group by number or by name (from /etc/passwd or /etc/group). */
+function resolveId(nameOrId: string, database: string, spec: UnixListenSpec): number {
+  if (/^\d+$/.test(nameOrId)) return Number(nameOrId);
+  let entries: string[] = [];
+  try {
+    entries = readFileSync(database, 'utf8').split('\n');
+  } catch {
+    // no such database: the name is unknown
+  }
+  const entry = entries.map((line) => line.split(':')).find((fields) => fields[0] === nameOrId);
+  if (!entry || entry[2] === undefined) {
+    throw new ListenError(
+      spec.name,
+      'ENOENT',
+      `Cannot listen on ${spec.text}: no ${database === '/etc/passwd' ? 'user' : 'group'} named '${nameOrId}'.`,
+    );
+  }
+  return Number(entry[2]);
+}
+
+/**
+ * The sockets this process received by systemd's socket activation
+ * (LISTEN_FDS from fd 3, for this pid), as listeners named by LISTEN_FDNAMES.
+ */
+export function inheritedListeners(env: Record<string, string | undefined>, pid: number): Listener[] {
+  const count = Number(env.LISTEN_FDS);
+  if (!env.LISTEN_FDS || !Number.isInteger(count) || count < 1) return [];
+  if (env.LISTEN_PID !== undefined && env.LISTEN_PID !== String(pid)) return [];
+  const names = env.LISTEN_FDNAMES?.split(':') ?? [];
+  return Array.from({ length: count }, (_, index) => {
+    const fd = 3 + index;
+    const name = names[index] && names[index] !== 'unknown' ? (names[index] as string) : `listen${index}`;
+    const inode = socketInode(fd);
+    const described = inode === undefined ? undefined : describeSocket(inode);
+    if (!described) {
+      throw new ListenError(
+        name,
+        'EBADF',
+        `LISTEN_FDS says fd ${fd} is a socket, but it is not one this process holds; check the parent that started baton (its .socket unit).`,
+      );
+    }
+    const socket: BoundSocket = {
+      fd,
+      address: described.kind === 'unix' ? (described.path ?? '') : described.address,
+      port: described.kind === 'unix' ? 0 : described.port,
+      close: () => closeSync(fd),
+    };
+    return new Listener(name, described.kind, socket, 'inherited');
+  });
+}
+
+function hostPort(host: string, port: number): string {
+  return `${host.includes(':') ? `[${host}]` : host}:${port}`;
+}
+
+function listenError(text: string, where: string, code: string, cause: unknown): ListenError {
   const advice: Record<string, string> = {
     EADDRINUSE: `another process is listening on ${where}; stop it or choose another port`,
-    EACCES: `no permission to bind ${where}; ports below 1024 need root or CAP_NET_BIND_SERVICE`,
-    EADDRNOTAVAIL: `${spec.host} is not an address of this machine`,
+    EACCES: `no permission to bind ${where}; ports below 1024 need root or CAP_NET_BIND_SERVICE, and a socket file needs a writable directory`,
+    EADDRNOTAVAIL: `${where} is not an address of this machine`,
+    ENOENT: `the directory of ${where} does not exist`,
   };
   const why = advice[code] ?? `the system said ${code}`;
-  return new ListenError(spec.name, code, `Cannot listen on ${spec.text}: ${why}.`, { cause });
+  return new ListenError(text.split('=')[0] ?? text, code, `Cannot listen on ${text}: ${why}.`, { cause });
 }

@@ -3,6 +3,7 @@
  * does the job. test/unit/node-internals.test.ts fails loudly if a Node
  * release changes them.
  */
+import dgram from 'node:dgram';
 import net from 'node:net';
 import { getSystemErrorName } from 'node:util';
 
@@ -71,4 +72,77 @@ export function bindTcpWithoutListening(host: string, port: number, family: 4 | 
     port: out.port,
     close: () => handle.close(),
   };
+}
+
+/**
+ * Binds a Unix socket at `path` without listening (the file is created).
+ * Why internal: as for TCP, `net.Server#listen(path)` would also poll it.
+ */
+export function bindUnixWithoutListening(path: string): BoundSocket {
+  const createServerHandle = (net as unknown as { _createServerHandle?: CreateServerHandle })
+    ._createServerHandle;
+  if (typeof createServerHandle !== 'function') {
+    throw new Error(
+      'net._createServerHandle is missing: this Node release changed an internal API baton relies on',
+    );
+  }
+  // port -1 and addressType -1 make a Pipe (Unix socket) handle, as node:cluster does for paths.
+  const handle = createServerHandle(path, -1, -1 as 4, undefined, 0);
+  if (typeof handle === 'number') {
+    const code = getSystemErrorName(handle);
+    throw Object.assign(new Error(`bind ${path} failed: ${code}`), { code, errno: handle });
+  }
+  if (typeof handle.fd !== 'number' || handle.fd < 0) {
+    handle.close();
+    throw new Error(
+      'a bound Unix socket handle has no fd: this Node release changed an internal API baton relies on',
+    );
+  }
+  return { fd: handle.fd, address: path, port: 0, close: () => handle.close() };
+}
+
+interface UdpHandle {
+  fd: number;
+  recvStop(): number;
+}
+
+/**
+ * Binds a UDP socket without reading from it.
+ * Why internal: `dgram.Socket#bind` always starts reading (the master would
+ * take datagrams meant for workers). It is stopped in the 'listening' event,
+ * which comes in the same tick as the start, before the event loop polls; the
+ * socket's libuv handle sits behind dgram's state symbol.
+ */
+export function bindUdpWithoutReading(host: string, port: number, family: 4 | 6): Promise<BoundSocket> {
+  return new Promise((resolve, reject) => {
+    const socket = dgram.createSocket({ type: family === 6 ? 'udp6' : 'udp4' });
+    socket.once('error', (error) => {
+      socket.close();
+      reject(error);
+    });
+    socket.bind({ port, address: host }, () => {
+      const stateKey = Object.getOwnPropertySymbols(socket).find(
+        (key) => String(key) === 'Symbol(state symbol)',
+      );
+      const handle =
+        stateKey && (socket as unknown as Record<symbol, { handle?: UdpHandle }>)[stateKey]?.handle;
+      if (
+        !handle ||
+        typeof handle.recvStop !== 'function' ||
+        typeof handle.fd !== 'number' ||
+        handle.fd < 0
+      ) {
+        socket.close();
+        reject(
+          new Error(
+            "dgram's state symbol or its handle changed: this Node release changed an internal API baton relies on",
+          ),
+        );
+        return;
+      }
+      handle.recvStop();
+      const address = socket.address();
+      resolve({ fd: handle.fd, address: address.address, port: address.port, close: () => socket.close() });
+    });
+  });
 }

@@ -66,14 +66,29 @@ export const LOG_LEVELS = ['fatal', 'error', 'warn', 'info', 'debug', 'trace', '
 /** One of pino's levels. */
 export type LogLevel = (typeof LOG_LEVELS)[number];
 
-/** A TCP listener as given by `--listen [name=]tcp://host:port`. */
-export interface ListenSpec {
+/** A listener as given by `--listen`: a TCP or UDP address, or a Unix socket path. */
+export type ListenSpec = InetListenSpec | UnixListenSpec;
+
+/** `[name=]tcp://host:port` or `[name=]udp://host:port`. */
+export interface InetListenSpec {
   name: string;
-  scheme: 'tcp';
+  scheme: 'tcp' | 'udp';
   host: string;
   port: number;
   family: 4 | 6;
   /** What the user typed, for messages. */
+  text: string;
+}
+
+/** `[name=]unix:/path.sock[?mode=660&owner=user&group=group]`. */
+export interface UnixListenSpec {
+  name: string;
+  scheme: 'unix';
+  path: string;
+  /** File mode of the socket file, e.g. 0o660; the umask's when undefined. */
+  mode: number | undefined;
+  owner: string | undefined;
+  group: string | undefined;
   text: string;
 }
 
@@ -114,40 +129,86 @@ export function parseInteger(flag: string, text: unknown, min: number, max: numb
 }
 
 const LISTENER_NAME = /^[A-Za-z0-9_.-]{1,64}$/;
-const TCP_URL = /^tcp:\/\/(\[[^\]]*\]|[^:/[\]]*):(\d+)$/;
+const INET_URL = /^(tcp|udp):\/\/(\[[^\]]*\]|[^:/[\]]*):(\d+)$/;
+const UNIX_OPTIONS = new Set(['mode', 'owner', 'group']);
+/** The longest path a Unix socket address holds (sun_path, less its final NUL). */
+const MAX_UNIX_PATH = 107;
 
-/** Parses `[name=]tcp://host:port` (IPv6 hosts in brackets); unnamed listeners are called listen0, listen1, ... */
+/**
+ * Parses `[name=]tcp://host:port`, `[name=]udp://host:port` (IPv6 hosts in
+ * brackets) or `[name=]unix:/path.sock[?mode=660&owner=u&group=g]`; unnamed
+ * listeners are called listen0, listen1, ...
+ */
 export function parseListen(text: string, index: number): ListenSpec {
-  const expected = `Expected \`--listen\` to look like http=tcp://127.0.0.1:8080 or tcp://[::]:9000`;
+  const expected =
+    'Expected `--listen` to look like http=tcp://127.0.0.1:8080, tcp://[::]:9000, udp://0.0.0.0:5353 or unix:/run/app.sock';
   const raw = String(text).trim();
   const eq = raw.indexOf('=');
-  const hasName = eq !== -1 && !raw.slice(0, eq).includes('://');
+  const hasName = eq !== -1 && !/^[a-z0-9+]+:/.test(raw.slice(0, eq));
   const name = hasName ? raw.slice(0, eq) : `listen${index}`;
   const url = hasName ? raw.slice(eq + 1) : raw;
   if (!LISTENER_NAME.test(name)) {
     throw new UsageError(`${expected}; the name may use letters, digits, '_', '.', '-', got '${text}'`);
   }
   const scheme = /^([a-z0-9+]+):/.exec(url)?.[1];
-  if (scheme && scheme !== 'tcp') {
-    throw new UsageError(`${expected}; the scheme '${scheme}' is not supported (use tcp://), got '${text}'`);
+  if (scheme === 'unix') return parseUnixListen(name, url.slice('unix:'.length), raw, expected);
+  if (scheme && scheme !== 'tcp' && scheme !== 'udp') {
+    throw new UsageError(
+      `${expected}; the scheme '${scheme}' is not supported (tcp, udp, unix), got '${text}'`,
+    );
   }
-  const match = TCP_URL.exec(url);
+  const match = INET_URL.exec(url);
   if (!match) throw new UsageError(`${expected}, got '${text}'`);
-  let host = match[1] as string;
+  let host = match[2] as string;
   if (host.startsWith('[')) host = host.slice(1, -1);
   if (host === '' || host === '*') host = '0.0.0.0';
   if (host === 'localhost') host = '127.0.0.1';
   const family = isIP(host);
-  if (family === 0)
+  if (family === 0) {
     throw new UsageError(`${expected}; the host must be an IP address or localhost, got '${text}'`);
-  if (family === 6 && !match[1]?.startsWith('[')) {
+  }
+  if (family === 6 && !match[2]?.startsWith('[')) {
     throw new UsageError(`${expected}; put an IPv6 address in brackets, got '${text}'`);
   }
-  const port = Number(match[2]);
+  const port = Number(match[3]);
   if (!Number.isInteger(port) || port > 65_535) {
     throw new UsageError(`${expected}; the port must be from 0 to 65535, got '${text}'`);
   }
-  return { name, scheme: 'tcp', host, port, family: family as 4 | 6, text: raw };
+  return { name, scheme: match[1] as 'tcp' | 'udp', host, port, family: family as 4 | 6, text: raw };
+}
+
+function parseUnixListen(name: string, rest: string, raw: string, expected: string): UnixListenSpec {
+  const [path = '', query = ''] = rest.split('?', 2);
+  if (!path.startsWith('/') || path.endsWith('/')) {
+    throw new UsageError(`${expected}; a Unix socket needs an absolute file path, got '${raw}'`);
+  }
+  if (Buffer.byteLength(path) > MAX_UNIX_PATH) {
+    throw new UsageError(
+      `${expected}; a Unix socket path holds at most ${MAX_UNIX_PATH} bytes, got '${raw}'`,
+    );
+  }
+  const options = new URLSearchParams(query);
+  for (const key of options.keys()) {
+    if (!UNIX_OPTIONS.has(key)) {
+      throw new UsageError(
+        `${expected}; a Unix socket takes mode, owner and group, not '${key}', got '${raw}'`,
+      );
+    }
+  }
+  const modeText = options.get('mode');
+  const mode = modeText === null ? undefined : Number.parseInt(modeText, 8);
+  if (modeText !== null && (!/^[0-7]{3,4}$/.test(modeText) || (mode as number) > 0o777)) {
+    throw new UsageError(`${expected}; mode is octal like 660, got '${raw}'`);
+  }
+  return {
+    name,
+    scheme: 'unix',
+    path,
+    mode,
+    owner: options.get('owner') ?? undefined,
+    group: options.get('group') ?? undefined,
+    text: raw,
+  };
 }
 
 /** Checks a signal name that may be sent to workers to make them drain. */
@@ -180,13 +241,15 @@ export interface RawStartArgs {
   drainSignal?: unknown;
   maxDraining?: unknown;
   ready?: unknown;
+  /** The master was handed listening sockets (LISTEN_FDS): `--listen` may then be left out. */
+  socketsInherited?: boolean;
   command: string[];
 }
 
 /** Validates everything `baton start` was given; throws the first UsageError found. */
 export function parseStartOptions(raw: RawStartArgs): MasterOptions {
   const listenTexts = raw.listen === undefined ? [] : ([] as unknown[]).concat(raw.listen).map(String);
-  if (listenTexts.length === 0) {
+  if (listenTexts.length === 0 && !raw.socketsInherited) {
     throw new UsageError('Expected at least one `--listen`, like --listen http=tcp://127.0.0.1:8080');
   }
   const listen = listenTexts.map(parseListen);

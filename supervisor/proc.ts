@@ -166,3 +166,58 @@ function readMemory(pid: number, address: number, length: number): Buffer | unde
     if (fd !== undefined) closeSync(fd);
   }
 }
+
+/** A socket as /proc/net shows it. */
+export type SocketDescription =
+  | { kind: 'tcp' | 'udp'; address: string; port: number; listening: boolean }
+  | { kind: 'unix'; path: string | undefined; listening: boolean };
+
+/** Finds a socket of this machine by inode in /proc/net (tcp, tcp6, udp, udp6, unix). */
+export function describeSocket(inode: number): SocketDescription | undefined {
+  for (const [file, kind] of [
+    ['tcp', 'tcp'],
+    ['tcp6', 'tcp'],
+    ['udp', 'udp'],
+    ['udp6', 'udp'],
+  ] as const) {
+    let table: string;
+    try {
+      table = readFileSync(`/proc/net/${file}`, 'utf8');
+    } catch {
+      continue;
+    }
+    for (const line of table.split('\n').slice(1)) {
+      const fields = line.trim().split(/\s+/);
+      if (Number(fields[9]) !== inode) continue;
+      const [addressHex = '', portHex = '0'] = (fields[1] ?? '').split(':');
+      return {
+        kind,
+        address: decodeAddress(addressHex),
+        port: Number.parseInt(portHex, 16),
+        listening: fields[3] === '0A' || kind === 'udp',
+      };
+    }
+  }
+  try {
+    for (const line of readFileSync('/proc/net/unix', 'utf8').split('\n').slice(1)) {
+      const fields = line.trim().split(/\s+/);
+      if (Number(fields[6]) === inode)
+        return { kind: 'unix', path: fields[7], listening: fields[5] === '01' };
+    }
+  } catch {
+    // no /proc/net/unix
+  }
+  return undefined;
+}
+
+/** /proc/net shows addresses as hex in host byte order, 32 bits at a time. */
+function decodeAddress(hex: string): string {
+  const words = hex.match(/.{8}/g) ?? [];
+  const bytes = words.flatMap((word) =>
+    (word.match(/../g) ?? []).reverse().map((byte) => Number.parseInt(byte, 16)),
+  );
+  if (bytes.length === 4) return bytes.join('.');
+  const groups: string[] = [];
+  for (let i = 0; i < 16; i += 2) groups.push((((bytes[i] ?? 0) << 8) | (bytes[i + 1] ?? 0)).toString(16));
+  return groups.join(':').replace(/(^|:)0(:0)+(:|$)/, '::');
+}

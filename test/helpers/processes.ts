@@ -226,11 +226,17 @@ export class BatonProcess {
  * Starts `node <nodeArgs>` (the Node running the tests) as a tracked process in its own process group,
  * stdout and stderr piped. `startBaton` is this with bin/baton.js; tests of the helpers use it directly.
  */
-export function startNode(
-  nodeArgs: string[],
+export function startNode(nodeArgs: string[], options: StartOptions = {}): BatonProcess {
+  return startProcess(process.execPath, nodeArgs, options);
+}
+
+/** Starts any program as a tracked process (killed by `killAll`), in its own process group. */
+export function startProcess(
+  file: string,
+  args: string[],
   { cwd = REPO_ROOT, env = {} }: StartOptions = {},
 ): BatonProcess {
-  const subprocess = execa(process.execPath, nodeArgs, {
+  const subprocess = execa(file, args, {
     cwd,
     env,
     // Its own process group, so that a single kill(-pid) reaches the master and every worker.
@@ -243,7 +249,7 @@ export function startNode(
   });
   const child = subprocess.nodeChildProcess;
   if (subprocess.pid === undefined || child.stdout === null || child.stderr === null) {
-    throw new Error(`could not start ${process.execPath} ${nodeArgs.join(' ')}`);
+    throw new Error(`could not start ${file} ${args.join(' ')}`);
   }
   const exited = new Promise<ExitStatus>((resolve) => {
     child.once('exit', (exitCode, signal) => resolve({ exitCode, signal }));

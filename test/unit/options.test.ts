@@ -52,7 +52,7 @@ describe('parseListen', () => {
   });
 
   test.each([
-    ['udp://127.0.0.1:53', /scheme 'udp' is not supported/],
+    ['http://127.0.0.1:53', /scheme 'http' is not supported/],
     ['tcp://127.0.0.1:70000', /port must be from 0 to 65535/],
     ['tcp://example.com:80', /IP address or localhost/],
     ['tcp://::1:80', /./],
@@ -111,5 +111,42 @@ describe('parseReadiness', () => {
 
   test.each(['soon', 'delay:', 'delay:abc', 'poll-ish', ''])('refuses %p', (text) => {
     expect(() => parseReadiness(text)).toThrow(UsageError);
+  });
+});
+
+describe('parseListen: Unix sockets and UDP', () => {
+  test('unix paths with mode, owner and group', () => {
+    expect(parseListen('api=unix:/run/app.sock?mode=660&owner=www&group=web', 0)).toMatchObject({
+      name: 'api',
+      scheme: 'unix',
+      path: '/run/app.sock',
+      mode: 0o660,
+      owner: 'www',
+      group: 'web',
+    });
+    expect(parseListen('unix:/tmp/a.sock', 2)).toMatchObject({
+      name: 'listen2',
+      path: '/tmp/a.sock',
+      mode: undefined,
+    });
+  });
+
+  test('udp addresses', () => {
+    expect(parseListen('dns=udp://[::1]:5353', 0)).toMatchObject({
+      scheme: 'udp',
+      host: '::1',
+      port: 5353,
+      family: 6,
+    });
+  });
+
+  test.each([
+    ['unix:relative.sock', /absolute file path/],
+    ['unix:/tmp/a.sock?mode=999', /octal/],
+    ['unix:/tmp/a.sock?perm=600', /not 'perm'/],
+    [`unix:/${'x'.repeat(120)}`, /at most 107 bytes/],
+    ['sctp://127.0.0.1:1', /'sctp' is not supported/],
+  ])('refuses %p', (text, message) => {
+    expect(() => parseListen(text, 0)).toThrow(message);
   });
 });

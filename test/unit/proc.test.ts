@@ -1,0 +1,73 @@
+/** What the master reads in /proc, checked against real sockets of this process. */
+import net from 'node:net';
+import { describe, expect, test } from '@jest/globals';
+import { bindTcpWithoutListening, bindUdpWithoutReading } from '../../supervisor/node-internals.js';
+import { describeSocket, pollsListeners, socketInode } from '../../supervisor/proc.js';
+import { waitFor } from '../helpers/wait.js';
+
+describe('describeSocket', () => {
+  test('finds a listening TCP socket by inode, IPv4 and IPv6 (a socket only bound is not in /proc/net/tcp)', async () => {
+    for (const [host, family] of [
+      ['127.0.0.1', 4],
+      ['::1', 6],
+    ] as const) {
+      const socket = bindTcpWithoutListening(host, 0, family);
+      const server = net.createServer();
+      try {
+        const inode = socketInode(socket.fd);
+        expect(inode).toBeGreaterThan(0);
+        expect(describeSocket(inode as number)).toBeUndefined();
+        await new Promise<void>((resolve) => server.listen({ fd: socket.fd }, resolve));
+        expect(describeSocket(inode as number)).toEqual({
+          kind: 'tcp',
+          address: host,
+          port: socket.port,
+          listening: true,
+        });
+      } finally {
+        server.close();
+        socket.close();
+      }
+    }
+  });
+
+  test('finds a UDP socket', async () => {
+    const socket = await bindUdpWithoutReading('127.0.0.1', 0, 4);
+    try {
+      expect(describeSocket(socketInode(socket.fd) as number)).toMatchObject({
+        kind: 'udp',
+        port: socket.port,
+      });
+    } finally {
+      socket.close();
+    }
+  });
+});
+
+describe('pollsListeners', () => {
+  test('sees this process polling a listening socket in its epoll set, and not a socket it only holds', async () => {
+    const held = bindTcpWithoutListening('127.0.0.1', 0, 4);
+    const polled = bindTcpWithoutListening('127.0.0.1', 0, 4);
+    const server = net.createServer();
+    try {
+      const heldInode = socketInode(held.fd) as number;
+      const polledInode = socketInode(polled.fd) as number;
+      expect(pollsListeners(process.pid, new Set([heldInode]))).toBe(false);
+      await new Promise<void>((resolve) => server.listen({ fd: polled.fd }, resolve));
+      // libuv adds the socket to its epoll set on a later turn of the loop.
+      await waitFor(() => pollsListeners(process.pid, new Set([polledInode])), {
+        timeoutMs: 2000,
+        what: "the listening socket in this process's epoll set",
+      });
+      expect(pollsListeners(process.pid, new Set([heldInode]))).toBe(false);
+    } finally {
+      server.close();
+      held.close();
+      polled.close();
+    }
+  });
+
+  test('a process that is gone polls nothing', () => {
+    expect(pollsListeners(2 ** 22 + 12345, new Set([1]))).toBe(false);
+  });
+});
