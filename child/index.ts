@@ -5,6 +5,7 @@
  * Node built-ins only and no top-level await, so that it loads from ES modules and from CommonJS
  * (`require`) alike, in any app, with nothing to install.
  */
+import type dgram from 'node:dgram';
 import http from 'node:http';
 import https from 'node:https';
 import net from 'node:net';
@@ -117,6 +118,31 @@ export function onDrain(hook: DrainHook): void {
  */
 export function drain(): Promise<void> {
   return drainer.drain();
+}
+
+/**
+ * Binds a UDP socket to the inherited socket named `name` (or to `fallback` when run alone), and
+ * closes it when the process drains: datagrams have no connections, so draining a UDP worker means
+ * it stops reading once the new generation reads. Resolves once it is bound.
+ */
+export function serveDatagrams(socket: dgram.Socket, name: string, fallback?: ListenFallback): Promise<void> {
+  return new Promise((resolve, reject) => {
+    if (drainer.state !== 'serving') {
+      throw new Error(`Cannot serve '${name}': this process is already draining`);
+    }
+    drainer.installTriggers();
+    const options = listenOptions(name, fallback);
+    socket.once('error', reject);
+    const bound = () => {
+      socket.off('error', reject);
+      drainer.addHook(() => {
+        socket.close();
+      });
+      resolve();
+    };
+    if (options.fd !== undefined) socket.bind({ fd: options.fd }, bound);
+    else socket.bind({ port: options.port ?? 0, address: options.host }, bound);
+  });
 }
 
 /** How many connections the served servers hold open right now. */
