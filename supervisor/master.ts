@@ -17,7 +17,12 @@ import { describeStartFailure, EXIT_CODES, GenerationFailedError, type StartFail
 import { Generation } from './generation.js';
 import { parseWorkerMessage } from './ipc.js';
 import type { Logger } from './log.js';
-import { type MasterOptions, POLL_READINESS_INTERVAL_MS } from './options.js';
+import {
+  CONNECTION_SAMPLE_INTERVAL_MS,
+  IDLE_DRAIN_SAMPLES,
+  type MasterOptions,
+  POLL_READINESS_INTERVAL_MS,
+} from './options.js';
 import { notifyFd, type Os } from './os.js';
 import { Worker } from './worker.js';
 
@@ -31,6 +36,7 @@ export type MasterEvent =
   | { type: 'worker-notified'; worker: Worker; line: string }
   | { type: 'ready-delay-passed'; worker: Worker }
   | { type: 'ready-probe'; worker: Worker }
+  | { type: 'connections-sample' }
   | { type: 'ready-timeout'; worker: Worker }
   | { type: 'worker-kill-due'; worker: Worker }
   | { type: 'drain-timeout'; generation: Generation }
@@ -62,6 +68,8 @@ export interface WorkerSnapshot {
   exitCode: number | null;
   signal: string | null;
   connections: number | undefined;
+  /** Whether the worker reported its connections (child API) or the master counted them in /proc. */
+  connectionsSeen: 'reported' | 'observed' | undefined;
 }
 
 /** A generation as `status` shows it. */
@@ -100,6 +108,10 @@ export interface InheritedListener {
   readonly fd: number;
   /** The socket's inode, for readiness seen in /proc (`--ready poll`); undefined where there is no /proc. */
   readonly inode: number | undefined;
+  readonly kind: 'tcp' | 'udp' | 'unix';
+  readonly port: number;
+  /** The IP address, or the Unix socket's path. */
+  readonly address: string;
   close(): void;
 }
 
@@ -146,7 +158,10 @@ export class Master {
   private resolveFinished: (exitCode: number) => void = () => {};
   private readonly followers = new Set<(progress: Progress) => void>();
   private readonly handlers: Handlers = {
-    start: () => this.startGeneration(),
+    start: () => {
+      this.startGeneration();
+      this.scheduleConnectionsSample();
+    },
     reload: (event) => {
       const answer = this.onReload(event.source);
       event.reply?.(answer);
@@ -157,6 +172,7 @@ export class Master {
     'worker-notified': (event) => this.onWorkerNotified(event.worker, event.line),
     'ready-delay-passed': (event) => this.onReadySignal(event.worker, 'delay'),
     'ready-probe': (event) => this.onReadyProbe(event.worker),
+    'connections-sample': () => this.onConnectionsSample(),
     'ready-timeout': (event) => this.onReadyTimeout(event.worker),
     'worker-kill-due': (event) => this.kill(event.worker, 'SIGKILL'),
     'drain-timeout': (event) => this.onDrainTimeout(event.generation),
@@ -271,7 +287,13 @@ export class Master {
           exitedAt: worker.exitedAt,
           exitCode: worker.exitCode,
           signal: worker.signal,
-          connections: worker.connections,
+          connections: worker.connections ?? worker.observedConnections,
+          connectionsSeen:
+            worker.connections !== undefined
+              ? 'reported'
+              : worker.observedConnections !== undefined
+                ? 'observed'
+                : undefined,
         })),
       })),
     };
@@ -381,6 +403,40 @@ export class Master {
     this.context.os.setTimer(POLL_READINESS_INTERVAL_MS, () =>
       this.dispatch({ type: 'ready-probe', worker }),
     );
+  }
+
+  private scheduleConnectionsSample(): void {
+    this.context.os.setTimer(CONNECTION_SAMPLE_INTERVAL_MS, () =>
+      this.dispatch({ type: 'connections-sample' }),
+    );
+  }
+
+  /**
+   * Counts, in /proc, the connections of workers that do not report theirs (for
+   * status), and finishes a draining one that stopped accepting and holds none:
+   * an unmodified program may close its listener on the drain signal and wait.
+   */
+  private onConnectionsSample(): void {
+    if (this.state === 'stopped') return;
+    for (const generation of this.generations) {
+      for (const worker of generation.liveWorkers) {
+        if (worker.connections !== undefined || worker.pid === undefined) continue;
+        worker.observedConnections = this.context.os.countConnections(worker.pid, this.context.listeners);
+        const idle =
+          worker.state === 'draining' &&
+          worker.observedConnections === 0 &&
+          !this.context.os.pollsListeners(worker.pid, this.listenerInodes);
+        worker.idleSamples = idle ? worker.idleSamples + 1 : 0;
+        if (worker.idleSamples >= IDLE_DRAIN_SAMPLES) {
+          this.log.info(
+            { gen: generation.id, worker: worker.index, pid: worker.pid },
+            'worker finished: it no longer accepts and holds no connection',
+          );
+          this.kill(worker, 'SIGKILL');
+        }
+      }
+    }
+    this.scheduleConnectionsSample();
   }
 
   /** `--ready poll`: a worker is ready once /proc shows it waiting for connections on the listeners. */

@@ -22,6 +22,14 @@ export const MAX_DURATION_MS = 2_147_483_647;
 export const MAX_WORKERS = 1024;
 /** How often the master looks in /proc whether a starting worker polls its listeners (`--ready poll`). */
 export const POLL_READINESS_INTERVAL_MS = 50;
+/** How often the master counts the connections of workers that do not report theirs (from /proc). */
+export const CONNECTION_SAMPLE_INTERVAL_MS = 1000;
+/**
+ * A draining worker that does not report its connections, no longer accepts
+ * and holds none for this many samples in a row is finished (SIGKILL): it has
+ * nothing left to drain but did not exit by itself.
+ */
+export const IDLE_DRAIN_SAMPLES = 2;
 /** The backlog of every listening socket (Node's own default). */
 export const LISTEN_BACKLOG = 511;
 

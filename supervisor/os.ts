@@ -8,7 +8,7 @@ import path from 'node:path';
 import type { Readable } from 'node:stream';
 import { execa } from 'execa';
 import { CommandNotFoundError } from './errors.js';
-import { pollsListeners } from './proc.js';
+import { countConnections, type ListenerAddress, pollsListeners } from './proc.js';
 
 /** What the master asks for when it starts a worker. */
 export interface SpawnRequest {
@@ -49,6 +49,8 @@ export interface Os {
   resolveCommand(command: string, env: Record<string, string | undefined>, cwd: string): string;
   /** Whether process `pid` waits for connections on a socket with one of these inodes (see proc.ts). */
   pollsListeners(pid: number, inodes: ReadonlySet<number>): boolean;
+  /** How many connections accepted on these listeners process `pid` holds (see proc.ts). */
+  countConnections(pid: number, listeners: readonly ListenerAddress[]): number | undefined;
   now(): number;
   setTimer(ms: number, fn: () => void): TimerHandle;
 }
@@ -116,6 +118,7 @@ export const realOs: Os = {
   },
 
   pollsListeners,
+  countConnections,
 
   now: () => Date.now(),
 

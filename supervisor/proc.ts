@@ -221,3 +221,65 @@ function decodeAddress(hex: string): string {
   for (let i = 0; i < 16; i += 2) groups.push((((bytes[i] ?? 0) << 8) | (bytes[i + 1] ?? 0)).toString(16));
   return groups.join(':').replace(/(^|:)0(:0)+(:|$)/, '::');
 }
+
+/** A listener as the connection count needs it: accepted TCP connections share its local port, Unix ones its path. */
+export interface ListenerAddress {
+  kind: 'tcp' | 'udp' | 'unix';
+  port: number;
+  /** The IP address, or the Unix socket's path. */
+  address: string;
+}
+
+const TCP_ESTABLISHED = '01';
+const UNIX_CONNECTED = '03';
+
+/**
+ * How many connections accepted on these listeners process `pid` holds open:
+ * its socket descriptors that /proc/net shows established on a listener's
+ * local port (TCP) or connected under a listener's path (Unix). Undefined when
+ * it cannot tell.
+ */
+export function countConnections(pid: number, listeners: readonly ListenerAddress[]): number | undefined {
+  const held = new Set<number>();
+  let entries: string[];
+  try {
+    entries = readdirSync(`/proc/${pid}/fd`);
+  } catch {
+    return undefined;
+  }
+  for (const entry of entries) {
+    try {
+      const inode = inodeOf(readlinkSync(`/proc/${pid}/fd/${entry}`));
+      if (inode !== undefined) held.add(inode);
+    } catch {
+      // closed meanwhile
+    }
+  }
+  const ports = new Set(listeners.filter((l) => l.kind === 'tcp').map((l) => l.port));
+  const paths = new Set(listeners.filter((l) => l.kind === 'unix').map((l) => l.address));
+  let count = 0;
+  for (const file of ports.size > 0 ? ['tcp', 'tcp6'] : []) {
+    let table: string;
+    try {
+      table = readFileSync(`/proc/net/${file}`, 'utf8');
+    } catch {
+      continue;
+    }
+    for (const line of table.split('\n').slice(1)) {
+      const fields = line.trim().split(/\s+/);
+      if (fields[3] !== TCP_ESTABLISHED || !held.has(Number(fields[9]))) continue;
+      if (ports.has(Number.parseInt((fields[1] ?? '').split(':')[1] ?? '', 16))) count++;
+    }
+  }
+  if (paths.size > 0) {
+    try {
+      for (const line of readFileSync('/proc/net/unix', 'utf8').split('\n').slice(1)) {
+        const fields = line.trim().split(/\s+/);
+        if (fields[5] === UNIX_CONNECTED && held.has(Number(fields[6])) && paths.has(fields[7])) count++;
+      }
+    } catch {
+      // no /proc/net/unix
+    }
+  }
+  return count;
+}

@@ -43,6 +43,10 @@ export class Worker {
   signal: NodeJS.Signals | null = null;
   /** Open connections as the worker last reported them (child API), if it does. */
   connections: number | undefined;
+  /** Open connections on the listeners as /proc shows them, for workers that do not report theirs. */
+  observedConnections: number | undefined;
+  /** Consecutive samples in which a draining worker no longer accepted and held no connection. */
+  idleSamples = 0;
   readyTimer: TimerHandle | undefined;
   readonly stderr = new OutputTail();
 

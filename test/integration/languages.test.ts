@@ -4,6 +4,7 @@
  * readiness by delay for programs that cannot say anything.
  */
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { connect, type Socket } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, test } from '@jest/globals';
@@ -193,5 +194,38 @@ process.on('SIGTERM', () => { server.close(() => process.exit(0)); });
     const report = await fresh.stop();
     expect(report.errors).toEqual([]);
     expect(report.failed).toBe(0);
+  });
+});
+
+describe('connections seen from outside', () => {
+  test('a program that stops accepting on SIGTERM but never exits is finished once its last connection closes', async () => {
+    const script = join(dir, 'lingering.cjs');
+    writeFileSync(
+      script,
+      `const net = require('node:net');
+const server = net.createServer((socket) => socket.on('data', (data) => socket.write(data)));
+server.listen({ fd: 3 });
+process.on('SIGTERM', () => server.close()); // stops accepting, then lingers forever
+setInterval(() => {}, 1000);
+`,
+    );
+    const { baton, port } = await start('poll', [process.execPath, script]);
+    const client = await new Promise<Socket>((resolve, reject) => {
+      const socket = connect(port, '127.0.0.1', () => resolve(socket));
+      socket.on('error', reject);
+    });
+    // The connection lands on one of the two workers; the other has none.
+    baton.signal('SIGUSR2');
+    await baton.waitForLogMsg('generation active', { gen: 2 }, 15_000);
+    await baton.waitForLog(
+      (entry) =>
+        entry.msg === 'worker finished: it no longer accepts and holds no connection' && entry.gen === 1,
+      10_000,
+      'the idle old worker finished',
+    );
+    expect(baton.logs.some((entry) => entry.msg === 'generation retired' && entry.gen === 1)).toBe(false);
+    client.destroy();
+    const retired = await baton.waitForLogMsg('generation retired', { gen: 1 }, 10_000);
+    expect(retired.drainMs as number).toBeLessThan(10_000);
   });
 });

@@ -7,6 +7,8 @@ import { pino } from 'pino';
 import { CommandNotFoundError, EXIT_CODES } from '../../supervisor/errors.js';
 import { Master } from '../../supervisor/master.js';
 import {
+  CONNECTION_SAMPLE_INTERVAL_MS,
+  IDLE_DRAIN_SAMPLES,
   type MasterOptions,
   POLL_READINESS_INTERVAL_MS,
   RESTART_BACKOFF_BASE_MS,
@@ -33,6 +35,9 @@ class FakeProcess implements WorkerProcess {
   stderr(text: string): void {
     this.callbacks.onStderr(Buffer.from(text));
   }
+  message(message: unknown): void {
+    this.callbacks.onMessage(message);
+  }
   notify(line: string): void {
     this.callbacks.onNotify(line);
   }
@@ -53,6 +58,11 @@ class FakeOs implements Os {
   resolveCommand(command: string): string {
     if (this.missingCommands.has(command)) throw new CommandNotFoundError(command);
     return `/usr/bin/${command}`;
+  }
+  /** Connections /proc would show per pid, for workers that do not report theirs. */
+  readonly observed = new Map<number, number>();
+  countConnections(pid: number): number | undefined {
+    return this.observed.get(pid);
   }
   pollsListeners(pid: number, inodes: ReadonlySet<number>): boolean {
     return this.polling.has(pid) && inodes.has(7001);
@@ -94,8 +104,24 @@ function makeMaster(options: Partial<MasterOptions> = {}): Master {
       os,
       logger,
       listeners: [
-        { name: 'http', fd: 20, inode: 7001, close: () => closedListeners.push('http') },
-        { name: 'game', fd: 21, inode: 7002, close: () => closedListeners.push('game') },
+        {
+          name: 'http',
+          fd: 20,
+          inode: 7001,
+          kind: 'tcp',
+          port: 8080,
+          address: '127.0.0.1',
+          close: () => closedListeners.push('http'),
+        },
+        {
+          name: 'game',
+          fd: 21,
+          inode: 7002,
+          kind: 'tcp',
+          port: 9000,
+          address: '127.0.0.1',
+          close: () => closedListeners.push('game'),
+        },
       ],
       env: { PATH: '/usr/bin', LISTEN_PID: '1', HOME: '/root' },
       cwd: '/srv',
@@ -415,5 +441,35 @@ describe('readiness modes', () => {
     jest.advanceTimersByTime(2000);
     expect(master.activeGeneration).toBeUndefined();
     expect(master.generations[0]?.state).toBe('failed');
+  });
+});
+
+describe('connections seen from outside', () => {
+  test('status counts the connections of a worker that does not report them; reported counts win', () => {
+    const master = running();
+    const [silent, reporting] = os.processes;
+    os.observed.set(silent?.pid as number, 3);
+    os.observed.set(reporting?.pid as number, 99);
+    reporting?.message({ baton: 'connections', count: 5 });
+    jest.advanceTimersByTime(CONNECTION_SAMPLE_INTERVAL_MS);
+    const workers = master.snapshot().generations[0]?.workers;
+    expect(workers?.map((w) => [w.connections, w.connectionsSeen])).toEqual([
+      [3, 'observed'],
+      [5, 'reported'],
+    ]);
+  });
+
+  test('a draining worker that stopped accepting and holds no connection is finished', () => {
+    const master = running();
+    master.dispatch({ type: 'reload', source: 'test' });
+    for (const p of os.ofGeneration(2)) p.ready();
+    const [idle, busy] = os.ofGeneration(1);
+    os.observed.set(idle?.pid as number, 0);
+    os.observed.set(busy?.pid as number, 1);
+    jest.advanceTimersByTime(CONNECTION_SAMPLE_INTERVAL_MS * (IDLE_DRAIN_SAMPLES - 1));
+    expect(idle?.signals).toEqual(['SIGTERM']);
+    jest.advanceTimersByTime(CONNECTION_SAMPLE_INTERVAL_MS);
+    expect(idle?.signals).toEqual(['SIGTERM', 'SIGKILL']);
+    expect(busy?.signals).toEqual(['SIGTERM']);
   });
 });
