@@ -336,6 +336,7 @@ export class Master {
         env: this.workerEnv(generation, slotIndex),
         listenerFds: this.context.listeners.map((listener) => listener.fd),
         cwd: this.context.cwd,
+        parentDeathSignal: this.options.drainSignal,
       },
       {
         onMessage: (message) => this.dispatch({ type: 'worker-message', worker, message }),

@@ -20,6 +20,8 @@ export interface SpawnRequest {
   /** Inherited at fds 3, 4, ... in this order; then the notify pipe (BATON_NOTIFY_FD), then the IPC channel. */
   listenerFds: number[];
   cwd: string;
+  /** What the kernel sends the worker if the master dies (the drain signal). */
+  parentDeathSignal: NodeJS.Signals;
 }
 
 /** What a spawned worker reports back; each callback queues an event in the master. */
@@ -62,10 +64,44 @@ export interface Os {
  */
 const LISTEN_PID_TRAMPOLINE = 'LISTEN_PID=$$; export LISTEN_PID; exec "$0" "$@"';
 
+/**
+ * The same, through util-linux's `setpriv --pdeathsig`: the kernel sends the
+ * worker the drain signal if the master dies, even by SIGKILL, so that a
+ * worker in any language drains instead of running on orphaned. "$0" is
+ * setpriv, "$1" the signal; `deathSignal` is a shell variable, not exported.
+ */
+const PARENT_DEATH_TRAMPOLINE =
+  'LISTEN_PID=$$; export LISTEN_PID; deathSignal=$1; shift; exec "$0" --pdeathsig "$deathSignal" -- "$@"';
+
+/** util-linux's setpriv, where there is one (it is essential on Debian; absent on macOS). */
+const SETPRIV = ['/usr/bin/setpriv', '/bin/setpriv'].find((candidate) => {
+  try {
+    accessSync(candidate, fsConstants.X_OK);
+    return true;
+  } catch {
+    return false;
+  }
+});
+
+/** The argv that starts a worker through a trampoline (see above). */
+export function trampolineArgs(
+  request: Pick<SpawnRequest, 'command' | 'args' | 'parentDeathSignal'>,
+): string[] {
+  if (!SETPRIV) return ['-c', LISTEN_PID_TRAMPOLINE, request.command, ...request.args];
+  return [
+    '-c',
+    PARENT_DEATH_TRAMPOLINE,
+    SETPRIV,
+    request.parentDeathSignal.replace(/^SIG/, ''),
+    request.command,
+    ...request.args,
+  ];
+}
+
 /** The real operating system. */
 export const realOs: Os = {
   spawnWorker(request, callbacks) {
-    const subprocess = execa('/bin/sh', ['-c', LISTEN_PID_TRAMPOLINE, request.command, ...request.args], {
+    const subprocess = execa('/bin/sh', trampolineArgs(request), {
       cwd: request.cwd,
       env: request.env,
       extendEnv: false,
