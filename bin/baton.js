@@ -8,6 +8,11 @@ if (major < 22 || (major === 22 && minor < 12)) {
   );
   process.exit(1);
 }
+// A reload signal that comes while the modules load must not kill a master that is starting
+// (SIGUSR2's default action is to terminate); the master routes signals once it can.
+if (process.argv[2] === 'start') {
+  for (const signal of ['SIGUSR2', 'SIGHUP']) process.on(signal, () => {});
+}
 try {
   await import('../dist/bin/cli.js');
 } catch (error) {

@@ -4,19 +4,62 @@
  */
 import yargs, { type Argv } from 'yargs';
 import { hideBin } from 'yargs/helpers';
+import { reloadCommand } from '../supervisor/commands/reload.js';
+import { statusCommand } from '../supervisor/commands/status.js';
+import { stopCommand } from '../supervisor/commands/stop.js';
+import type { MasterTarget } from '../supervisor/control/client.js';
+import { parseName, resolveControlSettings } from '../supervisor/control/socket-path.js';
 import { BatonError, EXIT_CODES, UsageError } from '../supervisor/errors.js';
 import { createLogger } from '../supervisor/log.js';
 import {
   DEFAULTS,
   formatDuration,
   LOG_LEVELS,
+  parseInteger,
   parseLogLevel,
   parseStartOptions,
 } from '../supervisor/options.js';
 import { runMaster } from '../supervisor/start.js';
 
 const EPILOGUE = `Signals to the master: SIGUSR2 or SIGHUP reload, SIGTERM or SIGINT drain and stop, SIGQUIT stop now.
-Exit codes: 0 stopped cleanly, 1 internal error, 2 bad usage, 3 cannot listen, 4 first generation failed to start, 5 workers killed at the drain deadline, 127 command not found.`;
+Exit codes: 0 done, 1 internal error, 2 bad usage, 3 cannot listen (a --listen address or the control socket), 4 first generation failed to start, 5 workers killed at the drain deadline, 6 reload: the new version failed to start, 7 reload: the new version was not ready in time, 8 no master found, 9 status --check: not healthy, 10 the master is stopping, 127 command not found.
+Control socket and protocol: docs/control.md.`;
+
+/** The largest pid Linux hands out (pid_max can be raised to 2^22). */
+const MAX_PID = 4_194_304;
+
+/** How reload, status and stop find their master. */
+function targetOptions(argv: Argv) {
+  return argv
+    .option('name', {
+      type: 'string',
+      requiresArg: true,
+      describe: 'The master called NAME: its socket is NAME.sock in $XDG_RUNTIME_DIR/baton, else in ./.baton',
+    })
+    .option('control', {
+      type: 'string',
+      requiresArg: true,
+      describe: 'The master whose control socket is at PATH',
+    })
+    .option('pid', {
+      type: 'string',
+      requiresArg: true,
+      describe: 'The master with this pid (its control socket is found through /proc)',
+    })
+    .conflicts('name', ['control', 'pid'])
+    .conflicts('control', 'pid')
+    .epilogue(
+      `Without --name, --control or --pid: the only master that answers in $XDG_RUNTIME_DIR/baton, else ./.baton.\n\n${EPILOGUE}`,
+    );
+}
+
+function targetOf(argv: { name?: unknown; control?: unknown; pid?: unknown }): MasterTarget {
+  return {
+    ...(argv.name === undefined ? {} : { name: parseName(argv.name) }),
+    ...(argv.control === undefined ? {} : { control: String(argv.control) }),
+    ...(argv.pid === undefined ? {} : { pid: parseInteger('--pid', argv.pid, 1, MAX_PID) }),
+  };
+}
 
 function startOptions(argv: Argv) {
   return argv
@@ -28,7 +71,7 @@ function startOptions(argv: Argv) {
       array: true,
       requiresArg: true,
       describe:
-        'A socket to bind once and hand to every worker, as [name=]tcp://host:port (IPv6: tcp://[::]:port; port 0 picks a free port). Repeat for more; workers get them at fd 3, 4, ...',
+        'A socket to bind once and hand to every worker: [name=]tcp://host:port (IPv6: tcp://[::]:port; port 0 picks a free port), udp://host:port, or unix:/path.sock[?mode=660&owner=u&group=g]. Repeat for more; workers get them at fd 3, 4, ... Optional when systemd passes sockets (LISTEN_FDS)',
     })
     .option('workers', {
       type: 'string',
@@ -65,7 +108,19 @@ function startOptions(argv: Argv) {
       requiresArg: true,
       default: DEFAULTS.ready,
       describe:
-        "How a worker says it is ready: auto (the IPC message 'ready' or READY=1 on the pipe in BATON_NOTIFY_FD), ipc, notify, or delay:<duration> for programs that cannot say anything",
+        "How a worker says it is ready: auto (the IPC message 'ready' or READY=1 on the pipe in BATON_NOTIFY_FD), ipc, notify, poll (seen in /proc waiting on a listener, for unmodified programs), or delay:<duration>",
+    })
+    .option('name', {
+      type: 'string',
+      requiresArg: true,
+      describe:
+        "This master's name; its control socket is NAME.sock in $XDG_RUNTIME_DIR/baton, else in ./.baton [default: the command's base name, or the script's after node, python, sh...]",
+    })
+    .option('control', {
+      type: 'string',
+      requiresArg: true,
+      describe:
+        'The control socket path, instead of the one --name gives; its directory must be private (0700)',
     })
     .option('log-level', {
       type: 'string',
@@ -82,7 +137,9 @@ function startOptions(argv: Argv) {
       'baton start --listen http=tcp://0.0.0.0:8080 --workers 2 -- node app/server.js',
       'two workers on port 8080',
     )
-    .example('kill -USR2 <master pid>', 'upgrade to the code on disk now');
+    .example('kill -USR2 <master pid>', 'upgrade to the code on disk now')
+    .example('baton reload', 'the same, followed to the end (see baton reload --help)')
+    .epilogue(EPILOGUE);
 }
 
 async function main(): Promise<number> {
@@ -103,13 +160,77 @@ async function main(): Promise<number> {
           drainSignal: argv['drain-signal'],
           maxDraining: argv['max-draining'],
           ready: argv.ready,
+          socketsInherited: process.env.LISTEN_FDS !== undefined,
           command: commandAfterDashes(argv),
         });
         const logger = createLogger({
           level: parseLogLevel(String(argv['log-level'])),
           pretty: argv.pretty === true,
         });
-        exitCode = await runMaster(options, logger);
+        const control = resolveControlSettings(
+          { name: argv.name, control: argv.control },
+          [options.command, ...options.args],
+          process.env,
+          process.cwd(),
+        );
+        exitCode = await runMaster(options, logger, control);
+      },
+    )
+    .command(
+      'reload',
+      'Upgrade to the code on disk now, and follow it until the old version has drained',
+      (argv) =>
+        targetOptions(argv)
+          .usage(
+            'baton reload [--no-wait] [--name NAME | --control PATH | --pid PID]\n\nStart a new generation from the code on disk; once all of it is ready, drain the old one. Prints progress; exits 0 when the new generation serves and the old one has drained.',
+          )
+          .option('wait', {
+            type: 'boolean',
+            default: true,
+            describe: 'Wait until the old generation has drained; --no-wait returns once the new one serves',
+          }),
+      async (argv) => {
+        exitCode = await reloadCommand(targetOf(argv), argv.wait !== false, process.stdout);
+      },
+    )
+    .command(
+      'status',
+      'Show the generations, their workers and the last reloads',
+      (argv) =>
+        targetOptions(argv)
+          .usage(
+            'baton status [--json] [--check] [--name NAME | --control PATH | --pid PID]\n\nOne table of the generations and their workers (state, uptime, restarts, connections, CPU, memory), then the last starts and reloads.',
+          )
+          .option('json', { type: 'boolean', default: false, describe: "Print the master's status as JSON" })
+          .option('check', {
+            type: 'boolean',
+            default: false,
+            describe:
+              'Exit 0 only if an active generation has every worker ready, else 9 (for health checks)',
+          }),
+      async (argv) => {
+        exitCode = await statusCommand(
+          targetOf(argv),
+          { json: argv.json === true, check: argv.check === true },
+          process.stdout,
+        );
+      },
+    )
+    .command(
+      'stop',
+      'Stop the master: drain every generation, then exit',
+      (argv) =>
+        targetOptions(argv)
+          .usage(
+            "baton stop [--fast] [--name NAME | --control PATH | --pid PID]\n\nStop the master as SIGTERM does (or SIGQUIT with --fast) and wait until it has stopped; exit with the master's exit code.",
+          )
+          .option('fast', {
+            type: 'boolean',
+            default: false,
+            describe: 'Kill every worker now instead of letting them drain',
+          }),
+      async (argv) => {
+        exitCode = await stopCommand(targetOf(argv), argv.fast === true, process.stdout);
       },
     )
     .demandCommand(1, "Expected a command, like 'baton start'")

@@ -11,6 +11,11 @@ export const EXIT_CODES = {
   listenFailed: 3,
   startFailed: 4,
   drainForced: 5,
+  reloadFailed: 6,
+  readyTimeout: 7,
+  noMaster: 8,
+  notHealthy: 9,
+  masterStopping: 10,
   commandNotFound: 127,
 } as const;
 
@@ -88,4 +93,91 @@ export function describeStartFailure(generation: number, failure: StartFailure):
   }
   const how = failure.signal ? `was killed by ${failure.signal}` : `exited with code ${failure.exitCode}`;
   return `Generation ${generation} failed to start: worker ${failure.worker} ${how} before it was ready.`;
+}
+
+/** What stands in the way of a control socket. */
+export type ControlSocketProblem =
+  | 'unsafe-directory'
+  | 'cannot-create-directory'
+  | 'in-use'
+  | 'not-a-socket'
+  | 'path-too-long'
+  | 'cannot-listen';
+
+/** The master cannot have a control socket that only its owner can reach; it refuses to start. */
+export class ControlSocketError extends BatonError {
+  override readonly exitCode: number = EXIT_CODES.listenFailed;
+
+  constructor(
+    readonly path: string,
+    readonly problem: ControlSocketProblem,
+    message: string,
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+  }
+}
+
+/** The CLI found no master to talk to (no socket, a stale one, or nobody answering). */
+export class NoMasterError extends BatonError {
+  override readonly exitCode: number = EXIT_CODES.noMaster;
+
+  constructor(
+    readonly where: string,
+    message: string,
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+  }
+}
+
+/** A reload whose new generation did not start: a worker exited, or the readiness deadline passed. */
+export class ReloadFailedError extends BatonError {
+  override readonly exitCode: number;
+
+  constructor(
+    readonly generation: number,
+    readonly failure: StartFailure,
+    /** The generation that keeps serving, if any. */
+    readonly serving?: number,
+  ) {
+    const keeps = serving === undefined ? '' : ` Generation ${serving} keeps serving.`;
+    super(`${describeStartFailure(generation, failure)}${keeps}`);
+    this.exitCode = failure.kind === 'ready-timeout' ? EXIT_CODES.readyTimeout : EXIT_CODES.reloadFailed;
+  }
+}
+
+/** The new generation serves, but an old one had to be killed at the drain deadline. */
+export class DrainForcedError extends BatonError {
+  override readonly exitCode: number = EXIT_CODES.drainForced;
+
+  constructor(
+    readonly generation: number,
+    readonly forced: number[],
+  ) {
+    super(
+      `Generation ${generation} serves, but generation ${forced.join(', ')} did not drain in time: the workers left were killed at the drain deadline.`,
+    );
+  }
+}
+
+/** The master is stopping, so a reload was not carried out or not followed to its end. */
+export class MasterStoppingError extends BatonError {
+  override readonly exitCode: number = EXIT_CODES.masterStopping;
+}
+
+/** `baton status --check`: no active generation with every worker ready. */
+export class NotHealthyError extends BatonError {
+  override readonly exitCode: number = EXIT_CODES.notHealthy;
+}
+
+/** The master answered something the CLI did not expect, or the connection ended before the answer. */
+export class ControlProtocolError extends BatonError {
+  constructor(
+    readonly code: string,
+    message: string,
+    options?: { cause?: unknown },
+  ) {
+    super(message, options);
+  }
 }

@@ -1,28 +1,56 @@
 /**
- * `baton start`: bind the listeners, start the master, route signals to it,
- * and return the exit code once it has stopped.
+ * `baton start`: bind the listeners, start the master, route signals and the
+ * control socket to it, and return the exit code once it has stopped.
  */
+import { prepareControlPath } from './control/private-socket.js';
+import { ControlServer } from './control/server.js';
+import type { ControlSettings } from './control/socket-path.js';
 import { closeLeakedDescriptors } from './descriptors.js';
-import { openListeners } from './listener.js';
+import { inheritedListeners, openListeners } from './listener.js';
 import type { Logger } from './log.js';
-import { Master } from './master.js';
+import { Master, type MasterEvent } from './master.js';
 import type { MasterOptions } from './options.js';
 import { realOs } from './os.js';
+import { pid1Warning } from './pid1.js';
 import { routeSignals } from './signals.js';
 
 /** Runs a master until it stops; throws a BatonError when it cannot start at all. */
-export async function runMaster(options: MasterOptions, logger: Logger): Promise<number> {
+export async function runMaster(
+  options: MasterOptions,
+  logger: Logger,
+  control: ControlSettings,
+): Promise<number> {
+  // Signals first: one that comes while the listeners are being opened is queued, not fatal
+  // (SIGUSR2's default action would kill the master).
+  const early: MasterEvent[] = [];
+  let dispatch = (event: MasterEvent) => {
+    early.push(event);
+  };
+  const unrouteSignals = routeSignals((event) => dispatch(event));
   const env = process.env;
   const cwd = process.cwd();
   const ipcFd = (process.channel as { fd?: number } | undefined)?.fd;
-  const leaked = closeLeakedDescriptors(new Set(ipcFd === undefined ? [] : [ipcFd]));
+  // Sockets handed over by systemd (LISTEN_FDS) are kept and served; anything else inherited is closed.
+  const inherited = inheritedListeners(env, process.pid);
+  const keep = new Set([
+    ...inherited.map((listener) => listener.fd),
+    ...(ipcFd === undefined ? [] : [ipcFd]),
+  ]);
+  const leaked = closeLeakedDescriptors(keep);
   if (leaked.length > 0) logger.debug({ fds: leaked }, 'inherited descriptors closed');
   // Fail before binding anything when the command cannot run.
   realOs.resolveCommand(options.command, env, cwd);
-  const listeners = await openListeners(options.listen);
+  const { staleRemoved } = await prepareControlPath(control.path);
+  const listeners = await openListeners(options.listen, inherited);
   for (const listener of listeners) {
     logger.info(
-      { listener: listener.name, address: listener.address, port: listener.port },
+      {
+        listener: listener.name,
+        kind: listener.kind,
+        origin: listener.origin,
+        address: listener.address,
+        port: listener.port,
+      },
       'listener bound',
     );
   }
@@ -34,14 +62,19 @@ export async function runMaster(options: MasterOptions, logger: Logger): Promise
     cwd,
     writeStderr: (chunk) => process.stderr.write(chunk),
   });
-  const unrouteSignals = routeSignals((event) => master.dispatch(event));
+  const controlServer = await ControlServer.listen({ master, logger, ...control, staleRemoved });
   logger.info(
     { masterPid: process.pid, command: options.command, workers: options.workers },
     'master started',
   );
+  const pid1 = pid1Warning(process.pid);
+  if (pid1) logger.warn({ masterPid: process.pid }, pid1);
   master.dispatch({ type: 'start' });
+  dispatch = (event) => master.dispatch(event);
+  for (const event of early.splice(0)) master.dispatch(event);
   const exitCode = await master.finished;
   unrouteSignals();
+  await controlServer.close();
   if (master.startError) logger.error({ exitCode }, master.startError.message);
   return exitCode;
 }

@@ -1,0 +1,119 @@
+/**
+ * `baton status`: one table of the generations and their workers, then the
+ * last starts and reloads; `--json` prints the master's answer as is;
+ * `--check` says in one line whether an active generation has every worker ready.
+ */
+import { connectToMaster, type MasterTarget } from '../control/client.js';
+import type { ErrorAnswer } from '../control/protocol.js';
+import type { MasterStatus } from '../control/status.js';
+import { ControlProtocolError, EXIT_CODES, NotHealthyError } from '../errors.js';
+import { formatBytes, formatMs, formatUptime } from './format.js';
+import type { Output } from './reload.js';
+
+/** What `baton status` prints. */
+export interface StatusCommandOptions {
+  json: boolean;
+  check: boolean;
+}
+
+/** Asks the master for its status and prints it; with `check`, throws NotHealthyError unless healthy. */
+export async function statusCommand(
+  target: MasterTarget,
+  options: StatusCommandOptions,
+  out: Output,
+): Promise<number> {
+  const client = await connectToMaster(target);
+  let status: MasterStatus;
+  try {
+    const answer = await client.ask({ kind: 'status' });
+    if (!answer.ok) {
+      const { error } = answer as ErrorAnswer;
+      throw new ControlProtocolError(error.code, `The master refused the status request: ${error.message}`);
+    }
+    status = answer.status as MasterStatus;
+  } finally {
+    client.close();
+  }
+  if (options.json) out.write(`${JSON.stringify(status, null, 2)}\n`);
+  else if (options.check) {
+    if (status.healthy) out.write(`healthy: ${status.health}\n`);
+  } else out.write(formatStatus(status));
+  if (options.check && !status.healthy) throw new NotHealthyError(`not healthy: ${status.health}`);
+  return EXIT_CODES.ok;
+}
+
+/** The generations that still matter: those with workers alive. */
+const SHOWN_STATES = new Set(['starting', 'active', 'draining']);
+
+/** The table `baton status` prints. */
+export function formatStatus(status: MasterStatus): string {
+  const queued = status.reloadQueued ? '; a reload is queued' : '';
+  const lines = [
+    `master ${status.name} (pid ${status.pid}): ${status.state}; ${status.health}${queued}`,
+    `control socket ${status.control}; master cpu ${percent(status.cpu)}, memory ${bytes(status.memory)}`,
+    '',
+  ];
+  const workers: string[][] = [
+    ['GEN', 'VERSION', 'GEN-STATE', 'WORKER', 'PID', 'STATE', 'UPTIME', 'RESTARTS', 'CONNS', 'CPU', 'MEM'],
+  ];
+  for (const generation of status.generations) {
+    const live = generation.workers.filter((worker) => worker.state !== 'exited');
+    if (!SHOWN_STATES.has(generation.state) && live.length === 0) continue;
+    for (const worker of live) {
+      workers.push([
+        String(generation.id),
+        generation.version,
+        generation.state,
+        String(worker.index),
+        worker.pid == null ? '-' : String(worker.pid),
+        worker.state,
+        formatUptime(status.now - worker.startedAt),
+        String(worker.restarts),
+        worker.connections == null ? '-' : String(worker.connections),
+        percent(worker.cpu),
+        bytes(worker.memory),
+      ]);
+    }
+  }
+  lines.push(...(workers.length > 1 ? alignColumns(workers) : ['(no workers)']));
+  if (status.reloads.length > 0) {
+    const reloads: string[][] = [
+      ['STARTED', 'GEN', 'VERSION', 'TRIGGER', 'OUTCOME', 'READY', 'DRAIN', 'WHY'],
+    ];
+    for (const record of status.reloads) {
+      reloads.push([
+        new Date(record.startedAt).toTimeString().slice(0, 8),
+        String(record.generation),
+        record.version,
+        record.trigger,
+        record.state,
+        record.readyMs == null ? '-' : formatMs(record.readyMs),
+        record.drainMs == null ? '-' : formatMs(record.drainMs),
+        record.failure ?? '',
+      ]);
+    }
+    lines.push('', ...alignColumns(reloads));
+  }
+  return `${lines.join('\n')}\n`;
+}
+
+function percent(cpu: number | null | undefined): string {
+  return cpu == null ? '-' : `${cpu.toFixed(1)}%`;
+}
+
+function bytes(memory: number | null | undefined): string {
+  return memory == null ? '-' : formatBytes(memory);
+}
+
+/** Pads every column but the last to its widest cell, two spaces apart. */
+function alignColumns(rows: string[][]): string[] {
+  const widths = (rows[0] ?? []).map((_, column) =>
+    Math.max(...rows.map((row) => (row[column] ?? '').length)),
+  );
+  return rows.map((row) =>
+    row
+      .map((cell, column) => (column === row.length - 1 ? cell : cell.padEnd(widths[column] ?? 0)))
+      .join('  ')
+      .trimEnd(),
+  );
+}

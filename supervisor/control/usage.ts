@@ -1,0 +1,91 @@
+/**
+ * CPU and memory of the master and its workers, sampled with pidusage every few
+ * seconds rather than per `status` request, so that a client polling status in a
+ * loop costs the master nothing more.
+ */
+import pidusage from 'pidusage';
+
+/** How often the master samples CPU and memory. */
+export const USAGE_SAMPLE_INTERVAL_MS = 3000;
+
+/** One process's usage: CPU in percent of one core since the previous sample, memory (RSS) in bytes. */
+export interface Usage {
+  cpu: number;
+  memory: number;
+}
+
+/** Reads the usage of several processes; a process that is gone has no entry. */
+export type SampleUsage = (pids: number[]) => Promise<Map<number, Usage>>;
+
+/** The real sampler: pidusage reads /proc/<pid>/stat on Linux. */
+export const samplePidusage: SampleUsage = async (pids) => {
+  // pidusage keeps an open descriptor per pid until the pid is not sampled for `maxage`: forget
+  // workers that are gone soon after their last sample.
+  const stats = await pidusage(pids, { maxage: 2 * USAGE_SAMPLE_INTERVAL_MS });
+  const usage = new Map<number, Usage>();
+  for (const pid of pids) {
+    const stat = stats[String(pid)];
+    if (stat) usage.set(pid, { cpu: stat.cpu, memory: stat.memory });
+  }
+  return usage;
+};
+
+/** Samples the processes `pids()` names at a fixed interval and keeps the latest numbers. */
+export class UsageSampler {
+  private latest = new Map<number, Usage>();
+  private timer: NodeJS.Timeout | undefined;
+  private inFlight: Promise<void> | undefined;
+  private stopped = false;
+  /** When the last sample was taken (ms since the epoch), if one was. */
+  sampledAt: number | undefined;
+
+  constructor(
+    private readonly pids: () => number[],
+    private readonly sample: SampleUsage = samplePidusage,
+    readonly intervalMs: number = USAGE_SAMPLE_INTERVAL_MS,
+    private readonly now: () => number = Date.now,
+  ) {}
+
+  /** Takes a first sample now, then one every `intervalMs`. */
+  start(): void {
+    this.tick();
+    this.timer = setInterval(() => this.tick(), this.intervalMs);
+    this.timer.unref();
+  }
+
+  /** Samples now (unless a sample is under way): new workers need not wait a whole interval to show. */
+  refresh(): void {
+    this.tick();
+  }
+
+  /** The latest usage of `pid`, if it was sampled. */
+  of(pid: number | undefined): Usage | undefined {
+    return pid === undefined ? undefined : this.latest.get(pid);
+  }
+
+  /** Stops sampling and releases what the sampler holds (pidusage keeps a descriptor per pid). */
+  async stop(): Promise<void> {
+    this.stopped = true;
+    clearInterval(this.timer);
+    await this.inFlight;
+    pidusage.clear();
+  }
+
+  private tick(): void {
+    if (this.inFlight || this.stopped) return; // a slow /proc never stacks samples
+    const pids = this.pids();
+    this.inFlight = this.sample(pids)
+      .then(
+        (usage) => {
+          this.latest = usage;
+          this.sampledAt = this.now();
+        },
+        () => {
+          this.latest = new Map(); // the only pid sampled was gone: nothing to show
+        },
+      )
+      .finally(() => {
+        this.inFlight = undefined;
+      });
+  }
+}
