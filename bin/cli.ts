@@ -122,6 +122,12 @@ function startOptions(argv: Argv) {
       describe:
         'The control socket path, instead of the one --name gives; its directory must be private (0700)',
     })
+    .option('watch', {
+      type: 'string',
+      array: true,
+      describe:
+        'Reload when a file changes in these folders or files (default: the current folder), ignoring node_modules, .git, dist and editor swap files; for development',
+    })
     .option('log-level', {
       type: 'string',
       requiresArg: true,
@@ -161,6 +167,7 @@ async function main(): Promise<number> {
           maxDraining: argv['max-draining'],
           ready: argv.ready,
           socketsInherited: process.env.LISTEN_FDS !== undefined,
+          watch: argv.watch,
           command: commandAfterDashes(argv),
         });
         const logger = createLogger({

@@ -522,7 +522,10 @@ export class Master {
     );
     this.report({ kind: 'reload-failed', generation: generation.id, failure, message: error.message });
     this.signalDrain(generation);
-    if (first) {
+    if (first && (this.options.watch?.length ?? 0) > 0) {
+      // In development a broken first save is no reason to stop: the next save reloads.
+      this.log.warn({ gen: generation.id }, 'waiting for a change to start again');
+    } else if (first) {
       this.startFailure = error;
       this.onStop(false, 'start failed');
       return;

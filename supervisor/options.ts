@@ -4,8 +4,10 @@
  * the form "Expected `--flag` to be ..., got '...'".
  */
 
+import { existsSync } from 'node:fs';
 import { isIP } from 'node:net';
 import { constants as osConstants } from 'node:os';
+import path from 'node:path';
 import { UsageError } from './errors.js';
 
 /** How many consecutive quick crashes of one worker slot count as a crash loop. */
@@ -109,6 +111,8 @@ export interface MasterOptions {
   drainSignal: NodeJS.Signals;
   maxDraining: number;
   ready: ReadinessMode;
+  /** Files and folders whose changes reload (`--watch`); none when not watching. */
+  watch?: string[];
   command: string;
   args: string[];
 }
@@ -249,6 +253,10 @@ export interface RawStartArgs {
   drainSignal?: unknown;
   maxDraining?: unknown;
   ready?: unknown;
+  /** `--watch [paths...]`: undefined when not given, [] when given without paths. */
+  watch?: unknown;
+  /** Where relative `--watch` paths start. */
+  cwd?: string;
   /** The master was handed listening sockets (LISTEN_FDS): `--listen` may then be left out. */
   socketsInherited?: boolean;
   command: string[];
@@ -294,9 +302,26 @@ export function parseStartOptions(raw: RawStartArgs): MasterOptions {
         ? DEFAULTS.maxDraining
         : parseInteger('--max-draining', raw.maxDraining, 1, 1000),
     ready: parseReadiness(raw.ready === undefined ? DEFAULTS.ready : String(raw.ready)),
+    watch: parseWatch(raw.watch, raw.cwd ?? process.cwd()),
     command,
     args,
   };
+}
+
+/** `--watch` alone watches the current folder; each path given must exist. */
+export function parseWatch(raw: unknown, cwd: string): string[] {
+  if (raw === undefined || raw === false) return [];
+  const given = ([] as unknown[])
+    .concat(raw)
+    .map(String)
+    .filter((text) => text !== '' && text !== 'true');
+  const paths = (given.length === 0 ? ['.'] : given).map((text) => path.resolve(cwd, text));
+  for (const [index, resolved] of paths.entries()) {
+    if (!existsSync(resolved)) {
+      throw new UsageError(`Expected \`--watch\` paths to exist, got '${given[index] ?? '.'}'`);
+    }
+  }
+  return paths;
 }
 
 /** Formats milliseconds the way the flags take them, for `--help`. */

@@ -2,6 +2,7 @@
  * `baton start`: bind the listeners, start the master, route signals and the
  * control socket to it, and return the exit code once it has stopped.
  */
+import path from 'node:path';
 import { prepareControlPath } from './control/private-socket.js';
 import { ControlServer } from './control/server.js';
 import type { ControlSettings } from './control/socket-path.js';
@@ -13,6 +14,7 @@ import type { MasterOptions } from './options.js';
 import { realOs } from './os.js';
 import { pid1Warning } from './pid1.js';
 import { routeSignals } from './signals.js';
+import { watchForChanges } from './watch.js';
 
 /** Runs a master until it stops; throws a BatonError when it cannot start at all. */
 export async function runMaster(
@@ -72,7 +74,21 @@ export async function runMaster(
   master.dispatch({ type: 'start' });
   dispatch = (event) => master.dispatch(event);
   for (const event of early.splice(0)) master.dispatch(event);
+  const watched = options.watch ?? [];
+  const stopWatching =
+    watched.length === 0
+      ? () => {}
+      : watchForChanges(
+          watched,
+          (file) => {
+            logger.info({ file: path.relative(cwd, file) || file }, 'file changed: reloading');
+            master.dispatch({ type: 'reload', source: 'watch' });
+          },
+          { onError: (error) => logger.warn({ err: error.message }, 'watching files failed') },
+        );
+  if (watched.length > 0) logger.info({ paths: watched }, 'watching for changes');
   const exitCode = await master.finished;
+  stopWatching();
   unrouteSignals();
   await controlServer.close();
   if (master.startError) logger.error({ exitCode }, master.startError.message);

@@ -24,7 +24,7 @@ export class OutputTail {
   }
 
   /** The last lines, at most `maxLines`. */
-  lines(maxLines = 10): string[] {
+  lines(maxLines = 20): string[] {
     const text = Buffer.concat(this.chunks).subarray(-STDERR_TAIL_BYTES).toString('utf8');
     return text
       .split('\n')

@@ -261,7 +261,25 @@ export function startProcess(
 
 /** Starts `baton <args>` (for example `['start', '--listen', 'http=tcp://127.0.0.1:0', '--', node, 'server.js']`). */
 export function startBaton(args: string[], options: StartOptions = {}): BatonProcess {
-  return startNode([BATON_BIN, ...args], options);
+  // Unless the test decides, masters of this test file put their control sockets in a folder of
+  // their own: masters of test files running in parallel may derive the same name.
+  const env =
+    options.env && 'XDG_RUNTIME_DIR' in options.env
+      ? options.env
+      : { XDG_RUNTIME_DIR: privateRuntimeDir(), ...options.env };
+  return startNode([BATON_BIN, ...args], { ...options, env });
+}
+
+let runtimeDir: string | undefined;
+
+/** A private (0700) folder for this test file's control sockets, removed when the test process exits. */
+function privateRuntimeDir(): string {
+  if (!runtimeDir) {
+    const dir = mkdtempSync(join(tmpdir(), 'baton-run-'));
+    runtimeDir = dir;
+    process.once('exit', () => rmSync(dir, { recursive: true, force: true }));
+  }
+  return runtimeDir;
 }
 
 /**

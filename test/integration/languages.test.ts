@@ -225,7 +225,8 @@ setInterval(() => {}, 1000);
     );
     expect(baton.logs.some((entry) => entry.msg === 'generation retired' && entry.gen === 1)).toBe(false);
     client.destroy();
-    const retired = await baton.waitForLogMsg('generation retired', { gen: 1 }, 10_000);
-    expect(retired.drainMs as number).toBeLessThan(10_000);
+    // Finished by the master, not killed at the drain deadline (30 s).
+    const retired = await baton.waitForLogMsg('generation retired', { gen: 1 }, 20_000);
+    expect(retired.forced).toBe(false);
   });
 });
