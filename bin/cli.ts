@@ -122,6 +122,12 @@ function startOptions(argv: Argv) {
       describe:
         'The control socket path, instead of the one --name gives; its directory must be private (0700)',
     })
+    .option('metrics', {
+      type: 'string',
+      requiresArg: true,
+      describe:
+        'Serve Prometheus metrics on this address, as tcp://127.0.0.1:9100 (the master serves it, never the app)',
+    })
     .option('watch', {
       type: 'string',
       array: true,
@@ -168,6 +174,7 @@ async function main(): Promise<number> {
           ready: argv.ready,
           socketsInherited: process.env.LISTEN_FDS !== undefined,
           watch: argv.watch,
+          metrics: argv.metrics,
           command: commandAfterDashes(argv),
         });
         const logger = createLogger({

@@ -111,6 +111,8 @@ export interface MasterOptions {
   drainSignal: NodeJS.Signals;
   maxDraining: number;
   ready: ReadinessMode;
+  /** Where the Prometheus endpoint listens (`--metrics`), if anywhere. */
+  metrics?: InetListenSpec;
   /** Files and folders whose changes reload (`--watch`); none when not watching. */
   watch?: string[];
   command: string;
@@ -253,6 +255,8 @@ export interface RawStartArgs {
   drainSignal?: unknown;
   maxDraining?: unknown;
   ready?: unknown;
+  /** `--metrics tcp://host:port`. */
+  metrics?: unknown;
   /** `--watch [paths...]`: undefined when not given, [] when given without paths. */
   watch?: unknown;
   /** Where relative `--watch` paths start. */
@@ -303,9 +307,24 @@ export function parseStartOptions(raw: RawStartArgs): MasterOptions {
         : parseInteger('--max-draining', raw.maxDraining, 1, 1000),
     ready: parseReadiness(raw.ready === undefined ? DEFAULTS.ready : String(raw.ready)),
     watch: parseWatch(raw.watch, raw.cwd ?? process.cwd()),
+    metrics: raw.metrics === undefined ? undefined : parseMetrics(String(raw.metrics)),
     command,
     args,
   };
+}
+
+/** `--metrics tcp://host:port`: a TCP address of the master's own. */
+export function parseMetrics(text: string): InetListenSpec {
+  let spec: ListenSpec;
+  try {
+    spec = parseListen(text, 0);
+  } catch {
+    throw new UsageError(`Expected \`--metrics\` to look like tcp://127.0.0.1:9100, got '${text}'`);
+  }
+  if (spec.scheme !== 'tcp') {
+    throw new UsageError(`Expected \`--metrics\` to look like tcp://127.0.0.1:9100, got '${text}'`);
+  }
+  return { ...spec, name: 'metrics' };
 }
 
 /** `--watch` alone watches the current folder; each path given must exist. */

@@ -6,10 +6,13 @@ import path from 'node:path';
 import { prepareControlPath } from './control/private-socket.js';
 import { ControlServer } from './control/server.js';
 import type { ControlSettings } from './control/socket-path.js';
+import { livePids } from './control/status.js';
+import { UsageSampler } from './control/usage.js';
 import { closeLeakedDescriptors } from './descriptors.js';
 import { inheritedListeners, openListeners } from './listener.js';
 import type { Logger } from './log.js';
 import { Master, type MasterEvent } from './master.js';
+import { MetricsServer } from './metrics.js';
 import type { MasterOptions } from './options.js';
 import { realOs } from './os.js';
 import { pid1Warning } from './pid1.js';
@@ -64,7 +67,9 @@ export async function runMaster(
     cwd,
     writeStderr: (chunk) => process.stderr.write(chunk),
   });
-  const controlServer = await ControlServer.listen({ master, logger, ...control, staleRemoved });
+  const usage = new UsageSampler(() => livePids(master.snapshot()));
+  const controlServer = await ControlServer.listen({ master, logger, ...control, staleRemoved, usage });
+  const metrics = options.metrics && (await MetricsServer.listen(options.metrics, master, logger, usage));
   logger.info(
     { masterPid: process.pid, command: options.command, workers: options.workers },
     'master started',
@@ -91,6 +96,7 @@ export async function runMaster(
   stopWatching();
   unrouteSignals();
   await controlServer.close();
+  await metrics?.close();
   if (master.startError) logger.error({ exitCode }, master.startError.message);
   return exitCode;
 }

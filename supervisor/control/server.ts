@@ -39,6 +39,8 @@ export interface ControlSocketOptions {
   path: string;
   /** prepareControlPath removed a socket left by a master that is gone (logged once listening). */
   staleRemoved: boolean;
+  /** CPU and memory sampler to share (with the metrics endpoint); one is made when not given. */
+  usage?: UsageSampler;
 }
 
 /** A listening control socket, with the usage sampler and reload history that `status` reads. */
@@ -56,7 +58,7 @@ export class ControlServer {
   static async listen(options: ControlSocketOptions): Promise<ControlServer> {
     const { master, logger, name, path, staleRemoved } = options;
     const history = new ReloadHistory(Date.now);
-    const usage = new UsageSampler(() => livePids(master.snapshot()));
+    const usage = options.usage ?? new UsageSampler(() => livePids(master.snapshot()));
     const context: ControlContext = { master, usage, history, name, path, logger, now: Date.now };
     // allowHalfOpen: a client may send its requests and shut its side (`nc -N`), then read the answers.
     const server = net.createServer({ allowHalfOpen: true, pauseOnConnect: false });
