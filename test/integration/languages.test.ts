@@ -230,3 +230,46 @@ setInterval(() => {}, 1000);
     expect(retired.forced).toBe(false);
   });
 });
+
+describe('status shows connections for workers that do not report them', () => {
+  test('a Python worker holding keep-alive connections: counted in /proc, marked observed', async () => {
+    const runtime = mkdtempSync(join(tmpdir(), 'baton-run-'));
+    try {
+      const { baton, port } = await start('notify', python(), { XDG_RUNTIME_DIR: runtime } as Record<
+        string,
+        string
+      >);
+      const sockets = await Promise.all(
+        [0, 1, 2].map(
+          () =>
+            new Promise<Socket>((resolve, reject) => {
+              const socket = connect(port, '127.0.0.1', () => resolve(socket));
+              socket.on('error', reject);
+            }),
+        ),
+      );
+      try {
+        const status = await waitFor(
+          async () => {
+            const run = startBaton(['status', '--json'], { env: { XDG_RUNTIME_DIR: runtime } });
+            await run.waitForExit(10_000);
+            const snapshot = JSON.parse(run.output) as {
+              generations: Array<{
+                workers: Array<{ connections?: number; connectionsSeen?: string; state: string }>;
+              }>;
+            };
+            const workers = snapshot.generations.flatMap((g) => g.workers).filter((w) => w.state === 'ready');
+            const total = workers.reduce((sum, w) => sum + (w.connections ?? 0), 0);
+            return total === 3 ? workers : undefined;
+          },
+          { timeoutMs: 10_000, intervalMs: 500, what: 'status counting 3 connections' },
+        );
+        expect(status.every((worker) => worker.connectionsSeen === 'observed')).toBe(true);
+      } finally {
+        for (const socket of sockets) socket.destroy();
+      }
+    } finally {
+      rmSync(runtime, { recursive: true, force: true });
+    }
+  });
+});
