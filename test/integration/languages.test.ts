@@ -235,10 +235,7 @@ describe('status shows connections for workers that do not report them', () => {
   test('a Python worker holding keep-alive connections: counted in /proc, marked observed', async () => {
     const runtime = mkdtempSync(join(tmpdir(), 'baton-run-'));
     try {
-      const { baton, port } = await start('notify', python(), { XDG_RUNTIME_DIR: runtime } as Record<
-        string,
-        string
-      >);
+      const { port } = await start('notify', python(), { XDG_RUNTIME_DIR: runtime });
       const sockets = await Promise.all(
         [0, 1, 2].map(
           () =>
