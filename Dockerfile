@@ -49,4 +49,4 @@ STOPSIGNAL SIGTERM
 HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 CMD ["baton", "status", "--check"]
 ENTRYPOINT ["/usr/bin/tini", "-s", "--"]
 # `npm start`'s command, listening on every interface.
-CMD ["baton", "start", "--listen", "http=tcp://0.0.0.0:8080", "--listen", "game=tcp://0.0.0.0:9000", "--workers", "2", "--drain-timeout", "8s", "--", "node", "app/server.js"]
+CMD ["baton", "start", "--version-file", "app/VERSION", "--listen", "http=tcp://0.0.0.0:8080", "--listen", "game=tcp://0.0.0.0:9000", "--workers", "2", "--drain-timeout", "8s", "--", "node", "app/server.js"]

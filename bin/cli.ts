@@ -122,6 +122,12 @@ function startOptions(argv: Argv) {
       describe:
         'The control socket path, instead of the one --name gives; its directory must be private (0700)',
     })
+    .option('version-file', {
+      type: 'string',
+      requiresArg: true,
+      describe:
+        "A file whose first line labels each new generation's version, read at every reload (default: the version in the package.json beside the script, else the generation number)",
+    })
     .option('metrics', {
       type: 'string',
       requiresArg: true,
@@ -175,6 +181,7 @@ async function main(): Promise<number> {
           socketsInherited: process.env.LISTEN_FDS !== undefined,
           watch: argv.watch,
           metrics: argv.metrics,
+          versionFile: argv['version-file'],
           command: commandAfterDashes(argv),
         });
         const logger = createLogger({

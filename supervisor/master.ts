@@ -125,6 +125,8 @@ export interface MasterContext {
   cwd: string;
   /** Where workers' stderr goes once the master has kept its tail. */
   writeStderr(chunk: Buffer): void;
+  /** The version label of a new generation (read anew at each reload); the generation number when undefined. */
+  versionLabel?: () => string | undefined;
 }
 
 /** How many generations that have ended the master remembers (for status). */
@@ -301,7 +303,8 @@ export class Master {
 
   private startGeneration(): void {
     const id = this.nextGenerationId++;
-    const generation = new Generation(id, String(id), this.options.workers, this.now());
+    const version = this.context.versionLabel?.() ?? String(id);
+    const generation = new Generation(id, version, this.options.workers, this.now());
     this.generations.push(generation);
     this.log.info(
       { gen: id, workers: this.options.workers, version: generation.version },

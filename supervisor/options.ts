@@ -113,6 +113,8 @@ export interface MasterOptions {
   ready: ReadinessMode;
   /** Where the Prometheus endpoint listens (`--metrics`), if anywhere. */
   metrics?: InetListenSpec;
+  /** A file whose first line is the version label, read at each reload (`--version-file`). */
+  versionFile?: string;
   /** Files and folders whose changes reload (`--watch`); none when not watching. */
   watch?: string[];
   command: string;
@@ -257,6 +259,8 @@ export interface RawStartArgs {
   ready?: unknown;
   /** `--metrics tcp://host:port`. */
   metrics?: unknown;
+  /** `--version-file PATH`. */
+  versionFile?: unknown;
   /** `--watch [paths...]`: undefined when not given, [] when given without paths. */
   watch?: unknown;
   /** Where relative `--watch` paths start. */
@@ -308,6 +312,7 @@ export function parseStartOptions(raw: RawStartArgs): MasterOptions {
     ready: parseReadiness(raw.ready === undefined ? DEFAULTS.ready : String(raw.ready)),
     watch: parseWatch(raw.watch, raw.cwd ?? process.cwd()),
     metrics: raw.metrics === undefined ? undefined : parseMetrics(String(raw.metrics)),
+    versionFile: raw.versionFile === undefined ? undefined : String(raw.versionFile),
     command,
     args,
   };

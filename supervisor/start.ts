@@ -17,6 +17,7 @@ import type { MasterOptions } from './options.js';
 import { realOs } from './os.js';
 import { pid1Warning } from './pid1.js';
 import { routeSignals } from './signals.js';
+import { checkVersionFile, readVersionLabel } from './version.js';
 import { watchForChanges } from './watch.js';
 
 /** Runs a master until it stops; throws a BatonError when it cannot start at all. */
@@ -45,6 +46,7 @@ export async function runMaster(
   if (leaked.length > 0) logger.debug({ fds: leaked }, 'inherited descriptors closed');
   // Fail before binding anything when the command cannot run.
   realOs.resolveCommand(options.command, env, cwd);
+  if (options.versionFile) checkVersionFile(path.resolve(cwd, options.versionFile));
   const { staleRemoved } = await prepareControlPath(control.path);
   const listeners = await openListeners(options.listen, inherited);
   for (const listener of listeners) {
@@ -66,6 +68,7 @@ export async function runMaster(
     env,
     cwd,
     writeStderr: (chunk) => process.stderr.write(chunk),
+    versionLabel: () => readVersionLabel(options, cwd),
   });
   const usage = new UsageSampler(() => livePids(master.snapshot()));
   const controlServer = await ControlServer.listen({ master, logger, ...control, staleRemoved, usage });
