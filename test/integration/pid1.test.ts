@@ -5,7 +5,7 @@
  * read from the Dockerfile, with only its ports (127.0.0.1:0) and paths (this checkout's) replaced.
  */
 import { accessSync, constants, mkdirSync, readdirSync, readFileSync } from 'node:fs';
-import { delimiter, join } from 'node:path';
+import { delimiter, dirname, join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, test } from '@jest/globals';
 import { execa } from 'execa';
 import { PID1_WARNING } from '../../supervisor/pid1.js';
@@ -174,7 +174,8 @@ type Entrypoint = 'tini' | 'baton';
 
 /**
  * The Dockerfile's ENTRYPOINT and CMD (or CMD alone for `baton`), with the listeners on
- * 127.0.0.1:0, this checkout's baton and Node, and `app/server.js` replaced by `worker`.
+ * 127.0.0.1:0, this checkout's baton and Node, and `app/server.js` replaced by `worker` (its
+ * VERSION beside it).
  */
 function imageCommand(entrypoint: Entrypoint, worker: string): string[] {
   const image = readDockerfile();
@@ -184,6 +185,7 @@ function imageCommand(entrypoint: Entrypoint, worker: string): string[] {
     if (word === 'baton') return [NODE, BATON_BIN];
     if (word === 'node') return [NODE];
     if (word === 'app/server.js') return [worker];
+    if (word === 'app/VERSION') return [join(dirname(worker), 'VERSION')];
     const listen = /^(\w+=tcp:\/\/)0\.0\.0\.0:\d+$/.exec(word);
     return listen ? [`${listen[1]}127.0.0.1:0`] : [word];
   });
