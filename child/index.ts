@@ -105,6 +105,15 @@ export function ready(): void {
   saidReady = true;
   // Any process manager that forked us with IPC understands 'ready' (PM2's wait_ready uses the same word).
   process.send('ready', undefined, undefined, ignoreClosedChannel);
+  // Report the count once now, even 0: a worker that reports is one the master need not count in /proc.
+  if (underBaton) {
+    process.send(
+      { baton: 'connections', count: drainer.connectionCount() },
+      undefined,
+      undefined,
+      ignoreClosedChannel,
+    );
+  }
 }
 
 /** Runs `hook` when draining starts (at once if it already has); the process exits only after it settles. */

@@ -257,8 +257,37 @@ export function countConnections(pid: number, listeners: readonly ListenerAddres
   }
   const ports = new Set(listeners.filter((l) => l.kind === 'tcp').map((l) => l.port));
   const paths = new Set(listeners.filter((l) => l.kind === 'unix').map((l) => l.address));
+  const tables = connectionTables();
   let count = 0;
-  for (const file of ports.size > 0 ? ['tcp', 'tcp6'] : []) {
+  for (const connection of tables.tcp)
+    if (held.has(connection.inode) && ports.has(connection.localPort)) count++;
+  for (const connection of tables.unix) {
+    if (connection.path !== undefined && held.has(connection.inode) && paths.has(connection.path)) count++;
+  }
+  return count;
+}
+
+/** Established TCP connections and connected Unix sockets of the machine, by inode. */
+interface ConnectionTables {
+  readAt: number;
+  tcp: Array<{ inode: number; localPort: number }>;
+  unix: Array<{ inode: number; path: string | undefined }>;
+}
+
+/** How long parsed /proc/net tables are reused: one read serves every worker counted in the same sample. */
+const TABLES_REUSE_MS = 100;
+let cachedTables: ConnectionTables | undefined;
+
+/**
+ * /proc/net/tcp lists every socket of the machine (megabytes with tens of
+ * thousands of connections): read and parse it once per sample, not once per
+ * worker.
+ */
+function connectionTables(): ConnectionTables {
+  const now = Date.now();
+  if (cachedTables && now - cachedTables.readAt < TABLES_REUSE_MS) return cachedTables;
+  const tables: ConnectionTables = { readAt: now, tcp: [], unix: [] };
+  for (const file of ['tcp', 'tcp6']) {
     let table: string;
     try {
       table = readFileSync(`/proc/net/${file}`, 'utf8');
@@ -267,19 +296,19 @@ export function countConnections(pid: number, listeners: readonly ListenerAddres
     }
     for (const line of table.split('\n').slice(1)) {
       const fields = line.trim().split(/\s+/);
-      if (fields[3] !== TCP_ESTABLISHED || !held.has(Number(fields[9]))) continue;
-      if (ports.has(Number.parseInt((fields[1] ?? '').split(':')[1] ?? '', 16))) count++;
+      if (fields[3] !== TCP_ESTABLISHED) continue;
+      const localPort = Number.parseInt((fields[1] ?? '').split(':')[1] ?? '', 16);
+      tables.tcp.push({ inode: Number(fields[9]), localPort });
     }
   }
-  if (paths.size > 0) {
-    try {
-      for (const line of readFileSync('/proc/net/unix', 'utf8').split('\n').slice(1)) {
-        const fields = line.trim().split(/\s+/);
-        if (fields[5] === UNIX_CONNECTED && held.has(Number(fields[6])) && paths.has(fields[7])) count++;
-      }
-    } catch {
-      // no /proc/net/unix
+  try {
+    for (const line of readFileSync('/proc/net/unix', 'utf8').split('\n').slice(1)) {
+      const fields = line.trim().split(/\s+/);
+      if (fields[5] === UNIX_CONNECTED) tables.unix.push({ inode: Number(fields[6]), path: fields[7] });
     }
+  } catch {
+    // no /proc/net/unix
   }
-  return count;
+  cachedTables = tables;
+  return tables;
 }
