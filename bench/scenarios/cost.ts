@@ -1,0 +1,187 @@
+/**
+ * Scenario 5, cost: steady throughput with no reload, for the same minimal app run alone, under baton
+ * with 1 and 2 workers, and under a textbook `node:cluster` primary with 2 workers, with short
+ * connections and with keep-alive. The set-ups take turns in short runs, round after round, and each
+ * figure is the median over the rounds, given as a ratio to the lone app. Also the supervisor's own CPU and
+ * memory, idle and under load.
+ */
+import { countLoad, median, throughput } from '../analysis.js';
+import { type BenchContext, pick } from '../context.js';
+import {
+  type BatonProcess,
+  CLUSTER_APP,
+  HELLO_APP,
+  measureCpu,
+  procUsage,
+  sleep,
+  startBatonApp,
+  startHttpLoad,
+  startPlainApp,
+  stopProcess,
+  tcpSocketsOnMachine,
+} from '../harness.js';
+import { count, megabytes, ms, percent, ratio, type ScenarioOutcome } from '../report.js';
+
+const CONCURRENCY = 16;
+/** Requests sent in the first moments of each load run are not counted. */
+const WARM_UP_MS = 250;
+
+const MODES = ['new connection', 'keep-alive'] as const;
+type Mode = (typeof MODES)[number];
+
+/** A server set-up to measure. */
+interface Variant {
+  name: string;
+  /** Whose CPU and memory stand for the supervisor; the app's own for the lone app. */
+  start(): Promise<{ port: number; watchedPid: number; tree: BatonProcess }>;
+}
+
+const VARIANTS: Variant[] = [
+  {
+    name: 'app alone',
+    start: async () => {
+      const app = await startPlainApp(HELLO_APP);
+      return { port: app.port, watchedPid: app.pid, tree: app.process };
+    },
+  },
+  ...[1, 2].map((workers) => ({
+    name: `baton, ${workers} worker${workers === 1 ? '' : 's'}`,
+    start: async () => {
+      const { baton, httpPort } = await startBatonApp({ workers, app: { kind: 'hello' } });
+      return { port: httpPort, watchedPid: baton.pid, tree: baton };
+    },
+  })),
+  {
+    name: 'node:cluster, 2 workers',
+    start: async () => {
+      const primary = await startPlainApp(CLUSTER_APP, { listeners: 2, env: { BENCH_WORKERS: '2' } });
+      return { port: primary.port, watchedPid: primary.pid, tree: primary.process };
+    },
+  },
+];
+
+/** One variant's figures over the rounds. */
+interface VariantFigures {
+  name: string;
+  requestsPerSecond: Record<Mode, number[]>;
+  failed: number;
+  /** The watched process (supervisor, or the lone app): CPU share of one core, RSS. */
+  idleCpuShare: number[];
+  loadCpuShare: Record<Mode, number[]>;
+  rssBytes: number[];
+}
+
+/** Runs scenario 5. */
+export async function cost(context: BenchContext): Promise<ScenarioOutcome> {
+  const rounds = pick(context, 2, 6);
+  const measureMs = pick(context, 500, 1500);
+  const idleMs = pick(context, 500, 2000);
+  const figures = VARIANTS.map(
+    (variant): VariantFigures => ({
+      name: variant.name,
+      requestsPerSecond: { 'new connection': [], 'keep-alive': [] },
+      failed: 0,
+      idleCpuShare: [],
+      loadCpuShare: { 'new connection': [], 'keep-alive': [] },
+      rssBytes: [],
+    }),
+  );
+  context.progress(`scenario 5, cost: ${VARIANTS.length} set-ups, ${rounds} rounds`);
+  // All set-ups run side by side (idle ones cost nothing) and take turns, so that whatever else the
+  // shared machine is doing spreads over all of them instead of landing on one.
+  const running: Array<Awaited<ReturnType<Variant['start']>>> = [];
+  let tcpSockets = 0;
+  try {
+    for (const variant of VARIANTS) running.push(await variant.start());
+    tcpSockets = tcpSocketsOnMachine();
+    for (const [index, { watchedPid }] of running.entries()) {
+      const idle = await measureCpu(watchedPid, () => sleep(idleMs));
+      (figures[index] as VariantFigures).idleCpuShare.push(idle.cpuShare);
+    }
+    for (let round = 0; round < rounds; round++) {
+      for (let offset = 0; offset < VARIANTS.length; offset++) {
+        const index = (offset + round) % VARIANTS.length;
+        const { port, watchedPid } = running[index] as (typeof running)[number];
+        const figure = figures[index] as VariantFigures;
+        for (const mode of round % 2 === 0 ? MODES : [...MODES].reverse()) {
+          const load = startHttpLoad({
+            port,
+            path: '/',
+            keepAliveLoops: mode === 'keep-alive' ? CONCURRENCY : 0,
+            newConnectionLoops: mode === 'new connection' ? CONCURRENCY : 0,
+            maxRequests: 2_000_000,
+            maxDurationMs: WARM_UP_MS + measureMs,
+            requestTimeoutMs: 10_000,
+          });
+          const startedAt = await load.started;
+          await sleep(WARM_UP_MS);
+          const measured = await measureCpu(watchedPid, () => load.result);
+          const from = startedAt + WARM_UP_MS;
+          figure.requestsPerSecond[mode].push(throughput(measured.value, from, from + measureMs));
+          figure.failed += countLoad(measured.value).failed;
+          figure.loadCpuShare[mode].push(measured.cpuShare);
+        }
+      }
+    }
+    for (const [index, { watchedPid }] of running.entries()) {
+      (figures[index] as VariantFigures).rssBytes.push(procUsage(watchedPid).rssBytes);
+    }
+  } finally {
+    for (const { tree } of running) await stopProcess(tree);
+  }
+  return summarize(figures, rounds, measureMs, idleMs, tcpSockets);
+}
+
+function summarize(
+  figures: VariantFigures[],
+  rounds: number,
+  measureMs: number,
+  idleMs: number,
+  tcpSockets: number,
+): ScenarioOutcome {
+  const alone = figures[0] as VariantFigures;
+  const aloneRps = (mode: Mode) => median(alone.requestsPerSecond[mode]);
+  const aloneBest = (mode: Mode) => Math.max(...alone.requestsPerSecond[mode]);
+  const supervisors = figures.slice(1);
+  return {
+    id: 'cost',
+    title: '5. Cost: throughput with no reload',
+    data: { rounds, measureMs, concurrency: CONCURRENCY, tcpSocketsWhileIdle: tcpSockets, variants: figures },
+    sections: [
+      {
+        title: 'Throughput, as a ratio to the app alone (first row: requests per second)',
+        header: ['', ...MODES.map((mode) => `${mode}`), 'failed'],
+        rows: figures.map((figure) => [
+          figure.name,
+          ...MODES.map((mode) => {
+            const best = Math.max(...figure.requestsPerSecond[mode]);
+            const typical = median(figure.requestsPerSecond[mode]);
+            if (figure === alone) return `${count(best)} req/s (median ${count(typical)})`;
+            return `${ratio(best / aloneBest(mode))} (median ${ratio(typical / aloneRps(mode))})`;
+          }),
+          count(figure.failed),
+        ]),
+        note:
+          `The same minimal app (bench/apps/hello.js) in every row, ${CONCURRENCY} client loops; the load generator shares the machine's 2 cores with the server. ` +
+          `Best of ${rounds} rounds of ${(measureMs / 1000).toFixed(1)} s per mode (other work on a shared machine only ever slows a round down), the median in brackets; every round is in latest.json.`,
+      },
+      {
+        title: 'The supervisor itself (baton master, cluster primary), CPU in % of one core',
+        header: ['', 'CPU idle', 'CPU, new connections', 'CPU, keep-alive', 'RSS', 'RSS / lone app RSS'],
+        rows: supervisors.map((figure) => [
+          figure.name,
+          percent(median(figure.idleCpuShare)),
+          percent(median(figure.loadCpuShare['new connection'])),
+          percent(median(figure.loadCpuShare['keep-alive'])),
+          megabytes(median(figure.rssBytes)),
+          ratio(median(figure.rssBytes) / median(alone.rssBytes)),
+        ]),
+        note:
+          `The lone app's own RSS after load: ${megabytes(median(alone.rssBytes))}. ` +
+          `"Idle" is with no client, over ${ms(idleMs)} (CPU is counted in 10 ms ticks), while the machine held ${count(tcpSockets)} TCP sockets ` +
+          "(TIME_WAIT included): baton's master reads all of /proc/net/tcp every second for each worker that has not reported a connection count yet.",
+      },
+    ],
+    checks: [],
+  };
+}
