@@ -122,6 +122,17 @@ function startOptions(argv: Argv) {
       describe:
         'The control socket path, instead of the one --name gives; its directory must be private (0700)',
     })
+    .option('user', {
+      type: 'string',
+      requiresArg: true,
+      describe:
+        'Run the workers as this user (name or uid); the master, started as root, keeps the sockets (port 80) and its control socket to itself',
+    })
+    .option('group', {
+      type: 'string',
+      requiresArg: true,
+      describe: "Run the workers with this group (name or gid); default: the --user's primary group",
+    })
     .option('version-file', {
       type: 'string',
       requiresArg: true,
@@ -182,6 +193,8 @@ async function main(): Promise<number> {
           watch: argv.watch,
           metrics: argv.metrics,
           versionFile: argv['version-file'],
+          user: argv.user,
+          group: argv.group,
           command: commandAfterDashes(argv),
         });
         const logger = createLogger({

@@ -3,7 +3,7 @@
  * and keeps for its whole life. Workers inherit it; the master itself never
  * polls it.
  */
-import { chmodSync, chownSync, closeSync, lstatSync, readFileSync, unlinkSync } from 'node:fs';
+import { chmodSync, chownSync, closeSync, lstatSync, unlinkSync } from 'node:fs';
 import net from 'node:net';
 import { execa } from 'execa';
 import { ListenError } from './errors.js';
@@ -16,6 +16,7 @@ import {
 import { LISTEN_BACKLOG, type ListenSpec, type UnixListenSpec } from './options.js';
 import { inheritFds } from './os.js';
 import { describeSocket, socketInode } from './proc.js';
+import { lookupId } from './users.js';
 
 /** bound (or inherited) → listening → closed. */
 export type ListenerState = 'bound' | 'listening' | 'closed';
@@ -225,24 +226,17 @@ function applyOwnership(spec: UnixListenSpec): void {
   chownSync(spec.path, uid, gid);
 }
 
-/** A user or group by number or by name (from /etc/passwd or /etc/group). */
 function resolveId(nameOrId: string, database: string, spec: UnixListenSpec): number {
-  if (/^\d+$/.test(nameOrId)) return Number(nameOrId);
-  let entries: string[] = [];
-  try {
-    entries = readFileSync(database, 'utf8').split('\n');
-  } catch {
-    // no such database: the name is unknown
-  }
-  const entry = entries.map((line) => line.split(':')).find((fields) => fields[0] === nameOrId);
-  if (!entry || entry[2] === undefined) {
+  const kind = database === '/etc/passwd' ? 'user' : 'group';
+  const id = lookupId(nameOrId, kind);
+  if (id === undefined) {
     throw new ListenError(
       spec.name,
       'ENOENT',
-      `Cannot listen on ${spec.text}: no ${database === '/etc/passwd' ? 'user' : 'group'} named '${nameOrId}'.`,
+      `Cannot listen on ${spec.text}: no ${kind} named '${nameOrId}'.`,
     );
   }
-  return Number(entry[2]);
+  return id;
 }
 
 /**

@@ -340,6 +340,8 @@ export class Master {
         listenerFds: this.context.listeners.map((listener) => listener.fd),
         cwd: this.context.cwd,
         parentDeathSignal: this.options.drainSignal,
+        ...(this.options.uid === undefined ? {} : { uid: this.options.uid }),
+        ...(this.options.gid === undefined ? {} : { gid: this.options.gid }),
       },
       {
         onMessage: (message) => this.dispatch({ type: 'worker-message', worker, message }),

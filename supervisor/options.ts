@@ -9,6 +9,7 @@ import { isIP } from 'node:net';
 import { constants as osConstants } from 'node:os';
 import path from 'node:path';
 import { UsageError } from './errors.js';
+import { lookupId, primaryGroupOf } from './users.js';
 
 /** How many consecutive quick crashes of one worker slot count as a crash loop. */
 export const CRASH_LOOP_THRESHOLD = 3;
@@ -113,6 +114,9 @@ export interface MasterOptions {
   ready: ReadinessMode;
   /** Where the Prometheus endpoint listens (`--metrics`), if anywhere. */
   metrics?: InetListenSpec;
+  /** The user and group workers run as (`--user`, `--group`); the master's own when undefined. */
+  uid?: number;
+  gid?: number;
   /** A file whose first line is the version label, read at each reload (`--version-file`). */
   versionFile?: string;
   /** Files and folders whose changes reload (`--watch`); none when not watching. */
@@ -261,6 +265,11 @@ export interface RawStartArgs {
   metrics?: unknown;
   /** `--version-file PATH`. */
   versionFile?: unknown;
+  /** `--user NAME|UID` and `--group NAME|GID` for the workers. */
+  user?: unknown;
+  group?: unknown;
+  /** The uid the master runs as (only root may start workers as another user). */
+  masterUid?: number;
   /** `--watch [paths...]`: undefined when not given, [] when given without paths. */
   watch?: unknown;
   /** Where relative `--watch` paths start. */
@@ -313,9 +322,45 @@ export function parseStartOptions(raw: RawStartArgs): MasterOptions {
     watch: parseWatch(raw.watch, raw.cwd ?? process.cwd()),
     metrics: raw.metrics === undefined ? undefined : parseMetrics(String(raw.metrics)),
     versionFile: raw.versionFile === undefined ? undefined : String(raw.versionFile),
+    ...parseWorkerUser(raw.user, raw.group, raw.masterUid ?? process.getuid?.() ?? 0),
     command,
     args,
   };
+}
+
+/**
+ * `--user` and `--group`: whom the workers run as. Only a master started as
+ * root can change them; a user without `--group` runs with its primary group.
+ */
+export function parseWorkerUser(
+  user: unknown,
+  group: unknown,
+  masterUid: number,
+): { uid?: number; gid?: number } {
+  if (user === undefined && group === undefined) return {};
+  if (masterUid !== 0) {
+    throw new UsageError(
+      'Expected baton to run as root for `--user` or `--group` (a process can only start others as itself)',
+    );
+  }
+  const uid = user === undefined ? undefined : lookupId(String(user), 'user');
+  if (user !== undefined && uid === undefined) {
+    throw new UsageError(
+      `Expected \`--user\` to be a user name or number, got '${user}' (not in /etc/passwd)`,
+    );
+  }
+  const gid =
+    group === undefined
+      ? uid === undefined
+        ? undefined
+        : primaryGroupOf(uid)
+      : lookupId(String(group), 'group');
+  if (group !== undefined && gid === undefined) {
+    throw new UsageError(
+      `Expected \`--group\` to be a group name or number, got '${group}' (not in /etc/group)`,
+    );
+  }
+  return { ...(uid === undefined ? {} : { uid }), ...(gid === undefined ? {} : { gid }) };
 }
 
 /** `--metrics tcp://host:port`: a TCP address of the master's own. */

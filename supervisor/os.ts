@@ -22,6 +22,9 @@ export interface SpawnRequest {
   cwd: string;
   /** What the kernel sends the worker if the master dies (the drain signal). */
   parentDeathSignal: NodeJS.Signals;
+  /** The user and group the worker runs as (`--user`, `--group`); the master's when undefined. */
+  uid?: number;
+  gid?: number;
 }
 
 /** What a spawned worker reports back; each callback queues an event in the master. */
@@ -114,6 +117,9 @@ export const realOs: Os = {
       forceKillAfterDelay: false,
       // Own process group: a terminal's Ctrl-C reaches the master only, which drains the workers.
       detached: true,
+      // libuv drops supplementary groups when it changes them (setgroups before setgid/setuid).
+      ...(request.uid === undefined ? {} : { uid: request.uid }),
+      ...(request.gid === undefined ? {} : { gid: request.gid }),
     });
     subprocess.stderr?.on('data', (chunk: Buffer) => callbacks.onStderr(chunk));
     const notify = subprocess.stdio[3 + request.listenerFds.length] as Readable | null | undefined;

@@ -6,6 +6,7 @@ import {
   parseReadiness,
   parseSignal,
   parseStartOptions,
+  parseWorkerUser,
 } from '../../supervisor/options.js';
 
 describe('parseDuration', () => {
@@ -148,5 +149,21 @@ describe('parseListen: Unix sockets and UDP', () => {
     ['sctp://127.0.0.1:1', /'sctp' is not supported/],
   ])('refuses %p', (text, message) => {
     expect(() => parseListen(text, 0)).toThrow(message);
+  });
+});
+
+describe('parseWorkerUser', () => {
+  test('names and numbers; a user alone runs with its primary group', () => {
+    expect(parseWorkerUser('nobody', undefined, 0)).toEqual({ uid: 65534, gid: 65534 });
+    expect(parseWorkerUser('1234', '4321', 0)).toEqual({ uid: 1234, gid: 4321 });
+    expect(parseWorkerUser(undefined, undefined, 1000)).toEqual({});
+  });
+
+  test('refuses unknown names, and any change of user when the master is not root', () => {
+    expect(() => parseWorkerUser('no-such-user-xyz', undefined, 0)).toThrow(
+      /`--user` to be a user name or number/,
+    );
+    expect(() => parseWorkerUser(undefined, 'no-such-group-xyz', 0)).toThrow(/`--group`/);
+    expect(() => parseWorkerUser('nobody', undefined, 1000)).toThrow(/to run as root/);
   });
 });
