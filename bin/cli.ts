@@ -5,6 +5,7 @@
 import yargs, { type Argv } from 'yargs';
 import { hideBin } from 'yargs/helpers';
 import { reloadCommand } from '../supervisor/commands/reload.js';
+import { scaleCommand } from '../supervisor/commands/scale.js';
 import { statusCommand } from '../supervisor/commands/status.js';
 import { stopCommand } from '../supervisor/commands/stop.js';
 import type { MasterTarget } from '../supervisor/control/client.js';
@@ -15,6 +16,7 @@ import {
   DEFAULTS,
   formatDuration,
   LOG_LEVELS,
+  MAX_WORKERS,
   parseInteger,
   parseLogLevel,
   parseStartOptions,
@@ -246,6 +248,23 @@ async function main(): Promise<number> {
         exitCode = await statusCommand(
           targetOf(argv),
           { json: argv.json === true, check: argv.check === true },
+          process.stdout,
+        );
+      },
+    )
+    .command(
+      'scale <workers>',
+      'Set the number of workers of the serving generation, without a reload',
+      (argv) =>
+        targetOptions(argv)
+          .usage(
+            'baton scale <workers> [--name NAME | --control PATH | --pid PID]\n\nAdd workers (they start and say ready) or drain some, in the serving generation and the next ones; SIGTTIN and SIGTTOU to the master add or remove one. Returns once the added workers are ready.',
+          )
+          .positional('workers', { type: 'string', describe: 'How many workers from now on' }),
+      async (argv) => {
+        exitCode = await scaleCommand(
+          targetOf(argv),
+          parseInteger('workers', argv.workers, 1, MAX_WORKERS),
           process.stdout,
         );
       },

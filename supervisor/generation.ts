@@ -48,6 +48,19 @@ export class Generation {
     }));
   }
 
+  /** Adds one worker position (scale); returns its index. */
+  addSlot(): number {
+    const index = this.slots.length;
+    this.slots.push({
+      index,
+      current: undefined,
+      consecutiveCrashes: 0,
+      restarts: 0,
+      restartTimer: undefined,
+    });
+    return index;
+  }
+
   /** The workers that have not exited. */
   get liveWorkers(): Worker[] {
     return this.workers.filter((worker) => worker.alive);

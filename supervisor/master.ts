@@ -477,7 +477,6 @@ export class Master {
       },
       'worker ready',
     );
-    if (generation.state !== 'starting') return;
     this.report({
       kind: 'worker-ready',
       generation: generation.id,
@@ -485,7 +484,7 @@ export class Master {
       ready: generation.currentWorkers.filter((current) => current.state === 'ready').length,
       of: generation.slots.length,
     });
-    if (isGenerationReady(generation.currentWorkers)) this.promote(generation);
+    if (generation.state === 'starting' && isGenerationReady(generation.currentWorkers)) this.promote(generation);
   }
 
   private promote(generation: Generation): void {

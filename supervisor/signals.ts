@@ -11,6 +11,8 @@ export const SIGNAL_EVENTS: Partial<Record<NodeJS.Signals, MasterEvent>> = {
   SIGTERM: { type: 'stop', fast: false, source: 'SIGTERM' },
   SIGINT: { type: 'stop', fast: false, source: 'SIGINT' },
   SIGQUIT: { type: 'stop', fast: true, source: 'SIGQUIT' },
+  SIGTTIN: { type: 'scale', workers: 'more', source: 'SIGTTIN' },
+  SIGTTOU: { type: 'scale', workers: 'fewer', source: 'SIGTTOU' },
 };
 
 /** Routes the signals above to `dispatch`; returns a function that removes the handlers. */

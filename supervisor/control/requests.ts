@@ -5,11 +5,15 @@
 import type { RequestKind } from './context.js';
 import { type ControlErrorBody, MAX_REQUEST_ID_LENGTH, type RequestId } from './protocol.js';
 import { reload } from './reload.js';
+import { scale } from './scale.js';
 import { status } from './status.js';
 import { stop } from './stop.js';
 
 /** Every request the control socket answers, by kind. */
-export const REQUESTS = { status, reload, stop } as const satisfies Record<string, RequestKind<unknown>>;
+export const REQUESTS = { status, reload, stop, scale } as const satisfies Record<
+  string,
+  RequestKind<unknown>
+>;
 
 /** The name of a request kind. */
 export type RequestKindName = keyof typeof REQUESTS;
