@@ -5,7 +5,7 @@
  */
 import { connectToMaster, type MasterTarget } from '../control/client.js';
 import type { ErrorAnswer } from '../control/protocol.js';
-import type { MasterStatus } from '../control/status.js';
+import { atOpenFileLimit, type MasterStatus } from '../control/status.js';
 import { ControlProtocolError, EXIT_CODES, NotHealthyError } from '../errors.js';
 import { formatBytes, formatMs, formatUptime } from './format.js';
 import type { Output } from './reload.js';
@@ -76,6 +76,7 @@ export function formatStatus(status: MasterStatus): string {
     }
   }
   lines.push(...(workers.length > 1 ? alignColumns(workers) : ['(no workers)']));
+  lines.push(...openFileWarnings(status));
   if (status.reloads.length > 0) {
     const reloads: string[][] = [
       ['STARTED', 'GEN', 'VERSION', 'TRIGGER', 'OUTCOME', 'READY', 'DRAIN', 'WHY'],
@@ -95,6 +96,18 @@ export function formatStatus(status: MasterStatus): string {
     lines.push('', ...alignColumns(reloads));
   }
   return `${lines.join('\n')}\n`;
+}
+
+/** One line under the table for each worker that used every descriptor it may open: it refuses connections. */
+function openFileWarnings(status: MasterStatus): string[] {
+  return status.generations.flatMap((generation) =>
+    generation.workers
+      .filter((worker) => worker.state !== 'exited' && atOpenFileLimit(worker))
+      .map(
+        (worker) =>
+          `generation ${generation.id} worker ${worker.index} (pid ${worker.pid}): ${worker.fds}/${worker.fdLimit} open files, at its limit (ulimit -n): new connections are closed at once`,
+      ),
+  );
 }
 
 function percent(cpu: number | null | undefined): string {

@@ -12,12 +12,16 @@ export interface StatusRequest {
   kind: 'status';
 }
 
-/** A worker with its usage; `cpu` (percent of one core) and `memory` (bytes) are null until sampled. */
+/** A worker with its usage; `cpu` (percent of one core), `memory` (bytes) and the open files are null until sampled. */
 export interface WorkerStatus extends WorkerSnapshot {
   /** How many times its slot was refilled before it (restarts after crashes). */
   restarts: number;
   cpu: number | undefined;
   memory: number | undefined;
+  /** Its open file descriptors. */
+  fds: number | undefined;
+  /** Its soft limit on open files (`ulimit -n`). */
+  fdLimit: number | undefined;
 }
 
 /** A generation and its workers, as `status` answers. */
@@ -98,11 +102,18 @@ export function buildStatus(context: ControlContext): MasterStatus {
             .length,
           cpu: usage?.cpu,
           memory: usage?.memory,
+          fds: usage?.fds,
+          fdLimit: usage?.fdLimit,
         };
       }),
     })),
     reloads: context.history.records(),
   };
+}
+
+/** Whether a worker had every descriptor its limit allows at the last sample: it then refuses new connections. */
+export function atOpenFileLimit(worker: Pick<WorkerStatus, 'fds' | 'fdLimit'>): boolean {
+  return worker.fds != null && worker.fdLimit != null && worker.fds >= worker.fdLimit;
 }
 
 /** The pids worth sampling: the master and every worker alive. */

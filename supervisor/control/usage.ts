@@ -1,17 +1,23 @@
 /**
- * CPU and memory of the master and its workers, sampled with pidusage every few
+ * CPU, memory and open files of the master and its workers, sampled every few
  * seconds rather than per `status` request, so that a client polling status in a
  * loop costs the master nothing more.
  */
+import { readdir, readFile } from 'node:fs/promises';
 import pidusage from 'pidusage';
 
 /** How often the master samples CPU and memory. */
 export const USAGE_SAMPLE_INTERVAL_MS = 3000;
 
-/** One process's usage: CPU in percent of one core since the previous sample, memory (RSS) in bytes. */
+/**
+ * One process's usage: CPU in percent of one core since the previous sample, memory (RSS) in bytes,
+ * and its open file descriptors against its soft limit (`ulimit -n`), where /proc tells them.
+ */
 export interface Usage {
   cpu: number;
   memory: number;
+  fds?: number | undefined;
+  fdLimit?: number | undefined;
 }
 
 /** Reads the usage of several processes; a process that is gone has no entry. */
@@ -22,13 +28,30 @@ export const samplePidusage: SampleUsage = async (pids) => {
   // pidusage keeps an open descriptor per pid until the pid is not sampled for `maxage`: forget
   // workers that are gone soon after their last sample.
   const stats = await pidusage(pids, { maxage: 2 * USAGE_SAMPLE_INTERVAL_MS });
+  const files = await Promise.all(pids.map(openFiles));
   const usage = new Map<number, Usage>();
-  for (const pid of pids) {
+  pids.forEach((pid, index) => {
     const stat = stats[String(pid)];
-    if (stat) usage.set(pid, { cpu: stat.cpu, memory: stat.memory });
-  }
+    if (stat) usage.set(pid, { cpu: stat.cpu, memory: stat.memory, ...files[index] });
+  });
   return usage;
 };
+
+/**
+ * A process's open descriptors and its soft limit on them, from /proc. A worker at its limit cannot
+ * accept: Node (libuv) then closes each new connection at once and says nothing, so only this shows it.
+ */
+async function openFiles(pid: number): Promise<Pick<Usage, 'fds' | 'fdLimit'>> {
+  const [fds, limits] = await Promise.all([
+    readdir(`/proc/${pid}/fd`).then(
+      (entries) => entries.length,
+      () => undefined, // gone, or not ours to read
+    ),
+    readFile(`/proc/${pid}/limits`, 'utf8').catch(() => ''),
+  ]);
+  const limit = /^Max open files\s+(\d+)/m.exec(limits)?.[1];
+  return { fds, fdLimit: limit === undefined ? undefined : Number(limit) };
+}
 
 /** Samples the processes `pids()` names at a fixed interval and keeps the latest numbers. */
 export class UsageSampler {
