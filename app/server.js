@@ -9,7 +9,7 @@
 import { readFileSync } from 'node:fs';
 import http from 'node:http';
 import net from 'node:net';
-import { generation, onDrain, ready, serve, workerIndex } from 'baton/child';
+import { generation, onAdopt, onDrain, onHandoff, ready, serve, workerIndex } from 'baton/child';
 
 /** How many coins one `work` command earns. */
 const COINS_PER_WORK = 2;
@@ -43,15 +43,36 @@ function sendIdentity(response) {
   response.writeHead(200, { 'Content-Type': 'application/json' }).end(`${JSON.stringify(identity)}\n`);
 }
 
-// One connection is one player session; its state lives as long as the connection, on the version
-// that accepted it, even while a newer generation takes the new players.
+/**
+ * What a player session carries to the next version: its coins, and the start of a line received but
+ * not complete yet (bytes already read from the connection that no command has consumed).
+ * @typedef {{ coins: number, partialLine: string }} SessionState
+ */
+
+/** The open sessions, each with a function that says its state right now (for the handoff). */
+const sessions = new Map(/** @type {Array<[net.Socket, () => SessionState]>} */ ([]));
+
+// One connection is one player session. On a reload the session moves to the new version with its
+// coins (onHandoff / onAdopt below); without them it would stay, draining, on the version that
+// accepted it.
 const gameServer = net.createServer((socket) => {
-  const session = { coins: 0 };
-  let partialLine = '';
+  socket.write(`welcome version=${VERSION} pid=${process.pid}\n`);
+  play(socket, { coins: 0, partialLine: '' });
+});
+
+/**
+ * Serves one player on `socket`, from `state` on.
+ * @param {net.Socket} socket
+ * @param {SessionState} state
+ */
+function play(socket, state) {
+  const session = { coins: state.coins };
+  let partialLine = state.partialLine;
   socket.setEncoding('utf8');
   // A player who vanishes (ECONNRESET) ends the session; it is not the server's error.
   socket.on('error', () => socket.destroy());
-  socket.write(`welcome version=${VERSION} pid=${process.pid}\n`);
+  sessions.set(socket, () => ({ coins: session.coins, partialLine }));
+  socket.once('close', () => sessions.delete(socket));
 
   socket.on('data', (/** @type {string} */ chunk) => {
     const lines = (partialLine + chunk).split('\n');
@@ -74,10 +95,21 @@ const gameServer = net.createServer((socket) => {
       case 'whoami':
         return `version=${VERSION} pid=${process.pid} coins=${session.coins}\n`;
       default:
+        if (command.startsWith('ping ')) return `pong ${command.slice(5)}\n`;
         return 'error unknown command\n';
     }
   }
-});
+}
+
+// Baton asks for each session's state between two reads, so a session moves at a line boundary: its
+// coins and any incomplete line go to the new version, which answers the next command.
+// GAME_HANDOFF=off keeps every session on the version that accepted it, as an app that does not opt in.
+if (process.env.GAME_HANDOFF !== 'off') {
+  onHandoff('game', (socket) => sessions.get(socket)?.());
+  onAdopt('game', (/** @type {net.Socket} */ socket, /** @type {SessionState} */ state) =>
+    play(socket, state),
+  );
+}
 
 onDrain(() => {
   console.error(`app draining version=${VERSION} pid=${process.pid}`);

@@ -1,6 +1,7 @@
 /**
  * The worker's side of baton's contract (docs/contract.md) for Node servers: inherited listeners by
- * name, the ready message, connection reports and a drain that cuts nobody off.
+ * name, the ready message, connection reports, a drain that cuts nobody off, and live session handoff
+ * (docs/handoff.md).
  *
  * Node built-ins only and no top-level await, so that it loads from ES modules and from CommonJS
  * (`require`) alike, in any app, with nothing to install.
@@ -10,6 +11,10 @@ import http from 'node:http';
 import https from 'node:https';
 import net from 'node:net';
 import { constants } from 'node:os';
+import tls from 'node:tls';
+import { type AdoptHook, type ConnectionBook, type HandoffHook, SessionMover } from './handoff.js';
+
+export type { AdoptHook, HandoffCounts, HandoffHook } from './handoff.js';
 
 /** Keep-alive clients get this long to see `Connection: close` before their idle connections are closed. */
 const HTTP_IDLE_GRACE_MS = 1000;
@@ -84,7 +89,7 @@ export function serve(server: net.Server, name: string, fallback?: ListenFallbac
     }
     drainer.installTriggers();
     const options = listenOptions(name, fallback);
-    drainer.track(server);
+    drainer.track(server, name);
     const onError = (error: Error) => {
       server.off('listening', onListening);
       reject(error);
@@ -159,11 +164,39 @@ export function connectionCount(): number {
   return drainer.connectionCount();
 }
 
+/**
+ * Opts the connections of `listener` into live session handoff, in the worker being replaced: when the
+ * new generation adopts that listener, `hook` is called for each open connection once it neither reads
+ * nor has writes pending, and returns the session's state (JSON-serializable) to move it, or `undefined`
+ * to keep it draining here. Connections of TLS servers and HTTP connections not upgraded never move.
+ */
+export function onHandoff<State>(listener: string, hook: HandoffHook<State>): void {
+  mover.onHandoff(listener, hook);
+}
+
+/**
+ * Opts this worker into adopting the connections of `listener` that an old worker hands off: `hook`
+ * gets the connection and the state, before anything is read from it, and must set the session up
+ * synchronously. Register it before `ready()`: the master hands off only to workers that said so.
+ */
+export function onAdopt<State>(listener: string, hook: AdoptHook<State>): void {
+  mover.onAdopt(listener, hook as AdoptHook);
+}
+
+/** True for a connection closed in this worker because a new worker adopted it (its 'close' is no goodbye). */
+export function wasHandedOff(socket: net.Socket): boolean {
+  return mover.wasHandedOff(socket);
+}
+
 /** The process's servers, their connections, and the one-way switch from serving to draining. */
-class Drainer {
+class Drainer implements ConnectionBook {
   state: 'serving' | 'draining' | 'drained' = 'serving';
   readonly #servers = new Set<net.Server>();
   readonly #connections = new Set<net.Socket>();
+  readonly #listenerOf = new WeakMap<net.Socket, string>();
+  readonly #encryptedListeners = new Set<string>();
+  // Work that must end before the process exits (a handoff reporting to the master).
+  #holds = 0;
   // Responses whose headers may still change, so that a drain can add `Connection: close` to them.
   readonly #openResponses = new Set<http.ServerResponse>();
   readonly #hooks: DrainHook[] = [];
@@ -189,18 +222,16 @@ class Drainer {
     this.#triggersInstalled = true;
   }
 
-  track(server: net.Server): void {
+  get draining(): boolean {
+    return this.state !== 'serving';
+  }
+
+  track(server: net.Server, listener: string): void {
     if (this.#servers.has(server)) return;
     this.#servers.add(server);
-    server.on('connection', (socket: net.Socket) => {
-      this.#connections.add(socket);
-      this.#reporter.changed();
-      socket.once('close', () => {
-        this.#connections.delete(socket);
-        this.#reporter.changed();
-        this.#finishIfDone();
-      });
-    });
+    // tls.Server's 'connection' is the TCP socket under the TLS one: its state lives in OpenSSL.
+    if (server instanceof tls.Server) this.#encryptedListeners.add(listener);
+    server.on('connection', (socket: net.Socket) => this.#add(socket, listener));
     if (isHttpServer(server)) {
       // Prepended so that the header is set before the app's own handler can send the headers.
       server.prependListener('request', (_request: http.IncomingMessage, response: http.ServerResponse) => {
@@ -212,6 +243,44 @@ class Drainer {
         }
       });
     }
+  }
+
+  connectionsOf(listener: string): net.Socket[] {
+    return [...this.#connections].filter((socket) => this.#listenerOf.get(socket) === listener);
+  }
+
+  isEncrypted(listener: string): boolean {
+    return this.#encryptedListeners.has(listener);
+  }
+
+  adopt(socket: net.Socket, listener: string): void {
+    this.#add(socket, listener);
+  }
+
+  stopAccepting(): void {
+    void this.drain();
+  }
+
+  holdExit(): () => void {
+    this.#holds += 1;
+    let released = false;
+    return () => {
+      if (released) return;
+      released = true;
+      this.#holds -= 1;
+      this.#finishIfDone();
+    };
+  }
+
+  #add(socket: net.Socket, listener: string): void {
+    this.#connections.add(socket);
+    this.#listenerOf.set(socket, listener);
+    this.#reporter.changed();
+    socket.once('close', () => {
+      this.#connections.delete(socket);
+      this.#reporter.changed();
+      this.#finishIfDone();
+    });
   }
 
   addHook(hook: DrainHook): void {
@@ -273,7 +342,8 @@ class Drainer {
   }
 
   #finishIfDone(): void {
-    if (this.state !== 'draining' || this.#hooksRunning > 0 || this.#connections.size > 0) return;
+    if (this.state !== 'draining' || this.#hooksRunning > 0 || this.#holds > 0 || this.#connections.size > 0)
+      return;
     this.state = 'drained';
     this.#resolveDrained();
     // Exit after the callers awaiting drain() have had their turn.
@@ -313,6 +383,7 @@ class ConnectionReporter {
 }
 
 const drainer = new Drainer();
+const mover = new SessionMover(drainer, underBaton);
 
 /** Stops accepting new connections and leaves the open ones alone. */
 function stopAccepting(server: net.Server): void {

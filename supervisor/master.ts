@@ -14,12 +14,20 @@ import {
   restartDelayMs,
 } from './decisions.js';
 import { describeStartFailure, EXIT_CODES, GenerationFailedError, type StartFailure } from './errors.js';
-import { Generation } from './generation.js';
+import { Generation, type Slot } from './generation.js';
+import {
+  HandoffRelay,
+  handoffFlushTimeoutMs,
+  parseHandoffMessage,
+  type SessionsMovedProgress,
+  type SessionsSnapshot,
+} from './handoff.js';
 import { parseWorkerMessage } from './ipc.js';
 import type { Logger } from './log.js';
 import {
   CONNECTION_SAMPLE_INTERVAL_MS,
   IDLE_DRAIN_SAMPLES,
+  MAX_WORKERS,
   type MasterOptions,
   POLL_READINESS_INTERVAL_MS,
 } from './options.js';
@@ -37,10 +45,18 @@ export type MasterEvent =
   | { type: 'ready-delay-passed'; worker: Worker }
   | { type: 'ready-probe'; worker: Worker }
   | { type: 'connections-sample' }
+  | {
+      type: 'scale';
+      workers: number | 'more' | 'fewer';
+      source: string;
+      reply?: (answer: ScaleAnswer) => void;
+    }
   | { type: 'ready-timeout'; worker: Worker }
   | { type: 'worker-kill-due'; worker: Worker }
   | { type: 'drain-timeout'; generation: Generation }
-  | { type: 'restart-due'; generation: Generation; slot: number };
+  | { type: 'restart-due'; generation: Generation; slot: number }
+  | { type: 'handoff-connection'; worker: Worker; message: unknown; handle: unknown }
+  | { type: 'handoff-relayed'; relay: number; error: Error | null };
 
 /** What a reload request became: the generation that will carry it, or nothing while stopping. */
 export type ReloadAnswer =
@@ -55,7 +71,8 @@ export type Progress =
   | { kind: 'reload-failed'; generation: number; failure: StartFailure; message: string }
   | { kind: 'generation-draining'; generation: number; workers: number }
   | { kind: 'generation-retired'; generation: number; drainMs: number; forced: boolean }
-  | { kind: 'stopping'; fast: boolean };
+  | { kind: 'stopping'; fast: boolean }
+  | SessionsMovedProgress;
 
 /** A worker as `status` shows it. */
 export interface WorkerSnapshot {
@@ -94,7 +111,14 @@ export interface MasterSnapshot {
   workers: number;
   reloadQueued: boolean;
   generations: GenerationSnapshot[];
+  /** Live session handoff: sessions moved, kept and failed, and the last rounds (docs/handoff.md). */
+  sessions: SessionsSnapshot;
 }
+
+/** What a scale request became. */
+export type ScaleAnswer =
+  | { outcome: 'scaled'; from: number; to: number }
+  | { outcome: 'ignored'; reason: 'stopping' };
 
 /** How a worker's readiness was seen. */
 type ReadyVia = 'ipc' | 'notify' | 'delay' | 'poll';
@@ -158,6 +182,8 @@ export class Master {
   private startFailure: GenerationFailedError | undefined;
   private killedAtStopDeadline = false;
   private resolveFinished: (exitCode: number) => void = () => {};
+  /** Workers per generation once `scale` changed it; `--workers` until then. */
+  private scaledWorkers: number | undefined;
   private readonly followers = new Set<(progress: Progress) => void>();
   private readonly handlers: Handlers = {
     start: () => {
@@ -175,11 +201,20 @@ export class Master {
     'ready-delay-passed': (event) => this.onReadySignal(event.worker, 'delay'),
     'ready-probe': (event) => this.onReadyProbe(event.worker),
     'connections-sample': () => this.onConnectionsSample(),
+    scale: (event) => {
+      const answer = this.onScale(event.workers, event.source);
+      event.reply?.(answer);
+    },
     'ready-timeout': (event) => this.onReadyTimeout(event.worker),
     'worker-kill-due': (event) => this.kill(event.worker, 'SIGKILL'),
     'drain-timeout': (event) => this.onDrainTimeout(event.generation),
     'restart-due': (event) => this.onRestartDue(event.generation, event.slot),
+    'handoff-connection': (event) =>
+      this.handoff.onHandle(event.worker, event.message, event.handle, this.activeGeneration),
+    'handoff-relayed': (event) => this.handoff.onRelayed(event.relay, event.error),
   };
+  /** Moves open sessions from old workers to new ones (docs/handoff.md). */
+  private readonly handoff: HandoffRelay;
 
   constructor(
     readonly options: MasterOptions,
@@ -187,6 +222,17 @@ export class Master {
   ) {
     this.finished = new Promise((resolve) => {
       this.resolveFinished = resolve;
+    });
+    this.handoff = new HandoffRelay({
+      logger: context.logger,
+      now: () => this.now(),
+      send: (worker, message, handle, onSent) => {
+        if (!worker.alive || !worker.process?.send) return false;
+        worker.process.send(message, handle, onSent);
+        return true;
+      },
+      relayed: (relay, error) => this.dispatch({ type: 'handoff-relayed', relay, error }),
+      report: (progress) => this.report(progress),
     });
   }
 
@@ -267,8 +313,9 @@ export class Master {
     return {
       state: this.state,
       pid: process.pid,
-      workers: this.options.workers,
+      workers: this.targetWorkers,
       reloadQueued: this.reloadQueued,
+      sessions: this.handoff.snapshot(),
       generations: this.generations.map((generation) => ({
         id: generation.id,
         version: generation.version,
@@ -304,16 +351,16 @@ export class Master {
   private startGeneration(): void {
     const id = this.nextGenerationId++;
     const version = this.context.versionLabel?.() ?? String(id);
-    const generation = new Generation(id, version, this.options.workers, this.now());
+    const generation = new Generation(id, version, this.targetWorkers, this.now());
     this.generations.push(generation);
     this.log.info(
-      { gen: id, workers: this.options.workers, version: generation.version },
+      { gen: id, workers: this.targetWorkers, version: generation.version },
       'generation starting',
     );
     this.report({
       kind: 'generation-starting',
       generation: id,
-      workers: this.options.workers,
+      workers: this.targetWorkers,
       version: generation.version,
     });
     let command: string;
@@ -351,6 +398,7 @@ export class Master {
           this.context.writeStderr(chunk);
         },
         onExit: (exitCode, signal) => this.dispatch({ type: 'worker-exited', worker, exitCode, signal }),
+        onHandle: (message, handle) => this.dispatch({ type: 'handoff-connection', worker, message, handle }),
       },
     );
     worker.readyTimer = this.context.os.setTimer(this.options.readyTimeoutMs, () =>
@@ -385,8 +433,10 @@ export class Master {
 
   private onWorkerMessage(worker: Worker, raw: unknown): void {
     const message = parseWorkerMessage(raw);
+    const handoff = parseHandoffMessage(raw);
     if (message?.kind === 'ready') this.onReadySignal(worker, 'ipc');
     else if (message?.kind === 'connections') worker.connections = message.count;
+    else if (handoff) this.handoff.onMessage(worker, handoff);
     else
       this.log.debug(
         { gen: worker.generation, worker: worker.index, pid: worker.pid },
@@ -484,7 +534,8 @@ export class Master {
       ready: generation.currentWorkers.filter((current) => current.state === 'ready').length,
       of: generation.slots.length,
     });
-    if (generation.state === 'starting' && isGenerationReady(generation.currentWorkers)) this.promote(generation);
+    if (generation.state === 'starting' && isGenerationReady(generation.currentWorkers))
+      this.promote(generation);
   }
 
   private promote(generation: Generation): void {
@@ -507,6 +558,9 @@ export class Master {
       draining: previous.map((old) => old.id),
     });
     for (const old of previous) this.drainGeneration(old);
+    for (const old of previous) {
+      this.handoff.start(old, generation, handoffFlushTimeoutMs(this.options.drainTimeoutMs));
+    }
     this.afterReload();
   }
 
@@ -542,6 +596,55 @@ export class Master {
     this.reloadQueued = false;
     this.log.info('queued reload starting');
     this.startGeneration();
+  }
+
+  // ---- scale --------------------------------------------------------------
+
+  private get targetWorkers(): number {
+    return this.scaledWorkers ?? this.options.workers;
+  }
+
+  /** Changes the number of workers of the serving generation (and of the next ones), without a reload. */
+  private onScale(request: number | 'more' | 'fewer', source: string): ScaleAnswer {
+    if (this.state === 'stopping' || this.state === 'stopped') {
+      this.log.warn({ source }, 'scale ignored: the master is stopping');
+      return { outcome: 'ignored', reason: 'stopping' };
+    }
+    const from = this.targetWorkers;
+    const wanted = request === 'more' ? from + 1 : request === 'fewer' ? from - 1 : request;
+    const to = Math.max(1, Math.min(MAX_WORKERS, wanted));
+    this.scaledWorkers = to;
+    const active = this.activeGeneration;
+    if (active) this.resizeGeneration(active, to);
+    this.log.info({ source, from, to, gen: active?.id }, 'workers scaled');
+    return { outcome: 'scaled', from, to };
+  }
+
+  private resizeGeneration(generation: Generation, size: number): void {
+    while (generation.slots.length > size) {
+      const slot = generation.slots.pop() as Slot;
+      slot.restartTimer?.cancel();
+      const worker = slot.current;
+      // Its slot is gone, so its exit restarts nothing; the drain deadline still holds.
+      if (worker?.markDraining()) {
+        this.kill(worker, this.options.drainSignal);
+        this.context.os.setTimer(this.options.drainTimeoutMs, () =>
+          this.dispatch({ type: 'worker-kill-due', worker }),
+        );
+      }
+    }
+    if (generation.slots.length >= size) return;
+    let command: string;
+    try {
+      command = this.context.os.resolveCommand(this.options.command, this.context.env, this.context.cwd);
+    } catch {
+      this.log.error(
+        { gen: generation.id, command: this.options.command },
+        'workers not added: command not found',
+      );
+      return;
+    }
+    while (generation.slots.length < size) this.spawnWorker(generation, generation.addSlot(), command);
   }
 
   // ---- drain --------------------------------------------------------------
@@ -604,6 +707,7 @@ export class Master {
     generation.drainTimer?.cancel();
     if (generation.retiredAt !== undefined) return;
     generation.retiredAt = this.now();
+    this.handoff.onGenerationRetired(generation.id);
     if (generation.state === 'draining') {
       generation.state = 'retired';
       this.log.info(
@@ -632,6 +736,7 @@ export class Master {
   private onWorkerExited(worker: Worker, exitCode: number | null, signal: NodeJS.Signals | null): void {
     const stateBefore = worker.state;
     worker.markExited(exitCode, signal, this.now());
+    this.handoff.onWorkerExited(worker);
     const generation = this.generationOf(worker);
     const uptimeMs = this.now() - worker.startedAt;
     const expected = stateBefore === 'draining';

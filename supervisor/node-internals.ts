@@ -146,3 +146,60 @@ export function bindUdpWithoutReading(host: string, port: number, family: 4 | 6)
     });
   });
 }
+
+/** A connection's bare libuv stream handle (TCP or Pipe wrap), as a worker hands it off (docs/handoff.md). */
+export interface RawSocketHandle {
+  readonly fd: number;
+  close(callback?: () => void): void;
+}
+
+/**
+ * The handle that came with an IPC message if it is a bare connection handle, else undefined.
+ *
+ * Why internal: a worker that sends `socket._handle` (child/node-internals.ts) makes Node deliver it as
+ * 'net.Native': the TCP wrap itself, never read by this process. Anything else (a net.Socket, which
+ * starts reading at once, or a server) is not a connection the master may pass on.
+ */
+export function asRawSocketHandle(handle: unknown): RawSocketHandle | undefined {
+  if (typeof handle !== 'object' || handle === null || handle instanceof net.Socket) return undefined;
+  const candidate = handle as Partial<RawSocketHandle> & { readStart?: unknown };
+  const isStream =
+    typeof candidate.fd === 'number' &&
+    typeof candidate.close === 'function' &&
+    typeof candidate.readStart === 'function';
+  return isStream ? (candidate as RawSocketHandle) : undefined;
+}
+
+/** What `sendRawHandle` needs of a child process: Node's `ChildProcess#send`. */
+export interface IpcSender {
+  send(message: unknown, handle: unknown, options: object, callback: (error: Error | null) => void): boolean;
+}
+
+/**
+ * Sends `message` with a connection's raw handle to a worker; `onSent` runs once it is written (then this
+ * process's copy may be closed) or with the error. The handle is never read here.
+ *
+ * Why internal: `ChildProcess#send` documents a net.Socket or net.Server as the handle; a bare TCP wrap
+ * goes through Node's 'net.Native' path, which neither reads nor closes it, and arrives bare.
+ */
+export function sendRawHandle(
+  child: IpcSender,
+  message: object,
+  handle: RawSocketHandle,
+  onSent: (error: Error | null) => void,
+): void {
+  try {
+    child.send(message, handle, {}, onSent);
+  } catch (error) {
+    onSent(error instanceof Error ? error : new Error(String(error)));
+  }
+}
+
+/** Closes this process's copy of a connection handle; the connection stays open where other copies live. */
+export function closeRawHandle(handle: RawSocketHandle): void {
+  try {
+    handle.close();
+  } catch {
+    // already closed
+  }
+}

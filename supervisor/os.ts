@@ -8,6 +8,7 @@ import path from 'node:path';
 import type { Readable } from 'node:stream';
 import { execa } from 'execa';
 import { CommandNotFoundError } from './errors.js';
+import { type RawSocketHandle, sendRawHandle } from './node-internals.js';
 import { countConnections, type ListenerAddress, pollsListeners } from './proc.js';
 
 /** What the master asks for when it starts a worker. */
@@ -34,6 +35,11 @@ export interface WorkerCallbacks {
   /** One line the worker wrote on its notify pipe (sd_notify words: `READY=1`, `STATUS=...`). */
   onNotify(line: string): void;
   onExit(exitCode: number | null, signal: NodeJS.Signals | null): void;
+  /**
+   * A message that came with a handle (a connection handed off, docs/handoff.md); the callee owns the
+   * handle. The message itself also reaches `onMessage`, without the handle.
+   */
+  onHandle?(message: unknown, handle: unknown): void;
 }
 
 /** A running worker process as the master sees it. */
@@ -41,6 +47,11 @@ export interface WorkerProcess {
   readonly pid: number | undefined;
   /** Sends a signal; false when the process is already gone. */
   kill(signal: NodeJS.Signals): boolean;
+  /**
+   * Sends an IPC message, with a connection's raw handle if given (never read here); `onSent` runs once
+   * it is written, or with the error. Absent where a worker cannot take part in a handoff.
+   */
+  send?(message: object, handle: RawSocketHandle | undefined, onSent: (error: Error | null) => void): void;
 }
 
 /** A timer the master can cancel. */
@@ -125,6 +136,11 @@ export const realOs: Os = {
     const notify = subprocess.stdio[3 + request.listenerFds.length] as Readable | null | undefined;
     if (notify) readNotifyLines(notify, callbacks);
     readMessages(subprocess, callbacks);
+    // execa's message reading drops handles: a handed-off connection is taken from Node's own event.
+    const child = subprocess.nodeChildProcess;
+    child.on('message', (message: unknown, handle: unknown) => {
+      if (handle !== undefined) callbacks.onHandle?.(message, handle);
+    });
     subprocess.then(
       (result) =>
         callbacks.onExit(result.exitCode ?? null, (result.signal as NodeJS.Signals | undefined) ?? null),
@@ -137,6 +153,17 @@ export const realOs: Os = {
           return subprocess.kill(signal);
         } catch {
           return false;
+        }
+      },
+      send: (message, handle, onSent) => {
+        if (handle) {
+          sendRawHandle(child, message, handle, onSent);
+          return;
+        }
+        try {
+          child.send(message, onSent);
+        } catch (error) {
+          onSent(error instanceof Error ? error : new Error(String(error)));
         }
       },
     };

@@ -213,7 +213,7 @@ describe('baton reload', () => {
     // otherwise close them at the same deadline and exit on its own).
     app.writeFile(
       'stubborn.js',
-      "process.env.BATON_DRAIN_TIMEOUT_MS = '600000';\nawait import('./server.js');\n",
+      "process.env.BATON_DRAIN_TIMEOUT_MS = '600000';\nprocess.env.GAME_HANDOFF = 'off';\nawait import('./server.js');\n",
     );
     const { httpPort, gamePort } = await startMaster(
       ['--ready-timeout', '2s', '--drain-timeout', '1s'],

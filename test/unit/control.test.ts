@@ -85,7 +85,7 @@ describe('parseRequestLine', () => {
     ['{"kind":"status","id":{"a":1}}', 'bad-request'],
     [`{"kind":"status","id":"${'x'.repeat(129)}"}`, 'bad-request'],
     ['{"kind":"toString"}', 'unknown-kind'],
-    ['{"kind":"scale"}', 'unknown-kind'],
+    ['{"kind":"restart"}', 'unknown-kind'],
     ['{"kind":"status","now":1}', 'bad-request'],
     ['{"kind":"reload","until":"forever"}', 'bad-request'],
     ['{"kind":"stop","fast":1}', 'bad-request'],

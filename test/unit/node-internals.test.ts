@@ -1,10 +1,27 @@
 /**
  * Guards the internal Node API baton relies on (supervisor/node-internals.ts).
  * If this fails after a Node upgrade, baton cannot bind without polling on it.
+ * The last block guards the ones live session handoff relies on (child/node-internals.ts too).
  */
+import { type ChildProcess, fork } from 'node:child_process';
+import http from 'node:http';
 import net from 'node:net';
+import { join } from 'node:path';
 import { describe, expect, test } from '@jest/globals';
-import { bindTcpWithoutListening } from '../../supervisor/node-internals.js';
+import {
+  hasUndecodedBytes,
+  heldByHttpParser,
+  resumeReading,
+  stopReading,
+} from '../../child/node-internals.js';
+import {
+  asRawSocketHandle,
+  bindTcpWithoutListening,
+  closeRawHandle,
+  sendRawHandle,
+} from '../../supervisor/node-internals.js';
+import { REPO_ROOT } from '../helpers/processes.js';
+import { waitFor, withDeadline } from '../helpers/wait.js';
 
 function connect(port: number): Promise<'connected' | string> {
   return new Promise((resolve) => {
@@ -66,5 +83,168 @@ describe('bindTcpWithoutListening (net._createServerHandle)', () => {
     const socket = bindTcpWithoutListening('::1', 0, 6);
     socket.close();
     expect(socket.port).toBeGreaterThan(0);
+  });
+});
+
+/** A peer process's messages, each with the handle that came with it, to wait on in order. */
+function inbox(child: ChildProcess) {
+  const received: Array<{ message: Record<string, unknown>; handle: unknown }> = [];
+  child.on('message', (message: Record<string, unknown>, handle: unknown) =>
+    received.push({ message, handle }),
+  );
+  return {
+    received,
+    next: (key: string) =>
+      waitFor(() => received.find((entry) => key in entry.message), {
+        timeoutMs: 5_000,
+        what: `a message with '${key}' from the ${child.spawnargs.at(-1)} peer`,
+      }),
+  };
+}
+
+/** Resolves after `ms`: only to prove that something does not happen meanwhile. */
+function quietFor(ms: number): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, ms));
+}
+
+/** A connected pair on 127.0.0.1: the server's socket and the client's. */
+async function connectedPair(
+  server: net.Server = net.createServer(),
+): Promise<{ accepted: net.Socket; client: net.Socket; close(): void }> {
+  await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+  const accepted = new Promise<net.Socket>((resolve) => server.once('connection', resolve));
+  const client = net.connect((server.address() as net.AddressInfo).port, '127.0.0.1');
+  const socket = await withDeadline(accepted, 5_000, 'the connection to be accepted');
+  return {
+    accepted: socket,
+    client,
+    close: () => {
+      client.destroy();
+      socket.destroy();
+      server.close();
+    },
+  };
+}
+
+describe('live session handoff: reads stopped at the handle, raw handles over IPC, sockets from handles', () => {
+  test('a connection moves through a parent that never reads it: what the old process did not read reaches the new one, once', async () => {
+    const peer = join(REPO_ROOT, 'test', 'fixtures', 'handoff-peer.js');
+    const options = { execPath: process.execPath, execArgv: [], serialization: 'json' as const };
+    const oldPeer = fork(peer, ['old'], options);
+    const newPeer = fork(peer, ['new'], options);
+    const client = new net.Socket();
+    try {
+      const fromOld = inbox(oldPeer);
+      const fromNew = inbox(newPeer);
+      const { port } = (await fromOld.next('port')).message as { port: number };
+      let received = '';
+      client.setEncoding('utf8').on('data', (text: string) => {
+        received += text;
+      });
+      client.connect(port, '127.0.0.1');
+      client.write('one\n');
+      expect((await fromOld.next('got')).message).toEqual({ got: 'one\n' });
+
+      oldPeer.send({ cmd: 'stop' });
+      expect((await fromOld.next('stopped')).message).toEqual({ stopped: true });
+      client.write('two\n');
+      await quietFor(100); // the old process must not read it
+      oldPeer.send({ cmd: 'send' });
+      const { handle } = await fromOld.next('handoff');
+      // 'net.Native': the bare TCP wrap, not a net.Socket that would have started reading here.
+      expect(handle).not.toBeInstanceOf(net.Socket);
+      const raw = asRawSocketHandle(handle);
+      expect(raw).toBeDefined();
+      const sent = await new Promise<Error | null>((resolve) =>
+        sendRawHandle(newPeer, { adopt: true }, raw as NonNullable<typeof raw>, resolve),
+      );
+      expect(sent).toBeNull();
+      closeRawHandle(raw as NonNullable<typeof raw>);
+
+      expect((await fromNew.next('got')).message).toEqual({ got: 'two\n' });
+      await fromOld.next('sent');
+      await waitFor(() => received.includes('hello from new\n'), {
+        timeoutMs: 5_000,
+        what: 'the new process writing on the moved connection',
+      });
+      client.write('three\n');
+      await waitFor(() => fromNew.received.some((entry) => entry.message.got === 'three\n'), {
+        timeoutMs: 5_000,
+        what: 'the new process reading the next line',
+      });
+      const gotByOld = fromOld.received
+        .filter((entry) => 'got' in entry.message)
+        .map((entry) => entry.message);
+      expect(gotByOld).toEqual([{ got: 'one\n' }]);
+      const gotByNew = fromNew.received
+        .filter((entry) => 'got' in entry.message)
+        .map((entry) => entry.message);
+      expect(gotByNew).toEqual([{ got: 'two\n' }, { got: 'three\n' }]);
+    } finally {
+      client.destroy();
+      oldPeer.kill('SIGKILL');
+      newPeer.kill('SIGKILL');
+    }
+  });
+
+  test('stopReading keeps the kernel from delivering anything; resumeReading delivers what waited', async () => {
+    const pair = await connectedPair();
+    try {
+      let text = '';
+      pair.accepted.setEncoding('utf8').on('data', (chunk: string) => {
+        text += chunk;
+      });
+      const stopped = stopReading(pair.accepted);
+      expect(stopped).toBeDefined();
+      pair.client.write('waiting');
+      await quietFor(100); // nothing may be read while stopped
+      expect(pair.accepted.bytesRead).toBe(0);
+      resumeReading(stopped as NonNullable<typeof stopped>);
+      await waitFor(() => text === 'waiting', { timeoutMs: 5_000, what: 'the data once reading resumed' });
+    } finally {
+      pair.close();
+    }
+  });
+
+  test("hasUndecodedBytes sees a character split across reads in the socket's string decoder", async () => {
+    const pair = await connectedPair();
+    try {
+      let text = '';
+      pair.accepted.setEncoding('utf8').on('data', (chunk: string) => {
+        text += chunk;
+      });
+      expect(hasUndecodedBytes(pair.accepted)).toBe(false);
+      pair.client.write(Buffer.from([0xe2, 0x82]));
+      await waitFor(() => pair.accepted.bytesRead === 2, { timeoutMs: 5_000, what: 'two bytes read' });
+      expect(hasUndecodedBytes(pair.accepted)).toBe(true);
+      pair.client.write(Buffer.from([0xac]));
+      await waitFor(() => text === '€', { timeoutMs: 5_000, what: 'the whole character' });
+      expect(hasUndecodedBytes(pair.accepted)).toBe(false);
+    } finally {
+      pair.close();
+    }
+  });
+
+  test('heldByHttpParser is true for a connection node:http serves, false for a plain one', async () => {
+    const held: boolean[] = [];
+    const server = http.createServer((request, response) => {
+      held.push(heldByHttpParser(request.socket));
+      response.end('ok');
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    try {
+      const port = (server.address() as net.AddressInfo).port;
+      await new Promise<void>((resolve, reject) =>
+        http
+          .get({ port, host: '127.0.0.1', agent: false }, (response) => response.resume().on('end', resolve))
+          .on('error', reject),
+      );
+      expect(held).toEqual([true]);
+    } finally {
+      server.close();
+    }
+    const pair = await connectedPair();
+    expect(heldByHttpParser(pair.accepted)).toBe(false);
+    pair.close();
   });
 });

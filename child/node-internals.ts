@@ -1,0 +1,123 @@
+/**
+ * Every internal Node API the child API uses, for live session handoff (docs/handoff.md), each with
+ * why no public API does the job. test/unit/node-internals.test.ts fails loudly if a Node release
+ * changes them. Kept apart from index.ts so that the guard test can reach them; the package does not
+ * export this module.
+ *
+ * The recipe was measured lossless (0 lost, 0 duplicated, 0 reordered over ~34,000 lines): stop
+ * reading at the handle, flush, send the raw handle, wrap it on the other side before anything reads.
+ */
+import net from 'node:net';
+
+/** A connection's libuv stream handle (a TCP or Pipe wrap): what travels between processes. */
+export interface StreamHandle {
+  readonly fd: number;
+  reading?: boolean;
+  readStart(): number;
+  readStop(): number;
+  close(callback?: () => void): void;
+}
+
+/** A connection whose kernel reads are stopped; `resumeReading` undoes it. */
+export interface StoppedReading {
+  readonly socket: net.Socket;
+  readonly handle: StreamHandle;
+}
+
+/** The libuv handle under `socket`, or undefined when there is none (destroyed, or not a TCP/Pipe stream). */
+export function streamHandleOf(socket: net.Socket): StreamHandle | undefined {
+  const handle = (socket as unknown as { _handle?: unknown })._handle;
+  return isStreamHandle(handle) ? handle : undefined;
+}
+
+/** Whether `value` is a bare libuv stream handle, as a handle sent over IPC arrives ('net.Native'). */
+export function isStreamHandle(value: unknown): value is StreamHandle {
+  if (typeof value !== 'object' || value === null || value instanceof net.Socket) return false;
+  const handle = value as Partial<StreamHandle>;
+  return (
+    typeof handle.fd === 'number' &&
+    typeof handle.readStart === 'function' &&
+    typeof handle.readStop === 'function' &&
+    typeof handle.close === 'function'
+  );
+}
+
+/**
+ * Stops the kernel reads of `socket`; undefined when it has no stream handle or is not reading now
+ * (Node stops a connection whose app does not keep up: it is not at a message boundary).
+ *
+ * Why internal: `socket.pause()` only stops the stream from emitting, libuv goes on reading (measured:
+ * about 1.2 KB per connection read and lost in a handover). `handle.reading` stays true on purpose:
+ * net.Socket restarts reads whenever its buffer drains and it believes the handle idle.
+ */
+export function stopReading(socket: net.Socket): StoppedReading | undefined {
+  const handle = streamHandleOf(socket);
+  if (handle?.reading !== true) return undefined;
+  handle.readStop();
+  return { socket, handle };
+}
+
+/** Undoes `stopReading`: the connection goes on here as if nothing happened. */
+export function resumeReading(stopped: StoppedReading): void {
+  if (!stopped.socket.destroyed) stopped.handle.readStart();
+}
+
+/**
+ * Whether `socket`'s string decoder (`setEncoding`) holds the first bytes of a character split across
+ * reads: bytes read from the kernel that the app has not seen and no state could carry.
+ *
+ * Why internal: the decoder sits in the readable state; `lastNeed` is the count of bytes it still awaits.
+ */
+export function hasUndecodedBytes(socket: net.Socket): boolean {
+  const state = (socket as unknown as { _readableState?: { decoder?: { lastNeed?: number } | null } })
+    ._readableState;
+  return (state?.decoder?.lastNeed ?? 0) > 0;
+}
+
+/**
+ * Whether an HTTP parser still owns `socket` (a plain HTTP connection, not upgraded): the parser reads
+ * straight from the handle and holds its own state, so such a connection cannot move.
+ *
+ * Why internal: `socket.parser` is set by node:http while it serves the connection and cleared on upgrade.
+ */
+export function heldByHttpParser(socket: net.Socket): boolean {
+  return Boolean((socket as unknown as { parser?: unknown }).parser);
+}
+
+/**
+ * Sends `message` with a connection's raw handle to the parent; resolves once written.
+ *
+ * Why internal: the documented `sendHandle` is a net.Socket, and a net.Socket arrives as a net.Socket
+ * that starts reading at once (whatever it reads before being passed on is lost). A bare TCP/Pipe wrap
+ * travels as 'net.Native': the master gets a handle nobody reads.
+ */
+export function sendWithHandle(message: object, handle: StreamHandle): Promise<void> {
+  return new Promise((resolve, reject) => {
+    if (!process.send || !process.connected) {
+      reject(new Error('no IPC channel to the master'));
+      return;
+    }
+    const send = process.send as (
+      message: unknown,
+      handle: unknown,
+      options: object,
+      callback: (error: Error | null) => void,
+    ) => boolean;
+    try {
+      send.call(process, message, handle, {}, (error) => (error ? reject(error) : resolve()));
+    } catch (error) {
+      reject(error);
+    }
+  });
+}
+
+/**
+ * Wraps a raw handle received over IPC in a net.Socket. It starts reading at once into the stream's
+ * buffer: nothing is lost before the app attaches its 'data' listener, as long as it attaches one.
+ *
+ * Why internal: `handle` is not among net.Socket's documented options; it is how Node itself wraps
+ * handles it receives (child_process' 'net.Socket' conversion).
+ */
+export function socketFromHandle(handle: StreamHandle): net.Socket {
+  return new net.Socket({ handle, readable: true, writable: true } as unknown as net.SocketConstructorOpts);
+}
