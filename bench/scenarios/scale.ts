@@ -129,7 +129,7 @@ export async function scale(context: BenchContext): Promise<ScenarioOutcome> {
           `The idle connections (one request each, then silence) are closed by the old generation's drain after its grace period: ` +
           `${count(idleRow.idle?.closedByServer ?? 0)} of ${count(idleRow.idle?.answered ?? 0)} closed by the server, ${count(idleRow.idle?.errors ?? 0)} errors. ` +
           `Master CPU is counted in 10 ms ticks (/proc); "idle" is in % of one core, with ${count(tcpSockets)} TCP sockets on the machine (TIME_WAIT included), ` +
-          'which the master reads in full from /proc/net/tcp every second for each worker that has not reported a connection count.',
+          'which the master reads once a second (one read for all workers) only while some worker does not report its connection count; these workers use the child API, which reports.',
       },
     ],
     checks: [],
