@@ -179,7 +179,7 @@ function summarize(
         note:
           `The lone app's own RSS after load: ${megabytes(median(alone.rssBytes))}. ` +
           `"Idle" is with no client, over ${ms(idleMs)} (CPU is counted in 10 ms ticks), while the machine held ${count(tcpSockets)} TCP sockets ` +
-          "(TIME_WAIT included): baton's master reads all of /proc/net/tcp every second for each worker that has not reported a connection count yet.",
+          "(TIME_WAIT included): baton's master reads /proc/net/tcp only while some worker does not report its connection count (these use the child API, which does).",
       },
     ],
     checks: [],
