@@ -9,6 +9,7 @@ import { afterEach, beforeEach, describe, expect, test } from '@jest/globals';
 import { httpGetJson } from '../helpers/load.js';
 import { killAll, processAlive, startBaton } from '../helpers/processes.js';
 import { waitFor } from '../helpers/wait.js';
+import { askStatus } from './control.js';
 
 const NODE = process.execPath;
 let dir: string;
@@ -168,13 +169,26 @@ const block = line.repeat(64);
 setInterval(() => { for (let i = 0; i < 8; i++) { process.stderr.write(block); process.stdout.write(block); } }, 10);
 `,
     );
-    const baton = startBaton(['start', '--listen', 'http=tcp://127.0.0.1:0', '--', NODE, noisy]);
+    const control = join(dir, 'noisy.sock');
+    const baton = startBaton([
+      'start',
+      '--control',
+      control,
+      '--listen',
+      'http=tcp://127.0.0.1:0',
+      '--',
+      NODE,
+      noisy,
+    ]);
     const port = await baton.listenPort('http');
     await baton.waitForLogMsg('generation active', { gen: 1 });
     await waitFor(() => baton.output.length > 20 * 1024 * 1024 || undefined, {
       timeoutMs: 20_000,
       what: '20 MB of worker output',
     });
+    // status answers on the control socket while the flood goes on.
+    const { ms } = await askStatus(control);
+    expect(ms).toBeLessThan(2000);
     const started = Date.now();
     baton.signal('SIGUSR2');
     await baton.waitForLogMsg('generation active', { gen: 2 }, 10_000);
