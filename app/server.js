@@ -9,9 +9,9 @@
 import { readFileSync } from 'node:fs';
 import http from 'node:http';
 import net from 'node:net';
-import { generation, onAdopt, onDrain, onHandoff, ready, serve, workerIndex } from 'baton/child';
+import { expose, generation, onAdopt, onDrain, onHandoff, ready, serve, workerIndex } from 'baton/child';
 
-/** How many coins one `work` command earns. */
+/** How many coins one `work` command earns, until a patch says otherwise. */
 const COINS_PER_WORK = 2;
 /** The longest delay `GET /slow?ms=N` accepts. */
 const MAX_SLOW_MS = 60_000;
@@ -19,6 +19,14 @@ const MAX_SLOW_MS = 60_000;
 const MAX_LINE_LENGTH = 4096;
 
 const VERSION = readFileSync(new URL('./VERSION', import.meta.url), 'utf8').trim();
+
+/**
+ * The game's rules, read at every command, never copied: `baton inject` can fix them in a running
+ * worker (test/fixtures/fix-reward.mjs), and every open session plays by the fix from its next command.
+ */
+const rewards = { coinsPerWork: COINS_PER_WORK };
+// What a hot patch may reach; nothing else in this process is.
+expose('rewards', rewards);
 
 const httpServer = http.createServer((request, response) => {
   const url = new URL(request.url ?? '/', 'http://localhost');
@@ -90,7 +98,7 @@ function play(socket, state) {
   function answer(command) {
     switch (command) {
       case 'work':
-        session.coins += COINS_PER_WORK;
+        session.coins += rewards.coinsPerWork;
         return `coins ${session.coins}\n`;
       case 'whoami':
         return `version=${VERSION} pid=${process.pid} coins=${session.coins}\n`;

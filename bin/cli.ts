@@ -4,6 +4,7 @@
  */
 import yargs, { type Argv } from 'yargs';
 import { hideBin } from 'yargs/helpers';
+import { injectCommand } from '../supervisor/commands/inject.js';
 import { reloadCommand } from '../supervisor/commands/reload.js';
 import { scaleCommand } from '../supervisor/commands/scale.js';
 import { statusCommand } from '../supervisor/commands/status.js';
@@ -11,6 +12,7 @@ import { stopCommand } from '../supervisor/commands/stop.js';
 import type { MasterTarget } from '../supervisor/control/client.js';
 import { parseName, resolveControlSettings } from '../supervisor/control/socket-path.js';
 import { BatonError, EXIT_CODES, UsageError } from '../supervisor/errors.js';
+import type { InjectTarget } from '../supervisor/inject.js';
 import { createLogger } from '../supervisor/log.js';
 import {
   DEFAULTS,
@@ -24,11 +26,27 @@ import {
 import { runMaster } from '../supervisor/start.js';
 
 const EPILOGUE = `Signals to the master: SIGUSR2 or SIGHUP reload, SIGTERM or SIGINT drain and stop, SIGQUIT stop now.
-Exit codes: 0 done, 1 internal error, 2 bad usage, 3 cannot listen (a --listen address or the control socket), 4 first generation failed to start, 5 workers killed at the drain deadline, 6 reload: the new version failed to start, 7 reload: the new version was not ready in time, 8 no master found, 9 status --check: not healthy, 10 the master is stopping, 127 command not found.
+Exit codes: 0 done, 1 internal error, 2 bad usage, 3 cannot listen (a --listen address or the control socket), 4 first generation failed to start, 5 workers killed at the drain deadline, 6 reload: the new version failed to start, 7 reload: the new version was not ready in time, 8 no master found, 9 status --check: not healthy, 10 the master is stopping, 11 inject: the patch failed on a worker, 127 command not found.
 Control socket and protocol: docs/control.md.`;
 
 /** The largest pid Linux hands out (pid_max can be raised to 2^22). */
 const MAX_PID = 4_194_304;
+
+/** The most generations a master numbers in a run that `--generation` accepts. */
+const MAX_GENERATION = Number.MAX_SAFE_INTEGER;
+
+/** The workers `baton inject` patches: `--worker PID`, `--generation N`, or the active generation. */
+function injectTargetOf(argv: { worker?: unknown; generation?: unknown }): InjectTarget {
+  if (argv.worker !== undefined)
+    return { kind: 'pid', pid: parseInteger('--worker', argv.worker, 1, MAX_PID) };
+  if (argv.generation !== undefined) {
+    return {
+      kind: 'generation',
+      generation: parseInteger('--generation', argv.generation, 1, MAX_GENERATION),
+    };
+  }
+  return { kind: 'all' };
+}
 
 /** How reload, status and stop find their master. */
 function targetOptions(argv: Argv) {
@@ -265,6 +283,40 @@ async function main(): Promise<number> {
         exitCode = await scaleCommand(
           targetOf(argv),
           parseInteger('workers', argv.workers, 1, MAX_WORKERS),
+          process.stdout,
+        );
+      },
+    )
+    .command(
+      'inject <patch>',
+      'Hot-patch the running workers without a restart: a patch reaches what the app exposes',
+      (argv) =>
+        targetOptions(argv)
+          .usage(
+            'baton inject [--all | --generation N | --worker PID] <patch> [--name NAME | --control PATH | --pid PID]\n\nSend PATCH, an ES module whose default export gets the values the app exposed (expose() from baton/child) and changes them in place, to live Node workers; each applies it and answers. Prints one line per worker; exits 11 unless every worker applied it. The generation keeps the patch: workers it restarts get it again; the next reload starts clean.',
+          )
+          .positional('patch', { type: 'string', describe: 'The patch file (an ES module)' })
+          .option('all', {
+            type: 'boolean',
+            describe: 'Every worker of the active generation (the default)',
+          })
+          .option('generation', {
+            type: 'string',
+            requiresArg: true,
+            describe: 'Every live worker of generation N (a draining one too)',
+          })
+          .option('worker', {
+            type: 'string',
+            requiresArg: true,
+            describe: 'Only the worker with this pid (not applied again if it restarts)',
+          })
+          .conflicts('all', ['generation', 'worker'])
+          .conflicts('generation', 'worker'),
+      async (argv) => {
+        exitCode = await injectCommand(
+          targetOf(argv),
+          String(argv.patch),
+          injectTargetOf(argv),
           process.stdout,
         );
       },

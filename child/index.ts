@@ -1,7 +1,7 @@
 /**
  * The worker's side of baton's contract (docs/contract.md) for Node servers: inherited listeners by
  * name, the ready message, connection reports, a drain that cuts nobody off, and live session handoff
- * (docs/handoff.md).
+ * (docs/handoff.md), and hot patches reaching only what the app exposes (`baton inject`).
  *
  * Node built-ins only and no top-level await, so that it loads from ES modules and from CommonJS
  * (`require`) alike, in any app, with nothing to install.
@@ -13,8 +13,10 @@ import net from 'node:net';
 import { constants } from 'node:os';
 import tls from 'node:tls';
 import { type AdoptHook, type ConnectionBook, type HandoffHook, SessionMover } from './handoff.js';
+import { Injector } from './inject.js';
 
 export type { AdoptHook, HandoffCounts, HandoffHook } from './handoff.js';
+export type { Exposed, Patch } from './inject.js';
 
 /** Keep-alive clients get this long to see `Connection: close` before their idle connections are closed. */
 const HTTP_IDLE_GRACE_MS = 1000;
@@ -186,6 +188,16 @@ export function onAdopt<State>(listener: string, hook: AdoptHook<State>): void {
 /** True for a connection closed in this worker because a new worker adopted it (its 'close' is no goodbye). */
 export function wasHandedOff(socket: net.Socket): boolean {
   return mover.wasHandedOff(socket);
+}
+
+/**
+ * Makes `value` reachable, as `exposed[name]`, by the patches `baton inject` sends; nothing else is.
+ * Expose objects (a rules table, a settings object, a map of handlers) that a patch changes in place.
+ * Call it before `ready()`: a worker that exposes nothing is refused patches, and a worker restarted
+ * after a crash gets its generation's patches again once it is ready.
+ */
+export function expose(name: string, value: unknown): void {
+  injector.expose(name, value);
 }
 
 /** The process's servers, their connections, and the one-way switch from serving to draining. */
@@ -384,6 +396,7 @@ class ConnectionReporter {
 
 const drainer = new Drainer();
 const mover = new SessionMover(drainer, underBaton);
+const injector = new Injector(underBaton);
 
 /** Stops accepting new connections and leaves the open ones alone. */
 function stopAccepting(server: net.Server): void {

@@ -16,6 +16,7 @@ export const EXIT_CODES = {
   noMaster: 8,
   notHealthy: 9,
   masterStopping: 10,
+  injectFailed: 11,
   commandNotFound: 127,
 } as const;
 
@@ -169,6 +170,11 @@ export class MasterStoppingError extends BatonError {
 /** `baton status --check`: no active generation with every worker ready. */
 export class NotHealthyError extends BatonError {
   override readonly exitCode: number = EXIT_CODES.notHealthy;
+}
+
+/** `baton inject`: the patch did not go through on every worker it was meant for (or on none). */
+export class InjectFailedError extends BatonError {
+  override readonly exitCode: number = EXIT_CODES.injectFailed;
 }
 
 /** The master answered something the CLI did not expect, or the connection ended before the answer. */

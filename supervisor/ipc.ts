@@ -12,8 +12,32 @@ export interface ConnectionsMessage {
   count: number;
 }
 
+/** `{ baton: 'exposed', names }`: the worker takes patches and exposes these names (child API `expose`). */
+export interface ExposedMessage {
+  baton: 'exposed';
+  names: string[];
+}
+
+/** `{ baton: 'injected', id, ok, error? }`: how applying patch `id` went in the worker. */
+export interface InjectedMessage {
+  baton: 'injected';
+  id: number;
+  ok: boolean;
+  error?: { message: string; stack?: string };
+}
+
+/** Why a patch failed in a worker, as the worker said it. */
+export interface PatchFailure {
+  message: string;
+  stack: string | undefined;
+}
+
 /** Every message a worker may send, by kind. */
-export type WorkerMessage = { kind: 'ready' } | { kind: 'connections'; count: number };
+export type WorkerMessage =
+  | { kind: 'ready' }
+  | { kind: 'connections'; count: number }
+  | { kind: 'exposed'; names: string[] }
+  | { kind: 'injected'; id: number; error: PatchFailure | undefined };
 
 /** Reads a raw IPC message; undefined for anything that is not part of the contract. */
 export function parseWorkerMessage(message: unknown): WorkerMessage | undefined {
@@ -27,5 +51,30 @@ export function parseWorkerMessage(message: unknown): WorkerMessage | undefined 
   ) {
     return { kind: 'connections', count: candidate.count as number };
   }
+  const exposed = message as Partial<ExposedMessage>;
+  if (
+    exposed.baton === 'exposed' &&
+    Array.isArray(exposed.names) &&
+    exposed.names.every((name) => typeof name === 'string')
+  ) {
+    return { kind: 'exposed', names: exposed.names };
+  }
+  const injected = message as Partial<InjectedMessage>;
+  if (injected.baton === 'injected' && Number.isInteger(injected.id) && typeof injected.ok === 'boolean') {
+    return {
+      kind: 'injected',
+      id: injected.id as number,
+      error: injected.ok ? undefined : patchFailure(injected.error),
+    };
+  }
   return undefined;
+}
+
+/** The error a worker reported, whatever shape it came in. */
+function patchFailure(error: unknown): PatchFailure {
+  const reported = (typeof error === 'object' && error !== null ? error : {}) as Record<string, unknown>;
+  return {
+    message: typeof reported.message === 'string' ? reported.message : 'the patch failed (no message)',
+    stack: typeof reported.stack === 'string' ? reported.stack : undefined,
+  };
 }

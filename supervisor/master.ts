@@ -22,6 +22,14 @@ import {
   type SessionsMovedProgress,
   type SessionsSnapshot,
 } from './handoff.js';
+import {
+  type AppliedPatch,
+  chooseWorkers,
+  type InjectAnswer,
+  InjectRelay,
+  type InjectTarget,
+  type PatchSource,
+} from './inject.js';
 import { parseWorkerMessage } from './ipc.js';
 import type { Logger } from './log.js';
 import {
@@ -56,7 +64,15 @@ export type MasterEvent =
   | { type: 'drain-timeout'; generation: Generation }
   | { type: 'restart-due'; generation: Generation; slot: number }
   | { type: 'handoff-connection'; worker: Worker; message: unknown; handle: unknown }
-  | { type: 'handoff-relayed'; relay: number; error: Error | null };
+  | { type: 'handoff-relayed'; relay: number; error: Error | null }
+  | {
+      type: 'inject';
+      patch: PatchSource;
+      target: InjectTarget;
+      source: string;
+      reply?: (answer: InjectAnswer) => void;
+    }
+  | { type: 'inject-timeout'; round: number };
 
 /** What a reload request became: the generation that will carry it, or nothing while stopping. */
 export type ReloadAnswer =
@@ -102,6 +118,8 @@ export interface GenerationSnapshot {
   failure: string | undefined;
   restarts: number;
   workers: WorkerSnapshot[];
+  /** The hot patches applied to this generation (`baton inject`), oldest first. */
+  patches: AppliedPatch[];
 }
 
 /** The master's state as plain data. */
@@ -212,9 +230,13 @@ export class Master {
     'handoff-connection': (event) =>
       this.handoff.onHandle(event.worker, event.message, event.handle, this.activeGeneration),
     'handoff-relayed': (event) => this.handoff.onRelayed(event.relay, event.error),
+    inject: (event) => this.onInject(event.patch, event.target, event.source, event.reply ?? (() => {})),
+    'inject-timeout': (event) => this.injections.onTimeout(event.round),
   };
   /** Moves open sessions from old workers to new ones (docs/handoff.md). */
   private readonly handoff: HandoffRelay;
+  /** Sends hot patches to workers and keeps what each generation was patched with. */
+  private readonly injections: InjectRelay;
 
   constructor(
     readonly options: MasterOptions,
@@ -233,6 +255,18 @@ export class Master {
       },
       relayed: (relay, error) => this.dispatch({ type: 'handoff-relayed', relay, error }),
       report: (progress) => this.report(progress),
+    });
+    this.injections = new InjectRelay({
+      logger: context.logger,
+      now: () => this.now(),
+      send: (worker, message) => {
+        if (!worker.alive || !worker.process?.send) return false;
+        // A send that fails means the worker is gone or never reads: its exit or the deadline reports it.
+        worker.process.send(message, undefined, () => {});
+        return true;
+      },
+      deadline: (round, ms) =>
+        this.context.os.setTimer(ms, () => this.dispatch({ type: 'inject-timeout', round })),
     });
   }
 
@@ -344,6 +378,7 @@ export class Master {
                 ? 'observed'
                 : undefined,
         })),
+        patches: [...this.injections.patchesOf(generation)],
       })),
     };
   }
@@ -436,6 +471,8 @@ export class Master {
     const handoff = parseHandoffMessage(raw);
     if (message?.kind === 'ready') this.onReadySignal(worker, 'ipc');
     else if (message?.kind === 'connections') worker.connections = message.count;
+    else if (message?.kind === 'exposed') this.injections.onExposed(worker, message.names);
+    else if (message?.kind === 'injected') this.injections.onInjected(worker, message.id, message.error);
     else if (handoff) this.handoff.onMessage(worker, handoff);
     else
       this.log.debug(
@@ -534,6 +571,7 @@ export class Master {
       ready: generation.currentWorkers.filter((current) => current.state === 'ready').length,
       of: generation.slots.length,
     });
+    this.injections.onWorkerReady(worker, generation);
     if (generation.state === 'starting' && isGenerationReady(generation.currentWorkers))
       this.promote(generation);
   }
@@ -647,6 +685,42 @@ export class Master {
     while (generation.slots.length < size) this.spawnWorker(generation, generation.addSlot(), command);
   }
 
+  // ---- inject -------------------------------------------------------------
+
+  /** Sends a hot patch to the workers `target` names; `reply` gets how it went in each. */
+  private onInject(
+    patch: PatchSource,
+    target: InjectTarget,
+    source: string,
+    reply: (answer: InjectAnswer) => void,
+  ): void {
+    if (this.state === 'stopping' || this.state === 'stopped') {
+      this.log.warn({ source, file: patch.file, hash: patch.hash }, 'patch refused: the master is stopping');
+      reply({ outcome: 'ignored', reason: 'stopping', message: 'The master is stopping: nothing to patch.' });
+      return;
+    }
+    const chosen = chooseWorkers(target, this.generations);
+    if ('message' in chosen) {
+      this.log.warn(
+        { source, file: patch.file, hash: patch.hash, target },
+        `patch refused: ${chosen.message}`,
+      );
+      reply({ outcome: 'ignored', reason: 'no-workers', message: chosen.message });
+      return;
+    }
+    this.log.info(
+      {
+        source,
+        file: patch.file,
+        hash: patch.hash,
+        gen: chosen.generation.id,
+        workers: chosen.workers.length,
+      },
+      'patch sent',
+    );
+    this.injections.inject(patch, chosen, reply);
+  }
+
   // ---- drain --------------------------------------------------------------
 
   private drainGeneration(generation: Generation): void {
@@ -737,6 +811,7 @@ export class Master {
     const stateBefore = worker.state;
     worker.markExited(exitCode, signal, this.now());
     this.handoff.onWorkerExited(worker);
+    this.injections.onWorkerExited(worker);
     const generation = this.generationOf(worker);
     const uptimeMs = this.now() - worker.startedAt;
     const expected = stateBefore === 'draining';

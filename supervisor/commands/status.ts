@@ -77,6 +77,7 @@ export function formatStatus(status: MasterStatus): string {
   }
   lines.push(...(workers.length > 1 ? alignColumns(workers) : ['(no workers)']));
   lines.push(...openFileWarnings(status));
+  lines.push(...patchLines(status));
   if (status.reloads.length > 0) {
     const reloads: string[][] = [
       ['STARTED', 'GEN', 'VERSION', 'TRIGGER', 'OUTCOME', 'READY', 'DRAIN', 'WHY'],
@@ -108,6 +109,18 @@ function openFileWarnings(status: MasterStatus): string[] {
           `generation ${generation.id} worker ${worker.index} (pid ${worker.pid}): ${worker.fds}/${worker.fdLimit} open files, at its limit (ulimit -n): new connections are closed at once`,
       ),
   );
+}
+
+/** One line per hot patch a generation still serving runs with (`baton inject`). */
+function patchLines(status: MasterStatus): string[] {
+  return status.generations
+    .filter((generation) => SHOWN_STATES.has(generation.state))
+    .flatMap((generation) =>
+      (generation.patches ?? []).map(
+        (patch) =>
+          `generation ${generation.id} patched with ${patch.file} (sha256 ${patch.hash.slice(0, 12)}) at ${new Date(patch.at).toTimeString().slice(0, 8)}${patch.scope === 'worker' ? ` on pid ${patch.pids.join(', ')} only` : ''}${patch.uid === undefined || patch.uid === null ? '' : ` by uid ${patch.uid}`}`,
+      ),
+    );
 }
 
 function percent(cpu: number | null | undefined): string {

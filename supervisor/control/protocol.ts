@@ -41,7 +41,9 @@ export type ErrorCode =
   /** Reload: the new generation serves, but an old one was killed at `--drain-timeout`. */
   | 'drain-forced'
   /** Reload: the master is stopping, so the reload was not carried out or not to its end. */
-  | 'stopping';
+  | 'stopping'
+  /** Inject: no live worker matches the target (no active generation, an unknown generation or pid). */
+  | 'no-workers';
 
 /** What went wrong, with the facts as fields. */
 export interface ControlErrorBody {

@@ -3,6 +3,7 @@
  * into a request of one of those kinds (or an error answer that changes nothing).
  */
 import type { RequestKind } from './context.js';
+import { inject } from './inject.js';
 import { type ControlErrorBody, MAX_REQUEST_ID_LENGTH, type RequestId } from './protocol.js';
 import { reload } from './reload.js';
 import { scale } from './scale.js';
@@ -10,7 +11,7 @@ import { status } from './status.js';
 import { stop } from './stop.js';
 
 /** Every request the control socket answers, by kind. */
-export const REQUESTS = { status, reload, stop, scale } as const satisfies Record<
+export const REQUESTS = { status, reload, stop, scale, inject } as const satisfies Record<
   string,
   RequestKind<unknown>
 >;

@@ -1,0 +1,95 @@
+/**
+ * `{ "kind": "inject", "file", "source", "hash", "target" }`: sends a hot patch to live workers
+ * (docs/control.md) and answers, once every one of them has answered or the deadline passed, with how
+ * it went in each. The master checks that `hash` is the sha256 of `source`.
+ */
+import { createHash } from 'node:crypto';
+import type { InjectTarget, WorkerInjection } from '../inject.js';
+import type { RequestKind } from './context.js';
+import { unknownField } from './context.js';
+
+/** An inject request, its fields checked. */
+export interface InjectRequest {
+  kind: 'inject';
+  file: string;
+  source: string;
+  hash: string;
+  target: InjectTarget;
+}
+
+/** The answer: one result per worker the patch was meant for. */
+export interface InjectResult {
+  file: string;
+  hash: string;
+  workers: WorkerInjection[];
+}
+
+/** `inject`: what `baton inject` sends. */
+export const inject: RequestKind<InjectRequest> = {
+  check(fields) {
+    const unknown = unknownField(fields, ['file', 'source', 'hash', 'target']);
+    if (unknown) return { ok: false, message: unknown };
+    const { file, source, hash } = fields;
+    if (typeof file !== 'string' || file === '') {
+      return {
+        ok: false,
+        message: `Expected \`file\` to be the patch's file name, got ${JSON.stringify(file)}`,
+      };
+    }
+    if (typeof source !== 'string') {
+      return { ok: false, message: 'Expected `source` to be the text of an ES module' };
+    }
+    if (typeof hash !== 'string' || !/^[0-9a-f]{64}$/.test(hash)) {
+      return {
+        ok: false,
+        message: `Expected \`hash\` to be the sha256 of \`source\` in lower-case hex, got ${JSON.stringify(hash)}`,
+      };
+    }
+    if (createHash('sha256').update(source).digest('hex') !== hash) {
+      return { ok: false, message: 'The patch does not match its `hash`: it changed on the way' };
+    }
+    const target = checkTarget(fields.target);
+    if (!target) {
+      return {
+        ok: false,
+        message: `Expected \`target\` to be "all", {"generation": N} or {"pid": N}, got ${JSON.stringify(fields.target)}`,
+      };
+    }
+    return { ok: true, request: { kind: 'inject', file, source, hash, target } };
+  },
+  handle(request, exchange, { master }) {
+    master.dispatch({
+      type: 'inject',
+      patch: { file: request.file, hash: request.hash, source: request.source },
+      target: request.target,
+      source: 'control',
+      reply: (answer) => {
+        if (answer.outcome === 'ignored') {
+          exchange.fail({
+            code: answer.reason === 'stopping' ? 'stopping' : 'no-workers',
+            message: answer.message,
+          });
+          return;
+        }
+        exchange.answer({
+          file: request.file,
+          hash: request.hash,
+          workers: answer.workers,
+        } satisfies InjectResult);
+      },
+    });
+  },
+};
+
+function checkTarget(target: unknown): InjectTarget | undefined {
+  if (target === undefined || target === 'all') return { kind: 'all' };
+  if (typeof target !== 'object' || target === null) return undefined;
+  const { generation, pid } = target as Record<string, unknown>;
+  const keys = Object.keys(target);
+  if (keys.length !== 1) return undefined;
+  if (Number.isInteger(generation) && (generation as number) >= 1) {
+    return { kind: 'generation', generation: generation as number };
+  }
+  if (Number.isInteger(pid) && (pid as number) >= 1) return { kind: 'pid', pid: pid as number };
+  return undefined;
+}

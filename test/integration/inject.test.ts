@@ -1,0 +1,223 @@
+/** `baton inject`: hot patches reach what the app exposes in running workers, without a restart. */
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, describe, expect, test } from '@jest/globals';
+import type { MasterStatus } from '../../supervisor/control/status.js';
+import { EXIT_CODES } from '../../supervisor/errors.js';
+import { type GameSession, gameSession, httpLoad } from '../helpers/load.js';
+import { type AppDir, killAll, makeAppDir, REPO_ROOT, startBaton } from '../helpers/processes.js';
+
+/** The fix for the example app's reward: one `work` earns 3 coins instead of 2. */
+const FIX_REWARD = join(REPO_ROOT, 'test', 'fixtures', 'fix-reward.mjs');
+/** A patch whose own check fails: it throws before it changes anything. */
+const PATCH_THROWS = join(REPO_ROOT, 'test', 'fixtures', 'patch-throws.mjs');
+/** How long a `baton` command may take (a patch's answer deadline is 10 s). */
+const COMMAND_TIMEOUT_MS = 20_000;
+
+let app: AppDir | undefined;
+let runtime: string | undefined;
+
+afterEach(async () => {
+  await killAll();
+  app?.cleanup();
+  app = undefined;
+  if (runtime) rmSync(runtime, { recursive: true, force: true });
+  runtime = undefined;
+});
+
+/** Starts the example app under a master whose control socket is in a fresh runtime dir. */
+async function startApp(workers: number) {
+  app = makeAppDir();
+  runtime = mkdtempSync(join(tmpdir(), 'baton-run-'));
+  const env = { XDG_RUNTIME_DIR: runtime };
+  const baton = startBaton(
+    [
+      'start',
+      '--workers',
+      String(workers),
+      '--listen',
+      'http=tcp://127.0.0.1:0',
+      '--listen',
+      'game=tcp://127.0.0.1:0',
+      '--',
+      process.execPath,
+      'server.js',
+    ],
+    { cwd: app.dir, env },
+  );
+  const httpPort = await baton.listenPort('http');
+  const gamePort = await baton.listenPort('game');
+  await baton.waitForLogMsg('generation active', { gen: 1 });
+  return { baton, env, httpPort, gamePort };
+}
+
+/** Runs `baton <args>` against the test's master; resolves with its exit code and output. */
+async function batonCommand(args: string[], env: Record<string, string>) {
+  const run = startBaton(args, { env });
+  const { exitCode } = await run.waitForExit(COMMAND_TIMEOUT_MS);
+  return { exitCode, output: run.output };
+}
+
+async function statusOf(env: Record<string, string>): Promise<MasterStatus> {
+  const { exitCode, output } = await batonCommand(['status', '--json'], env);
+  expect(exitCode).toBe(0);
+  return JSON.parse(output) as MasterStatus;
+}
+
+/** Opens `count` game sessions and has each earn coins twice (2 each, before any fix). */
+async function openSessions(port: number, count: number): Promise<GameSession[]> {
+  const sessions = Array.from({ length: count }, () => gameSession(port));
+  for (const session of sessions) {
+    await session.welcome;
+    expect(await session.request('work')).toBe('coins 2');
+    expect(await session.request('work')).toBe('coins 4');
+  }
+  return sessions;
+}
+
+describe('inject', () => {
+  test('inject --all under HTTP load and open game sessions: 0 failed requests, every session keeps its coins and earns the fixed reward next', async () => {
+    const { baton, env, httpPort, gamePort } = await startApp(2);
+    const sessions = await openSessions(gamePort, 8);
+    const loads = [
+      httpLoad({
+        port: httpPort,
+        keepAlive: true,
+        concurrency: 2,
+        maxRequests: 100_000,
+        maxDurationMs: 60_000,
+      }),
+      httpLoad({
+        port: httpPort,
+        keepAlive: false,
+        concurrency: 2,
+        maxRequests: 100_000,
+        maxDurationMs: 60_000,
+      }),
+    ];
+
+    const { exitCode, output } = await batonCommand(['inject', '--all', FIX_REWARD], env);
+    expect(exitCode).toBe(0);
+    expect(output.match(/^generation 1 worker \d \(pid \d+\): patched$/gm)).toHaveLength(2);
+    expect(output).toMatch(/^patch fix-reward\.mjs \(sha256 [0-9a-f]{12}\) applied to 2 worker\(s\)$/m);
+
+    for (const session of sessions) expect(await session.request('work')).toBe('coins 7');
+    expect(await gameSession(gamePort).request('work')).toBe('coins 3');
+    for (const report of await Promise.all(loads.map((load) => load.stop()))) {
+      expect(report.errors).toEqual([]);
+      expect(report.failed).toBe(0);
+    }
+
+    const logged = await baton.waitForLogMsg('patch injected', {
+      file: 'fix-reward.mjs',
+      outcome: 'patched',
+    });
+    expect(logged.hash).toMatch(/^[0-9a-f]{64}$/);
+    expect(logged.workers).toHaveLength(2);
+    const [generation] = (await statusOf(env)).generations;
+    expect(generation?.patches).toEqual([
+      expect.objectContaining({ file: 'fix-reward.mjs', hash: logged.hash, scope: 'generation' }),
+    ]);
+    expect(baton.logs.some((entry) => entry.msg === 'worker exited')).toBe(false);
+  });
+
+  test('a patch that throws, and one that does not parse: every worker unchanged, the CLI exits 11 with the error', async () => {
+    const { env, gamePort } = await startApp(2);
+    const sessions = await openSessions(gamePort, 4);
+
+    const throws = await batonCommand(['inject', PATCH_THROWS], env);
+    expect(throws.exitCode).toBe(EXIT_CODES.injectFailed);
+    expect(
+      throws.output.match(
+        /^generation 1 worker \d \(pid \d+\): failed: Error: expected a reward of 1000 coins: this patch does not fit$/gm,
+      ),
+    ).toHaveLength(2);
+    expect(throws.output).toMatch(/^ {4}at refuse \(patch-throws\.mjs:\d+:\d+\)$/m);
+    expect(throws.output).toMatch(
+      /^baton: The patch patch-throws\.mjs .* did not go through on 2 of 2 worker\(s\)\.$/m,
+    );
+
+    const unparsable = join(runtime as string, 'unparsable.mjs');
+    writeFileSync(
+      unparsable,
+      'export default function broken({ rewards }) {\n  rewards.coinsPerWork = ;\n}\n',
+    );
+    const broken = await batonCommand(['inject', unparsable], env);
+    expect(broken.exitCode).toBe(EXIT_CODES.injectFailed);
+    expect(broken.output.match(/^generation 1 worker \d \(pid \d+\): failed: SyntaxError: /gm)).toHaveLength(
+      2,
+    );
+
+    for (const session of sessions) expect(await session.request('work')).toBe('coins 6');
+    expect(await gameSession(gamePort).request('work')).toBe('coins 2');
+    expect((await statusOf(env)).generations[0]?.patches).toEqual([]);
+  });
+
+  test('a worker killed with SIGKILL comes back patched; after a reload the new generation is unpatched', async () => {
+    const { baton, env, gamePort } = await startApp(1);
+    expect((await batonCommand(['inject', FIX_REWARD], env)).exitCode).toBe(0);
+    const first = gameSession(gamePort);
+    const { pid } = await first.welcome;
+    expect(await first.request('work')).toBe('coins 3');
+
+    process.kill(pid, 'SIGKILL');
+    const reapplied = await baton.waitForLogMsg('patch reapplied', {
+      file: 'fix-reward.mjs',
+      outcome: 'patched',
+    });
+    expect(reapplied.workers).toEqual([expect.objectContaining({ gen: 1, worker: 0, outcome: 'patched' })]);
+    const afterCrash = gameSession(gamePort);
+    expect((await afterCrash.welcome).pid).not.toBe(pid);
+    expect(await afterCrash.request('work')).toBe('coins 3');
+
+    // Without sessions left, generation 1 retires at once: the next session can only be generation 2's.
+    afterCrash.close();
+    await afterCrash.closed;
+    baton.signal('SIGUSR2');
+    await baton.waitForLogMsg('generation retired', { gen: 1 });
+    const afterReload = gameSession(gamePort);
+    const newWorker = (await afterReload.welcome).pid;
+    expect(await afterReload.request('work')).toBe('coins 2');
+    const generations = (await statusOf(env)).generations;
+    expect(generations.find((generation) => generation.id === 2)?.patches).toEqual([]);
+    expect(generations.find((generation) => generation.id === 1)?.patches).toHaveLength(1);
+
+    // One worker by its pid: patched, and listed as that worker's own.
+    const one = await batonCommand(['inject', '--worker', String(newWorker), FIX_REWARD], env);
+    expect(one.exitCode).toBe(0);
+    expect(one.output).toContain(`generation 2 worker 0 (pid ${newWorker}): patched`);
+    expect(await afterReload.request('work')).toBe('coins 5');
+    expect((await statusOf(env)).generations.find((generation) => generation.id === 2)?.patches).toEqual([
+      expect.objectContaining({ file: 'fix-reward.mjs', scope: 'worker', pids: [newWorker] }),
+    ]);
+  });
+
+  test('inject into a worker that is not Node is refused with one clear line', async () => {
+    runtime = mkdtempSync(join(tmpdir(), 'baton-run-'));
+    const env = { XDG_RUNTIME_DIR: runtime };
+    const baton = startBaton(
+      [
+        'start',
+        '--name',
+        'shell',
+        '--ready',
+        'delay:300ms',
+        '--listen',
+        'http=tcp://127.0.0.1:0',
+        '--',
+        '/bin/sh',
+        '-c',
+        'exec sleep 600',
+      ],
+      { env },
+    );
+    await baton.waitForLogMsg('generation active', { gen: 1 });
+    const { exitCode, output } = await batonCommand(['inject', FIX_REWARD], env);
+    expect(exitCode).toBe(EXIT_CODES.injectFailed);
+    expect(output).toMatch(
+      /^generation 1 worker 0 \(pid \d+\): refused: the worker takes no patches \(not a Node worker, or it exposes nothing/m,
+    );
+    expect((await statusOf(env)).generations[0]?.patches).toEqual([]);
+  });
+});
