@@ -142,6 +142,12 @@ function startOptions(argv: Argv) {
       describe:
         'The control socket path, instead of the one --name gives; its directory must be private (0700)',
     })
+    .option('max-memory', {
+      type: 'string',
+      requiresArg: true,
+      describe:
+        'Replace a worker whose resident memory passes this size (512M, 2G): its replacement starts and is ready first, then it drains',
+    })
     .option('user', {
       type: 'string',
       requiresArg: true,
@@ -213,6 +219,7 @@ async function main(): Promise<number> {
           watch: argv.watch,
           metrics: argv.metrics,
           versionFile: argv['version-file'],
+          maxMemory: argv['max-memory'],
           user: argv.user,
           group: argv.group,
           command: commandAfterDashes(argv),

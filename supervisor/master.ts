@@ -38,6 +38,7 @@ import {
   MAX_WORKERS,
   type MasterOptions,
   POLL_READINESS_INTERVAL_MS,
+  STABLE_UPTIME_MS,
 } from './options.js';
 import { notifyFd, type Os } from './os.js';
 import { Worker } from './worker.js';
@@ -53,6 +54,7 @@ export type MasterEvent =
   | { type: 'ready-delay-passed'; worker: Worker }
   | { type: 'ready-probe'; worker: Worker }
   | { type: 'connections-sample' }
+  | { type: 'replace-worker'; pid: number; reason: string; facts?: Record<string, unknown> }
   | {
       type: 'scale';
       workers: number | 'more' | 'fewer';
@@ -200,6 +202,8 @@ export class Master {
   private startFailure: GenerationFailedError | undefined;
   private killedAtStopDeadline = false;
   private resolveFinished: (exitCode: number) => void = () => {};
+  /** Replacement workers starting (key), and the serving worker each one will replace (value). */
+  private readonly replacements = new Map<Worker, Worker>();
   /** Workers per generation once `scale` changed it; `--workers` until then. */
   private scaledWorkers: number | undefined;
   private readonly followers = new Set<(progress: Progress) => void>();
@@ -219,6 +223,7 @@ export class Master {
     'ready-delay-passed': (event) => this.onReadySignal(event.worker, 'delay'),
     'ready-probe': (event) => this.onReadyProbe(event.worker),
     'connections-sample': () => this.onConnectionsSample(),
+    'replace-worker': (event) => this.onReplaceWorker(event.pid, event.reason, event.facts ?? {}),
     scale: (event) => {
       const answer = this.onScale(event.workers, event.source);
       event.reply?.(answer);
@@ -572,6 +577,16 @@ export class Master {
       of: generation.slots.length,
     });
     this.injections.onWorkerReady(worker, generation);
+    const replaced = this.replacements.get(worker);
+    if (replaced) {
+      // The replacement serves: now the worker it replaces may drain.
+      this.replacements.delete(worker);
+      this.log.info(
+        { gen: generation.id, worker: worker.index, pid: worker.pid, replaced: replaced.pid },
+        'worker replaced',
+      );
+      this.drainWorker(replaced);
+    }
     if (generation.state === 'starting' && isGenerationReady(generation.currentWorkers))
       this.promote(generation);
   }
@@ -636,6 +651,47 @@ export class Master {
     this.startGeneration();
   }
 
+  // ---- replace one worker -------------------------------------------------
+
+  /**
+   * Replaces a serving worker without dropping anyone (`--max-memory`): its
+   * replacement starts in the same slot and, once ready, the old one drains.
+   * A worker that ran less than STABLE_UPTIME_MS is left alone, so that an app
+   * whose baseline is over the limit is not replaced in a loop.
+   */
+  private onReplaceWorker(pid: number, reason: string, facts: Record<string, unknown>): void {
+    const generation = this.activeGeneration;
+    const worker = generation?.currentWorkers.find(
+      (candidate) => candidate.pid === pid && candidate.state === 'ready',
+    );
+    if (!generation || !worker || this.state !== 'running') return;
+    if ([...this.replacements.values()].includes(worker) || this.now() - worker.startedAt < STABLE_UPTIME_MS)
+      return;
+    let command: string;
+    try {
+      command = this.context.os.resolveCommand(this.options.command, this.context.env, this.context.cwd);
+    } catch {
+      this.log.error(
+        { gen: generation.id, worker: worker.index, pid },
+        'worker not replaced: command not found',
+      );
+      return;
+    }
+    this.log.warn({ gen: generation.id, worker: worker.index, pid, reason, ...facts }, 'replacing worker');
+    this.spawnWorker(generation, worker.index, command);
+    const replacement = generation.slots[worker.index]?.current;
+    if (replacement && replacement !== worker) this.replacements.set(replacement, worker);
+  }
+
+  /** Drains one worker, with its own deadline. */
+  private drainWorker(worker: Worker): void {
+    if (!worker.markDraining()) return;
+    this.kill(worker, this.options.drainSignal);
+    this.context.os.setTimer(this.options.drainTimeoutMs, () =>
+      this.dispatch({ type: 'worker-kill-due', worker }),
+    );
+  }
+
   // ---- scale --------------------------------------------------------------
 
   private get targetWorkers(): number {
@@ -664,12 +720,7 @@ export class Master {
       slot.restartTimer?.cancel();
       const worker = slot.current;
       // Its slot is gone, so its exit restarts nothing; the drain deadline still holds.
-      if (worker?.markDraining()) {
-        this.kill(worker, this.options.drainSignal);
-        this.context.os.setTimer(this.options.drainTimeoutMs, () =>
-          this.dispatch({ type: 'worker-kill-due', worker }),
-        );
-      }
+      if (worker) this.drainWorker(worker);
     }
     if (generation.slots.length >= size) return;
     let command: string;
@@ -838,7 +889,19 @@ export class Master {
       });
     } else if (generation.state === 'active') {
       const slot = generation.slots[worker.index];
-      if (slot?.current === worker) this.scheduleRestart(generation, worker.index, uptimeMs);
+      const replaced = this.replacements.get(worker);
+      if (replaced && slot?.current === worker && replaced.alive) {
+        // A replacement that never served: the worker it was to replace goes on serving.
+        this.replacements.delete(worker);
+        slot.current = replaced;
+        this.log.warn(
+          { gen: generation.id, worker: worker.index, pid: replaced.pid },
+          'worker replacement failed: keeping the old one',
+        );
+      } else if (slot?.current === worker) {
+        this.replacements.delete(worker);
+        this.scheduleRestart(generation, worker.index, uptimeMs);
+      }
     } else if (generation.liveWorkers.length === 0) {
       this.retire(generation);
     }

@@ -114,6 +114,8 @@ export interface MasterOptions {
   ready: ReadinessMode;
   /** Where the Prometheus endpoint listens (`--metrics`), if anywhere. */
   metrics?: InetListenSpec;
+  /** A worker whose resident memory passes this many bytes is replaced (`--max-memory`). */
+  maxMemoryBytes?: number;
   /** The user and group workers run as (`--user`, `--group`); the master's own when undefined. */
   uid?: number;
   gid?: number;
@@ -137,6 +139,22 @@ export function parseDuration(flag: string, text: string, { allowZero = false } 
   if (ms === 0 && !allowZero) throw new UsageError(`${expected} and more than zero, got '${text}'`);
   if (ms > MAX_DURATION_MS) throw new UsageError(`${expected} and at most 24d, got '${text}'`);
   return ms;
+}
+
+const SIZE_UNITS: Record<string, number> = { K: 1024, M: 1024 ** 2, G: 1024 ** 3 };
+
+/** Parses a size like `512M`, `1.5G` or `300000K` (binary units) into bytes. */
+export function parseSize(flag: string, text: string): number {
+  const match = /^(\d+(?:\.\d+)?)([KMG])i?B?$/i.exec(String(text).trim());
+  const bytes = match
+    ? Math.round(Number(match[1]) * (SIZE_UNITS[(match[2] as string).toUpperCase()] as number))
+    : Number.NaN;
+  if (!Number.isFinite(bytes) || bytes < 16 * 1024 ** 2 || bytes > 1024 ** 4) {
+    throw new UsageError(
+      `Expected \`${flag}\` to be a size from 16M to 1024G, like 512M or 2G, got '${text}'`,
+    );
+  }
+  return bytes;
 }
 
 /** Parses a whole number between min and max. */
@@ -265,6 +283,8 @@ export interface RawStartArgs {
   metrics?: unknown;
   /** `--version-file PATH`. */
   versionFile?: unknown;
+  /** `--max-memory 512M`. */
+  maxMemory?: unknown;
   /** `--user NAME|UID` and `--group NAME|GID` for the workers. */
   user?: unknown;
   group?: unknown;
@@ -322,6 +342,8 @@ export function parseStartOptions(raw: RawStartArgs): MasterOptions {
     watch: parseWatch(raw.watch, raw.cwd ?? process.cwd()),
     metrics: raw.metrics === undefined ? undefined : parseMetrics(String(raw.metrics)),
     versionFile: raw.versionFile === undefined ? undefined : String(raw.versionFile),
+    maxMemoryBytes:
+      raw.maxMemory === undefined ? undefined : parseSize('--max-memory', String(raw.maxMemory)),
     ...parseWorkerUser(raw.user, raw.group, raw.masterUid ?? process.getuid?.() ?? 0),
     command,
     args,

@@ -71,6 +71,16 @@ export async function runMaster(
     versionLabel: () => readVersionLabel(options, cwd),
   });
   const usage = new UsageSampler(() => livePids(master.snapshot()));
+  const maxMemory = options.maxMemoryBytes;
+  if (maxMemory !== undefined) {
+    usage.onSample = (sampled) => {
+      for (const [pid, { memory }] of sampled) {
+        if (pid !== process.pid && memory > maxMemory) {
+          master.dispatch({ type: 'replace-worker', pid, reason: 'memory', facts: { memory, maxMemory } });
+        }
+      }
+    };
+  }
   const controlServer = await ControlServer.listen({ master, logger, ...control, staleRemoved, usage });
   const metrics = options.metrics && (await MetricsServer.listen(options.metrics, master, logger, usage));
   logger.info(

@@ -61,6 +61,8 @@ export class UsageSampler {
   private stopped = false;
   /** When the last sample was taken (ms since the epoch), if one was. */
   sampledAt: number | undefined;
+  /** Called with every sample (`--max-memory` watches it). */
+  onSample: ((usage: ReadonlyMap<number, Usage>) => void) | undefined;
 
   constructor(
     private readonly pids: () => number[],
@@ -102,6 +104,7 @@ export class UsageSampler {
         (usage) => {
           this.latest = usage;
           this.sampledAt = this.now();
+          this.onSample?.(usage);
         },
         () => {
           this.latest = new Map(); // the only pid sampled was gone: nothing to show

@@ -12,6 +12,7 @@ import {
   type MasterOptions,
   POLL_READINESS_INTERVAL_MS,
   RESTART_BACKOFF_BASE_MS,
+  STABLE_UPTIME_MS,
 } from '../../supervisor/options.js';
 import type { Os, SpawnRequest, WorkerCallbacks, WorkerProcess } from '../../supervisor/os.js';
 
@@ -471,5 +472,38 @@ describe('connections seen from outside', () => {
     jest.advanceTimersByTime(CONNECTION_SAMPLE_INTERVAL_MS);
     expect(idle?.signals).toEqual(['SIGTERM', 'SIGKILL']);
     expect(busy?.signals).toEqual(['SIGTERM']);
+  });
+});
+
+describe('replacing one serving worker (--max-memory)', () => {
+  test('the replacement starts in the same slot and, once ready, the old worker drains; nobody is dropped meanwhile', () => {
+    const master = running();
+    const [old] = os.ofGeneration(1);
+    jest.advanceTimersByTime(STABLE_UPTIME_MS);
+    master.dispatch({ type: 'replace-worker', pid: old?.pid as number, reason: 'memory' });
+    const replacement = os.processes.at(-1);
+    expect(replacement?.request.env).toMatchObject({ BATON_GENERATION: '1', BATON_WORKER: '0' });
+    expect(old?.signals).toEqual([]);
+    replacement?.ready();
+    expect(old?.signals).toEqual(['SIGTERM']);
+    expect(messages()).toContain('worker replaced');
+    old?.exit(0);
+    jest.advanceTimersByTime(60_000);
+    expect(os.ofGeneration(1)).toHaveLength(3); // the old worker's exit restarts nothing
+  });
+
+  test('a replacement that fails leaves the old worker serving, and a young worker is not replaced', () => {
+    const master = running();
+    const [old] = os.ofGeneration(1);
+    master.dispatch({ type: 'replace-worker', pid: old?.pid as number, reason: 'memory' });
+    expect(os.processes).toHaveLength(2); // younger than STABLE_UPTIME_MS: left alone
+    jest.advanceTimersByTime(STABLE_UPTIME_MS);
+    master.dispatch({ type: 'replace-worker', pid: old?.pid as number, reason: 'memory' });
+    const replacement = os.processes.at(-1);
+    replacement?.exit(1);
+    jest.advanceTimersByTime(60_000);
+    expect(old?.signals).toEqual([]);
+    expect(messages()).toContain('worker replacement failed: keeping the old one');
+    expect(master.snapshot().generations[0]?.workers.find((w) => w.pid === old?.pid)?.state).toBe('ready');
   });
 });

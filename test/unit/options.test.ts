@@ -5,6 +5,7 @@ import {
   parseListen,
   parseReadiness,
   parseSignal,
+  parseSize,
   parseStartOptions,
   parseWorkerUser,
 } from '../../supervisor/options.js';
@@ -165,5 +166,18 @@ describe('parseWorkerUser', () => {
     );
     expect(() => parseWorkerUser(undefined, 'no-such-group-xyz', 0)).toThrow(/`--group`/);
     expect(() => parseWorkerUser('nobody', undefined, 1000)).toThrow(/to run as root/);
+  });
+});
+
+describe('parseSize', () => {
+  test('binary units', () => {
+    expect(parseSize('--max-memory', '512M')).toBe(512 * 1024 ** 2);
+    expect(parseSize('--max-memory', '1.5G')).toBe(1.5 * 1024 ** 3);
+    expect(parseSize('--max-memory', '300000k')).toBe(300_000 * 1024);
+    expect(parseSize('--max-memory', '2GiB')).toBe(2 * 1024 ** 3);
+  });
+
+  test.each(['512', '1M', 'lots', '-5M', '2T'])('refuses %p', (text) => {
+    expect(() => parseSize('--max-memory', text)).toThrow(/`--max-memory` to be a size from 16M to 1024G/);
   });
 });
