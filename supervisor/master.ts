@@ -119,6 +119,8 @@ export interface GenerationSnapshot {
   forced: boolean;
   failure: string | undefined;
   restarts: number;
+  /** Worker slots in a crash loop now: crashed at least CRASH_LOOP_THRESHOLD times in a row, not serving. */
+  crashLoops: Array<{ worker: number; crashes: number }>;
   workers: WorkerSnapshot[];
   /** The hot patches applied to this generation (`baton inject`), oldest first. */
   patches: AppliedPatch[];
@@ -366,6 +368,9 @@ export class Master {
         forced: generation.forced,
         failure: generation.failure && describeStartFailure(generation.id, generation.failure),
         restarts: generation.slots.reduce((sum, slot) => sum + slot.restarts, 0),
+        crashLoops: generation.slots
+          .filter((slot) => isCrashLoop(slot.consecutiveCrashes) && slot.current?.state !== 'ready')
+          .map((slot) => ({ worker: slot.index, crashes: slot.consecutiveCrashes })),
         workers: generation.workers.map((worker) => ({
           index: worker.index,
           pid: worker.pid,

@@ -76,6 +76,7 @@ export function formatStatus(status: MasterStatus): string {
     }
   }
   lines.push(...(workers.length > 1 ? alignColumns(workers) : ['(no workers)']));
+  lines.push(...crashLoopLines(status));
   lines.push(...openFileWarnings(status));
   lines.push(...patchLines(status));
   if (status.reloads.length > 0) {
@@ -97,6 +98,16 @@ export function formatStatus(status: MasterStatus): string {
     lines.push('', ...alignColumns(reloads));
   }
   return `${lines.join('\n')}\n`;
+}
+
+/** One line under the table for each worker slot in a crash loop (restarted with a growing backoff). */
+function crashLoopLines(status: MasterStatus): string[] {
+  return status.generations.flatMap((generation) =>
+    (generation.crashLoops ?? []).map(
+      ({ worker, crashes }) =>
+        `generation ${generation.id} worker ${worker}: crash loop, ${crashes} crashes in a row; restarting with backoff (see the master's log for its stderr)`,
+    ),
+  );
 }
 
 /** One line under the table for each worker that used every descriptor it may open: it refuses connections. */

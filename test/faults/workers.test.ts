@@ -113,8 +113,11 @@ describe('a crash loop in the serving generation', () => {
       'flaky.cjs',
       `if (require('node:fs').existsSync(${JSON.stringify(flag)})) { console.error('cannot start: broken'); process.exit(3); }\n${HTTP_WORKER}`,
     );
+    const control = join(dir, 'flaky.sock');
     const baton = startBaton([
       'start',
+      '--control',
+      control,
       '--listen',
       'http=tcp://127.0.0.1:0',
       '--workers',
@@ -150,12 +153,22 @@ describe('a crash loop in the serving generation', () => {
     // Backing off costs the master almost nothing: well under a tenth of one core.
     expect(cpuSeconds(baton.pid) - cpuBefore).toBeLessThan(elapsedS * 0.1 + 0.2);
 
+    // status says so, in a line under the table and in --json.
+    const during = await askStatus(control);
+    expect(during.status.generations[0]?.crashLoops).toEqual([{ worker: 0, crashes: expect.any(Number) }]);
+    const table = startBaton(['status', '--control', control]);
+    await table.waitForExit(10_000);
+    expect(table.output).toMatch(
+      /^generation 1 worker 0: crash loop, \d+ crashes in a row; restarting with backoff/m,
+    );
+
     rmSync(flag);
     await baton.waitForLog(
       (e) => e.msg === 'worker ready' && e.pid !== victim && e.pid !== survivor,
       10_000,
       'the slot refilled once fixed',
     );
+    expect((await askStatus(control)).status.generations[0]?.crashLoops).toEqual([]);
   });
 });
 
