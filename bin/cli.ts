@@ -369,10 +369,15 @@ function commandAfterDashes(argv: { _: (string | number)[]; '--'?: (string | num
   return (argv['--'] ?? []).map(String);
 }
 
+/** An error is one line, whatever the user typed into it (a newline in a flag's value, say). */
+function oneLine(message: string): string {
+  return message.replace(/[\u0000-\u001f\u007f]/g, (character) => JSON.stringify(character).slice(1, -1));
+}
+
 function reportAndExit(error: unknown): never {
   if (error instanceof BatonError) {
     const hint = error instanceof UsageError ? " (see 'baton --help')" : '';
-    process.stderr.write(`baton: ${error.message}${hint}\n`);
+    process.stderr.write(`baton: ${oneLine(error.message)}${hint}\n`);
     process.exit(error.exitCode);
   }
   process.stderr.write(`baton: internal error: ${(error as Error)?.stack ?? String(error)}\n`);

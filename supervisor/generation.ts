@@ -48,6 +48,14 @@ export class Generation {
     }));
   }
 
+  /** Forgets the oldest exited workers past `kept`, so that a long crash loop does not grow the list. */
+  forgetExitedWorkers(kept: number): void {
+    const exited = this.workers.filter((worker) => !worker.alive);
+    for (const worker of exited.slice(0, Math.max(0, exited.length - kept))) {
+      this.workers.splice(this.workers.indexOf(worker), 1);
+    }
+  }
+
   /** Adds one worker position (scale); returns its index. */
   addSlot(): number {
     const index = this.slots.length;

@@ -105,6 +105,8 @@ export interface WorkerSnapshot {
   connections: number | undefined;
   /** Whether the worker reported its connections (child API) or the master counted them in /proc. */
   connectionsSeen: 'reported' | 'observed' | undefined;
+  /** How often this worker's slot was refilled after a crash (the current worker of the slot only). */
+  restarts: number;
 }
 
 /** A generation as `status` shows it. */
@@ -174,6 +176,9 @@ export interface MasterContext {
   /** The version label of a new generation (read anew at each reload); the generation number when undefined. */
   versionLabel?: () => string | undefined;
 }
+
+/** How many exited workers a serving generation remembers (for status); a long crash loop forgets the oldest. */
+export const EXITED_WORKERS_KEPT = 20;
 
 /** How many generations that have ended the master remembers (for status). */
 export const RETIRED_GENERATIONS_KEPT = 10;
@@ -381,6 +386,10 @@ export class Master {
           exitCode: worker.exitCode,
           signal: worker.signal,
           connections: worker.connections ?? worker.observedConnections,
+          restarts:
+            generation.slots[worker.index]?.current === worker
+              ? (generation.slots[worker.index]?.restarts ?? 0)
+              : 0,
           connectionsSeen:
             worker.connections !== undefined
               ? 'reported'
@@ -914,6 +923,7 @@ export class Master {
   }
 
   private scheduleRestart(generation: Generation, slotIndex: number, uptimeMs: number): void {
+    generation.forgetExitedWorkers(EXITED_WORKERS_KEPT);
     const slot = generation.slots[slotIndex];
     if (!slot || this.state === 'stopping') return;
     slot.consecutiveCrashes = crashesAfterExit(slot.consecutiveCrashes, uptimeMs);

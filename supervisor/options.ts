@@ -159,11 +159,13 @@ export function parseSize(flag: string, text: string): number {
 
 /** Parses a whole number between min and max. */
 export function parseInteger(flag: string, text: unknown, min: number, max: number): number {
+  // Decimal digits only: Number() would also take 0x10, 1e1, +5 and ' '.
+  const digits = typeof text === 'number' ? Number.isInteger(text) : /^-?\d+$/.test(String(text).trim());
   const value = typeof text === 'number' ? text : Number(String(text).trim());
-  if (!Number.isInteger(value) || value < min || value > max || String(text).trim() === '') {
+  if (!digits || !Number.isInteger(value) || value < min || value > max) {
     throw new UsageError(`Expected \`${flag}\` to be a whole number from ${min} to ${max}, got '${text}'`);
   }
-  return value;
+  return value === 0 ? 0 : value; // never -0
 }
 
 const LISTENER_NAME = /^[A-Za-z0-9_.-]{1,64}$/;
@@ -217,6 +219,11 @@ export function parseListen(text: string, index: number): ListenSpec {
 
 function parseUnixListen(name: string, rest: string, raw: string, expected: string): UnixListenSpec {
   const [path = '', query = ''] = rest.split('?', 2);
+  if (/[\u0000-\u001f\u007f]/.test(path)) {
+    throw new UsageError(
+      `${expected}; a Unix socket path may not contain control characters, got ${JSON.stringify(raw)}`,
+    );
+  }
   if (!path.startsWith('/') || path.endsWith('/')) {
     throw new UsageError(`${expected}; a Unix socket needs an absolute file path, got '${raw}'`);
   }
@@ -227,6 +234,9 @@ function parseUnixListen(name: string, rest: string, raw: string, expected: stri
   }
   const options = new URLSearchParams(query);
   for (const key of options.keys()) {
+    if (options.getAll(key).length > 1) {
+      throw new UsageError(`${expected}; give '${key}' once, got '${raw}'`);
+    }
     if (!UNIX_OPTIONS.has(key)) {
       throw new UsageError(
         `${expected}; a Unix socket takes mode, owner and group, not '${key}', got '${raw}'`,

@@ -93,13 +93,10 @@ export function buildStatus(context: ControlContext): MasterStatus {
     usage: { intervalMs: context.usage.intervalMs, sampledAt: context.usage.sampledAt },
     generations: snapshot.generations.map((generation) => ({
       ...generation,
-      workers: generation.workers.map((worker, position) => {
+      workers: generation.workers.map((worker) => {
         const usage = worker.state === 'exited' ? undefined : context.usage.of(worker.pid);
         return {
           ...worker,
-          // The generation keeps every worker it had, in order: the earlier ones in the same slot were restarted.
-          restarts: generation.workers.slice(0, position).filter((earlier) => earlier.index === worker.index)
-            .length,
           cpu: usage?.cpu,
           memory: usage?.memory,
           fds: usage?.fds,

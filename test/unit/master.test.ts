@@ -5,7 +5,7 @@
 import { afterEach, beforeEach, describe, expect, jest, test } from '@jest/globals';
 import { pino } from 'pino';
 import { CommandNotFoundError, EXIT_CODES } from '../../supervisor/errors.js';
-import { Master } from '../../supervisor/master.js';
+import { EXITED_WORKERS_KEPT, Master } from '../../supervisor/master.js';
 import {
   CONNECTION_SAMPLE_INTERVAL_MS,
   IDLE_DRAIN_SAMPLES,
@@ -505,5 +505,24 @@ describe('replacing one serving worker (--max-memory)', () => {
     expect(old?.signals).toEqual([]);
     expect(messages()).toContain('worker replacement failed: keeping the old one');
     expect(master.snapshot().generations[0]?.workers.find((w) => w.pid === old?.pid)?.state).toBe('ready');
+  });
+});
+
+describe('a long crash loop', () => {
+  test('keeps the remembered workers bounded, and the slot counts every restart', () => {
+    const master = running();
+    for (let crash = 0; crash < 40; crash++) {
+      os.processes
+        .filter((p) => p.request.env.BATON_WORKER === '0')
+        .at(-1)
+        ?.exit(1);
+      jest.advanceTimersByTime(60_000);
+    }
+    const generation = master.snapshot().generations[0];
+    expect(generation?.workers.filter((w) => w.state === 'exited').length).toBeLessThanOrEqual(
+      EXITED_WORKERS_KEPT,
+    );
+    expect(generation?.restarts).toBe(40);
+    expect(generation?.workers.find((w) => w.index === 0 && w.state !== 'exited')?.restarts).toBe(40);
   });
 });

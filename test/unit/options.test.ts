@@ -2,6 +2,7 @@ import { describe, expect, test } from '@jest/globals';
 import { UsageError } from '../../supervisor/errors.js';
 import {
   parseDuration,
+  parseInteger,
   parseListen,
   parseReadiness,
   parseSignal,
@@ -179,5 +180,16 @@ describe('parseSize', () => {
 
   test.each(['512', '1M', 'lots', '-5M', '2T'])('refuses %p', (text) => {
     expect(() => parseSize('--max-memory', text)).toThrow(/`--max-memory` to be a size from 16M to 1024G/);
+  });
+});
+
+describe('strict where lenient would surprise', () => {
+  test.each(['0x10', '1e1', '+5', '0b11', ' ', '4.0'])('parseInteger refuses %p', (text) => {
+    expect(() => parseInteger('--workers', text, 1, 1024)).toThrow(UsageError);
+  });
+
+  test('a Unix path with a control character, and a repeated option, are refused', () => {
+    expect(() => parseListen('unix:/tmp/a\nb.sock', 0)).toThrow(/control characters/);
+    expect(() => parseListen('unix:/tmp/a.sock?mode=600&mode=644', 0)).toThrow(/give 'mode' once/);
   });
 });
