@@ -49,24 +49,14 @@ export function procAvailable(): boolean {
  * False when it cannot tell (the process is gone, or /proc is not readable).
  */
 export function pollsListeners(pid: number, inodes: ReadonlySet<number>): boolean {
+  const descriptors = descriptorsOf(pid);
+  if (!descriptors) return false;
   const listenerFds = new Set<number>();
   const epollFds: number[] = [];
-  let entries: string[];
-  try {
-    entries = readdirSync(`/proc/${pid}/fd`);
-  } catch {
-    return false;
-  }
-  for (const entry of entries) {
-    let link: string;
-    try {
-      link = readlinkSync(`/proc/${pid}/fd/${entry}`);
-    } catch {
-      continue;
-    }
+  for (const { fd, link } of descriptors) {
     const inode = inodeOf(link);
-    if (inode !== undefined && inodes.has(inode)) listenerFds.add(Number(entry));
-    else if (link === 'anon_inode:[eventpoll]') epollFds.push(Number(entry));
+    if (inode !== undefined && inodes.has(inode)) listenerFds.add(fd);
+    else if (link === 'anon_inode:[eventpoll]') epollFds.push(fd);
   }
   if (listenerFds.size === 0) return false;
   return epollFds.some((fd) => epollWatches(pid, fd, inodes)) || threadsWaitOn(pid, listenerFds);
@@ -180,14 +170,7 @@ export function describeSocket(inode: number): SocketDescription | undefined {
     ['udp', 'udp'],
     ['udp6', 'udp'],
   ] as const) {
-    let table: string;
-    try {
-      table = readFileSync(`/proc/net/${file}`, 'utf8');
-    } catch {
-      continue;
-    }
-    for (const line of table.split('\n').slice(1)) {
-      const fields = line.trim().split(/\s+/);
+    for (const fields of netTableRows(file)) {
       if (Number(fields[9]) !== inode) continue;
       const [addressHex = '', portHex = '0'] = (fields[1] ?? '').split(':');
       return {
@@ -198,14 +181,8 @@ export function describeSocket(inode: number): SocketDescription | undefined {
       };
     }
   }
-  try {
-    for (const line of readFileSync('/proc/net/unix', 'utf8').split('\n').slice(1)) {
-      const fields = line.trim().split(/\s+/);
-      if (Number(fields[6]) === inode)
-        return { kind: 'unix', path: fields[7], listening: fields[5] === '01' };
-    }
-  } catch {
-    // no /proc/net/unix
+  for (const fields of netTableRows('unix')) {
+    if (Number(fields[6]) === inode) return { kind: 'unix', path: fields[7], listening: fields[5] === '01' };
   }
   return undefined;
 }
@@ -240,21 +217,9 @@ const UNIX_CONNECTED = '03';
  * it cannot tell.
  */
 export function countConnections(pid: number, listeners: readonly ListenerAddress[]): number | undefined {
-  const held = new Set<number>();
-  let entries: string[];
-  try {
-    entries = readdirSync(`/proc/${pid}/fd`);
-  } catch {
-    return undefined;
-  }
-  for (const entry of entries) {
-    try {
-      const inode = inodeOf(readlinkSync(`/proc/${pid}/fd/${entry}`));
-      if (inode !== undefined) held.add(inode);
-    } catch {
-      // closed meanwhile
-    }
-  }
+  const descriptors = descriptorsOf(pid);
+  if (!descriptors) return undefined;
+  const held = new Set(descriptors.flatMap(({ link }) => inodeOf(link) ?? []));
   const ports = new Set(listeners.filter((l) => l.kind === 'tcp').map((l) => l.port));
   const paths = new Set(listeners.filter((l) => l.kind === 'unix').map((l) => l.address));
   const tables = connectionTables();
@@ -287,28 +252,43 @@ function connectionTables(): ConnectionTables {
   const now = Date.now();
   if (cachedTables && now - cachedTables.readAt < TABLES_REUSE_MS) return cachedTables;
   const tables: ConnectionTables = { readAt: now, tcp: [], unix: [] };
-  for (const file of ['tcp', 'tcp6']) {
-    let table: string;
-    try {
-      table = readFileSync(`/proc/net/${file}`, 'utf8');
-    } catch {
-      continue;
-    }
-    for (const line of table.split('\n').slice(1)) {
-      const fields = line.trim().split(/\s+/);
-      if (fields[3] !== TCP_ESTABLISHED) continue;
-      const localPort = Number.parseInt((fields[1] ?? '').split(':')[1] ?? '', 16);
-      tables.tcp.push({ inode: Number(fields[9]), localPort });
-    }
+  for (const fields of [...netTableRows('tcp'), ...netTableRows('tcp6')]) {
+    if (fields[3] !== TCP_ESTABLISHED) continue;
+    const localPort = Number.parseInt((fields[1] ?? '').split(':')[1] ?? '', 16);
+    tables.tcp.push({ inode: Number(fields[9]), localPort });
   }
-  try {
-    for (const line of readFileSync('/proc/net/unix', 'utf8').split('\n').slice(1)) {
-      const fields = line.trim().split(/\s+/);
-      if (fields[5] === UNIX_CONNECTED) tables.unix.push({ inode: Number(fields[6]), path: fields[7] });
-    }
-  } catch {
-    // no /proc/net/unix
+  for (const fields of netTableRows('unix')) {
+    if (fields[5] === UNIX_CONNECTED) tables.unix.push({ inode: Number(fields[6]), path: fields[7] });
   }
   cachedTables = tables;
   return tables;
+}
+
+/** The rows of a /proc/net table (tcp, tcp6, udp, udp6, unix), split into fields; none when it cannot be read. */
+function netTableRows(file: string): string[][] {
+  try {
+    return readFileSync(`/proc/net/${file}`, 'utf8')
+      .split('\n')
+      .slice(1)
+      .map((line) => line.trim().split(/\s+/));
+  } catch {
+    return [];
+  }
+}
+
+/** A process's open descriptors and what each points to (`socket:[123]`, `anon_inode:[eventpoll]`, ...); undefined when it cannot be read. */
+function descriptorsOf(pid: number): Array<{ fd: number; link: string }> | undefined {
+  let entries: string[];
+  try {
+    entries = readdirSync(`/proc/${pid}/fd`);
+  } catch {
+    return undefined;
+  }
+  return entries.flatMap((entry) => {
+    try {
+      return [{ fd: Number(entry), link: readlinkSync(`/proc/${pid}/fd/${entry}`) }];
+    } catch {
+      return []; // closed meanwhile
+    }
+  });
 }
