@@ -371,7 +371,12 @@ function commandAfterDashes(argv: { _: (string | number)[]; '--'?: (string | num
 
 /** An error is one line, whatever the user typed into it (a newline in a flag's value, say). */
 function oneLine(message: string): string {
-  return message.replace(/[\u0000-\u001f\u007f]/g, (character) => JSON.stringify(character).slice(1, -1));
+  return message.replace(/\p{Cc}/gu, (character) => {
+    const escaped = JSON.stringify(character).slice(1, -1); // \n, \t, \u0001 ...
+    return escaped === character
+      ? `\\u${(character.codePointAt(0) ?? 0).toString(16).padStart(4, '0')}`
+      : escaped;
+  });
 }
 
 function reportAndExit(error: unknown): never {

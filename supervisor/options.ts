@@ -219,7 +219,7 @@ export function parseListen(text: string, index: number): ListenSpec {
 
 function parseUnixListen(name: string, rest: string, raw: string, expected: string): UnixListenSpec {
   const [path = '', query = ''] = rest.split('?', 2);
-  if (/[\u0000-\u001f\u007f]/.test(path)) {
+  if (/\p{Cc}/u.test(path)) {
     throw new UsageError(
       `${expected}; a Unix socket path may not contain control characters, got ${JSON.stringify(raw)}`,
     );
