@@ -131,7 +131,8 @@ export async function openListeners(specs: ListenSpec[], inherited: Listener[] =
         },
       );
       if (result.exitCode !== 0) {
-        const [index, code] = String(result.stderr).trim().split(':');
+        // Only the helper's own `index:code` line: Node may warn on stderr before it (a broken NODE_EXTRA_CA_CERTS).
+        const [, index, code] = /^(\d+):(\S+)$/m.exec(String(result.stderr)) ?? [];
         const failed = streams[Number(index)] ?? (streams[0] as Listener);
         const spec = specs.find((candidate) => candidate.name === failed.name);
         throw listenError(

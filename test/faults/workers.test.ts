@@ -155,11 +155,15 @@ describe('a crash loop in the serving generation', () => {
 
     // status says so, in a line under the table and in --json.
     const during = await askStatus(control);
-    expect(during.status.generations[0]?.crashLoops).toEqual([{ worker: 0, crashes: expect.any(Number) }]);
+    const slot = baton.logs.find((e) => e.msg === 'worker ready' && e.pid === victim)?.worker;
+    expect(during.status.generations[0]?.crashLoops).toEqual([{ worker: slot, crashes: expect.any(Number) }]);
     const table = startBaton(['status', '--control', control]);
     await table.waitForExit(10_000);
     expect(table.output).toMatch(
-      /^generation 1 worker 0: crash loop, \d+ crashes in a row; restarting with backoff/m,
+      new RegExp(
+        `^generation 1 worker ${slot}: crash loop, \\d+ crashes in a row; restarting with backoff`,
+        'm',
+      ),
     );
 
     rmSync(flag);

@@ -267,8 +267,17 @@ export function startBaton(args: string[], options: StartOptions = {}): BatonPro
     options.env && 'XDG_RUNTIME_DIR' in options.env
       ? options.env
       : { XDG_RUNTIME_DIR: privateRuntimeDir(), ...options.env };
-  return startNode([BATON_BIN, ...args], { ...options, env });
+  // A client command also looks in ./.baton: run it where no other test's master left a socket.
+  const client = CLIENT_COMMANDS.has(args[0] ?? '') && options.cwd === undefined && env.XDG_RUNTIME_DIR;
+  return startNode([BATON_BIN, ...args], {
+    ...options,
+    env,
+    ...(client ? { cwd: env.XDG_RUNTIME_DIR } : {}),
+  });
 }
+
+/** The commands that talk to a running master rather than start one. */
+const CLIENT_COMMANDS = new Set(['reload', 'status', 'stop', 'scale', 'inject']);
 
 let runtimeDir: string | undefined;
 
