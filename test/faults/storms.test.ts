@@ -7,8 +7,9 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, test } from '@jest/globals';
+import { startExampleApp } from '../helpers/app.js';
 import { httpLoad } from '../helpers/load.js';
-import { type AppDir, killAll, makeAppDir, processAlive, startBaton } from '../helpers/processes.js';
+import { type AppDir, killAll, makeAppDir, processAlive } from '../helpers/processes.js';
 import { waitFor } from '../helpers/wait.js';
 import { askStatus } from './control.js';
 
@@ -26,25 +27,7 @@ describe('signal storms', () => {
     app = makeAppDir();
     runtime = mkdtempSync(join(tmpdir(), 'baton-run-'));
     const control = join(runtime, 'storm.sock');
-    const baton = startBaton(
-      [
-        'start',
-        '--control',
-        control,
-        '--listen',
-        'http=tcp://127.0.0.1:0',
-        '--listen',
-        'game=tcp://127.0.0.1:0',
-        '--workers',
-        '2',
-        '--',
-        process.execPath,
-        'server.js',
-      ],
-      { cwd: app.dir },
-    );
-    const port = await baton.listenPort('http');
-    await baton.waitForLogMsg('generation active', { gen: 1 });
+    const { baton, httpPort: port } = await startExampleApp(app, { args: ['--control', control] });
     const load = httpLoad({
       port,
       keepAlive: false,

@@ -1,6 +1,7 @@
 /** `--metrics`: the Prometheus endpoint the master serves on its own socket. */
 import http from 'node:http';
 import { afterEach, describe, expect, test } from '@jest/globals';
+import { startExampleApp } from '../helpers/app.js';
 import { type AppDir, killAll, makeAppDir, startBaton } from '../helpers/processes.js';
 import { waitFor } from '../helpers/wait.js';
 
@@ -36,27 +37,12 @@ function value(text: string, series: string): number | undefined {
 describe('--metrics', () => {
   test('generations and workers by state, reloads by outcome, durations, connections, CPU and memory', async () => {
     app = makeAppDir();
-    const baton = startBaton(
-      [
-        'start',
-        '--metrics',
-        'tcp://127.0.0.1:0',
-        '--listen',
-        'http=tcp://127.0.0.1:0',
-        '--listen',
-        'game=tcp://127.0.0.1:0',
-        '--workers',
-        '2',
-        '--',
-        process.execPath,
-        'server.js',
-      ],
-      { cwd: app.dir },
-    );
+    const { baton, httpPort, gamePort } = await startExampleApp(app, {
+      args: ['--metrics', 'tcp://127.0.0.1:0'],
+    });
     const listening = await baton.waitForLogMsg('metrics listening');
     const port = listening.port as number;
-    expect([await baton.listenPort('http'), await baton.listenPort('game')]).not.toContain(port);
-    await baton.waitForLogMsg('generation active', { gen: 1 });
+    expect([httpPort, gamePort]).not.toContain(port);
 
     const first = await scrape(port);
     expect(first.status).toBe(200);

@@ -3,6 +3,7 @@ import { mkdtempSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, test } from '@jest/globals';
+import { startExampleApp } from '../helpers/app.js';
 import { httpLoad } from '../helpers/load.js';
 import { type AppDir, killAll, makeAppDir, startBaton } from '../helpers/processes.js';
 import { waitFor } from '../helpers/wait.js';
@@ -26,21 +27,7 @@ describe('scale', () => {
     app = makeAppDir();
     runtime = mkdtempSync(join(tmpdir(), 'baton-run-'));
     const env = { XDG_RUNTIME_DIR: runtime };
-    const baton = startBaton(
-      [
-        'start',
-        '--listen',
-        'http=tcp://127.0.0.1:0',
-        '--listen',
-        'game=tcp://127.0.0.1:0',
-        '--',
-        process.execPath,
-        'server.js',
-      ],
-      { cwd: app.dir, env },
-    );
-    const port = await baton.listenPort('http');
-    await baton.waitForLogMsg('generation active', { gen: 1 });
+    const { baton, httpPort: port } = await startExampleApp(app, { env, workers: 1 });
     const load = httpLoad({
       port,
       keepAlive: true,
