@@ -31,3 +31,19 @@ describe('README', () => {
     expect(README).toContain('npm ci && npm test');
   });
 });
+
+describe('docs/control.md', () => {
+  const CONTROL = readFileSync(join(REPO_ROOT, 'docs', 'control.md'), 'utf8');
+
+  test.each(['reload', 'status', 'scale', 'inject', 'stop'])(
+    'the usage quoted for baton %s is the start of its real --help',
+    async (command) => {
+      const heading = CONTROL.indexOf(`### \`baton ${command}\``);
+      expect(heading).toBeGreaterThanOrEqual(0);
+      const open = CONTROL.indexOf('```text\n', heading) + '```text\n'.length;
+      const quoted = CONTROL.slice(open, CONTROL.indexOf('\n```', open));
+      const help = await execa(process.execPath, [BATON_BIN, command, '--help']);
+      expect(help.stdout.startsWith(quoted)).toBe(true);
+    },
+  );
+});
