@@ -3,8 +3,9 @@
  * and keeps for its whole life. Workers inherit it; the master itself never
  * polls it.
  */
-import { chmodSync, chownSync, closeSync, lstatSync, unlinkSync } from 'node:fs';
+import { chmodSync, chownSync, closeSync, existsSync, lstatSync, unlinkSync } from 'node:fs';
 import net from 'node:net';
+import path from 'node:path';
 import { execa } from 'execa';
 import { ListenError } from './errors.js';
 import {
@@ -173,7 +174,10 @@ async function bindListener(spec: ListenSpec): Promise<Listener> {
   } catch (error) {
     if (error instanceof ListenError) throw error;
     const where = spec.scheme === 'unix' ? spec.path : hostPort(spec.host, spec.port);
-    throw listenError(spec.text, where, (error as { code?: string }).code ?? 'UNKNOWN', error);
+    let code = (error as { code?: string }).code ?? 'UNKNOWN';
+    // libuv reports a missing folder of a Unix socket as EACCES: say which it is.
+    if (spec.scheme === 'unix' && code === 'EACCES' && !existsSync(path.dirname(spec.path))) code = 'ENOENT';
+    throw listenError(spec.text, where, code, error, spec.scheme === 'unix');
   }
 }
 
@@ -275,10 +279,12 @@ function hostPort(host: string, port: number): string {
   return `${host.includes(':') ? `[${host}]` : host}:${port}`;
 }
 
-function listenError(text: string, where: string, code: string, cause: unknown): ListenError {
+function listenError(text: string, where: string, code: string, cause: unknown, unix = false): ListenError {
   const advice: Record<string, string> = {
     EADDRINUSE: `another process is listening on ${where}; stop it or choose another port`,
-    EACCES: `no permission to bind ${where}; ports below 1024 need root or CAP_NET_BIND_SERVICE, and a socket file needs a writable directory`,
+    EACCES: unix
+      ? `no permission to create ${where}; its directory must be writable by this user`
+      : `no permission to bind ${where}; ports below 1024 need root or CAP_NET_BIND_SERVICE`,
     EADDRNOTAVAIL: `${where} is not an address of this machine`,
     ENOENT: `the directory of ${where} does not exist`,
   };

@@ -137,6 +137,25 @@ describe('Unix socket listeners', () => {
   });
 });
 
+describe('a Unix listener that cannot be had', () => {
+  test('in a folder that does not exist: one line, exit 3, nothing started', async () => {
+    const path = join(dir, 'missing', 'app.sock');
+    const baton = startBaton([
+      'start',
+      '--listen',
+      `http=unix:${path}`,
+      '--',
+      NODE,
+      '-e',
+      'setInterval(() => {}, 1000)',
+    ]);
+    expect((await baton.waitForExit(10_000)).exitCode).toBe(3);
+    expect(baton.output.trim()).toBe(
+      `baton: Cannot listen on http=unix:${path}: the directory of ${path} does not exist.`,
+    );
+  });
+});
+
 describe('UDP listeners', () => {
   test('after the reload the new generation answers, and no datagram is answered twice', async () => {
     const baton = startBaton([
