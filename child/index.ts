@@ -1,7 +1,8 @@
 /**
  * The worker's side of baton's contract (docs/contract.md) for Node servers: inherited listeners by
  * name, the ready message, connection reports, a drain that cuts nobody off, and live session handoff
- * (docs/handoff.md), and hot patches reaching only what the app exposes (`baton inject`).
+ * (docs/handoff.md; `ws` WebSockets too, with the app's own `ws` passed in), and hot patches reaching
+ * only what the app exposes (`baton inject`).
  *
  * Node built-ins only and no top-level await, so that it loads from ES modules and from CommonJS
  * (`require`) alike, in any app, with nothing to install.
@@ -17,6 +18,12 @@ import { Injector } from './inject.js';
 
 export type { AdoptHook, HandoffCounts, HandoffHook } from './handoff.js';
 export type { Exposed, Patch } from './inject.js';
+export {
+  adoptWebSocket,
+  type WebSocketHandoff,
+  type WebSocketServerLike,
+  webSocketHandoff,
+} from './websocket.js';
 
 /** Keep-alive clients get this long to see `Connection: close` before their idle connections are closed. */
 const HTTP_IDLE_GRACE_MS = 1000;
