@@ -135,6 +135,13 @@ export function createMetrics(
     buckets: DURATION_BUCKETS,
     registers: [registry],
   });
+  const sessions = new Counter({
+    name: 'baton_sessions_total',
+    help: 'Live sessions at a reload, by outcome: moved to the new version, kept on the old one, or failed.',
+    labelNames: ['outcome'],
+    registers: [registry],
+  });
+  for (const outcome of ['moved', 'kept', 'failed']) sessions.inc({ outcome }, 0);
   reloads.inc({ outcome: 'active' }, 0);
   reloads.inc({ outcome: 'failed' }, 0);
   const unfollow = master.follow((progress) => {
@@ -143,6 +150,10 @@ export function createMetrics(
       readySeconds.observe(progress.readyMs / 1000);
     } else if (progress.kind === 'reload-failed') {
       reloads.inc({ outcome: 'failed' });
+    } else if (progress.kind === 'sessions-moved') {
+      sessions.inc({ outcome: 'moved' }, progress.moved);
+      sessions.inc({ outcome: 'kept' }, progress.kept);
+      sessions.inc({ outcome: 'failed' }, progress.failed);
     } else if (progress.kind === 'generation-retired') {
       drainSeconds.observe({ forced: String(progress.forced) }, progress.drainMs / 1000);
     }

@@ -82,6 +82,10 @@ export function describeProgress(progress: Progress | ReloadAccepted): string[] 
             `generation ${progress.generation} retired after ${formatMs(progress.drainMs)}: its last workers were killed before they drained`,
           ]
         : [`generation ${progress.generation} retired: drained in ${formatMs(progress.drainMs)}`];
+    case 'sessions-moved':
+      return [
+        `sessions moved from generation ${progress.from} to ${progress.generation}: ${progress.moved} moved, ${progress.kept} kept on the old version, ${progress.failed} failed, in ${formatMs(progress.durationMs)}`,
+      ];
     case 'stopping':
       return [
         progress.fast ? 'the master is stopping now' : 'the master is stopping: every generation drains',

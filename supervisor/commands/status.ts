@@ -76,6 +76,7 @@ export function formatStatus(status: MasterStatus): string {
     }
   }
   lines.push(...(workers.length > 1 ? alignColumns(workers) : ['(no workers)']));
+  lines.push(...sessionLines(status));
   lines.push(...crashLoopLines(status));
   lines.push(...openFileWarnings(status));
   lines.push(...patchLines(status));
@@ -98,6 +99,15 @@ export function formatStatus(status: MasterStatus): string {
     lines.push('', ...alignColumns(reloads));
   }
   return `${lines.join('\n')}\n`;
+}
+
+/** One line when sessions have moved between generations (live session handoff). */
+function sessionLines(status: MasterStatus): string[] {
+  const sessions = status.sessions;
+  if (!sessions || sessions.rounds.length === 0) return [];
+  return [
+    `sessions handed to new versions: ${sessions.moved} moved, ${sessions.kept} kept on the old version, ${sessions.failed} failed`,
+  ];
 }
 
 /** One line under the table for each worker slot in a crash loop (restarted with a growing backoff). */

@@ -51,6 +51,8 @@ export interface MasterStatus {
   generations: GenerationStatus[];
   /** The last starts and reloads, oldest first. */
   reloads: ReloadRecord[];
+  /** Live session handoff: sessions moved, kept and failed since the start, and the last rounds. */
+  sessions: MasterSnapshot['sessions'];
 }
 
 /** Whether an active generation has all its workers ready, and a few words that say so. */
@@ -105,6 +107,7 @@ export function buildStatus(context: ControlContext): MasterStatus {
       }),
     })),
     reloads: context.history.records(),
+    sessions: snapshot.sessions,
   };
 }
 
