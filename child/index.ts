@@ -15,7 +15,6 @@ import { constants } from 'node:os';
 import tls from 'node:tls';
 import { type AdoptHook, type ConnectionBook, type HandoffHook, SessionMover } from './handoff.js';
 import { Injector } from './inject.js';
-import { currentResponse } from './node-internals.js';
 
 export type { AdoptHook, HandoffCounts, HandoffHook } from './handoff.js';
 export type { Exposed, Patch } from './inject.js';
@@ -217,6 +216,8 @@ class Drainer implements ConnectionBook {
   readonly #encryptedListeners = new Set<string>();
   // Work that must end before the process exits (a handoff reporting to the master).
   #holds = 0;
+  // Responses whose headers may still change, so that a drain can add `Connection: close` to them.
+  readonly #openResponses = new Set<http.ServerResponse>();
   readonly #hooks: DrainHook[] = [];
   #hooksRunning = 0;
   #triggersInstalled = false;
@@ -252,9 +253,13 @@ class Drainer implements ConnectionBook {
     server.on('connection', (socket: net.Socket) => this.#add(socket, listener));
     if (isHttpServer(server)) {
       // Prepended so that the header is set before the app's own handler can send the headers.
-      // Nothing per request while serving: responses under way at the drain are found then.
       server.prependListener('request', (_request: http.IncomingMessage, response: http.ServerResponse) => {
-        if (this.state !== 'serving') response.setHeader('Connection', 'close');
+        if (this.state === 'serving') {
+          this.#openResponses.add(response);
+          response.once('close', () => this.#openResponses.delete(response));
+        } else {
+          response.setHeader('Connection', 'close');
+        }
       });
     }
   }
@@ -309,10 +314,10 @@ class Drainer implements ConnectionBook {
       this.#resolveDrained = resolve;
     });
     for (const server of this.#servers) stopAccepting(server);
-    for (const socket of this.#connections) {
-      const response = currentResponse(socket);
-      if (response && !response.headersSent) response.setHeader('Connection', 'close');
+    for (const response of this.#openResponses) {
+      if (!response.headersSent) response.setHeader('Connection', 'close');
     }
+    this.#openResponses.clear();
     // Closing idle keep-alive connections at once races clients that are sending on them right now
     // (ECONNRESET); after the grace period they have seen `Connection: close` or sent nothing.
     setTimeout(() => {

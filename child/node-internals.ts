@@ -7,7 +7,6 @@
  * The recipe was measured lossless (0 lost, 0 duplicated, 0 reordered over ~34,000 lines): stop
  * reading at the handle, flush, send the raw handle, wrap it on the other side before anything reads.
  */
-import http from 'node:http';
 import net from 'node:net';
 
 /** A connection's libuv stream handle (a TCP or Pipe wrap): what travels between processes. */
@@ -83,18 +82,6 @@ export function hasUndecodedBytes(socket: net.Socket): boolean {
  */
 export function heldByHttpParser(socket: net.Socket): boolean {
   return Boolean((socket as unknown as { parser?: unknown }).parser);
-}
-
-/**
- * The response node:http is writing on `socket` right now, if any.
- *
- * Why internal: a drain must put `Connection: close` on responses already under way, and no public API
- * finds them; node:http keeps the one assigned to a socket as `socket._httpMessage`. Looking them up at
- * drain time costs nothing per request, where tracking every response would.
- */
-export function currentResponse(socket: net.Socket): http.ServerResponse | undefined {
-  const message = (socket as unknown as { _httpMessage?: unknown })._httpMessage;
-  return message instanceof http.ServerResponse ? message : undefined;
 }
 
 /**

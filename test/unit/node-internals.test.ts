@@ -9,7 +9,6 @@ import net from 'node:net';
 import { join } from 'node:path';
 import { describe, expect, test } from '@jest/globals';
 import {
-  currentResponse,
   hasUndecodedBytes,
   heldByHttpParser,
   resumeReading,
@@ -247,27 +246,5 @@ describe('live session handoff: reads stopped at the handle, raw handles over IP
     const pair = await connectedPair();
     expect(heldByHttpParser(pair.accepted)).toBe(false);
     pair.close();
-  });
-});
-
-describe('currentResponse (socket._httpMessage), for the drain', () => {
-  test('finds the response node:http is writing on a connection, before its headers are sent', async () => {
-    let seen: { same: boolean; headersSent: boolean } | undefined;
-    const server = http.createServer((request, response) => {
-      seen = { same: currentResponse(request.socket) === response, headersSent: response.headersSent };
-      response.end('ok');
-    });
-    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
-    try {
-      const port = (server.address() as net.AddressInfo).port;
-      await new Promise<void>((resolve, reject) => {
-        http
-          .get({ host: '127.0.0.1', port, agent: false }, (response) => response.resume().on('end', resolve))
-          .on('error', reject);
-      });
-      expect(seen).toEqual({ same: true, headersSent: false });
-    } finally {
-      server.close();
-    }
   });
 });
