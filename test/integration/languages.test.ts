@@ -62,7 +62,12 @@ async function fiveReloadsUnderLoad(baton: BatonProcess, port: number) {
     baton.signal('SIGUSR2');
     await baton.waitForLogMsg('generation active', { gen }, 20_000);
     await baton.waitForLogMsg('generation retired', { gen: gen - 1 }, 20_000);
-    await waitForVersion(port, String(gen), 5000);
+    try {
+      await waitForVersion(port, String(gen), 5000);
+    } catch (error) {
+      // Say what the master saw: a refused connection means nobody held the socket listening.
+      throw new Error(`${(error as Error).message}\n--- baton output ---\n${baton.output.slice(-6000)}`);
+    }
   }
   return Promise.all([keepAlive.stop(), fresh.stop()]);
 }
