@@ -90,10 +90,11 @@ describe('a worker that ignores the drain signal', () => {
 
 describe('signals during a stop', () => {
   test('SIGUSR2 during a SIGTERM drain is ignored with a log line, and the stop finishes', async () => {
-    // A worker that takes a while to drain, so the reload arrives mid-stop.
+    // A worker that drains until the test opens a gate, so the reload surely arrives mid-stop.
+    const gate = join(dir, 'drained');
     const slow = worker(
       'slow.cjs',
-      `${HTTP_WORKER}\nprocess.on('SIGTERM', () => setTimeout(() => process.exit(0), 500));\n`,
+      `${HTTP_WORKER}\nprocess.on('SIGTERM', () => setInterval(() => require('node:fs').existsSync(${JSON.stringify(gate)}) && process.exit(0), 20));\n`,
     );
     const baton = startBaton(['start', '--listen', 'tcp://127.0.0.1:0', '--', NODE, slow]);
     await baton.waitForLogMsg('generation active', { gen: 1 });
@@ -101,6 +102,7 @@ describe('signals during a stop', () => {
     await baton.waitForLogMsg('generation draining', { gen: 1 });
     baton.signal('SIGUSR2');
     await baton.waitForLogMsg('reload ignored: the master is stopping');
+    writeFileSync(gate, '');
     expect(await baton.waitForExit(10_000)).toEqual({ exitCode: 0, signal: null });
     expect(baton.logs.some((e) => e.msg === 'generation starting' && e.gen === 2)).toBe(false);
   });
