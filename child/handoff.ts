@@ -1,19 +1,22 @@
 /**
  * Live session handoff, the worker's side (docs/handoff.md). Asked by the master, an old worker stops
  * reading each connection of a listener, lets its pending writes flush, asks the app for the session's
- * state and sends the raw handle with that state to the master, which passes it to a new worker; there
- * the app adopts it. The old copy is closed only once the new worker has adopted the connection; until
- * then it stays, not reading, so that a refused or failed adoption lets the session go on here.
+ * state and sends the raw handle with that state to the master, which passes it to a new worker. The new
+ * worker holds it, reading nothing, until the master asks it to adopt all it holds: the app's hook runs,
+ * with reads and writes held back, and the worker answers. Only once every new worker has answered does
+ * the master commit: the new worker lets the connection go, the old one closes its copy. If anything
+ * fails before that, the new worker drops its copies and the old one reads on from where it stopped.
  */
 import type net from 'node:net';
 import {
+  type HeldSocket,
   hasUndecodedBytes,
   heldByHttpParser,
+  holdSocketFromHandle,
   isStreamHandle,
   resumeReading,
   type StreamHandle,
   sendWithHandle,
-  socketFromHandle,
   stopReading,
 } from './node-internals.js';
 
@@ -28,22 +31,21 @@ export type HandoffHook<State = unknown> = (
 ) => State | undefined | Promise<State | undefined>;
 
 /**
- * In the new worker: called with a moved connection and the state its old worker gave, before anything
- * is read from it. Must set the session up synchronously (attach its 'data' listener); if it throws, the
- * connection goes back to the old worker.
+ * In the new worker: called with a moved connection and the state its old worker gave. Must set the
+ * session up synchronously (attach its 'data' listener). Nothing is read from the connection, and what
+ * the hook writes is held back, until every new worker has adopted its share; if the hook throws, or
+ * anything fails before that, the connection goes on in the old worker and this socket is destroyed.
  */
 export type AdoptHook<State = unknown> = (socket: net.Socket, state: State) => void;
 
-/** What became of the connections one handoff request covered, as the old worker saw it. */
+/** What one handoff request came to, as the old worker reports it once it has sent what it could. */
 export interface HandoffCounts {
-  /** Connections of the listeners asked for, considered for a move. */
+  /** Connections of the listeners asked for, considered for a move (each connection once). */
   offered: number;
-  /** Adopted by a new worker; this worker's copy is closed. */
-  moved: number;
+  /** Sent to the master; whether each moved is settled when the round ends. */
+  sent: number;
   /** Declined by the app, not quiet in time, or not movable (TLS, HTTP, half closed): draining here. */
   kept: number;
-  /** Sent, but the new worker did not adopt them: they went on here. */
-  failed: number;
 }
 
 /** `{ baton: 'handoff' }` from the master: hand off the connections of these listeners. */
@@ -51,14 +53,22 @@ interface HandoffRequest {
   baton: 'handoff';
   listeners: string[];
   flushTimeoutMs: number;
+  /** The generation that replaces this one took over: stop accepting too. */
+  stopAccepting: boolean;
 }
 
-/** `{ baton: 'adopt' }` from the master, with a raw handle: a connection to adopt. */
+/** `{ baton: 'adopt' }` from the master, with a raw handle: a connection to hold until asked to adopt. */
 interface AdoptRequest {
   baton: 'adopt';
   relay: number;
   listener: string;
   state: unknown;
+}
+
+/** `{ baton: 'handoff-commit' | 'handoff-go' | 'handoff-abort' }` from the master, for these relays. */
+interface RelaysNotice {
+  baton: 'handoff-commit' | 'handoff-go' | 'handoff-abort';
+  relays: number[];
 }
 
 /** `{ baton: 'handoff-settled' }` from the master: whether the connection sent as `id` was adopted. */
@@ -86,8 +96,22 @@ export interface ConnectionBook {
 
 /** How often a connection is checked while its writes flush. */
 export const QUIET_POLL_INTERVAL_MS = 5;
-/** How many connections of one worker are between their stop of reading and their adoption at a time. */
+/** How many connections of one worker wait for their writes to flush at a time. */
 export const MOVES_AT_ONCE = 32;
+
+/** A connection sent to the master; `settled` resolves once the round decided what became of it. */
+interface Sent {
+  settled: Promise<void>;
+}
+
+/** A connection the master relayed, held here until the round commits or aborts. */
+interface Held {
+  readonly listener: string;
+  readonly state: unknown;
+  readonly handle: StreamHandle;
+  /** Set once the app adopted it (its reads and writes still held back). */
+  adopted?: HeldSocket;
+}
 
 /** Both sides of the handoff for one worker process: hooks, connections moving out, connections adopted. */
 export class SessionMover {
@@ -95,8 +119,15 @@ export class SessionMover {
   readonly #adoptHooks = new Map<string, AdoptHook>();
   readonly #settling = new Map<number, (adopted: boolean) => void>();
   readonly #movedAway = new WeakSet<net.Socket>();
-  /** Connections between the stop of their reads and the answer of the new worker. */
+  /**
+   * Connections offered since the last switch round: the sweep that follows it (same reload) does not
+   * ask the app about them again; the next reload's switch round does.
+   */
+  #offered = new WeakSet<net.Socket>();
+  /** Connections between the stop of their reads and the answer of the round. */
   readonly #moving = new WeakSet<net.Socket>();
+  /** Connections relayed to this worker, by relay number, until the round commits or aborts. */
+  readonly #held = new Map<number, Held>();
   #nextId = 1;
   #listening = false;
 
@@ -126,6 +157,12 @@ export class SessionMover {
     if (!this.#listening) {
       this.#listening = true;
       process.on('message', (message: unknown, handle: unknown) => this.#onMessage(message, handle));
+      // With the master gone no round ends: every connection goes on where it was.
+      process.once('disconnect', () => {
+        for (const settle of this.#settling.values()) settle(false);
+        this.#settling.clear();
+        this.#drop([...this.#held.keys()]);
+      });
     }
     const message = {
       baton: 'handoff-hooks',
@@ -139,7 +176,10 @@ export class SessionMover {
     if (typeof message !== 'object' || message === null) return;
     const kind = (message as { baton?: unknown }).baton;
     if (kind === 'handoff') void this.#handOff(message as HandoffRequest);
-    else if (kind === 'adopt') this.#adopt(message as AdoptRequest, handle);
+    else if (kind === 'adopt') this.#hold(message as AdoptRequest, handle);
+    else if (kind === 'handoff-commit') this.#adoptHeld(relaysOf(message as RelaysNotice));
+    else if (kind === 'handoff-go') this.#go(relaysOf(message as RelaysNotice));
+    else if (kind === 'handoff-abort') this.#drop(relaysOf(message as RelaysNotice));
     else if (kind === 'handoff-settled') {
       const notice = message as SettledNotice;
       this.#settling.get(notice.id)?.(notice.adopted === true);
@@ -147,29 +187,42 @@ export class SessionMover {
     }
   }
 
-  /** Moves every connection of the listeners asked for, then reports the counts to the master. */
+  /**
+   * Sends every connection of the listeners asked for that can move, reports the counts to the master,
+   * then waits for the round's answer about each before letting the process exit.
+   */
   async #handOff(request: HandoffRequest): Promise<void> {
     const release = this.book.holdExit();
-    this.book.stopAccepting();
-    const counts: HandoffCounts = { offered: 0, moved: 0, kept: 0, failed: 0 };
+    const sweep = request.stopAccepting === true;
+    if (sweep) this.book.stopAccepting();
+    else this.#offered = new WeakSet();
+    const counts: HandoffCounts = { offered: 0, sent: 0, kept: 0 };
     const flushTimeoutMs = Number(request.flushTimeoutMs) || 0;
-    const moves: Array<() => Promise<'moved' | 'kept' | 'failed'>> = [];
+    const moves: Array<() => Promise<Sent | 'kept'>> = [];
     for (const listener of Array.isArray(request.listeners) ? request.listeners : []) {
       const hook = this.#handoffHooks.get(listener);
       if (!hook) continue;
       const encrypted = this.book.isEncrypted(listener);
       for (const socket of this.book.connectionsOf(listener)) {
+        if (sweep && this.#offered.has(socket)) continue;
+        this.#offered.add(socket);
         counts.offered++;
         if (encrypted) counts.kept++;
         else moves.push(() => this.#moveOut(socket, listener, hook, performance.now() + flushTimeoutMs));
       }
     }
-    // A connection stops reading only when its turn comes: handles cross the IPC channel one at a time,
-    // so stopping every connection at once would make the last one wait for all the others.
+    const settled: Array<Promise<void>> = [];
+    // A connection stops reading only when its turn comes, so that one waiting for its writes to flush
+    // does not hold the others.
     const mover = async () => {
       for (let move = moves.shift(); move; move = moves.shift()) {
         try {
-          counts[await move()]++;
+          const outcome = await move();
+          if (outcome === 'kept') counts.kept++;
+          else {
+            counts.sent++;
+            settled.push(outcome.settled);
+          }
         } catch (error) {
           console.error('baton: moving a connection failed; it stays in this worker', error);
           counts.kept++;
@@ -183,17 +236,22 @@ export class SessionMover {
           process.send?.({ baton: 'handoff-finished', ...counts }, undefined, undefined, () => resolve()),
         );
       }
+      await Promise.all(settled);
     } finally {
       release();
     }
   }
 
+  /**
+   * Stops `socket`'s reads and sends it; 'kept' when it cannot move now (it goes on here at once), else
+   * what settles once the round decided: closed here if it moved, reading again if not.
+   */
   async #moveOut(
     socket: net.Socket,
     listener: string,
     hook: HandoffHook,
     deadline: number,
-  ): Promise<'moved' | 'kept' | 'failed'> {
+  ): Promise<Sent | 'kept'> {
     if (!isMovable(socket) || this.#moving.has(socket)) return 'kept';
     const stopped = stopReading(socket);
     if (!stopped) return 'kept';
@@ -229,24 +287,26 @@ export class SessionMover {
       socket.uncork();
       return keep();
     }
-    if (!(await adopted)) {
-      socket.uncork();
-      keep();
-      return 'failed';
-    }
-    this.#moving.delete(socket);
-    this.#movedAway.add(socket);
-    // Never end(): that shuts the connection the new worker now serves. destroy() closes only this copy.
-    socket.destroy();
-    return 'moved';
+    const settled = adopted.then((moved) => {
+      if (!moved) {
+        socket.uncork();
+        keep();
+        return;
+      }
+      this.#moving.delete(socket);
+      this.#movedAway.add(socket);
+      // Never end(): that shuts the connection the new worker now serves. destroy() closes only this copy.
+      socket.destroy();
+    });
+    return { settled };
   }
 
-  /** Takes over a connection the master relayed; answers whether it was adopted. */
-  #adopt(request: AdoptRequest, handle: unknown): void {
-    const answer = (ok: boolean, reason?: string) => {
+  /** Holds a connection the master relayed, reading nothing, until the round asks to adopt it. */
+  #hold(request: AdoptRequest, handle: unknown): void {
+    const refuse = (reason: string) => {
       if (process.connected && process.send) {
         process.send(
-          { baton: 'adopted', relay: request.relay, ok, reason },
+          { baton: 'adopt-refused', relay: request.relay, reason },
           undefined,
           undefined,
           ignoreSendError,
@@ -254,28 +314,75 @@ export class SessionMover {
       }
     };
     if (!isStreamHandle(handle)) {
-      answer(false, 'no connection came with the message');
+      refuse('no connection came with the message');
       return;
     }
-    const hook = this.#adoptHooks.get(request.listener);
-    if (!hook || this.book.draining) {
+    if (!this.#adoptHooks.has(request.listener) || this.book.draining) {
       // Closing this copy leaves the connection open: the old worker still holds its own.
       closeQuietly(handle);
-      answer(false, hook ? 'this worker drains' : `no onAdopt hook for '${request.listener}'`);
+      refuse(this.book.draining ? 'this worker drains' : `no onAdopt hook for '${request.listener}'`);
       return;
     }
-    const socket = socketFromHandle(handle);
-    this.book.adopt(socket, request.listener);
-    try {
-      hook(socket, request.state);
-    } catch (error) {
-      console.error('baton: an onAdopt hook failed; the connection goes back to its old worker', error);
-      socket.destroy();
-      answer(false, error instanceof Error ? error.message : String(error));
-      return;
-    }
-    answer(true);
+    this.#held.set(request.relay, { listener: request.listener, state: request.state, handle });
   }
+
+  /** Runs the app's hook for each connection held, its reads and writes held back; answers the master. */
+  #adoptHeld(relays: number[]): void {
+    const adopted: number[] = [];
+    const refused: Array<{ relay: number; reason: string }> = [];
+    for (const relay of relays) {
+      const held = this.#held.get(relay);
+      const hook = held && this.#adoptHooks.get(held.listener);
+      if (!held || !hook || held.adopted) {
+        refused.push({ relay, reason: held ? 'no onAdopt hook' : 'the connection never arrived' });
+        continue;
+      }
+      const wrapped = holdSocketFromHandle(held.handle);
+      // Written only once the round commits: until then the session may still go on in its old worker.
+      wrapped.socket.cork();
+      held.adopted = wrapped;
+      try {
+        hook(wrapped.socket, held.state);
+        adopted.push(relay);
+      } catch (error) {
+        console.error('baton: an onAdopt hook failed; the connection goes back to its old worker', error);
+        this.#drop([relay]);
+        refused.push({ relay, reason: error instanceof Error ? error.message : String(error) });
+      }
+    }
+    if (process.connected && process.send) {
+      process.send({ baton: 'adoptions', adopted, refused }, undefined, undefined, ignoreSendError);
+    }
+  }
+
+  /** The round committed: these connections are this worker's now. */
+  #go(relays: number[]): void {
+    for (const relay of relays) {
+      const held = this.#held.get(relay);
+      this.#held.delete(relay);
+      if (!held?.adopted) continue;
+      const { socket, release } = held.adopted;
+      this.book.adopt(socket, held.listener);
+      socket.uncork();
+      release();
+    }
+  }
+
+  /** These connections go on in their old workers: closes this worker's copies, nothing written. */
+  #drop(relays: number[]): void {
+    for (const relay of relays) {
+      const held = this.#held.get(relay);
+      this.#held.delete(relay);
+      // destroy() drops the held-back writes and closes only this copy of the connection.
+      if (held?.adopted) held.adopted.socket.destroy();
+      else if (held) closeQuietly(held.handle);
+    }
+  }
+}
+
+/** The relay numbers of a notice from the master (anything else in the list is ignored). */
+function relaysOf(notice: RelaysNotice): number[] {
+  return Array.isArray(notice.relays) ? notice.relays.filter((relay) => Number.isInteger(relay)) : [];
 }
 
 /** A connection that can move: open both ways, owned by no HTTP parser. */

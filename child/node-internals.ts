@@ -111,13 +111,35 @@ export function sendWithHandle(message: object, handle: StreamHandle): Promise<v
   });
 }
 
+/** A connection wrapped with its kernel reads held back, until `release`. */
+export interface HeldSocket {
+  readonly socket: net.Socket;
+  /** Starts the kernel reads; what arrived meanwhile waits in the kernel, nothing is lost. */
+  release(): void;
+}
+
 /**
- * Wraps a raw handle received over IPC in a net.Socket. It starts reading at once into the stream's
- * buffer: nothing is lost before the app attaches its 'data' listener, as long as it attaches one.
+ * Wraps a raw handle received over IPC in a net.Socket that reads nothing until `release()`, whatever
+ * the app does meanwhile (a 'data' listener, `resume()`, readline): the connection can still go back
+ * to the worker that sent it, which reads on from the very byte where it stopped.
  *
  * Why internal: `handle` is not among net.Socket's documented options; it is how Node itself wraps
- * handles it receives (child_process' 'net.Socket' conversion).
+ * handles it receives (child_process' 'net.Socket' conversion). `manualStart` keeps the constructor
+ * from reading at once, and `handle.reading = true` makes net.Socket believe the handle reads already,
+ * so that nothing the app does starts it.
  */
-export function socketFromHandle(handle: StreamHandle): net.Socket {
-  return new net.Socket({ handle, readable: true, writable: true } as unknown as net.SocketConstructorOpts);
+export function holdSocketFromHandle(handle: StreamHandle): HeldSocket {
+  const socket = new net.Socket({
+    handle,
+    readable: true,
+    writable: true,
+    manualStart: true,
+  } as unknown as net.SocketConstructorOpts);
+  handle.reading = true;
+  return {
+    socket,
+    release: () => {
+      if (!socket.destroyed) handle.readStart();
+    },
+  };
 }

@@ -68,9 +68,13 @@ export type StartFailure =
       exitCode: number | null;
       signal: string | null;
       stderrTail: string;
+      /** It had said ready, and exited before its generation took over (while adopting sessions, say). */
+      afterReady?: boolean;
     }
   | { kind: 'ready-timeout'; notReady: number[]; timeoutMs: number }
-  | { kind: 'command-not-found'; command: string };
+  | { kind: 'command-not-found'; command: string }
+  /** The sessions could not move to the new generation (its workers did not adopt them in time). */
+  | { kind: 'handoff-failed'; reason: string };
 
 /** A generation did not become ready: a worker exited or the deadline passed. */
 export class GenerationFailedError extends BatonError {
@@ -92,7 +96,13 @@ export function describeStartFailure(generation: number, failure: StartFailure):
   if (failure.kind === 'ready-timeout') {
     return `Generation ${generation} did not say ready within ${failure.timeoutMs} ms (workers not ready: ${failure.notReady.join(', ')}); the app must call process.send('ready') or the child API's ready().`;
   }
+  if (failure.kind === 'handoff-failed') {
+    return `Generation ${generation} did not take over: ${failure.reason}; every session stays on the old version.`;
+  }
   const how = failure.signal ? `was killed by ${failure.signal}` : `exited with code ${failure.exitCode}`;
+  if (failure.afterReady) {
+    return `Generation ${generation} did not take over: worker ${failure.worker} ${how} after it was ready (while adopting the old generation's sessions, if the app moves them; they stay on the old version).`;
+  }
   return `Generation ${generation} failed to start: worker ${failure.worker} ${how} before it was ready.`;
 }
 

@@ -1,17 +1,22 @@
 /**
- * Live session handoff, the master's side (docs/handoff.md). When a new generation becomes active, the
- * old workers that opted in (child API `onHandoff`) are asked to hand off their open connections; each
- * arrives here as a raw handle with its session state, is passed on, never read, to one of the new
- * workers that adopt its listener (`onAdopt`), spread evenly, and the old worker is told whether the
- * adoption took, so that it closes its copy or lets the session go on. A round per old generation
- * counts what moved, what was kept on the old code and what failed.
+ * Live session handoff, the master's side (docs/handoff.md). When a new generation is ready and before
+ * it takes over, the old workers that opted in (child API `onHandoff`) are asked to hand off their open
+ * connections; each arrives here as a raw handle with its session state and is passed on, never read,
+ * to one of the new workers that adopt its listener (`onAdopt`), spread evenly. Nothing moves for real
+ * until the whole round is in: the new workers hold the handles without reading, then adopt them all
+ * (the app's hook runs, reads and writes still held back), and only once every new worker has answered
+ * does the round commit: the new workers start reading, the old ones close their copies. A new worker
+ * that exits or hangs before that aborts the round: every old worker resumes every connection where it
+ * stopped, nothing read twice or lost, and the reload fails. A second round after the switch moves what
+ * the old workers accepted meanwhile.
  *
  * The decisions are pure functions and one small class over plain data; the master feeds it its events
- * (messages, handles, exits, the send callbacks) one at a time, from its dispatcher.
+ * (messages, handles, exits, the send callbacks, deadlines) one at a time, from its dispatcher.
  */
 import type { Generation } from './generation.js';
 import type { Logger } from './log.js';
 import { asRawSocketHandle, closeRawHandle, type RawSocketHandle } from './node-internals.js';
+import type { TimerHandle } from './os.js';
 import type { Worker } from './worker.js';
 
 /** How long an old worker may wait for a connection's pending writes to flush before keeping it. */
@@ -19,6 +24,15 @@ export const HANDOFF_FLUSH_TIMEOUT_MS = 2_000;
 
 /** The flush wait never takes more than this share of the drain timeout: a connection kept still drains. */
 export const HANDOFF_FLUSH_SHARE_OF_DRAIN = 0.25;
+
+/**
+ * How long after the flush wait the master still waits for old workers to send their connections; then
+ * the round goes on with what came, and what comes later stays in its old worker.
+ */
+export const HANDOFF_SEND_GRACE_MS = 3_000;
+
+/** How long the new workers have to adopt the connections they hold, before the round is aborted. */
+export const HANDOFF_ADOPT_TIMEOUT_MS = 5_000;
 
 /** How many handoff rounds the master remembers (for status). */
 export const HANDOFF_ROUNDS_KEPT = 10;
@@ -37,12 +51,17 @@ export interface HandoffHooks {
   adopts: ReadonlySet<string>;
 }
 
-/** The counts an old worker reports once it has handled a handoff request. */
+/** The counts an old worker reports once it has sent what it could (child/handoff.ts). */
 export interface HandoffCounts {
   offered: number;
-  moved: number;
+  sent: number;
   kept: number;
-  failed: number;
+}
+
+/** A connection a new worker did not adopt, and why. */
+export interface Refusal {
+  relay: number;
+  reason: string;
 }
 
 /** The handoff messages a worker may send (child/handoff.ts), by kind. */
@@ -50,7 +69,8 @@ export type HandoffMessage =
   | { kind: 'hooks'; hooks: HandoffHooks }
   | { kind: 'connection'; id: number; listener: string; state: unknown }
   | { kind: 'finished'; counts: HandoffCounts }
-  | { kind: 'adopted'; relay: number; ok: boolean; reason: string | undefined };
+  | { kind: 'refused'; relay: number; reason: string | undefined }
+  | { kind: 'adoptions'; adopted: number[]; refused: Refusal[] };
 
 /** Reads a raw IPC message; undefined for anything that is not a handoff message. */
 export function parseHandoffMessage(raw: unknown): HandoffMessage | undefined {
@@ -67,18 +87,30 @@ export function parseHandoffMessage(raw: unknown): HandoffMessage | undefined {
       if (!isCount(message.id) || typeof message.listener !== 'string') return undefined;
       return { kind: 'connection', id: message.id, listener: message.listener, state: message.state };
     case 'handoff-finished': {
-      const { offered, moved, kept, failed } = message;
-      if (!isCount(offered) || !isCount(moved) || !isCount(kept) || !isCount(failed)) return undefined;
-      return { kind: 'finished', counts: { offered, moved, kept, failed } };
+      const { offered, sent, kept } = message;
+      if (!isCount(offered) || !isCount(sent) || !isCount(kept)) return undefined;
+      return { kind: 'finished', counts: { offered, sent, kept } };
     }
-    case 'adopted':
-      if (!isCount(message.relay) || typeof message.ok !== 'boolean') return undefined;
+    case 'adopt-refused':
+      if (!isCount(message.relay)) return undefined;
       return {
-        kind: 'adopted',
+        kind: 'refused',
         relay: message.relay,
-        ok: message.ok,
         reason: typeof message.reason === 'string' ? message.reason : undefined,
       };
+    case 'adoptions': {
+      const { adopted, refused } = message;
+      if (!Array.isArray(adopted) || !adopted.every(isCount) || !Array.isArray(refused)) return undefined;
+      const refusals = refused.filter(
+        (entry): entry is Refusal =>
+          typeof entry === 'object' &&
+          entry !== null &&
+          isCount((entry as Refusal).relay) &&
+          typeof (entry as Refusal).reason === 'string',
+      );
+      if (refusals.length !== refused.length) return undefined;
+      return { kind: 'adoptions', adopted, refused: refusals };
+    }
     default:
       return undefined;
   }
@@ -107,26 +139,51 @@ export function chooseAdopter<T>(candidates: readonly AdopterLoad<T>[]): T | und
   return best?.adopter;
 }
 
-/** The life of one handoff round. */
-export type HandoffRoundState = 'running' | 'finished';
+/**
+ * The life of one handoff round: old workers send their connections (`sending`), the new workers adopt
+ * what they hold (`adopting`), then the round is `finished`, committed or aborted.
+ */
+export type HandoffRoundState = 'sending' | 'adopting' | 'finished';
 
-/** One old generation handing its sessions to the generation that replaced it. */
+/** How a round ended: every adoption took effect at once, or none did. */
+export type HandoffOutcome = 'committed' | 'aborted';
+
+/**
+ * Why a round is held: `switch`, the round that runs before the new generation takes over (its abort
+ * fails the reload); `sweep`, the one right after, for what the old workers accepted meanwhile.
+ */
+export type HandoffRoundKind = 'switch' | 'sweep';
+
+/** What aborted a round. */
+export type AbortCause = 'worker-exited' | 'no-answer' | 'stopping';
+
+/** One old generation handing its sessions to the generation that replaces it. */
 export class HandoffRound {
-  state: HandoffRoundState = 'running';
+  state: HandoffRoundState = 'sending';
+  outcome: HandoffOutcome | undefined;
+  /** Why the round was aborted (a new worker exited, or did not answer in time). */
+  abortReason: string | undefined;
+  /** What aborted it: a new worker's exit is reported by the exit itself. */
+  abortCause: AbortCause | undefined;
+  offered = 0;
   moved = 0;
   kept = 0;
   failed = 0;
   finishedAt: number | undefined;
-  /** The round ended with the old generation, before every worker had reported. */
+  /** The old workers did not all report before the round went on without them. */
   incomplete = false;
   /** Old workers asked to hand off that have neither reported nor exited. */
   readonly waitingFor: Set<Worker>;
+  /** New workers asked to adopt what they hold that have not answered yet. */
+  readonly answering = new Set<Worker>();
+  timer: TimerHandle | undefined;
   /** Connections given to each adopter in this round, on top of what it held when first chosen. */
   private readonly given = new Map<Worker, { baseline: number; count: number }>();
 
   constructor(
-    readonly from: number,
-    readonly to: number,
+    readonly kind: HandoffRoundKind,
+    readonly from: Generation,
+    readonly to: Generation,
     readonly listeners: readonly string[],
     senders: readonly Worker[],
     readonly startedAt: number,
@@ -149,10 +206,13 @@ export class HandoffRound {
 
 /** One handoff round as plain data, for status. */
 export interface HandoffRoundSnapshot {
+  kind: HandoffRoundKind;
   from: number;
   to: number;
   listeners: string[];
   state: HandoffRoundState;
+  outcome: HandoffOutcome | undefined;
+  abortReason: string | undefined;
   startedAt: number;
   finishedAt: number | undefined;
   incomplete: boolean;
@@ -182,6 +242,8 @@ export interface SessionsMovedProgress {
   failed: number;
   durationMs: number;
   incomplete: boolean;
+  /** Why nothing moved, when the round was aborted. */
+  aborted?: string;
 }
 
 /** What the relay needs from the master. */
@@ -200,20 +262,27 @@ export interface RelayPorts {
   ): boolean;
   /** Queues the master's event for a relayed handle's send callback (it comes back to `onRelayed`). */
   relayed(relay: number, error: Error | null): void;
+  /** Arms the master's timer for `round`'s current phase (it comes back to `onDeadline`). */
+  deadline(round: HandoffRound, ms: number): TimerHandle;
+  /** A round ended (a `switch` round that committed lets its generation take over). */
+  ended(round: HandoffRound): void;
   report(progress: SessionsMovedProgress): void;
 }
 
-/** A connection between the old worker's send and the new worker's answer. */
+/** A connection between the old worker's send and the end of its round. */
 interface InFlight {
   readonly round: HandoffRound;
   readonly from: Worker;
   readonly id: number;
   readonly to: Worker;
+  /** The master's copy; closed once the send is done and the connection settled, never before. */
   readonly handle: RawSocketHandle;
-  /** The send to `to` completed or failed (the master's copy of the handle is closed then). */
+  /** The send to `to` completed or failed. */
   written: boolean;
   /** Whether `to` adopted it, once known. */
   adopted: boolean | undefined;
+  /** The old worker was told what became of it. */
+  settled: boolean;
 }
 
 /** The master's side of every handoff: which workers take part, the rounds, the connections in flight. */
@@ -230,15 +299,16 @@ export class HandoffRelay {
   onMessage(worker: Worker, message: HandoffMessage): void {
     if (message.kind === 'hooks') this.hooks.set(worker, message.hooks);
     else if (message.kind === 'finished') this.onFinished(worker, message.counts);
-    else if (message.kind === 'adopted') this.onAdopted(worker, message.relay, message.ok, message.reason);
+    else if (message.kind === 'refused') this.onRefused(worker, message.relay, message.reason);
+    else if (message.kind === 'adoptions') this.onAdoptions(worker, message.adopted, message.refused);
     // A 'connection' here is the copy of a message whose handle came through `onHandle`: already handled.
   }
 
-  /** Takes in a message that came with a handle; `active` is the generation that serves now. */
-  onHandle(worker: Worker, raw: unknown, handle: unknown, active: Generation | undefined): void {
+  /** Takes in a message that came with a handle. */
+  onHandle(worker: Worker, raw: unknown, handle: unknown): void {
     const message = parseHandoffMessage(raw);
     if (message?.kind === 'connection') {
-      this.onConnection(worker, message.id, message.listener, message.state, handle, active);
+      this.onConnection(worker, message.id, message.listener, message.state, handle);
       return;
     }
     // Nothing else in baton's contract carries a handle: close it rather than hold it open here.
@@ -249,11 +319,23 @@ export class HandoffRelay {
     );
   }
 
+  /** Whether a `switch` round into generation `to` is under way. */
+  isSwitching(to: Generation): boolean {
+    return this.rounds.some(
+      (round) => round.kind === 'switch' && round.to === to && round.state !== 'finished',
+    );
+  }
+
   /**
-   * Generation `to` became active and `from` drains: asks `from`'s workers to hand off the listeners
-   * `to`'s workers adopt. Undefined when nothing can move (nobody opted in on one side).
+   * Asks `from`'s workers to hand off the listeners `to`'s ready workers adopt. Undefined when nothing
+   * can move (nobody opted in on one side). A `sweep` round also tells the old workers to stop accepting.
    */
-  start(from: Generation, to: Generation, flushTimeoutMs: number): HandoffRound | undefined {
+  start(
+    kind: HandoffRoundKind,
+    from: Generation,
+    to: Generation,
+    flushTimeoutMs: number,
+  ): HandoffRound | undefined {
     const senders = from.liveWorkers.filter((worker) => (this.hooks.get(worker)?.handsOff.size ?? 0) > 0);
     const adopters = to.currentWorkers.filter((worker) => worker.state === 'ready' && this.hooks.has(worker));
     const listeners = listenersToHandOff(
@@ -261,43 +343,29 @@ export class HandoffRelay {
       adopters.map((worker) => this.hooks.get(worker) as HandoffHooks),
     );
     if (senders.length === 0 || listeners.length === 0) return undefined;
-    const round = new HandoffRound(from.id, to.id, listeners, senders, this.ports.now());
+    const round = new HandoffRound(kind, from, to, listeners, senders, this.ports.now());
     this.rounds.push(round);
-    for (const old of this.rounds.filter((r) => r.state === 'finished').slice(0, -HANDOFF_ROUNDS_KEPT)) {
-      this.rounds.splice(this.rounds.indexOf(old), 1);
-    }
     for (const sender of senders) {
-      const asked = this.ports.send(
-        sender,
-        { baton: 'handoff', listeners, flushTimeoutMs },
-        undefined,
-        () => {
-          // A worker that cannot be reached has exited or is about to: its exit ends its part of the round.
-        },
-      );
+      const request = { baton: 'handoff', listeners, flushTimeoutMs, stopAccepting: kind === 'sweep' };
+      const asked = this.ports.send(sender, request, undefined, () => {
+        // A worker that cannot be reached has exited or is about to: its exit ends its part of the round.
+      });
       if (!asked) round.waitingFor.delete(sender);
     }
-    this.ports.logger.info(
-      { gen: from.id, to: to.id, listeners, workers: round.waitingFor.size, flushTimeoutMs },
+    this.ports.logger[kind === 'switch' ? 'info' : 'debug'](
+      { gen: from.id, to: to.id, kind, listeners, workers: round.waitingFor.size, flushTimeoutMs },
       'handoff started',
     );
-    this.finishIfDone(round);
+    round.timer = this.ports.deadline(round, flushTimeoutMs + HANDOFF_SEND_GRACE_MS);
+    this.advance(round);
     return round;
   }
 
-  /**
-   * An old worker sent a connection with `rawHandle`: passes it to the least loaded adopter of `active`,
-   * or tells the old worker to keep it.
-   */
-  onConnection(
-    from: Worker,
-    id: number,
-    listener: string,
-    state: unknown,
-    rawHandle: unknown,
-    active: Generation | undefined,
-  ): void {
-    const round = this.runningRoundOf(from);
+  /** An old worker sent a connection with `rawHandle`: passes it to the least loaded adopter, or keeps it. */
+  onConnection(from: Worker, id: number, listener: string, state: unknown, rawHandle: unknown): void {
+    const round = this.rounds.find(
+      (candidate) => candidate.state === 'sending' && candidate.waitingFor.has(from),
+    );
     const handle = asRawSocketHandle(rawHandle);
     const facts = { gen: from.generation, worker: from.index, pid: from.pid, listener };
     if (!handle) {
@@ -312,86 +380,145 @@ export class HandoffRelay {
     const adopter =
       round &&
       chooseAdopter(
-        this.adoptersOf(active, listener).map((worker) => ({ adopter: worker, load: round.loadOf(worker) })),
+        this.adoptersOf(round.to, listener).map((worker) => ({
+          adopter: worker,
+          load: round.loadOf(worker),
+        })),
       );
     if (!round || !adopter) {
       closeRawHandle(handle);
       this.settle(from, id, false);
-      this.ports.logger.debug(facts, 'handoff: no new worker adopts this connection; it stays');
-      if (round) {
-        this.count(round, 'failed');
-        this.finishIfDone(round);
-      }
+      this.ports.logger.debug(facts, 'handoff: no new worker adopts this connection now; it stays');
+      if (round) this.count(round, 'failed');
       return;
     }
     const relay = this.nextRelay++;
     round.give(adopter);
-    this.inFlight.set(relay, { round, from, id, to: adopter, handle, written: false, adopted: undefined });
+    this.inFlight.set(relay, {
+      round,
+      from,
+      id,
+      to: adopter,
+      handle,
+      written: false,
+      adopted: undefined,
+      settled: false,
+    });
     const sent = this.ports.send(adopter, { baton: 'adopt', relay, listener, state }, handle, (error) =>
       this.ports.relayed(relay, error),
     );
     if (!sent) this.onRelayed(relay, new Error('the new worker has no IPC channel'));
   }
 
-  /** The send of relay `relay` to its adopter completed (or failed): the master's copy can go. */
+  /** The send of relay `relay` to its adopter completed (or failed). */
   onRelayed(relay: number, error: Error | null): void {
     const flight = this.inFlight.get(relay);
     if (!flight || flight.written) return;
     flight.written = true;
-    closeRawHandle(flight.handle);
-    if (error && flight.adopted === undefined) {
+    if (flight.settled) this.closeIfDone(relay, flight);
+    else if (error) {
       this.ports.logger.debug(
         { gen: flight.to.generation, worker: flight.to.index, pid: flight.to.pid, error: error.message },
         'handoff: could not pass a connection on',
       );
-      flight.adopted = false;
-    }
-    this.settleIfKnown(relay, flight);
+      this.settleFlight(relay, flight, false);
+    } else if (flight.adopted === false) this.settleFlight(relay, flight, false);
+    else this.advance(flight.round);
   }
 
-  /** A new worker answered whether it adopted relay `relay`. */
-  onAdopted(worker: Worker, relay: number, ok: boolean, reason: string | undefined): void {
+  /** A new worker turned a connection down as it arrived (no hook, or it drains): it stays where it was. */
+  onRefused(worker: Worker, relay: number, reason: string | undefined): void {
     const flight = this.inFlight.get(relay);
-    if (!flight || flight.to !== worker || flight.adopted !== undefined) return;
-    flight.adopted = ok;
-    if (!ok) {
+    if (!flight || flight.to !== worker || flight.adopted !== undefined || flight.settled) return;
+    this.ports.logger.warn(
+      { gen: worker.generation, worker: worker.index, pid: worker.pid, reason },
+      'handoff: the new worker refused a connection; it goes on in its old worker',
+    );
+    flight.adopted = false;
+    if (flight.written) this.settleFlight(relay, flight, false);
+  }
+
+  /** A new worker adopted what it held (its answer to `handoff-commit`). */
+  onAdoptions(worker: Worker, adopted: readonly number[], refused: readonly Refusal[]): void {
+    const round = this.rounds.find(
+      (candidate) => candidate.state === 'adopting' && candidate.answering.has(worker),
+    );
+    if (!round) return;
+    for (const relay of adopted) {
+      const flight = this.inFlight.get(relay);
+      if (flight?.to === worker && flight.round === round) flight.adopted = true;
+    }
+    for (const { relay, reason } of refused) {
+      const flight = this.inFlight.get(relay);
+      if (flight?.to !== worker || flight.round !== round) continue;
+      flight.adopted = false;
       this.ports.logger.warn(
         { gen: worker.generation, worker: worker.index, pid: worker.pid, reason },
         'handoff: the new worker refused a connection; it goes on in its old worker',
       );
     }
-    this.settleIfKnown(relay, flight);
+    round.answering.delete(worker);
+    this.advance(round);
   }
 
-  /** An old worker handled its handoff request. */
+  /** An old worker sent all it could. */
   onFinished(worker: Worker, counts: HandoffCounts): void {
-    const round = this.runningRoundOf(worker);
+    const round = this.rounds.find(
+      (candidate) => candidate.state === 'sending' && candidate.waitingFor.has(worker),
+    );
     if (!round) return;
+    round.offered += counts.offered;
     this.count(round, 'kept', counts.kept);
     round.waitingFor.delete(worker);
-    this.finishIfDone(round);
+    this.advance(round);
   }
 
-  /** A worker exited: it no longer hands off, and what it was to adopt goes back to the old workers. */
+  /** The timer of `round`'s current phase fired. */
+  onDeadline(round: HandoffRound): void {
+    if (round.state === 'sending') {
+      // Old workers that are still busy keep what they have not sent yet.
+      round.incomplete = round.waitingFor.size > 0;
+      round.waitingFor.clear();
+      this.advance(round);
+    } else if (round.state === 'adopting') {
+      const late = [...round.answering].map((worker) => worker.index);
+      this.abort(
+        round,
+        `new worker ${late.join(', ')} did not adopt the sessions within ${HANDOFF_ADOPT_TIMEOUT_MS} ms`,
+        'no-answer',
+      );
+    }
+  }
+
+  /**
+   * A worker exited. An old one no longer sends; a new one in a round that has not committed aborts it,
+   * so that every connection goes on in its old worker.
+   */
   onWorkerExited(worker: Worker): void {
-    for (const [relay, flight] of this.inFlight) {
-      if (flight.to !== worker || flight.adopted !== undefined) continue;
-      flight.adopted = false;
-      this.settleIfKnown(relay, flight);
-    }
     for (const round of this.rounds) {
-      if (round.state === 'running' && round.waitingFor.delete(worker)) this.finishIfDone(round);
+      if (round.state === 'finished') continue;
+      if (round.to.workers.includes(worker)) {
+        const how = worker.signal ? `was killed by ${worker.signal}` : `exited with code ${worker.exitCode}`;
+        this.abort(round, `new worker ${worker.index} ${how}`, 'worker-exited');
+      } else if (round.waitingFor.delete(worker)) {
+        this.advance(round);
+      }
     }
   }
 
-  /** Generation `id` is gone: its rounds end with what they have. */
+  /** Generation `id` is gone: its rounds go on without waiting for its workers. */
   onGenerationRetired(id: number): void {
     for (const round of this.rounds) {
-      if (round.state !== 'running' || round.from !== id) continue;
-      round.incomplete = round.waitingFor.size > 0 || this.inFlightOf(round) > 0;
+      if (round.state !== 'sending' || round.from.id !== id) continue;
+      round.incomplete = round.incomplete || round.waitingFor.size > 0;
       round.waitingFor.clear();
-      this.finish(round);
+      this.advance(round);
     }
+  }
+
+  /** The master stops: every round under way is aborted, so that each connection drains where it was. */
+  abortAll(reason: string): void {
+    for (const round of this.rounds) if (round.state !== 'finished') this.abort(round, reason, 'stopping');
   }
 
   /** Totals and the last rounds, as plain data. */
@@ -399,45 +526,116 @@ export class HandoffRelay {
     return {
       ...this.totals,
       rounds: this.rounds.map((round) => ({
-        from: round.from,
-        to: round.to,
+        kind: round.kind,
+        from: round.from.id,
+        to: round.to.id,
         listeners: [...round.listeners],
         state: round.state,
+        outcome: round.outcome,
+        abortReason: round.abortReason,
         startedAt: round.startedAt,
         finishedAt: round.finishedAt,
         incomplete: round.incomplete,
         moved: round.moved,
         kept: round.kept,
         failed: round.failed,
-        inFlight: this.inFlightOf(round),
+        inFlight: this.flightsOf(round).length,
       })),
     };
   }
 
-  private adoptersOf(active: Generation | undefined, listener: string): Worker[] {
-    if (!active) return [];
-    return active.currentWorkers.filter(
+  private adoptersOf(to: Generation, listener: string): Worker[] {
+    return to.currentWorkers.filter(
       (worker) => worker.state === 'ready' && this.hooks.get(worker)?.adopts.has(listener) === true,
     );
   }
 
-  private runningRoundOf(worker: Worker): HandoffRound | undefined {
-    return this.rounds.find((round) => round.state === 'running' && round.waitingFor.has(worker));
+  private flightsOf(round: HandoffRound): Array<[number, InFlight]> {
+    return [...this.inFlight].filter(([, flight]) => flight.round === round && !flight.settled);
   }
 
-  private inFlightOf(round: HandoffRound): number {
-    let count = 0;
-    for (const flight of this.inFlight.values()) if (flight.round === round) count++;
-    return count;
+  /**
+   * Moves `round` on as far as it can: once every old worker has reported and every handle is written,
+   * the new workers are asked to adopt what they hold; once they have all answered, the round commits.
+   */
+  private advance(round: HandoffRound): void {
+    const flights = this.flightsOf(round);
+    if (round.state === 'sending') {
+      if (round.waitingFor.size > 0 || flights.some(([, flight]) => !flight.written)) return;
+      round.state = 'adopting';
+      round.timer?.cancel();
+      const byAdopter = new Map<Worker, number[]>();
+      for (const [relay, flight] of flights)
+        byAdopter.set(flight.to, [...(byAdopter.get(flight.to) ?? []), relay]);
+      for (const [adopter, relays] of byAdopter) {
+        round.answering.add(adopter);
+        const asked = this.ports.send(adopter, { baton: 'handoff-commit', relays }, undefined, () => {
+          // A new worker that cannot read it exits: its exit aborts the round.
+        });
+        if (!asked) {
+          this.abort(round, `new worker ${adopter.index} cannot be reached`, 'no-answer');
+          return;
+        }
+      }
+      if (round.answering.size > 0) round.timer = this.ports.deadline(round, HANDOFF_ADOPT_TIMEOUT_MS);
+    }
+    if (round.state === 'adopting' && round.answering.size === 0) this.commit(round);
   }
 
-  /** Once the adoption is known and the master's copy closed: tells the old worker, counts, forgets. */
-  private settleIfKnown(relay: number, flight: InFlight): void {
-    if (flight.adopted === undefined || !flight.written) return;
+  /** Every adopter answered: the adopted connections start in their new workers and leave the old ones. */
+  private commit(round: HandoffRound): void {
+    const go = new Map<Worker, number[]>();
+    for (const [relay, flight] of this.flightsOf(round)) {
+      if (flight.adopted) go.set(flight.to, [...(go.get(flight.to) ?? []), relay]);
+      this.settleFlight(relay, flight, flight.adopted === true);
+    }
+    for (const [adopter, relays] of go) {
+      this.ports.send(adopter, { baton: 'handoff-go', relays }, undefined, () => {
+        // Its copy of each connection is all there is now: a new worker that is gone took them along.
+      });
+    }
+    this.finish(round, 'committed');
+  }
+
+  /** Nothing of `round` moves: the new workers drop what they hold, the old ones resume everything. */
+  private abort(round: HandoffRound, reason: string, cause: AbortCause): void {
+    round.abortReason = reason;
+    round.abortCause = cause;
+    const dropped = new Map<Worker, number[]>();
+    for (const [relay, flight] of this.flightsOf(round)) {
+      dropped.set(flight.to, [...(dropped.get(flight.to) ?? []), relay]);
+      this.settleFlight(relay, flight, false);
+    }
+    for (const [adopter, relays] of dropped) {
+      this.ports.send(adopter, { baton: 'handoff-abort', relays }, undefined, () => {
+        // A new worker that is gone has closed its copies already.
+      });
+    }
+    this.ports.logger.warn(
+      { gen: round.from.id, to: round.to.id, reason },
+      'handoff aborted: every session goes on in its old worker',
+    );
+    this.finish(round, 'aborted');
+  }
+
+  /** Tells the old worker whether its connection moved, and counts it. */
+  private settleFlight(relay: number, flight: InFlight, adopted: boolean): void {
+    if (flight.settled) return;
+    flight.settled = true;
+    this.settle(flight.from, flight.id, adopted);
+    this.count(flight.round, adopted ? 'moved' : 'failed');
+    this.closeIfDone(relay, flight);
+  }
+
+  /**
+   * Closes the master's copy of a settled connection once its send is done, never before: a handle
+   * closed while its send may still be queued lets its fd number go to another socket (a control
+   * connection, say), which would then be the one sent.
+   */
+  private closeIfDone(relay: number, flight: InFlight): void {
+    if (!flight.written || !flight.settled) return;
     this.inFlight.delete(relay);
-    this.settle(flight.from, flight.id, flight.adopted);
-    this.count(flight.round, flight.adopted ? 'moved' : 'failed');
-    this.finishIfDone(flight.round);
+    closeRawHandle(flight.handle);
   }
 
   private settle(worker: Worker, id: number, adopted: boolean): void {
@@ -451,31 +649,47 @@ export class HandoffRelay {
     this.totals[outcome] += n;
   }
 
-  private finishIfDone(round: HandoffRound): void {
-    if (round.state === 'running' && round.waitingFor.size === 0 && this.inFlightOf(round) === 0) {
-      this.finish(round);
-    }
-  }
-
-  private finish(round: HandoffRound): void {
+  private finish(round: HandoffRound, outcome: HandoffOutcome): void {
     round.state = 'finished';
+    round.outcome = outcome;
+    round.timer?.cancel();
     round.finishedAt = this.ports.now();
     const durationMs = round.finishedAt - round.startedAt;
-    const { moved, kept, failed, incomplete } = round;
-    this.ports.logger[failed > 0 || incomplete ? 'warn' : 'info'](
-      { gen: round.from, to: round.to, moved, kept, failed, durationMs, incomplete },
-      'sessions moved',
-    );
-    this.ports.report({
-      kind: 'sessions-moved',
-      generation: round.to,
-      from: round.from,
-      moved,
-      kept,
-      failed,
-      durationMs,
-      incomplete,
-    });
+    const { moved, kept, failed, incomplete, offered } = round;
+    // A sweep that found nothing new is not worth a line, a report or a place in status.
+    const silent = round.kind === 'sweep' && outcome === 'committed' && offered + moved + kept + failed === 0;
+    if (silent) this.rounds.splice(this.rounds.indexOf(round), 1);
+    else {
+      this.ports.logger[failed > 0 || incomplete || outcome === 'aborted' ? 'warn' : 'info'](
+        {
+          gen: round.from.id,
+          to: round.to.id,
+          kind: round.kind,
+          moved,
+          kept,
+          failed,
+          durationMs,
+          incomplete,
+          outcome,
+        },
+        'sessions moved',
+      );
+      this.ports.report({
+        kind: 'sessions-moved',
+        generation: round.to.id,
+        from: round.from.id,
+        moved,
+        kept,
+        failed,
+        durationMs,
+        incomplete,
+        ...(round.abortReason === undefined ? {} : { aborted: round.abortReason }),
+      });
+    }
+    const finished = this.rounds.filter((candidate) => candidate.state === 'finished');
+    for (const old of finished.slice(0, -HANDOFF_ROUNDS_KEPT))
+      this.rounds.splice(this.rounds.indexOf(old), 1);
+    this.ports.ended(round);
   }
 }
 

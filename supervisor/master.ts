@@ -17,6 +17,7 @@ import { describeStartFailure, EXIT_CODES, GenerationFailedError, type StartFail
 import { Generation, type Slot } from './generation.js';
 import {
   HandoffRelay,
+  type HandoffRound,
   handoffFlushTimeoutMs,
   parseHandoffMessage,
   type SessionsMovedProgress,
@@ -67,6 +68,7 @@ export type MasterEvent =
   | { type: 'restart-due'; generation: Generation; slot: number }
   | { type: 'handoff-connection'; worker: Worker; message: unknown; handle: unknown }
   | { type: 'handoff-relayed'; relay: number; error: Error | null }
+  | { type: 'handoff-deadline'; round: HandoffRound }
   | {
       type: 'inject';
       patch: PatchSource;
@@ -239,9 +241,9 @@ export class Master {
     'worker-kill-due': (event) => this.kill(event.worker, 'SIGKILL'),
     'drain-timeout': (event) => this.onDrainTimeout(event.generation),
     'restart-due': (event) => this.onRestartDue(event.generation, event.slot),
-    'handoff-connection': (event) =>
-      this.handoff.onHandle(event.worker, event.message, event.handle, this.activeGeneration),
+    'handoff-connection': (event) => this.handoff.onHandle(event.worker, event.message, event.handle),
     'handoff-relayed': (event) => this.handoff.onRelayed(event.relay, event.error),
+    'handoff-deadline': (event) => this.handoff.onDeadline(event.round),
     inject: (event) => this.onInject(event.patch, event.target, event.source, event.reply ?? (() => {})),
     'inject-timeout': (event) => this.injections.onTimeout(event.round),
   };
@@ -266,6 +268,9 @@ export class Master {
         return true;
       },
       relayed: (relay, error) => this.dispatch({ type: 'handoff-relayed', relay, error }),
+      deadline: (round, ms) =>
+        this.context.os.setTimer(ms, () => this.dispatch({ type: 'handoff-deadline', round })),
+      ended: (round) => this.onHandoffEnded(round),
       report: (progress) => this.report(progress),
     });
     this.injections = new InjectRelay({
@@ -602,7 +607,32 @@ export class Master {
       this.drainWorker(replaced);
     }
     if (generation.state === 'starting' && isGenerationReady(generation.currentWorkers))
-      this.promote(generation);
+      this.onGenerationReady(generation);
+  }
+
+  /**
+   * Every worker of `generation` is ready. Sessions the app moves go over first, while the old
+   * generation still serves, so that a new version that fails to adopt them fails the reload and
+   * loses nobody; then it takes over.
+   */
+  private onGenerationReady(generation: Generation): void {
+    if (this.handoff.isSwitching(generation)) return;
+    const previous = this.activeGeneration;
+    const flushTimeoutMs = handoffFlushTimeoutMs(this.options.drainTimeoutMs);
+    const round = previous && this.handoff.start('switch', previous, generation, flushTimeoutMs);
+    if (!round) this.promote(generation);
+    // Otherwise the round's end promotes it, or fails it (onHandoffEnded).
+  }
+
+  /** A handoff round ended: a switch round lets its generation take over, or fails the reload. */
+  private onHandoffEnded(round: HandoffRound): void {
+    const generation = round.to;
+    if (round.kind !== 'switch' || generation.state !== 'starting' || this.state === 'stopping') return;
+    if (round.outcome === 'committed') this.promote(generation);
+    else if (round.abortCause === 'no-answer') {
+      // A worker that exited fails the generation through its exit, with its code and stderr.
+      this.failGeneration(generation, { kind: 'handoff-failed', reason: round.abortReason ?? 'aborted' });
+    }
   }
 
   private promote(generation: Generation): void {
@@ -625,8 +655,9 @@ export class Master {
       draining: previous.map((old) => old.id),
     });
     for (const old of previous) this.drainGeneration(old);
+    // What the old workers accepted during the switch round moves too.
     for (const old of previous) {
-      this.handoff.start(old, generation, handoffFlushTimeoutMs(this.options.drainTimeoutMs));
+      this.handoff.start('sweep', old, generation, handoffFlushTimeoutMs(this.options.drainTimeoutMs));
     }
     this.afterReload();
   }
@@ -900,6 +931,7 @@ export class Master {
         exitCode,
         signal,
         stderrTail: worker.stderr.lines().join('\n'),
+        ...(stateBefore === 'ready' ? { afterReady: true } : {}),
       });
     } else if (generation.state === 'active') {
       const slot = generation.slots[worker.index];
@@ -1004,6 +1036,7 @@ export class Master {
     this.reloadQueued = false;
     this.log.info({ source, fast }, fast ? 'stopping now' : 'stopping: draining every generation');
     this.report({ kind: 'stopping', fast });
+    this.handoff.abortAll('the master is stopping');
     // Close the master's copies: each socket closes for good when its last worker stops accepting.
     for (const listener of this.context.listeners) listener.close();
     for (const generation of this.generations) {

@@ -83,6 +83,11 @@ export function describeProgress(progress: Progress | ReloadAccepted): string[] 
           ]
         : [`generation ${progress.generation} retired: drained in ${formatMs(progress.drainMs)}`];
     case 'sessions-moved':
+      if (progress.aborted !== undefined) {
+        return [
+          `sessions not moved from generation ${progress.from} to ${progress.generation}: ${progress.aborted}; all ${progress.failed} stay on the old version`,
+        ];
+      }
       return [
         `sessions moved from generation ${progress.from} to ${progress.generation}: ${progress.moved} moved, ${progress.kept} kept on the old version, ${progress.failed} failed, in ${formatMs(progress.durationMs)}`,
       ];

@@ -68,6 +68,7 @@ export function reloadError(answer: ErrorAnswer): Error {
     case 'worker-exited':
     case 'ready-timeout':
     case 'command-not-found':
+    case 'handoff-failed':
       return new ReloadFailedError(
         generation,
         answer.error.failure as StartFailure,

@@ -38,6 +38,8 @@ export type ErrorCode =
   | 'ready-timeout'
   /** Reload: the command cannot be found or run any more. */
   | 'command-not-found'
+  /** Reload: the new generation did not adopt the old one's sessions in time; the old one serves on. */
+  | 'handoff-failed'
   /** Reload: the new generation serves, but an old one was killed at `--drain-timeout`. */
   | 'drain-forced'
   /** Reload: the master is stopping, so the reload was not carried out or not to its end. */

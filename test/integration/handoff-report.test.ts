@@ -35,8 +35,11 @@ describe('sessions moved, as operators see them', () => {
     for (const session of sessions) expect(await session.request('work')).toBe('coins 2');
 
     app.setVersion('2.0.0');
-    // Reloaded by signal: `baton reload` while sessions are being relayed is the open race noted on issue 8.
-    baton.signal('SIGUSR2');
+    const reload = startBaton(['reload']);
+    expect((await reload.waitForExit(30_000)).exitCode).toBe(0);
+    expect(reload.output).toContain(
+      'sessions moved from generation 1 to 2: 3 moved, 0 kept on the old version, 0 failed',
+    );
     const moved = await baton.waitForLogMsg('sessions moved', {}, 20_000);
     expect(moved).toMatchObject({ moved: 3, kept: 0, failed: 0 });
     await baton.waitForLogMsg('generation retired', { gen: 1 }, 20_000);

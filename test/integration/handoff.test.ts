@@ -358,6 +358,77 @@ describe('live session handoff', () => {
     fresh.close();
   });
 
+  test('a new version that crashes while adopting fails the reload: the old generation keeps every session, streaming, 0 lost; the next release moves them all', async () => {
+    const { baton, gamePort } = await startApp(['--drain-timeout', `${DRAIN_TIMEOUT_MS}ms`]);
+    const players = Array.from({ length: 20 }, () => new Player(gamePort));
+    await Promise.all(players.map((player) => player.welcome));
+    for (const player of players) player.start();
+    await waitFor(() => players.every((player) => player.answered >= 10), {
+      timeoutMs: 10_000,
+      what: 'every player earning coins on version 1',
+    });
+    const oldPids = pidsOf(baton, 1);
+
+    // Version 2 adopts a few sessions, then dies in the middle of the handoff.
+    const original = readFileSync(join(app.dir, 'server.js'), 'utf8');
+    editServer(
+      ADOPT_HOOK,
+      "let adoptions = 0;\nonAdopt('game', (socket, state) => { if (++adoptions === 3) process.exit(70); play(socket, state); });\n",
+    );
+    app.setVersion('2.0.0');
+    const reload = startBaton(['reload']);
+    expect((await reload.waitForExit(30_000)).exitCode).toBe(6);
+    expect(reload.output).toMatch(
+      /sessions not moved from generation 1 to 2: new worker \d exited with code 70/,
+    );
+    expect(reload.output).toContain('reload failed: Generation 2 did not take over: worker');
+    const failed = await baton.waitForLogMsg('sessions moved', { gen: 1 }, 5_000);
+    expect(failed).toMatchObject({ to: 2, moved: 0, outcome: 'aborted' });
+    expect(baton.logs.some((entry) => entry.msg === 'generation active' && entry.gen === 2)).toBe(false);
+
+    // Every player streams on, on version 1, past the drain deadline a cut session would have hit.
+    const answeredBefore = players.map((player) => player.answered);
+    const failedAt = performance.now();
+    await waitFor(
+      () =>
+        performance.now() > failedAt + DRAIN_TIMEOUT_MS + 500 &&
+        players.every((player, i) => player.answered >= (answeredBefore[i] as number) + 10),
+      { timeoutMs: 15_000, what: 'every player streaming on version 1 after the failed reload' },
+    );
+
+    // A good release then moves every one of them.
+    app.writeFile('server.js', original.replace(REWARD_V1, REWARD_V2));
+    app.setVersion('3.0.0');
+    baton.signal('SIGUSR2');
+    const moved = await baton.waitForLogMsg('sessions moved', { gen: 1, to: 3 }, 20_000);
+    expect(moved).toMatchObject({ moved: 20, kept: 0, failed: 0, outcome: 'committed' });
+    const answeredAtMove = players.map((player) => player.answered);
+    await waitFor(() => players.every((player, i) => player.answered >= (answeredAtMove[i] as number) + 10), {
+      timeoutMs: 10_000,
+      what: 'every player streaming on version 3',
+    });
+    for (const player of players) player.stop();
+    await waitFor(() => players.every((player) => player.settled), {
+      timeoutMs: 10_000,
+      what: 'every command answered',
+    });
+    for (const player of players) {
+      const report = player.report();
+      expect({ lost: report.lost, duplicated: report.duplicated, reordered: report.reordered }).toEqual({
+        lost: 0,
+        duplicated: 0,
+        reordered: 0,
+      });
+      expect(report.unexpected).toEqual([]);
+      expect(report.closed).toBe(false);
+      // Version 1 all along, then version 3: version 2 never answered a single command.
+      expect(switchedOnce(report.rewards)).toBe(true);
+      const whoami = await player.request('whoami');
+      expect(whoami).toMatch(new RegExp(`^version=3\\.0\\.0 pid=\\d+ coins=${report.coins}$`));
+      expect(oldPids).not.toContain(Number(/pid=(\d+)/.exec(whoami)?.[1]));
+    }
+  });
+
   test('an app that does not opt in (GAME_HANDOFF=off) keeps its sessions on the old version, draining', async () => {
     const { baton, gamePort } = await startApp([], { GAME_HANDOFF: 'off' });
     const session = gameSession(gamePort);

@@ -9,8 +9,11 @@ import { isQuiet, QUIET_POLL_INTERVAL_MS, waitQuiet } from '../../child/handoff.
 import { Generation, type Slot } from '../../supervisor/generation.js';
 import {
   chooseAdopter,
+  HANDOFF_ADOPT_TIMEOUT_MS,
   HANDOFF_FLUSH_TIMEOUT_MS,
+  HANDOFF_SEND_GRACE_MS,
   HandoffRelay,
+  type HandoffRound,
   handoffFlushTimeoutMs,
   listenersToHandOff,
   parseHandoffMessage,
@@ -87,23 +90,27 @@ describe('decisions', () => {
     expect(
       parseHandoffMessage({ baton: 'handoff-connection', id: 3, listener: 'game', state: { coins: 4 } }),
     ).toEqual({ kind: 'connection', id: 3, listener: 'game', state: { coins: 4 } });
-    expect(
-      parseHandoffMessage({ baton: 'handoff-finished', offered: 2, moved: 1, kept: 1, failed: 0 }),
-    ).toEqual({
+    expect(parseHandoffMessage({ baton: 'handoff-finished', offered: 2, sent: 1, kept: 1 })).toEqual({
       kind: 'finished',
-      counts: { offered: 2, moved: 1, kept: 1, failed: 0 },
+      counts: { offered: 2, sent: 1, kept: 1 },
     });
-    expect(parseHandoffMessage({ baton: 'adopted', relay: 1, ok: false, reason: 'no hook' })).toEqual({
-      kind: 'adopted',
+    expect(parseHandoffMessage({ baton: 'adopt-refused', relay: 1, reason: 'no hook' })).toEqual({
+      kind: 'refused',
       relay: 1,
-      ok: false,
       reason: 'no hook',
     });
+    expect(
+      parseHandoffMessage({ baton: 'adoptions', adopted: [1, 2], refused: [{ relay: 3, reason: 'threw' }] }),
+    ).toEqual({ kind: 'adoptions', adopted: [1, 2], refused: [{ relay: 3, reason: 'threw' }] });
     expect(parseHandoffMessage('ready')).toBeUndefined();
     expect(parseHandoffMessage({ baton: 'connections', count: 1 })).toBeUndefined();
     expect(parseHandoffMessage({ baton: 'handoff-hooks', handsOff: 'game', adopts: [] })).toBeUndefined();
     expect(parseHandoffMessage({ baton: 'handoff-connection', id: -1, listener: 'game' })).toBeUndefined();
-    expect(parseHandoffMessage({ baton: 'adopted', relay: 1 })).toBeUndefined();
+    expect(parseHandoffMessage({ baton: 'adopt-refused' })).toBeUndefined();
+    expect(
+      parseHandoffMessage({ baton: 'adoptions', adopted: [1], refused: [{ relay: 2 }] }),
+    ).toBeUndefined();
+    expect(parseHandoffMessage({ baton: 'adoptions', adopted: ['1'], refused: [] })).toBeUndefined();
   });
 });
 
@@ -120,6 +127,8 @@ describe('HandoffRelay', () => {
   let relayed: Array<[number, Error | null]>;
   let reports: SessionsMovedProgress[];
   let logs: Array<Record<string, unknown>>;
+  let ended: HandoffRound[];
+  let deadlines: Array<{ round: HandoffRound; ms: number; cancelled: boolean }>;
   let unreachable: Set<Worker>;
   let relay: HandoffRelay;
   let clock: number;
@@ -129,6 +138,8 @@ describe('HandoffRelay', () => {
     relayed = [];
     reports = [];
     logs = [];
+    ended = [];
+    deadlines = [];
     unreachable = new Set();
     clock = 1_000;
     relay = new HandoffRelay({
@@ -140,11 +151,17 @@ describe('HandoffRelay', () => {
         return true;
       },
       relayed: (id, error) => relayed.push([id, error]),
+      deadline: (round, ms) => {
+        const entry = { round, ms, cancelled: false };
+        deadlines.push(entry);
+        return { cancel: () => (entry.cancelled = true) };
+      },
+      ended: (round) => ended.push(round),
       report: (progress) => reports.push(progress),
     });
   });
 
-  /** Generation 1 (draining, 1 worker that hands off `game`) and 2 (active, 2 workers adopting `game`). */
+  /** Generation 1 (active, 1 worker that hands off `game`) and 2 (ready, 2 workers adopting `game`). */
   function generations(): { old: Generation; fresh: Generation; sender: Worker; adopters: Worker[] } {
     const old = new Generation(1, '1', 1, 0);
     const fresh = new Generation(2, '2', 2, 0);
@@ -152,8 +169,7 @@ describe('HandoffRelay', () => {
     old.workers.push(sender);
     (old.slots[0] as Slot).current = sender;
     sender.markReady(0);
-    sender.markDraining();
-    old.state = 'draining';
+    old.state = 'active';
     const adopters = [new Worker(2, 0, 0), new Worker(2, 1, 0)];
     adopters.forEach((worker, index) => {
       fresh.workers.push(worker);
@@ -161,7 +177,6 @@ describe('HandoffRelay', () => {
       worker.markReady(0);
       relay.onMessage(worker, { kind: 'hooks', hooks: hooks([], ['game']) });
     });
-    fresh.state = 'active';
     relay.onMessage(sender, { kind: 'hooks', hooks: hooks(['game'], ['game']) });
     return { old, fresh, sender, adopters };
   }
@@ -176,38 +191,68 @@ describe('HandoffRelay', () => {
       .map((entry) => entry.message);
   }
 
-  test('a round: the old worker is asked, each connection goes to the least loaded adopter, the old worker learns it was adopted, the counts are logged', () => {
-    const { old, fresh, sender, adopters } = generations();
-    const round = relay.start(old, fresh, 500);
-    expect(round).toBeDefined();
-    expect(messagesTo(sender, 'handoff')).toEqual([
-      { baton: 'handoff', listeners: ['game'], flushTimeoutMs: 500 },
-    ]);
+  /** Relays `count` connections from `sender` and completes their sends; returns their handles. */
+  function relayConnections(sender: Worker, count: number): FakeHandle[] {
+    const handles = Array.from({ length: count }, (_, index) => new FakeHandle(index + 10));
+    for (const [index, handle] of handles.entries()) relay.onHandle(sender, connection(index + 1), handle);
+    for (const entry of sent.filter((candidate) => candidate.message.baton === 'adopt')) entry.onSent(null);
+    for (const [id, error] of relayed.splice(0)) relay.onRelayed(id, error);
+    return handles;
+  }
 
-    const handles = [1, 2, 3, 4].map((fd) => new FakeHandle(fd));
-    for (const [index, handle] of handles.entries())
-      relay.onHandle(sender, connection(index + 1), handle, fresh);
-    const adopts = sent.filter((entry) => entry.message.baton === 'adopt');
-    expect(adopts.map((entry) => [entry.to, entry.message.state, entry.handle])).toEqual([
+  test('a switch round: connections are spread and held; the adopters adopt once all is in; nothing moves before every adopter answered', () => {
+    const { old, fresh, sender, adopters } = generations();
+    const round = relay.start('switch', old, fresh, 500);
+    expect(round).toBeDefined();
+    // The old worker keeps accepting: the old generation still serves until the round commits.
+    expect(messagesTo(sender, 'handoff')).toEqual([
+      { baton: 'handoff', listeners: ['game'], flushTimeoutMs: 500, stopAccepting: false },
+    ]);
+    expect(deadlines.map((entry) => entry.ms)).toEqual([500 + HANDOFF_SEND_GRACE_MS]);
+
+    const handles = relayConnections(sender, 4);
+    expect(
+      sent
+        .filter((entry) => entry.message.baton === 'adopt')
+        .map((entry) => [entry.to, entry.message.state, entry.handle]),
+    ).toEqual([
       [adopters[0], { coins: 1 }, handles[0]],
       [adopters[1], { coins: 2 }, handles[1]],
       [adopters[0], { coins: 3 }, handles[2]],
       [adopters[1], { coins: 4 }, handles[3]],
     ]);
+    // Written, but the old worker has not reported yet: nobody adopts, nothing is closed.
+    expect(sent.some((entry) => entry.message.baton === 'handoff-commit')).toBe(false);
+    expect(handles.some((handle) => handle.closed)).toBe(false);
 
-    // Each handle is written, then the master's copy is closed; the adopter's answer settles it.
-    for (const entry of adopts) entry.onSent(null);
-    expect(relayed.map(([id]) => id)).toEqual([1, 2, 3, 4]);
-    for (const [id, error] of relayed) relay.onRelayed(id, error);
-    expect(handles.every((handle) => handle.closed)).toBe(true);
-    for (const entry of adopts) relay.onAdopted(entry.to, entry.message.relay as number, true, undefined);
+    relay.onFinished(sender, { offered: 5, sent: 4, kept: 1 });
+    expect(messagesTo(adopters[0] as Worker, 'handoff-commit')).toEqual([
+      { baton: 'handoff-commit', relays: [1, 3] },
+    ]);
+    expect(messagesTo(adopters[1] as Worker, 'handoff-commit')).toEqual([
+      { baton: 'handoff-commit', relays: [2, 4] },
+    ]);
+    expect(deadlines[0]?.cancelled).toBe(true);
+    expect(deadlines[1]?.ms).toBe(HANDOFF_ADOPT_TIMEOUT_MS);
+
+    relay.onMessage(adopters[0] as Worker, { kind: 'adoptions', adopted: [1, 3], refused: [] });
+    expect(messagesTo(sender, 'handoff-settled')).toEqual([]);
+    expect(handles.some((handle) => handle.closed)).toBe(false);
+
+    clock += 40;
+    relay.onMessage(adopters[1] as Worker, { kind: 'adoptions', adopted: [2, 4], refused: [] });
+    expect(messagesTo(adopters[0] as Worker, 'handoff-go')).toEqual([
+      { baton: 'handoff-go', relays: [1, 3] },
+    ]);
+    expect(messagesTo(adopters[1] as Worker, 'handoff-go')).toEqual([
+      { baton: 'handoff-go', relays: [2, 4] },
+    ]);
     expect(messagesTo(sender, 'handoff-settled')).toEqual(
       [1, 2, 3, 4].map((id) => ({ baton: 'handoff-settled', id, adopted: true })),
     );
-
-    expect(reports).toEqual([]);
-    clock += 40;
-    relay.onFinished(sender, { offered: 5, moved: 4, kept: 1, failed: 0 });
+    expect(handles.every((handle) => handle.closed)).toBe(true);
+    expect(ended).toEqual([round]);
+    expect(round?.outcome).toBe('committed');
     expect(reports).toEqual([
       {
         kind: 'sessions-moved',
@@ -225,52 +270,91 @@ describe('HandoffRelay', () => {
       to: 2,
       moved: 4,
       kept: 1,
+      outcome: 'committed',
     });
     expect(relay.snapshot()).toMatchObject({
       moved: 4,
       kept: 1,
       failed: 0,
-      rounds: [{ from: 1, to: 2, state: 'finished', moved: 4, kept: 1, failed: 0, inFlight: 0 }],
+      rounds: [
+        { kind: 'switch', from: 1, to: 2, state: 'finished', moved: 4, kept: 1, failed: 0, inFlight: 0 },
+      ],
     });
   });
 
-  test('an answer that comes before the send callback still closes the handle once, then settles', () => {
+  test('a new worker that exits before the commit aborts the round: every connection goes back, the other adopters drop theirs', () => {
     const { old, fresh, sender, adopters } = generations();
-    relay.start(old, fresh, 500);
-    const handle = new FakeHandle(7);
-    relay.onHandle(sender, connection(1), handle, fresh);
-    relay.onAdopted(adopters[0] as Worker, 1, true, undefined);
-    expect(messagesTo(sender, 'handoff-settled')).toEqual([]);
-    relay.onRelayed(1, null);
-    expect(handle.closed).toBe(true);
-    expect(messagesTo(sender, 'handoff-settled')).toEqual([
-      { baton: 'handoff-settled', id: 1, adopted: true },
+    const round = relay.start('switch', old, fresh, 500);
+    const handles = relayConnections(sender, 4);
+    relay.onFinished(sender, { offered: 4, sent: 4, kept: 0 });
+    // One adopter answered: its connections are adopted, still held back, and must not stay there.
+    relay.onMessage(adopters[0] as Worker, { kind: 'adoptions', adopted: [1, 3], refused: [] });
+    (adopters[1] as Worker).markExited(70, null, 0);
+    relay.onWorkerExited(adopters[1] as Worker);
+
+    expect(messagesTo(sender, 'handoff-settled')).toEqual(
+      [1, 2, 3, 4].map((id) => ({ baton: 'handoff-settled', id, adopted: false })),
+    );
+    expect(messagesTo(adopters[0] as Worker, 'handoff-abort')).toEqual([
+      { baton: 'handoff-abort', relays: [1, 3] },
     ]);
+    expect(sent.some((entry) => entry.message.baton === 'handoff-go')).toBe(false);
+    expect(handles.every((handle) => handle.closed)).toBe(true);
+    expect(round).toMatchObject({ outcome: 'aborted', abortCause: 'worker-exited' });
+    expect(round?.abortReason).toBe('new worker 1 exited with code 70');
+    expect(ended).toEqual([round]);
+    expect(reports[0]).toMatchObject({ moved: 0, failed: 4, aborted: 'new worker 1 exited with code 70' });
   });
 
-  test('an adopter that refuses, or exits before it answers: the connection goes back to its old worker, counted as failed', () => {
+  test('a handle is closed only once its send is done, even when the round ends first', () => {
     const { old, fresh, sender, adopters } = generations();
-    relay.start(old, fresh, 500);
-    relay.onHandle(sender, connection(1), new FakeHandle(1), fresh);
-    relay.onHandle(sender, connection(2), new FakeHandle(2), fresh);
-    relay.onRelayed(1, null);
-    relay.onRelayed(2, null);
-    relay.onAdopted(adopters[0] as Worker, 1, false, 'no onAdopt hook');
+    relay.start('switch', old, fresh, 500);
+    const handle = new FakeHandle(7);
+    relay.onHandle(sender, connection(1), handle);
     (adopters[1] as Worker).markExited(1, null, 0);
     relay.onWorkerExited(adopters[1] as Worker);
     expect(messagesTo(sender, 'handoff-settled')).toEqual([
       { baton: 'handoff-settled', id: 1, adopted: false },
+    ]);
+    // The send may still be queued in Node: closing now would free the fd number for another socket.
+    expect(handle.closed).toBe(false);
+    relay.onRelayed(1, null);
+    expect(handle.closed).toBe(true);
+  });
+
+  test('an adopter that refuses a connection, as it arrives or when asked to adopt: it goes back to its old worker, counted as failed', () => {
+    const { old, fresh, sender, adopters } = generations();
+    relay.start('switch', old, fresh, 500);
+    relay.onHandle(sender, connection(1), new FakeHandle(1));
+    relay.onHandle(sender, connection(2), new FakeHandle(2));
+    relay.onMessage(adopters[0] as Worker, { kind: 'refused', relay: 1, reason: 'no onAdopt hook' });
+    // Settled once its send is done.
+    expect(messagesTo(sender, 'handoff-settled')).toEqual([]);
+    relay.onRelayed(1, null);
+    expect(messagesTo(sender, 'handoff-settled')).toEqual([
+      { baton: 'handoff-settled', id: 1, adopted: false },
+    ]);
+    relay.onRelayed(2, null);
+    relay.onFinished(sender, { offered: 2, sent: 2, kept: 0 });
+    expect(messagesTo(adopters[0] as Worker, 'handoff-commit')).toEqual([]);
+    relay.onMessage(adopters[1] as Worker, {
+      kind: 'adoptions',
+      adopted: [],
+      refused: [{ relay: 2, reason: 'this version cannot adopt' }],
+    });
+    expect(messagesTo(sender, 'handoff-settled')).toEqual([
+      { baton: 'handoff-settled', id: 1, adopted: false },
       { baton: 'handoff-settled', id: 2, adopted: false },
     ]);
-    relay.onFinished(sender, { offered: 2, moved: 0, kept: 0, failed: 2 });
     expect(reports[0]).toMatchObject({ moved: 0, kept: 0, failed: 2 });
+    expect(reports[0]?.aborted).toBeUndefined();
   });
 
   test('a send to the adopter that fails: the old worker keeps the connection', () => {
     const { old, fresh, sender } = generations();
-    relay.start(old, fresh, 500);
+    relay.start('switch', old, fresh, 500);
     const handle = new FakeHandle(1);
-    relay.onHandle(sender, connection(1), handle, fresh);
+    relay.onHandle(sender, connection(1), handle);
     relay.onRelayed(1, new Error('channel closed'));
     expect(handle.closed).toBe(true);
     expect(messagesTo(sender, 'handoff-settled')).toEqual([
@@ -278,12 +362,12 @@ describe('HandoffRelay', () => {
     ]);
   });
 
-  test('no adopter left in the active generation: the handle is closed here and the old worker keeps it', () => {
+  test('no adopter left in the new generation: the handle is closed here and the old worker keeps it', () => {
     const { old, fresh, sender, adopters } = generations();
-    relay.start(old, fresh, 500);
+    relay.start('switch', old, fresh, 500);
     for (const adopter of adopters) adopter.markDraining();
     const handle = new FakeHandle(1);
-    relay.onHandle(sender, connection(1), handle, fresh);
+    relay.onHandle(sender, connection(1), handle);
     expect(handle.closed).toBe(true);
     expect(sent.some((entry) => entry.message.baton === 'adopt')).toBe(false);
     expect(messagesTo(sender, 'handoff-settled')).toEqual([
@@ -293,9 +377,9 @@ describe('HandoffRelay', () => {
 
   test('a net.Socket-like handle (it would have started reading) is never passed on', () => {
     const { old, fresh, sender } = generations();
-    relay.start(old, fresh, 500);
+    relay.start('switch', old, fresh, 500);
     let destroyed = false;
-    relay.onHandle(sender, connection(1), { destroy: () => (destroyed = true) }, fresh);
+    relay.onHandle(sender, connection(1), { destroy: () => (destroyed = true) });
     expect(destroyed).toBe(true);
     expect(sent.some((entry) => entry.message.baton === 'adopt')).toBe(false);
     expect(messagesTo(sender, 'handoff-settled')).toEqual([
@@ -303,32 +387,63 @@ describe('HandoffRelay', () => {
     ]);
   });
 
-  test('no round when nobody opted in on one side; an old worker that exits ends its part', () => {
+  test('no round when nobody opted in on one side; a sweep tells the old workers to stop accepting, and one that finds nothing says nothing', () => {
     const { old, fresh, sender, adopters } = generations();
     for (const adopter of adopters) relay.onMessage(adopter, { kind: 'hooks', hooks: hooks([], []) });
-    expect(relay.start(old, fresh, 500)).toBeUndefined();
+    expect(relay.start('switch', old, fresh, 500)).toBeUndefined();
     expect(sent).toEqual([]);
 
     for (const adopter of adopters) relay.onMessage(adopter, { kind: 'hooks', hooks: hooks([], ['game']) });
-    relay.start(old, fresh, 500);
-    sender.markExited(0, null, 0);
-    relay.onWorkerExited(sender);
-    expect(reports).toEqual([expect.objectContaining({ moved: 0, kept: 0, failed: 0, incomplete: false })]);
+    const sweep = relay.start('sweep', old, fresh, 500);
+    expect(messagesTo(sender, 'handoff')).toEqual([
+      { baton: 'handoff', listeners: ['game'], flushTimeoutMs: 500, stopAccepting: true },
+    ]);
+    relay.onFinished(sender, { offered: 0, sent: 0, kept: 0 });
+    expect(sweep?.outcome).toBe('committed');
+    expect(reports).toEqual([]);
+    expect(relay.snapshot().rounds).toEqual([]);
   });
 
-  test('an old worker that cannot be asked does not hold the round; the generation retiring ends a round left open', () => {
-    const { old, fresh, sender } = generations();
-    unreachable.add(sender);
-    relay.start(old, fresh, 500);
-    expect(reports).toHaveLength(1);
+  test('deadlines: an old worker that does not report is not waited for; adopters that do not answer abort the round', () => {
+    const { old, fresh, sender, adopters } = generations();
+    const round = relay.start('switch', old, fresh, 500) as HandoffRound;
+    relayConnections(sender, 2);
+    relay.onDeadline(round);
+    expect(round.incomplete).toBe(true);
+    expect(messagesTo(adopters[0] as Worker, 'handoff-commit')).toEqual([
+      { baton: 'handoff-commit', relays: [1] },
+    ]);
+    // What the old worker sends after the deadline stays with it.
+    const late = new FakeHandle(99);
+    relay.onHandle(sender, connection(3), late);
+    expect(late.closed).toBe(true);
+    expect(messagesTo(sender, 'handoff-settled')).toEqual([
+      { baton: 'handoff-settled', id: 3, adopted: false },
+    ]);
 
-    unreachable.clear();
-    const second = new Generation(3, '3', 1, 0);
-    relay.start(old, fresh, 500);
-    relay.onGenerationRetired(second.id);
-    expect(reports).toHaveLength(1);
-    relay.onGenerationRetired(old.id);
-    expect(reports[1]).toMatchObject({ from: 1, incomplete: true });
+    relay.onMessage(adopters[0] as Worker, { kind: 'adoptions', adopted: [1], refused: [] });
+    relay.onDeadline(round);
+    expect(round).toMatchObject({ outcome: 'aborted', abortCause: 'no-answer' });
+    expect(messagesTo(sender, 'handoff-settled')).toEqual([
+      { baton: 'handoff-settled', id: 3, adopted: false },
+      { baton: 'handoff-settled', id: 1, adopted: false },
+      { baton: 'handoff-settled', id: 2, adopted: false },
+    ]);
+  });
+
+  test('the master stopping aborts the rounds under way; an old worker that cannot be asked does not hold a round', () => {
+    const { old, fresh, sender } = generations();
+    const round = relay.start('switch', old, fresh, 500);
+    relayConnections(sender, 1);
+    relay.abortAll('the master is stopping');
+    expect(round).toMatchObject({ outcome: 'aborted', abortCause: 'stopping' });
+    expect(messagesTo(sender, 'handoff-settled')).toEqual([
+      { baton: 'handoff-settled', id: 1, adopted: false },
+    ]);
+
+    unreachable.add(sender);
+    const next = relay.start('switch', old, fresh, 500);
+    expect(next?.outcome).toBe('committed');
   });
 });
 
@@ -367,7 +482,7 @@ describe('the master runs a handoff when a new generation becomes active', () =>
     jest.useRealTimers();
   });
 
-  test('old workers are asked, connections reach the new workers, and status counts them', () => {
+  function startMaster() {
     const processes: FakeProcess[] = [];
     const os: Os = {
       spawnWorker(request, callbacks) {
@@ -396,7 +511,6 @@ describe('the master runs a handoff when a new generation becomes active', () =>
     const ofGeneration = (gen: number) =>
       processes.filter((p) => p.request.env.BATON_GENERATION === String(gen));
     const both = { baton: 'handoff-hooks', handsOff: ['game'], adopts: ['game'] };
-
     master.dispatch({ type: 'start' });
     for (const p of ofGeneration(1)) {
       p.say(both);
@@ -408,9 +522,16 @@ describe('the master runs a handoff when a new generation becomes active', () =>
       p.say('ready');
     }
     const [oldA, oldB] = ofGeneration(1) as [FakeProcess, FakeProcess];
+    const state = (gen: number) => master.snapshot().generations.find((g) => g.id === gen)?.state;
+    return { master, logs, ofGeneration, oldA, oldB, state };
+  }
+
+  test('the new generation takes over only once the old workers handed their sessions over; status counts them', () => {
+    const { master, logs, ofGeneration, oldA, oldB, state } = startMaster();
     expect(oldA.messages.map((m) => m.message)).toEqual([
-      { baton: 'handoff', listeners: ['game'], flushTimeoutMs: 2_000 },
+      { baton: 'handoff', listeners: ['game'], flushTimeoutMs: 2_000, stopAccepting: false },
     ]);
+    expect([state(1), state(2)]).toEqual(['active', 'starting']);
 
     const handle = new FakeHandle(42);
     oldA.say({ baton: 'handoff-connection', id: 1, listener: 'game', state: { coins: 8 } }, handle);
@@ -419,12 +540,20 @@ describe('the master runs a handoff when a new generation becomes active', () =>
       { message: { baton: 'adopt', relay: 1, listener: 'game', state: { coins: 8 } }, handle },
     ]);
     jest.advanceTimersByTime(1);
-    expect(handle.closed).toBe(true);
-    adopter.say({ baton: 'adopted', relay: 1, ok: true });
-    expect(oldA.messages.at(-1)?.message).toEqual({ baton: 'handoff-settled', id: 1, adopted: true });
-    oldA.say({ baton: 'handoff-finished', offered: 1, moved: 1, kept: 0, failed: 0 });
-    oldB.say({ baton: 'handoff-finished', offered: 2, moved: 0, kept: 2, failed: 0 });
+    oldA.say({ baton: 'handoff-finished', offered: 1, sent: 1, kept: 0 });
+    oldB.say({ baton: 'handoff-finished', offered: 2, sent: 0, kept: 2 });
+    expect(adopter.messages.at(-1)?.message).toEqual({ baton: 'handoff-commit', relays: [1] });
+    expect(state(2)).toBe('starting');
 
+    adopter.say({ baton: 'adoptions', adopted: [1], refused: [] });
+    expect(adopter.messages.at(-1)?.message).toEqual({ baton: 'handoff-go', relays: [1] });
+    expect(oldA.messages.map((m) => m.message)).toContainEqual({
+      baton: 'handoff-settled',
+      id: 1,
+      adopted: true,
+    });
+    expect(handle.closed).toBe(true);
+    expect([state(1), state(2)]).toEqual(['draining', 'active']);
     expect(logs.find((entry) => entry.msg === 'sessions moved')).toMatchObject({
       gen: 1,
       to: 2,
@@ -432,6 +561,50 @@ describe('the master runs a handoff when a new generation becomes active', () =>
       kept: 2,
     });
     expect(master.snapshot().sessions).toMatchObject({ moved: 1, kept: 2, failed: 0 });
+    // The sweep after the switch: the old workers stop accepting and send what came meanwhile.
+    expect(oldB.messages.at(-1)?.message).toEqual({
+      baton: 'handoff',
+      listeners: ['game'],
+      flushTimeoutMs: 2_000,
+      stopAccepting: true,
+    });
+  });
+
+  test('a new worker that exits while adopting fails the reload: the old generation serves on with every session', () => {
+    const { master, logs, ofGeneration, oldA, oldB, state } = startMaster();
+    const handle = new FakeHandle(42);
+    oldA.say({ baton: 'handoff-connection', id: 1, listener: 'game', state: { coins: 8 } }, handle);
+    jest.advanceTimersByTime(1);
+    oldA.say({ baton: 'handoff-finished', offered: 1, sent: 1, kept: 0 });
+    oldB.say({ baton: 'handoff-finished', offered: 0, sent: 0, kept: 0 });
+    const adopter = ofGeneration(2).find((p) => p.messages.length > 0) as FakeProcess;
+    adopter.callbacks.onExit(70, null);
+
+    expect(oldA.messages.at(-1)?.message).toEqual({ baton: 'handoff-settled', id: 1, adopted: false });
+    expect([state(1), state(2)]).toEqual(['active', 'failed']);
+    expect(logs.find((entry) => String(entry.msg).startsWith('reload failed'))?.msg).toContain(
+      'did not take over: worker',
+    );
+    expect(master.snapshot().sessions).toMatchObject({ moved: 0, failed: 1 });
+  });
+
+  test('new workers that never answer: the round is aborted at its deadline and the reload fails', () => {
+    const { master, ofGeneration, oldA, oldB, state } = startMaster();
+    oldA.say({ baton: 'handoff-connection', id: 1, listener: 'game', state: {} }, new FakeHandle(42));
+    jest.advanceTimersByTime(1);
+    oldA.say({ baton: 'handoff-finished', offered: 1, sent: 1, kept: 0 });
+    oldB.say({ baton: 'handoff-finished', offered: 0, sent: 0, kept: 0 });
+    expect(
+      ofGeneration(2).some((p) =>
+        p.messages.some((m) => (m.message as { baton?: string }).baton === 'handoff-commit'),
+      ),
+    ).toBe(true);
+    jest.advanceTimersByTime(HANDOFF_ADOPT_TIMEOUT_MS);
+    expect([state(1), state(2)]).toEqual(['active', 'failed']);
+    expect(oldA.messages.at(-1)?.message).toEqual({ baton: 'handoff-settled', id: 1, adopted: false });
+    expect(master.snapshot().generations.find((g) => g.id === 2)?.failure).toContain(
+      'did not adopt the sessions within',
+    );
   });
 });
 

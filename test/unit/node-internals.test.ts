@@ -11,6 +11,7 @@ import { describe, expect, test } from '@jest/globals';
 import {
   hasUndecodedBytes,
   heldByHttpParser,
+  holdSocketFromHandle,
   resumeReading,
   stopReading,
 } from '../../child/node-internals.js';
@@ -201,6 +202,38 @@ describe('live session handoff: reads stopped at the handle, raw handles over IP
       expect(pair.accepted.bytesRead).toBe(0);
       resumeReading(stopped as NonNullable<typeof stopped>);
       await waitFor(() => text === 'waiting', { timeoutMs: 5_000, what: 'the data once reading resumed' });
+    } finally {
+      pair.close();
+    }
+  });
+
+  test('holdSocketFromHandle: the app can listen, resume and write, and nothing is read or sent until release', async () => {
+    const pair = await connectedPair();
+    try {
+      const stopped = stopReading(pair.accepted);
+      expect(stopped).toBeDefined();
+      const held = holdSocketFromHandle((stopped as NonNullable<typeof stopped>).handle);
+      let text = '';
+      held.socket.setEncoding('utf8').on('data', (chunk: string) => {
+        text += chunk;
+      });
+      held.socket.resume();
+      held.socket.cork();
+      held.socket.write('held back');
+      let answer = '';
+      pair.client.setEncoding('utf8').on('data', (chunk: string) => {
+        answer += chunk;
+      });
+      pair.client.write('waiting');
+      await quietFor(100); // nothing may be read while held
+      expect(held.socket.bytesRead).toBe(0);
+      expect(answer).toBe('');
+      held.socket.uncork();
+      held.release();
+      await waitFor(() => text === 'waiting' && answer === 'held back', {
+        timeoutMs: 5_000,
+        what: 'the data both ways once released',
+      });
     } finally {
       pair.close();
     }
