@@ -1,12 +1,20 @@
 /**
  * `{ "kind": "inject", "file", "source", "hash", "target" }`: sends a hot patch to live workers
  * (docs/control.md) and answers, once every one of them has answered or the deadline passed, with how
- * it went in each. The master checks that `hash` is the sha256 of `source`.
+ * it went in each. The master checks that `hash` is the sha256 of `source`, and looks up the caller's
+ * uid (peer.ts) before anything runs, for the log.
  */
 import { createHash } from 'node:crypto';
-import type { InjectTarget, WorkerInjection } from '../inject.js';
-import type { RequestKind } from './context.js';
+import {
+  callerFacts,
+  type InjectAnswer,
+  type InjectTarget,
+  type PatchSource,
+  type WorkerInjection,
+} from '../inject.js';
+import type { Exchange, RequestKind } from './context.js';
 import { unknownField } from './context.js';
+import type { Caller } from './peer.js';
 
 /** An inject request, its fields checked. */
 export interface InjectRequest {
@@ -57,29 +65,63 @@ export const inject: RequestKind<InjectRequest> = {
     }
     return { ok: true, request: { kind: 'inject', file, source, hash, target } };
   },
-  handle(request, exchange, { master }) {
-    master.dispatch({
-      type: 'inject',
-      patch: { file: request.file, hash: request.hash, source: request.source },
-      target: request.target,
-      source: 'control',
-      reply: (answer) => {
-        if (answer.outcome === 'ignored') {
-          exchange.fail({
-            code: answer.reason === 'stopping' ? 'stopping' : 'no-workers',
-            message: answer.message,
-          });
-          return;
-        }
-        exchange.answer({
+  handle(request, exchange, { master, logger }) {
+    let callerLeft = false;
+    exchange.onEnd(() => {
+      callerLeft = true;
+    });
+    // The caller's uid is logged with the injection: it is looked up while the caller is still there.
+    exchange
+      .caller()
+      .then((caller) => {
+        const patch = {
           file: request.file,
           hash: request.hash,
-          workers: answer.workers,
-        } satisfies InjectResult);
-      },
-    });
+          source: request.source,
+          ...patchCaller(caller),
+        };
+        if (callerLeft) {
+          // Nobody would hear how it went: a patch is never sent on behalf of a client that gave up.
+          logger.warn(
+            { file: patch.file, hash: patch.hash, ...callerFacts(patch) },
+            'patch not sent: the caller left',
+          );
+          return;
+        }
+        master.dispatch({
+          type: 'inject',
+          patch,
+          target: request.target,
+          source: 'control',
+          reply: (answer) => answerInject(exchange, request, answer),
+        });
+      })
+      .catch((error: unknown) => {
+        // Inside the master's dispatcher, out of reach of the server's own catch.
+        logger.error({ err: error, kind: 'inject' }, 'control request failed');
+        exchange.fail({
+          code: 'internal',
+          message: `The master failed to handle the request: ${String(error)}`,
+        });
+      });
   },
 };
+
+function answerInject(exchange: Exchange, request: InjectRequest, answer: InjectAnswer): void {
+  if (answer.outcome === 'ignored') {
+    exchange.fail({
+      code: answer.reason === 'stopping' ? 'stopping' : 'no-workers',
+      message: answer.message,
+    });
+    return;
+  }
+  exchange.answer({ file: request.file, hash: request.hash, workers: answer.workers } satisfies InjectResult);
+}
+
+/** The caller's uid as a patch carries it, or why it is unknown. */
+function patchCaller(caller: Caller): Pick<PatchSource, 'uid' | 'uidUnknown'> {
+  return caller.uid === undefined ? { uidUnknown: caller.reason } : { uid: caller.uid };
+}
 
 function checkTarget(target: unknown): InjectTarget | undefined {
   if (target === undefined || target === 'all') return { kind: 'all' };

@@ -109,16 +109,26 @@ describe('inject', () => {
       expect(report.failed).toBe(0);
     }
 
+    // Who injected: the uid of the `baton inject` process, as the master found it with ss and /proc.
+    const uid = process.getuid?.();
     const logged = await baton.waitForLogMsg('patch injected', {
       file: 'fix-reward.mjs',
       outcome: 'patched',
     });
     expect(logged.hash).toMatch(/^[0-9a-f]{64}$/);
+    expect(logged.uid).toBe(uid);
     expect(logged.workers).toHaveLength(2);
     const [generation] = (await statusOf(env)).generations;
     expect(generation?.patches).toEqual([
-      expect.objectContaining({ file: 'fix-reward.mjs', hash: logged.hash, scope: 'generation' }),
+      expect.objectContaining({ file: 'fix-reward.mjs', hash: logged.hash, scope: 'generation', uid }),
     ]);
+    const table = await batonCommand(['status'], env);
+    expect(table.output).toMatch(
+      new RegExp(
+        `^generation 1 patched with fix-reward\\.mjs \\(sha256 [0-9a-f]{12}\\) at [0-9:]{8} by uid ${uid}$`,
+        'm',
+      ),
+    );
     expect(baton.logs.some((entry) => entry.msg === 'worker exited')).toBe(false);
   });
 
