@@ -163,13 +163,18 @@ export class InjectRelay {
     this.startRound(patch, chosen.workers, chosen.generation, chosen.scope, reply);
   }
 
+  /** The patches `generation` applies again to every worker it starts, oldest first. */
+  keptPatches(generation: Generation): PatchSource[] {
+    return this.patchesOf(generation).flatMap((applied) => {
+      const patch = this.sources.get(applied);
+      return applied.scope === 'generation' && patch ? [patch] : [];
+    });
+  }
+
   /** A worker became ready: if its generation keeps patches, it gets them again, in order. */
   onWorkerReady(worker: Worker, generation: Generation): void {
-    for (const applied of this.patchesOf(generation)) {
-      const patch = this.sources.get(applied);
-      if (applied.scope === 'generation' && patch)
-        this.startRound(patch, [worker], undefined, 'generation', undefined);
-    }
+    for (const patch of this.keptPatches(generation))
+      this.startRound(patch, [worker], undefined, 'generation', undefined);
   }
 
   /** A worker answered round `id`. */
