@@ -20,9 +20,10 @@ RUN node node_modules/typescript/bin/tsc -p tsconfig.build.json
 FROM node:24-bookworm-slim AS runtime
 # tini is PID 1: it reaps orphaned processes (Node reaps only the children it spawned), forwards
 # every signal baton acts on to it, and exits with baton's exit code. With -s it also reaps where it
-# is not PID 1 (`docker run --init`, a pod that shares its PID namespace).
+# is not PID 1 (`docker run --init`, a pod that shares its PID namespace). iproute2's `ss` tells the
+# master the uid of who runs `baton inject` (Node cannot read a Unix socket peer's credentials).
 RUN apt-get update \
-  && apt-get install -y --no-install-recommends tini \
+  && apt-get install -y --no-install-recommends tini iproute2 \
   && rm -rf /var/lib/apt/lists/*
 ENV NODE_ENV=production
 WORKDIR /app

@@ -4,7 +4,7 @@
  */
 import yargs, { type Argv } from 'yargs';
 import { hideBin } from 'yargs/helpers';
-import { injectCommand } from '../supervisor/commands/inject.js';
+import { type InjectDestination, injectCommand } from '../supervisor/commands/inject.js';
 import { reloadCommand } from '../supervisor/commands/reload.js';
 import { scaleCommand } from '../supervisor/commands/scale.js';
 import { statusCommand } from '../supervisor/commands/status.js';
@@ -12,7 +12,6 @@ import { stopCommand } from '../supervisor/commands/stop.js';
 import type { MasterTarget } from '../supervisor/control/client.js';
 import { parseName, resolveControlSettings } from '../supervisor/control/socket-path.js';
 import { BatonError, EXIT_CODES, UsageError } from '../supervisor/errors.js';
-import type { InjectTarget } from '../supervisor/inject.js';
 import { createLogger } from '../supervisor/log.js';
 import {
   DEFAULTS,
@@ -26,7 +25,7 @@ import {
 import { runMaster } from '../supervisor/start.js';
 
 const EPILOGUE = `Signals to the master: SIGUSR2 or SIGHUP reload, SIGTERM or SIGINT drain and stop, SIGQUIT stop now.
-Exit codes: 0 done, 1 internal error, 2 bad usage, 3 cannot listen (a --listen address or the control socket), 4 first generation failed to start, 5 workers killed at the drain deadline, 6 reload: the new version failed to start, 7 reload: the new version was not ready in time, 8 no master found, 9 status --check: not healthy, 10 the master is stopping, 11 inject: the patch failed on a worker, 127 command not found.
+Exit codes: 0 done, 1 internal error, 2 bad usage, 3 cannot listen (a --listen address or the control socket), 4 first generation failed to start, 5 workers killed at the drain deadline, 6 reload: the new version failed to start, 7 reload: the new version was not ready in time, 8 no master found, 9 status --check: not healthy, 10 the master is stopping, 11 inject: the patch failed on a worker or in its dry run, 127 command not found.
 Control socket and protocol: docs/control.md.`;
 
 /** The largest pid Linux hands out (pid_max can be raised to 2^22). */
@@ -35,8 +34,13 @@ const MAX_PID = 4_194_304;
 /** The most generations a master numbers in a run that `--generation` accepts. */
 const MAX_GENERATION = Number.MAX_SAFE_INTEGER;
 
-/** The workers `baton inject` patches: `--worker PID`, `--generation N`, or the active generation. */
-function injectTargetOf(argv: { worker?: unknown; generation?: unknown }): InjectTarget {
+/** Where `baton inject` sends the patch: `--dry-run`, `--worker PID`, `--generation N`, or the active generation. */
+function injectDestinationOf(argv: {
+  'dry-run'?: unknown;
+  worker?: unknown;
+  generation?: unknown;
+}): InjectDestination {
+  if (argv['dry-run'] === true) return { kind: 'dry-run' };
   if (argv.worker !== undefined)
     return { kind: 'pid', pid: parseInteger('--worker', argv.worker, 1, MAX_PID) };
   if (argv.generation !== undefined) {
@@ -300,7 +304,7 @@ async function main(): Promise<number> {
       (argv) =>
         targetOptions(argv)
           .usage(
-            'baton inject [--all | --generation N | --worker PID] <patch> [--name NAME | --control PATH | --pid PID]\n\nSend PATCH, an ES module whose default export gets the values the app exposed (expose() from baton/child) and changes them in place, to live Node workers; each applies it and answers. Prints one line per worker; exits 11 unless every worker applied it. The generation keeps the patch: workers it restarts get it again; the next reload starts clean.',
+            'baton inject [--all | --generation N | --worker PID] <patch> [--name NAME | --control PATH | --pid PID]\nbaton inject --dry-run <patch> [--name NAME | --control PATH | --pid PID]\n\nSend PATCH, an ES module whose default export gets the values the app exposed (expose() from baton/child) and changes them in place, to live Node workers; each applies it and answers. Prints one line per worker; exits 11 unless every worker applied it. The generation keeps the patch: workers it restarts get it again; the next reload starts clean. --dry-run tries it first, in a scratch worker that serves nobody, and applies it nowhere.',
           )
           .positional('patch', { type: 'string', describe: 'The patch file (an ES module)' })
           .option('all', {
@@ -317,13 +321,19 @@ async function main(): Promise<number> {
             requiresArg: true,
             describe: 'Only the worker with this pid (not applied again if it restarts)',
           })
-          .conflicts('all', ['generation', 'worker'])
-          .conflicts('generation', 'worker'),
+          .option('dry-run', {
+            type: 'boolean',
+            describe:
+              "Apply it nowhere: load and run it in a scratch worker of the active generation's code that listens on nothing, then stop that worker; prints one line, exits 0 if the patch ran, else 11",
+          })
+          .conflicts('all', ['generation', 'worker', 'dry-run'])
+          .conflicts('generation', ['worker', 'dry-run'])
+          .conflicts('worker', 'dry-run'),
       async (argv) => {
         exitCode = await injectCommand(
           targetOf(argv),
           String(argv.patch),
-          injectTargetOf(argv),
+          injectDestinationOf(argv),
           process.stdout,
         );
       },

@@ -2,7 +2,7 @@
  * The worker's side of baton's contract (docs/contract.md) for Node servers: inherited listeners by
  * name, the ready message, connection reports, a drain that cuts nobody off, and live session handoff
  * (docs/handoff.md; `ws` WebSockets too, with the app's own `ws` passed in), and hot patches reaching
- * only what the app exposes (`baton inject`).
+ * only what the app exposes (`baton inject`, and its dry run in a scratch worker that listens on nothing).
  *
  * Node built-ins only and no top-level await, so that it loads from ES modules and from CommonJS
  * (`require`) alike, in any app, with nothing to install.
@@ -66,10 +66,22 @@ export const workerIndex: number | undefined = envInteger('BATON_WORKER');
 export const version: string | undefined = process.env.BATON_VERSION || undefined;
 
 /**
+ * True in the scratch worker that `baton inject --dry-run` starts to try a patch (BATON_SCRATCH=1): it
+ * inherited no socket, `serve()` and `serveDatagrams()` resolve without listening, and nobody connects.
+ * An app may skip here what reaches outside the process at start-up (jobs, registrations).
+ */
+export const scratch: boolean = underBaton && process.env.BATON_SCRATCH === '1';
+
+/**
  * Where a server named `name` should listen: the socket inherited under that name, or, when the
  * process inherited no socket at all, `fallback` (by default the port in `PORT`, else any free port).
  */
 export function listenOptions(name: string, fallback?: ListenFallback): ListenOptions {
+  if (scratch) {
+    throw new Error(
+      `Cannot listen as '${name}' in the scratch worker of baton inject --dry-run: it must accept no connection (serve() resolves without listening there)`,
+    );
+  }
   const fdCount = process.env.LISTEN_FDS;
   if (fdCount === undefined) {
     return { ...fallback, port: fallback?.port ?? (Number(process.env.PORT) || 0) };
@@ -89,7 +101,7 @@ export function listenOptions(name: string, fallback?: ListenFallback): ListenOp
 
 /**
  * Makes `server` listen where `listenOptions(name, fallback)` says and drain with the process;
- * resolves once it listens.
+ * resolves once it listens (at once, without listening, in a scratch worker: see `scratch`).
  */
 export function serve(server: net.Server, name: string, fallback?: ListenFallback): Promise<void> {
   return new Promise((resolve, reject) => {
@@ -97,6 +109,10 @@ export function serve(server: net.Server, name: string, fallback?: ListenFallbac
       throw new Error(`Cannot serve '${name}': this process is already draining`);
     }
     drainer.installTriggers();
+    if (scratch) {
+      resolve();
+      return;
+    }
     const options = listenOptions(name, fallback);
     drainer.track(server, name);
     const onError = (error: Error) => {
@@ -146,7 +162,8 @@ export function drain(): Promise<void> {
 /**
  * Binds a UDP socket to the inherited socket named `name` (or to `fallback` when run alone), and
  * closes it when the process drains: datagrams have no connections, so draining a UDP worker means
- * it stops reading once the new generation reads. Resolves once it is bound.
+ * it stops reading once the new generation reads. Resolves once it is bound (at once, unbound, in a
+ * scratch worker: see `scratch`).
  */
 export function serveDatagrams(socket: dgram.Socket, name: string, fallback?: ListenFallback): Promise<void> {
   return new Promise((resolve, reject) => {
@@ -154,6 +171,10 @@ export function serveDatagrams(socket: dgram.Socket, name: string, fallback?: Li
       throw new Error(`Cannot serve '${name}': this process is already draining`);
     }
     drainer.installTriggers();
+    if (scratch) {
+      resolve();
+      return;
+    }
     const options = listenOptions(name, fallback);
     socket.once('error', reject);
     const bound = () => {

@@ -30,8 +30,15 @@ export interface PatchSource {
   /** The sha256 of `source`, in hex. */
   hash: string;
   source: string;
-  /** Who asked, when the control socket can tell (it cannot yet: Node has no SO_PEERCRED). */
+  /** The real uid of who asked on the control socket (supervisor/control/peer.ts). */
   uid?: number;
+  /** Why `uid` is not known, when it is not. */
+  uidUnknown?: string;
+}
+
+/** Who asked for a patch, as the log says it: `uid`, or `uidUnknown` and why. */
+export function callerFacts(patch: PatchSource): { uid: number } | { uidUnknown: string } {
+  return patch.uid === undefined ? { uidUnknown: patch.uidUnknown ?? 'unknown' } : { uid: patch.uid };
 }
 
 /** A patch a generation keeps, as `status` lists it. */
@@ -40,7 +47,8 @@ export interface AppliedPatch {
   hash: string;
   /** When it was applied (ms since the epoch). */
   at: number;
-  uid?: number;
+  /** The real uid of who injected it; undefined (null in status) when the master could not tell. */
+  uid: number | undefined;
   /** `generation`: applied to the whole generation, and again to the workers it starts later. */
   scope: 'generation' | 'worker';
   /** The workers that applied it when it was injected. */
@@ -155,13 +163,18 @@ export class InjectRelay {
     this.startRound(patch, chosen.workers, chosen.generation, chosen.scope, reply);
   }
 
+  /** The patches `generation` applies again to every worker it starts, oldest first. */
+  keptPatches(generation: Generation): PatchSource[] {
+    return this.patchesOf(generation).flatMap((applied) => {
+      const patch = this.sources.get(applied);
+      return applied.scope === 'generation' && patch ? [patch] : [];
+    });
+  }
+
   /** A worker became ready: if its generation keeps patches, it gets them again, in order. */
   onWorkerReady(worker: Worker, generation: Generation): void {
-    for (const applied of this.patchesOf(generation)) {
-      const patch = this.sources.get(applied);
-      if (applied.scope === 'generation' && patch)
-        this.startRound(patch, [worker], undefined, 'generation', undefined);
-    }
+    for (const patch of this.keptPatches(generation))
+      this.startRound(patch, [worker], undefined, 'generation', undefined);
   }
 
   /** A worker answered round `id`. */
@@ -268,7 +281,7 @@ export class InjectRelay {
     const facts = {
       file: round.patch.file,
       hash: round.patch.hash,
-      ...(round.patch.uid === undefined ? {} : { uid: round.patch.uid }),
+      ...callerFacts(round.patch),
       outcome,
       workers: round.results.map((result) => ({
         gen: result.generation,
@@ -289,7 +302,7 @@ export class InjectRelay {
         file: round.patch.file,
         hash: round.patch.hash,
         at: this.ports.now(),
-        ...(round.patch.uid === undefined ? {} : { uid: round.patch.uid }),
+        uid: round.patch.uid,
         scope: round.scope,
         pids: patched.flatMap((result) => (result.pid === undefined ? [] : [result.pid])),
       };

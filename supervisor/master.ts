@@ -13,6 +13,7 @@ import {
   isGenerationReady,
   restartDelayMs,
 } from './decisions.js';
+import { type DryRunAnswer, type DryRunEvent, DryRunner } from './dry-run.js';
 import { describeStartFailure, EXIT_CODES, GenerationFailedError, type StartFailure } from './errors.js';
 import { Generation, type Slot } from './generation.js';
 import {
@@ -76,7 +77,9 @@ export type MasterEvent =
       source: string;
       reply?: (answer: InjectAnswer) => void;
     }
-  | { type: 'inject-timeout'; round: number };
+  | { type: 'inject-timeout'; round: number }
+  | { type: 'inject-dry-run'; patch: PatchSource; source: string; reply?: (answer: DryRunAnswer) => void }
+  | { type: 'dry-run'; event: DryRunEvent };
 
 /** What a reload request became: the generation that will carry it, or nothing while stopping. */
 export type ReloadAnswer =
@@ -246,11 +249,18 @@ export class Master {
     'handoff-deadline': (event) => this.handoff.onDeadline(event.round),
     inject: (event) => this.onInject(event.patch, event.target, event.source, event.reply ?? (() => {})),
     'inject-timeout': (event) => this.injections.onTimeout(event.round),
+    'inject-dry-run': (event) => this.onDryRun(event.patch, event.source, event.reply ?? (() => {})),
+    'dry-run': (event) => {
+      this.dryRuns.on(event.event);
+      this.finishIfStopped();
+    },
   };
   /** Moves open sessions from old workers to new ones (docs/handoff.md). */
   private readonly handoff: HandoffRelay;
   /** Sends hot patches to workers and keeps what each generation was patched with. */
   private readonly injections: InjectRelay;
+  /** Tries patches in scratch workers (`inject --dry-run`), outside every generation. */
+  private readonly dryRuns: DryRunner;
 
   constructor(
     readonly options: MasterOptions,
@@ -284,6 +294,13 @@ export class Master {
       },
       deadline: (round, ms) =>
         this.context.os.setTimer(ms, () => this.dispatch({ type: 'inject-timeout', round })),
+    });
+    this.dryRuns = new DryRunner({
+      logger: context.logger,
+      spawn: (request, callbacks) => this.context.os.spawnWorker(request, callbacks),
+      setTimer: (ms, fn) => this.context.os.setTimer(ms, fn),
+      queue: (event) => this.dispatch({ type: 'dry-run', event }),
+      writeStderr: (chunk) => this.context.writeStderr(chunk),
     });
   }
 
@@ -472,13 +489,18 @@ export class Master {
     this.log.debug({ gen: generation.id, worker: slotIndex, pid: worker.pid }, 'worker spawned');
   }
 
-  private workerEnv(generation: Generation, slotIndex: number): Record<string, string> {
+  /** The master's environment as workers inherit it. */
+  private inheritedEnv(): Record<string, string> {
     const env: Record<string, string> = {};
     for (const [key, value] of Object.entries(this.context.env)) {
       if (value !== undefined && !ENV_NOT_INHERITED.includes(key)) env[key] = value;
     }
+    return env;
+  }
+
+  private workerEnv(generation: Generation, slotIndex: number): Record<string, string> {
     return {
-      ...env,
+      ...this.inheritedEnv(),
       LISTEN_FDS: String(this.context.listeners.length),
       LISTEN_FDNAMES: this.context.listeners.map((listener) => listener.name).join(':'),
       BATON_GENERATION: String(generation.id),
@@ -817,6 +839,72 @@ export class Master {
     this.injections.inject(patch, chosen, reply);
   }
 
+  /**
+   * Tries a hot patch in a scratch worker of the active generation's code (docs/control.md): no
+   * listener, no notify pipe, BATON_SCRATCH=1; `reply` gets the outcome once the scratch worker is gone.
+   */
+  private onDryRun(patch: PatchSource, source: string, reply: (answer: DryRunAnswer) => void): void {
+    const facts = { source, file: patch.file, hash: patch.hash };
+    if (this.state === 'stopping' || this.state === 'stopped') {
+      this.log.warn(facts, 'patch dry run refused: the master is stopping');
+      reply({ outcome: 'ignored', reason: 'stopping', message: 'The master is stopping: no dry run.' });
+      return;
+    }
+    const generation = this.activeGeneration;
+    if (!generation) {
+      this.log.warn(facts, 'patch dry run refused: no generation is active');
+      reply({
+        outcome: 'ignored',
+        reason: 'no-workers',
+        message: 'No generation is active: there is no code to try the patch in.',
+      });
+      return;
+    }
+    let command: string;
+    try {
+      command = this.context.os.resolveCommand(this.options.command, this.context.env, this.context.cwd);
+    } catch {
+      this.log.error({ ...facts, command: this.options.command }, 'patch dry run refused: command not found');
+      reply({
+        outcome: 'ignored',
+        reason: 'command-not-found',
+        message: `Command not found or not executable: '${this.options.command}': no scratch worker to try the patch in.`,
+      });
+      return;
+    }
+    this.log.info({ ...facts, gen: generation.id }, 'patch dry run starting');
+    this.dryRuns.start(
+      {
+        patch,
+        earlier: this.injections.keptPatches(generation),
+        generation: generation.id,
+        spawn: {
+          command,
+          args: this.options.args,
+          env: {
+            ...this.inheritedEnv(),
+            // No socket: serve() in the child API resolves without listening, and nobody can connect.
+            LISTEN_FDS: '0',
+            BATON_SCRATCH: '1',
+            BATON_GENERATION: String(generation.id),
+            BATON_VERSION: generation.version,
+            BATON_DRAIN_SIGNAL: this.options.drainSignal,
+            BATON_DRAIN_TIMEOUT_MS: String(this.options.drainTimeoutMs),
+          },
+          listenerFds: [],
+          notifyPipe: false,
+          cwd: this.context.cwd,
+          parentDeathSignal: this.options.drainSignal,
+          ...(this.options.uid === undefined ? {} : { uid: this.options.uid }),
+          ...(this.options.gid === undefined ? {} : { gid: this.options.gid }),
+        },
+        startTimeoutMs: this.options.readyTimeoutMs,
+        stopSignal: this.options.drainSignal,
+      },
+      reply,
+    );
+  }
+
   // ---- drain --------------------------------------------------------------
 
   private drainGeneration(generation: Generation): void {
@@ -1027,6 +1115,7 @@ export class Master {
       if (fast) {
         this.log.warn({ source }, 'fast stop: killing every worker');
         for (const generation of this.generations) this.force(generation);
+        this.dryRuns.stopAll(true);
       } else {
         this.log.info({ source }, 'stop already in progress; send SIGQUIT to stop at once');
       }
@@ -1039,6 +1128,7 @@ export class Master {
     this.handoff.abortAll('the master is stopping');
     // Close the master's copies: each socket closes for good when its last worker stops accepting.
     for (const listener of this.context.listeners) listener.close();
+    this.dryRuns.stopAll(fast);
     for (const generation of this.generations) {
       generation.cancelTimers();
       if (generation.state === 'starting' || generation.state === 'active') this.drainGeneration(generation);
@@ -1050,6 +1140,7 @@ export class Master {
   private finishIfStopped(): void {
     if (this.state !== 'stopping') return;
     if (this.generations.some((generation) => generation.liveWorkers.length > 0)) return;
+    if (this.dryRuns.running) return;
     this.state = 'stopped';
     const exitCode = this.startFailure
       ? EXIT_CODES.startFailed

@@ -203,3 +203,16 @@ export function closeRawHandle(handle: RawSocketHandle): void {
     // already closed
   }
 }
+
+/**
+ * The file descriptor of an accepted connection in this process, or undefined once it is closed.
+ *
+ * Why internal: Node has no public way to read a socket's descriptor, and none to read a Unix peer's
+ * credentials (SO_PEERCRED). The control socket finds who called through the descriptor's inode
+ * (supervisor/control/peer.ts); `net.Socket#_handle` is the libuv stream whose `fd` it is.
+ */
+export function connectionFd(socket: net.Socket): number | undefined {
+  const handle = (socket as unknown as { _handle?: { fd?: unknown } | null })._handle;
+  const fd = handle?.fd;
+  return typeof fd === 'number' && fd >= 0 ? fd : undefined;
+}

@@ -20,6 +20,8 @@ export interface SpawnRequest {
   env: Record<string, string>;
   /** Inherited at fds 3, 4, ... in this order; then the notify pipe (BATON_NOTIFY_FD), then the IPC channel. */
   listenerFds: number[];
+  /** False: no notify pipe, the IPC channel right after stdio (the scratch worker of `inject --dry-run`). */
+  notifyPipe?: boolean;
   cwd: string;
   /** What the kernel sends the worker if the master dies (the drain signal). */
   parentDeathSignal: NodeJS.Signals;
@@ -119,7 +121,10 @@ export const realOs: Os = {
       cwd: request.cwd,
       env: request.env,
       extendEnv: false,
-      stdio: [...inheritFds(['ignore', 'inherit', 'pipe'], request.listenerFds), 'pipe'],
+      stdio: [
+        ...inheritFds(['ignore', 'inherit', 'pipe'], request.listenerFds),
+        ...(request.notifyPipe === false ? [] : (['pipe'] as const)),
+      ],
       ipc: true,
       serialization: 'json',
       buffer: false,
@@ -133,7 +138,10 @@ export const realOs: Os = {
       ...(request.gid === undefined ? {} : { gid: request.gid }),
     });
     subprocess.stderr?.on('data', (chunk: Buffer) => callbacks.onStderr(chunk));
-    const notify = subprocess.stdio[3 + request.listenerFds.length] as Readable | null | undefined;
+    const notify =
+      request.notifyPipe === false
+        ? undefined
+        : (subprocess.stdio[notifyFd(request.listenerFds.length)] as Readable | null | undefined);
     if (notify) readNotifyLines(notify, callbacks);
     readMessages(subprocess, callbacks);
     // execa's message reading drops handles: a handed-off connection is taken from Node's own event.

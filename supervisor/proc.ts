@@ -1,7 +1,8 @@
 /**
  * What the master reads about its workers in Linux's /proc: whether a worker
  * waits for connections on a listener (readiness seen from outside, for
- * programs that cannot say ready).
+ * programs that cannot say ready), and whose a process is (the caller of the
+ * control socket).
  */
 import { closeSync, openSync, readdirSync, readFileSync, readlinkSync, readSync } from 'node:fs';
 
@@ -155,6 +156,21 @@ function readMemory(pid: number, address: number, length: number): Buffer | unde
   } finally {
     if (fd !== undefined) closeSync(fd);
   }
+}
+
+/** The real uid of process `pid`, from the `Uid:` line of its /proc status (real, effective, saved, fs); undefined when gone. */
+export function realUidOf(pid: number): number | undefined {
+  try {
+    return realUidIn(readFileSync(`/proc/${pid}/status`, 'utf8'));
+  } catch {
+    return undefined;
+  }
+}
+
+/** The real uid in the text of a /proc/<pid>/status file. */
+export function realUidIn(status: string): number | undefined {
+  const match = /^Uid:\s+(\d+)\s/m.exec(status);
+  return match ? Number(match[1]) : undefined;
 }
 
 /** A socket as /proc/net shows it. */

@@ -7,6 +7,7 @@
 import type { Logger } from '../log.js';
 import type { Master } from '../master.js';
 import type { ReloadHistory } from './history.js';
+import type { Caller } from './peer.js';
 import type { ControlErrorBody } from './protocol.js';
 import type { UsageSampler } from './usage.js';
 
@@ -35,6 +36,8 @@ export interface Exchange {
   fail(error: ControlErrorBody): void;
   /** Runs `cleanup` when the exchange ends: answered, failed, or the client gone. */
   onEnd(cleanup: () => void): void;
+  /** Who sent the request: its uid, or why the master cannot tell. Never rejects. */
+  caller(): Promise<Caller>;
 }
 
 /** A request's fields checked: the request, or what is wrong with it (one sentence). */

@@ -36,13 +36,13 @@ export type ErrorCode =
   | 'worker-exited'
   /** Reload: the new generation did not say ready before `--ready-timeout`. */
   | 'ready-timeout'
-  /** Reload: the command cannot be found or run any more. */
+  /** Reload, or inject's dry run: the command cannot be found or run any more. */
   | 'command-not-found'
   /** Reload: the new generation did not adopt the old one's sessions in time; the old one serves on. */
   | 'handoff-failed'
   /** Reload: the new generation serves, but an old one was killed at `--drain-timeout`. */
   | 'drain-forced'
-  /** Reload: the master is stopping, so the reload was not carried out or not to its end. */
+  /** The master is stopping, so the reload (or inject, or dry run) was not carried out or not to its end. */
   | 'stopping'
   /** Inject: no live worker matches the target (no active generation, an unknown generation or pid). */
   | 'no-workers';

@@ -13,6 +13,7 @@ import type { Logger } from '../log.js';
 import type { ControlContext, ControlledMaster, Exchange } from './context.js';
 import { ReloadHistory } from './history.js';
 import { LineBuffer } from './lines.js';
+import { type Caller, CallerLookup } from './peer.js';
 import {
   CONTROL_IDLE_TIMEOUT_MS,
   type ControlErrorBody,
@@ -46,13 +47,16 @@ export interface ControlSocketOptions {
 /** A listening control socket, with the usage sampler and reload history that `status` reads. */
 export class ControlServer {
   private readonly connections = new Set<ControlConnection>();
+  private readonly callers: CallerLookup;
 
   private constructor(
     private readonly server: net.Server,
     private readonly context: ControlContext,
     private readonly usage: UsageSampler,
     private readonly unfollow: () => void,
-  ) {}
+  ) {
+    this.callers = new CallerLookup(context.logger);
+  }
 
   /** Listens on `options.path` (mode 0600) and starts sampling usage. */
   static async listen(options: ControlSocketOptions): Promise<ControlServer> {
@@ -117,7 +121,9 @@ export class ControlServer {
   }
 
   private accept(socket: net.Socket): void {
-    const connection = new ControlConnection(socket, this.context, () => this.connections.delete(connection));
+    const connection = new ControlConnection(socket, this.context, this.callers, () =>
+      this.connections.delete(connection),
+    );
     this.connections.add(connection);
   }
 }
@@ -128,12 +134,15 @@ class ControlConnection {
   private readonly pending: string[] = [];
   private current: SocketExchange | undefined;
   private inputEnded = false;
+  /** Who is at the other end, looked up once, when a request first needs it. */
+  private peer: Promise<Caller> | undefined;
   /** open: reading requests; closing: our side ended, nothing more is read; closed: gone. */
   private state: 'open' | 'closing' | 'closed' = 'open';
 
   constructor(
     private readonly socket: net.Socket,
     private readonly context: ControlContext,
+    private readonly callers: CallerLookup,
     onClose: () => void,
   ) {
     socket.setTimeout(CONTROL_IDLE_TIMEOUT_MS, () => {
@@ -160,6 +169,12 @@ class ControlConnection {
       return;
     }
     if (this.socket.writableLength > MAX_UNREAD_ANSWER_BYTES) this.drop('not reading its answers', 'warn');
+  }
+
+  /** Who is at the other end of this connection (the same for every request on it). */
+  caller(): Promise<Caller> {
+    this.peer ??= this.callers.identify(this.socket);
+    return this.peer;
   }
 
   /** Ends our side once what was written has gone out; reads nothing more. */
@@ -284,6 +299,10 @@ class SocketExchange implements Exchange {
   onEnd(cleanup: () => void): void {
     if (this.ended) cleanup();
     else this.cleanups.push(cleanup);
+  }
+
+  caller(): Promise<Caller> {
+    return this.connection.caller();
   }
 
   /** The client is gone: stop whatever followed the master for it. */

@@ -5,8 +5,16 @@ import { join } from 'node:path';
 import { afterEach, describe, expect, test } from '@jest/globals';
 import type { MasterStatus } from '../../supervisor/control/status.js';
 import { EXIT_CODES } from '../../supervisor/errors.js';
-import { type GameSession, gameSession, httpLoad } from '../helpers/load.js';
-import { type AppDir, killAll, makeAppDir, REPO_ROOT, startBaton } from '../helpers/processes.js';
+import { type GameSession, gameSession, httpGetJson, httpLoad } from '../helpers/load.js';
+import {
+  type AppDir,
+  type BatonProcess,
+  descendants,
+  killAll,
+  makeAppDir,
+  REPO_ROOT,
+  startBaton,
+} from '../helpers/processes.js';
 
 /** The fix for the example app's reward: one `work` earns 3 coins instead of 2. */
 const FIX_REWARD = join(REPO_ROOT, 'test', 'fixtures', 'fix-reward.mjs');
@@ -26,9 +34,9 @@ afterEach(async () => {
   runtime = undefined;
 });
 
-/** Starts the example app under a master whose control socket is in a fresh runtime dir. */
-async function startApp(workers: number) {
-  app = makeAppDir();
+/** Starts the example app (or `script` in its folder) under a master whose control socket is in a fresh runtime dir. */
+async function startApp(workers: number, script = 'server.js') {
+  app ??= makeAppDir();
   runtime = mkdtempSync(join(tmpdir(), 'baton-run-'));
   const env = { XDG_RUNTIME_DIR: runtime };
   const baton = startBaton(
@@ -42,7 +50,7 @@ async function startApp(workers: number) {
       'game=tcp://127.0.0.1:0',
       '--',
       process.execPath,
-      'server.js',
+      script,
     ],
     { cwd: app.dir, env },
   );
@@ -109,16 +117,26 @@ describe('inject', () => {
       expect(report.failed).toBe(0);
     }
 
+    // Who injected: the uid of the `baton inject` process, as the master found it with ss and /proc.
+    const uid = process.getuid?.();
     const logged = await baton.waitForLogMsg('patch injected', {
       file: 'fix-reward.mjs',
       outcome: 'patched',
     });
     expect(logged.hash).toMatch(/^[0-9a-f]{64}$/);
+    expect(logged.uid).toBe(uid);
     expect(logged.workers).toHaveLength(2);
     const [generation] = (await statusOf(env)).generations;
     expect(generation?.patches).toEqual([
-      expect.objectContaining({ file: 'fix-reward.mjs', hash: logged.hash, scope: 'generation' }),
+      expect.objectContaining({ file: 'fix-reward.mjs', hash: logged.hash, scope: 'generation', uid }),
     ]);
+    const table = await batonCommand(['status'], env);
+    expect(table.output).toMatch(
+      new RegExp(
+        `^generation 1 patched with fix-reward\\.mjs \\(sha256 [0-9a-f]{12}\\) at [0-9:]{8} by uid ${uid}$`,
+        'm',
+      ),
+    );
     expect(baton.logs.some((entry) => entry.msg === 'worker exited')).toBe(false);
   });
 
@@ -219,5 +237,138 @@ describe('inject', () => {
       /^generation 1 worker 0 \(pid \d+\): refused: the worker takes no patches \(not a Node worker, or it exposes nothing/m,
     );
     expect((await statusOf(env)).generations[0]?.patches).toEqual([]);
+  });
+});
+
+/** The pids that answered HTTP requests and game sessions, each on a new connection, until `until` settles. */
+async function answeringPids(
+  httpPort: number,
+  gamePort: number,
+  until: Promise<unknown>,
+): Promise<Set<number>> {
+  const pids = new Set<number>();
+  let done = false;
+  void until.finally(() => {
+    done = true;
+  });
+  const http = async () => {
+    while (!done) pids.add((await httpGetJson(httpPort)).body?.pid as number);
+  };
+  const game = async () => {
+    while (!done) {
+      const session = gameSession(gamePort);
+      pids.add((await session.welcome).pid);
+      session.destroy();
+      await session.closed;
+    }
+  };
+  await Promise.all([http(), http(), game()]);
+  return pids;
+}
+
+/** The pids of the live workers, from status. */
+async function servingPids(env: Record<string, string>): Promise<number[]> {
+  const workers = (await statusOf(env)).generations.flatMap((generation) => generation.workers);
+  return workers.filter((worker) => worker.state === 'ready').map((worker) => worker.pid as number);
+}
+
+/** The scratch worker of the dry run logged last: it is gone, and only the serving workers are left. */
+async function expectScratchGone(baton: BatonProcess, file: string, serving: number[]) {
+  const logged = await baton.waitForLogMsg('patch dry run', { file });
+  expect(typeof logged.pid).toBe('number');
+  expect(serving).not.toContain(logged.pid);
+  expect(descendants(baton.pid).sort()).toEqual([...serving].sort());
+  return logged;
+}
+
+describe('inject --dry-run', () => {
+  test('a patch that loads: exit 0 and one line; the scratch worker answers no request, leaves nothing, applies nothing', async () => {
+    const { baton, env, httpPort, gamePort } = await startApp(2);
+    const serving = await servingPids(env);
+    const session = gameSession(gamePort);
+    await session.welcome;
+
+    const dryRun = batonCommand(['inject', '--dry-run', FIX_REWARD], env);
+    const answered = await answeringPids(httpPort, gamePort, dryRun);
+    const { exitCode, output } = await dryRun;
+    expect(exitCode).toBe(0);
+    expect(output).toMatch(
+      /^dry run: patch fix-reward\.mjs \(sha256 [0-9a-f]{12}\) loaded and ran in a scratch worker of generation 1 \(pid \d+\); applied nowhere\n$/,
+    );
+
+    const logged = await expectScratchGone(baton, 'fix-reward.mjs', serving);
+    expect(logged).toMatchObject({ outcome: 'ran', uid: process.getuid?.(), gen: 1 });
+    expect(logged.hash).toMatch(/^[0-9a-f]{64}$/);
+    // Every connection made while the scratch worker lived was answered by a serving worker.
+    expect(answered.size).toBeGreaterThan(0);
+    expect([...answered].filter((pid) => !serving.includes(pid))).toEqual([]);
+    // The serving workers play by the old rules, and nothing is listed as applied.
+    expect(await session.request('work')).toBe('coins 2');
+    const status = await statusOf(env);
+    expect(status.generations.map((generation) => generation.patches)).toEqual([[]]);
+    expect(await servingPids(env)).toEqual(serving);
+    expect(baton.logs.some((entry) => entry.msg === 'patch injected')).toBe(false);
+  });
+
+  test('a patch that throws, and one that does not parse: exit 11 with the error on one line', async () => {
+    const { baton, env } = await startApp(1);
+    const serving = await servingPids(env);
+
+    const throws = await batonCommand(['inject', '--dry-run', PATCH_THROWS], env);
+    expect(throws.exitCode).toBe(EXIT_CODES.injectFailed);
+    expect(throws.output).toMatch(
+      /^baton: Dry run of patch-throws\.mjs \(sha256 [0-9a-f]{12}\) in a scratch worker of generation 1 \(pid \d+\): failed: Error: expected a reward of 1000 coins: this patch does not fit \(at refuse \(patch-throws\.mjs:\d+:\d+\)\)\n$/,
+    );
+    expect(await expectScratchGone(baton, 'patch-throws.mjs', serving)).toMatchObject({ outcome: 'failed' });
+
+    const unparsable = join(runtime as string, 'unparsable.mjs');
+    writeFileSync(
+      unparsable,
+      'export default function broken({ rewards }) {\n  rewards.coinsPerWork = ;\n}\n',
+    );
+    const broken = await batonCommand(['inject', '--dry-run', unparsable], env);
+    expect(broken.exitCode).toBe(EXIT_CODES.injectFailed);
+    expect(broken.output).toMatch(
+      /^baton: Dry run of unparsable\.mjs \(sha256 [0-9a-f]{12}\) in a scratch worker of generation 1 \(pid \d+\): failed: SyntaxError: [^\n]+\n$/,
+    );
+    expect(await expectScratchGone(baton, 'unparsable.mjs', serving)).toMatchObject({ outcome: 'failed' });
+    expect((await statusOf(env)).generations[0]?.patches).toEqual([]);
+  });
+
+  test('a scratch worker that cannot start: exit 11, why, and the end of its stderr', async () => {
+    // A server that listens by itself: listenOptions() refuses in a scratch worker, which exits.
+    app = makeAppDir();
+    app.writeFile(
+      'listens-itself.mjs',
+      [
+        "import http from 'node:http';",
+        "import { expose, listenOptions, ready } from 'baton/child';",
+        "expose('rewards', { coinsPerWork: 2 });",
+        'const reply = (_request, response) => response.end(String(process.pid));',
+        "http.createServer(reply).listen(listenOptions('http'));",
+        "http.createServer(reply).listen(listenOptions('game'), () => ready());",
+        '',
+      ].join('\n'),
+    );
+    const { baton, env } = await startApp(1, 'listens-itself.mjs');
+    const serving = await servingPids(env);
+    const { exitCode, output } = await batonCommand(['inject', '--dry-run', FIX_REWARD], env);
+    expect(exitCode).toBe(EXIT_CODES.injectFailed);
+    expect(output).toMatch(
+      /^baton: Dry run of fix-reward\.mjs .*: the scratch worker exited with code 1 before it (took the patch|answered); its stderr ended: .*Cannot listen as 'http' in the scratch worker of baton inject --dry-run/m,
+    );
+    expect(output.trimEnd().split('\n')).toHaveLength(1);
+    expect(await expectScratchGone(baton, 'fix-reward.mjs', serving)).toMatchObject({
+      outcome: 'exited',
+      exitCode: 1,
+    });
+  });
+
+  test('--dry-run with a target is a usage error', async () => {
+    const { exitCode, output } = await batonCommand(['inject', '--dry-run', '--all', FIX_REWARD], {
+      XDG_RUNTIME_DIR: tmpdir(),
+    });
+    expect(exitCode).toBe(EXIT_CODES.usage);
+    expect(output).toMatch(/^baton: Arguments all and dry-run are mutually exclusive/m);
   });
 });

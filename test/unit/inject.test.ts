@@ -209,4 +209,24 @@ describe('the worker messages and the control request', () => {
     });
     expect(inject.check({ ...fields, target: 'all', uid: 0 })).toMatchObject({ ok: false });
   });
+
+  test('a dry run takes no target', () => {
+    const fields = { kind: 'inject', file: 'fix.mjs', source: PATCH_SOURCE, hash: PATCH.hash };
+    expect(inject.check({ ...fields, dryRun: true })).toMatchObject({
+      ok: true,
+      request: { target: 'dry-run' },
+    });
+    expect(inject.check({ ...fields, dryRun: false })).toMatchObject({
+      ok: true,
+      request: { target: { kind: 'all' } },
+    });
+    expect(inject.check({ ...fields, dryRun: true, target: 'all' })).toEqual({
+      ok: false,
+      message: 'A dry run takes no `target`: it tries the patch in a scratch worker, never in a serving one',
+    });
+    expect(inject.check({ ...fields, dryRun: 'yes' })).toEqual({
+      ok: false,
+      message: 'Expected `dryRun` to be true or false, got "yes"',
+    });
+  });
 });

@@ -526,3 +526,87 @@ describe('a long crash loop', () => {
     expect(generation?.workers.find((w) => w.index === 0 && w.state !== 'exited')?.restarts).toBe(40);
   });
 });
+
+describe('a dry run (inject --dry-run)', () => {
+  const DRY_PATCH = { file: 'fix.mjs', hash: 'a'.repeat(64), source: 'export default () => {};', uid: 1000 };
+
+  test('the scratch worker runs the active code with no socket, belongs to no generation, and is never restarted', async () => {
+    const master = running();
+    const answers: unknown[] = [];
+    master.dispatch({
+      type: 'inject-dry-run',
+      patch: DRY_PATCH,
+      source: 'test',
+      reply: (answer) => answers.push(answer),
+    });
+    const scratch = os.processes.at(-1);
+    expect(os.processes).toHaveLength(3);
+    expect(scratch?.request).toMatchObject({
+      command: '/usr/bin/node',
+      args: ['app.js'],
+      listenerFds: [],
+      notifyPipe: false,
+      cwd: '/srv',
+    });
+    expect(scratch?.request.env).toMatchObject({
+      LISTEN_FDS: '0',
+      BATON_SCRATCH: '1',
+      BATON_GENERATION: '1',
+      HOME: '/root',
+    });
+    expect(scratch?.request.env.LISTEN_FDNAMES).toBeUndefined();
+    expect(scratch?.request.env.BATON_NOTIFY_FD).toBeUndefined();
+    expect(scratch?.request.env.LISTEN_PID).toBeUndefined();
+    const pids = () => master.snapshot().generations.flatMap((g) => g.workers.map((w) => w.pid));
+    expect(pids()).not.toContain(scratch?.pid);
+
+    scratch?.ready(); // never counted: only 'exposed' (or this ready) decides the dry run
+    scratch?.exit(0);
+    jest.advanceTimersByTime(60_000);
+    expect(os.processes).toHaveLength(3);
+    expect(answers).toEqual([{ outcome: 'done', result: expect.objectContaining({ outcome: 'refused' }) }]);
+    expect(master.snapshot().generations[0]?.patches).toEqual([]);
+
+    master.dispatch({ type: 'stop', fast: false, source: 'test' });
+    for (const worker of os.ofGeneration(1).filter((p) => p !== scratch)) worker.exit(0);
+    await expect(master.finished).resolves.toBe(EXIT_CODES.ok);
+  });
+
+  test('refused without an active generation, and while stopping; a stop waits for the scratch worker', async () => {
+    const starting = makeMaster();
+    starting.dispatch({ type: 'start' });
+    const refusals: unknown[] = [];
+    starting.dispatch({
+      type: 'inject-dry-run',
+      patch: DRY_PATCH,
+      source: 'test',
+      reply: (a) => refusals.push(a),
+    });
+    expect(refusals).toEqual([expect.objectContaining({ outcome: 'ignored', reason: 'no-workers' })]);
+
+    os = new FakeOs();
+    const master = running();
+    const answers: unknown[] = [];
+    master.dispatch({
+      type: 'inject-dry-run',
+      patch: DRY_PATCH,
+      source: 'test',
+      reply: (a) => answers.push(a),
+    });
+    const scratch = os.processes.at(-1);
+    master.dispatch({ type: 'stop', fast: false, source: 'test' });
+    expect(scratch?.signals).toEqual(['SIGTERM']);
+    master.dispatch({
+      type: 'inject-dry-run',
+      patch: DRY_PATCH,
+      source: 'test',
+      reply: (a) => answers.push(a),
+    });
+    expect(answers).toEqual([expect.objectContaining({ outcome: 'ignored', reason: 'stopping' })]);
+    for (const worker of os.ofGeneration(1).filter((p) => p !== scratch)) worker.exit(0);
+    expect(master.state).toBe('stopping');
+    scratch?.exit(0);
+    expect(answers).toHaveLength(2);
+    await expect(master.finished).resolves.toBe(EXIT_CODES.ok);
+  });
+});

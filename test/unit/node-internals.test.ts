@@ -1,11 +1,14 @@
 /**
  * Guards the internal Node API baton relies on (supervisor/node-internals.ts).
- * If this fails after a Node upgrade, baton cannot bind without polling on it.
+ * If this fails after a Node upgrade, baton cannot bind without polling on it, or (connectionFd)
+ * cannot tell the uid of who called on the control socket.
  * The last block guards the ones live session handoff relies on (child/node-internals.ts too).
  */
 import { type ChildProcess, fork } from 'node:child_process';
+import { mkdtempSync, rmSync } from 'node:fs';
 import http from 'node:http';
 import net from 'node:net';
+import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, test } from '@jest/globals';
 import {
@@ -19,8 +22,10 @@ import {
   asRawSocketHandle,
   bindTcpWithoutListening,
   closeRawHandle,
+  connectionFd,
   sendRawHandle,
 } from '../../supervisor/node-internals.js';
+import { socketInode } from '../../supervisor/proc.js';
 import { REPO_ROOT } from '../helpers/processes.js';
 import { waitFor, withDeadline } from '../helpers/wait.js';
 
@@ -84,6 +89,28 @@ describe('bindTcpWithoutListening (net._createServerHandle)', () => {
     const socket = bindTcpWithoutListening('::1', 0, 6);
     socket.close();
     expect(socket.port).toBeGreaterThan(0);
+  });
+});
+
+describe('connectionFd (net.Socket#_handle.fd)', () => {
+  test("an accepted Unix connection's descriptor is a socket of this process; none once it is closed", async () => {
+    const dir = mkdtempSync(join(tmpdir(), 'baton-fd-'));
+    const server = net.createServer();
+    try {
+      await new Promise<void>((resolve) => server.listen(join(dir, 'control.sock'), resolve));
+      const accepted = new Promise<net.Socket>((resolve) => server.once('connection', resolve));
+      const client = net.connect(join(dir, 'control.sock'));
+      const socket = await withDeadline(accepted, 5_000, 'the connection to be accepted');
+      const fd = connectionFd(socket);
+      expect(fd).toEqual(expect.any(Number));
+      expect(socketInode(fd as number)).toEqual(expect.any(Number));
+      socket.destroy();
+      client.destroy();
+      expect(connectionFd(socket)).toBeUndefined();
+    } finally {
+      server.close();
+      rmSync(dir, { recursive: true, force: true });
+    }
   });
 });
 
