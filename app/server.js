@@ -9,7 +9,17 @@
 import { readFileSync } from 'node:fs';
 import http from 'node:http';
 import net from 'node:net';
-import { expose, generation, onAdopt, onDrain, onHandoff, ready, serve, workerIndex } from 'baton/child';
+import {
+  expose,
+  generation,
+  onAdopt,
+  onDrain,
+  onHandoff,
+  ready,
+  scratch,
+  serve,
+  workerIndex,
+} from 'baton/child';
 
 /** How many coins one `work` command earns, until a patch says otherwise. */
 const COINS_PER_WORK = 2;
@@ -128,4 +138,5 @@ await Promise.all([
   serve(gameServer, 'game', { port: Number(process.env.GAME_PORT) || 9000 }),
 ]);
 ready();
-console.log(`app listening version=${VERSION} pid=${process.pid}`);
+// In the scratch worker of `baton inject --dry-run`, serve() listened on nothing.
+console.log(`app ${scratch ? 'trying a patch' : 'listening'} version=${VERSION} pid=${process.pid}`);
