@@ -177,7 +177,7 @@ export class SessionMover {
     const kind = (message as { baton?: unknown }).baton;
     if (kind === 'handoff') void this.#handOff(message as HandoffRequest);
     else if (kind === 'adopt') this.#hold(message as AdoptRequest, handle);
-    else if (kind === 'handoff-commit') this.#adoptHeld(relaysOf(message as RelaysNotice));
+    else if (kind === 'handoff-commit') void this.#adoptHeld(relaysOf(message as RelaysNotice));
     else if (kind === 'handoff-go') this.#go(relaysOf(message as RelaysNotice));
     else if (kind === 'handoff-abort') this.#drop(relaysOf(message as RelaysNotice));
     else if (kind === 'handoff-settled') {
@@ -327,31 +327,39 @@ export class SessionMover {
   }
 
   /** Runs the app's hook for each connection held, its reads and writes held back; answers the master. */
-  #adoptHeld(relays: number[]): void {
-    const adopted: number[] = [];
-    const refused: Array<{ relay: number; reason: string }> = [];
-    for (const relay of relays) {
-      const held = this.#held.get(relay);
-      const hook = held && this.#adoptHooks.get(held.listener);
-      if (!held || !hook || held.adopted) {
-        refused.push({ relay, reason: held ? 'no onAdopt hook' : 'the connection never arrived' });
-        continue;
-      }
-      const wrapped = holdSocketFromHandle(held.handle);
-      // Written only once the round commits: until then the session may still go on in its old worker.
-      wrapped.socket.cork();
-      held.adopted = wrapped;
-      try {
-        hook(wrapped.socket, held.state);
-        adopted.push(relay);
-      } catch (error) {
-        console.error('baton: an onAdopt hook failed; the connection goes back to its old worker', error);
-        this.#drop([relay]);
-        refused.push({ relay, reason: error instanceof Error ? error.message : String(error) });
-      }
-    }
+  async #adoptHeld(relays: number[]): Promise<void> {
+    // Every hook runs in this tick; those that return a promise are waited for, reads still held.
+    const outcomes = await Promise.all(relays.map((relay) => this.#adoptOne(relay)));
+    const adopted = relays.filter((_, index) => outcomes[index] === true);
+    const refused = relays.flatMap((relay, index) => {
+      const outcome = outcomes[index];
+      return typeof outcome === 'string' ? [{ relay, reason: outcome }] : [];
+    });
     if (process.connected && process.send) {
       process.send({ baton: 'adoptions', adopted, refused }, undefined, undefined, ignoreSendError);
+    }
+  }
+
+  /** Runs the hook for one held connection: true if the app adopted it, else why not. */
+  async #adoptOne(relay: number): Promise<true | string> {
+    const held = this.#held.get(relay);
+    const hook = held && this.#adoptHooks.get(held.listener);
+    if (!held || !hook || held.adopted) return held ? 'no onAdopt hook' : 'the connection never arrived';
+    const wrapped = holdSocketFromHandle(held.handle);
+    // Written only once the round commits: until then the session may still go on in its old worker.
+    wrapped.socket.cork();
+    held.adopted = wrapped;
+    try {
+      const answer: unknown = await hook(wrapped.socket, held.state);
+      if (answer === false) {
+        this.#drop([relay]);
+        return 'declined by onAdopt';
+      }
+      return true;
+    } catch (error) {
+      console.error('baton: an onAdopt hook failed; the connection goes back to its old worker', error);
+      this.#drop([relay]);
+      return error instanceof Error ? error.message : String(error);
     }
   }
 

@@ -206,8 +206,9 @@ export function onHandoff<State>(listener: string, hook: HandoffHook<State>): vo
 
 /**
  * Opts this worker into adopting the connections of `listener` that an old worker hands off: `hook`
- * gets the connection and the state, before anything is read from it, and must set the session up
- * synchronously. Register it before `ready()`: the master hands off only to workers that said so.
+ * gets the connection and the state, before anything is read from it, and sets the session up (it may
+ * return a promise; `false`, a throw or a rejection sends the connection back to its old worker).
+ * Register it before `ready()`: the master hands off only to workers that said so.
  */
 export function onAdopt<State>(listener: string, hook: AdoptHook<State>): void {
   mover.onAdopt(listener, hook as AdoptHook);

@@ -333,30 +333,37 @@ describe('live session handoff', () => {
     for (const session of poor) session.close();
   });
 
-  test('a new version whose onAdopt throws: every session goes back to its old worker with its state, counted as failed', async () => {
-    const { baton, gamePort } = await startApp();
-    const sessions: GameSession[] = [0, 1, 2, 3].map(() => gameSession(gamePort));
-    for (const session of sessions) expect(await session.request('work')).toBe('coins 2');
+  test.each([
+    ['throws', "onAdopt('game', () => { throw new Error('this version cannot adopt'); });\n"],
+    ['rejects', "onAdopt('game', async () => { throw new Error('this version cannot adopt'); });\n"],
+    ['declines (false)', "onAdopt('game', () => false);\n"],
+  ])(
+    'a new version whose onAdopt %s: every session goes back to its old worker with its state, counted as failed',
+    async (_how, hook) => {
+      const { baton, gamePort } = await startApp();
+      const sessions: GameSession[] = [0, 1, 2, 3].map(() => gameSession(gamePort));
+      for (const session of sessions) expect(await session.request('work')).toBe('coins 2');
 
-    editServer(ADOPT_HOOK, "onAdopt('game', () => { throw new Error('this version cannot adopt'); });\n");
-    app.setVersion('2.0.0');
-    baton.signal('SIGUSR2');
-    const moved = await baton.waitForLogMsg('sessions moved', { gen: 1 }, 20_000);
-    expect(moved).toMatchObject({ to: 2, moved: 0, kept: 0, failed: 4 });
+      editServer(ADOPT_HOOK, hook);
+      app.setVersion('2.0.0');
+      baton.signal('SIGUSR2');
+      const moved = await baton.waitForLogMsg('sessions moved', { gen: 1 }, 20_000);
+      expect(moved).toMatchObject({ to: 2, moved: 0, kept: 0, failed: 4 });
 
-    for (const session of sessions) {
-      expect(await session.request('whoami')).toMatch(/^version=1\.0\.0 pid=\d+ coins=2$/);
-      expect(await session.request('work')).toBe('coins 4');
-    }
-    const fresh = gameSession(gamePort);
-    expect((await fresh.welcome).version).toBe('2.0.0');
-    for (const session of sessions) {
-      expect(await session.request('quit')).toBe('bye');
-      await session.closed;
-    }
-    expect((await baton.waitForLogMsg('generation retired', { gen: 1 }, 10_000)).forced).toBe(false);
-    fresh.close();
-  });
+      for (const session of sessions) {
+        expect(await session.request('whoami')).toMatch(/^version=1\.0\.0 pid=\d+ coins=2$/);
+        expect(await session.request('work')).toBe('coins 4');
+      }
+      const fresh = gameSession(gamePort);
+      expect((await fresh.welcome).version).toBe('2.0.0');
+      for (const session of sessions) {
+        expect(await session.request('quit')).toBe('bye');
+        await session.closed;
+      }
+      expect((await baton.waitForLogMsg('generation retired', { gen: 1 }, 10_000)).forced).toBe(false);
+      fresh.close();
+    },
+  );
 
   test('a new version that crashes while adopting fails the reload: the old generation keeps every session, streaming, 0 lost; the next release moves them all', async () => {
     const { baton, gamePort } = await startApp(['--drain-timeout', `${DRAIN_TIMEOUT_MS}ms`]);
