@@ -2,7 +2,13 @@
  * Pure functions over what a load recorded: failures by kind, latency percentiles inside and outside
  * time windows, when the new version took over, requests per time bucket. No I/O, no clock.
  */
-import { type FailureKind, type HttpLoadResult, OK, OUTCOMES } from './clients/protocol.js';
+import {
+  type FailureKind,
+  type HttpLoadResult,
+  OK,
+  OUTCOMES,
+  type SessionMessages,
+} from './clients/protocol.js';
 
 /** A half-open time range [from, to) in epoch ms. */
 export interface Window {
@@ -148,4 +154,61 @@ export function median(values: number[]): number {
 export function throughput(load: HttpLoadResult, from: number, to: number): number {
   const { ok } = countLoad(load, (t) => t >= from && t < to);
   return (ok * 1000) / (to - from);
+}
+
+/** p50, p99 and max of the round trips of some session messages, in ms, and how many they are over. */
+export interface RoundTripSummary {
+  count: number;
+  p50: number;
+  p99: number;
+  max: number;
+}
+
+/** Round trips of the answered messages whose send time `include` accepts. */
+export function roundTrips(
+  messages: SessionMessages,
+  include: (sentAt: number) => boolean,
+): RoundTripSummary {
+  const values: number[] = [];
+  for (let i = 0; i < messages.count; i++) {
+    const rtt = messages.rttMs[i] as number;
+    if (!Number.isNaN(rtt) && include(messages.sentAt[i] as number)) values.push(rtt);
+  }
+  const sorted = Float64Array.from(values).sort();
+  return {
+    count: sorted.length,
+    p50: quantile(sorted, 0.5),
+    p99: quantile(sorted, 0.99),
+    max: sorted.length === 0 ? Number.NaN : (sorted.at(-1) as number),
+  };
+}
+
+/** Round trips of the messages sent inside the windows against the rest (after `warmUpUntil`). */
+export function roundTripsDuringAndWithout(
+  messages: SessionMessages,
+  windows: Window[],
+  warmUpUntil: number,
+): { during: RoundTripSummary; without: RoundTripSummary } {
+  return {
+    during: roundTrips(messages, (t) => inAny(t, windows)),
+    without: roundTrips(messages, (t) => t >= warmUpUntil && !inAny(t, windows)),
+  };
+}
+
+/**
+ * The pause each session saw in each window: the longest round trip among the answered messages it
+ * sent there. One value per session and window in which that session sent something.
+ */
+export function worstRoundTripPerSession(messages: SessionMessages, windows: Window[]): number[] {
+  const worst = new Map<number, number>();
+  for (let i = 0; i < messages.count; i++) {
+    const rtt = messages.rttMs[i] as number;
+    if (Number.isNaN(rtt)) continue;
+    const t = messages.sentAt[i] as number;
+    const window = windows.findIndex((candidate) => t >= candidate.from && t < candidate.to);
+    if (window === -1) continue;
+    const key = window * 65_536 + (messages.session[i] as number);
+    worst.set(key, Math.max(worst.get(key) ?? 0, rtt));
+  }
+  return [...worst.values()];
 }

@@ -11,6 +11,7 @@ import { fileURLToPath } from 'node:url';
 import {
   type AppDir,
   type BatonProcess,
+  descendants,
   killAll,
   makeAppDir,
   REPO_ROOT,
@@ -38,6 +39,11 @@ export const NODE = process.execPath;
 /** The bench's own test apps (plain JavaScript, run from the source tree). */
 export const HELLO_APP = join(REPO_ROOT, 'bench', 'apps', 'hello.js');
 export const CLUSTER_APP = join(REPO_ROOT, 'bench', 'apps', 'cluster.js');
+/**
+ * The WebSocket game of the handoff tests (`ws` 8, sessions handed off live), run as it is so that the
+ * bench measures the app the tests check. It reads ./VERSION from its working directory.
+ */
+export const WS_GAME_APP = join(REPO_ROOT, 'test', 'fixtures', 'ws-game.mjs');
 
 /** How long a master or an app may take to come up before the scenario fails. */
 export const START_TIMEOUT_MS = 30_000;
@@ -73,6 +79,11 @@ export class ClientProcess<R> {
   readonly result: Promise<R>;
   private readonly child: ChildProcess;
   private probeWaiter: ((message: ProbedMessage) => void) | undefined;
+
+  /** The client's pid, to read its CPU from /proc. */
+  get pid(): number {
+    return this.child.pid as number;
+  }
 
   constructor(config: ClientConfig) {
     this.child = fork(CLIENT_SCRIPTS[config.kind], [JSON.stringify(config)], {
@@ -178,8 +189,11 @@ export interface RunningBaton {
 /** What to run under baton, and how. */
 export interface BatonStart {
   workers: number;
-  /** `example`: a copy of app/ (http and game listeners); `hello`: bench/apps/hello.js (http only). */
-  app: { kind: 'example'; dir: AppDir } | { kind: 'hello' };
+  /**
+   * `example`: a copy of app/ (http and game listeners); `hello`: bench/apps/hello.js (http only);
+   * `ws-game`: test/fixtures/ws-game.mjs (http only, WebSocket upgrades), run in `dir` for its VERSION.
+   */
+  app: { kind: 'example'; dir: AppDir } | { kind: 'hello' } | { kind: 'ws-game'; dir: AppDir };
   extraArgs?: string[];
   /** Added to the master's environment, which its workers inherit. */
   env?: Record<string, string>;
@@ -194,14 +208,16 @@ export async function startBatonApp({
 }: BatonStart): Promise<RunningBaton> {
   const listen = ['--listen', 'http=tcp://127.0.0.1:0'];
   if (app.kind === 'example') listen.push('--listen', 'game=tcp://127.0.0.1:0');
-  const command = app.kind === 'example' ? [NODE, 'server.js'] : [NODE, HELLO_APP];
+  const command = { example: [NODE, 'server.js'], hello: [NODE, HELLO_APP], 'ws-game': [NODE, WS_GAME_APP] }[
+    app.kind
+  ];
   // Each master its own control socket (mkdtemp makes the folder 0700, as baton requires): masters of
   // the same app would otherwise share one by name, and a second one refuses to start.
   const controlDir = mkdtempSync(join(tmpdir(), 'baton-bench-control-'));
   controlDirs.add(controlDir);
   const control = ['--control', join(controlDir, 'control.sock')];
   const args = ['start', ...listen, '--workers', String(workers), ...control, ...extraArgs, '--', ...command];
-  const baton = startBaton(args, { cwd: app.kind === 'example' ? app.dir.dir : REPO_ROOT, env });
+  const baton = startBaton(args, { cwd: app.kind === 'hello' ? REPO_ROOT : app.dir.dir, env });
   const httpPort = await baton.listenPort('http', START_TIMEOUT_MS);
   const gamePort = app.kind === 'example' ? await baton.listenPort('game', START_TIMEOUT_MS) : undefined;
   await baton.waitForLogMsg('generation active', { gen: 1 }, START_TIMEOUT_MS);
@@ -305,6 +321,25 @@ export function procUsage(pid: number): ProcUsage {
   return { cpuMs: (ticks * 1000) / CLOCK_TICKS_PER_SECOND, rssBytes: rssKb * 1024 };
 }
 
+/**
+ * CPU time used so far by `pid` and every process under it, in ms: their own, and that of their
+ * children that exited and were reaped (a retired generation's workers count in their master's).
+ */
+export function treeCpuMs(pid: number): number {
+  let ticks = 0;
+  for (const member of [pid, ...descendants(pid)]) {
+    try {
+      const stat = readFileSync(`/proc/${member}/stat`, 'utf8');
+      // utime [11], stime [12], cutime [13], cstime [14], after the command name.
+      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      ticks += [11, 12, 13, 14].reduce((sum, field) => sum + Number(fields[field]), 0);
+    } catch {
+      // exited between the listing and the read: its time is in its parent's, once reaped
+    }
+  }
+  return (ticks * 1000) / CLOCK_TICKS_PER_SECOND;
+}
+
 /** CPU used by `pid` while `during` runs, as a share of one core (0.25 = 25 %), and the RSS after. */
 export async function measureCpu<T>(
   pid: number,
@@ -329,6 +364,34 @@ export function tcpSocketsOnMachine(): number {
     }
   }
   return total;
+}
+
+/** The machine's CPU time so far, every core, in clock ticks (the first line of /proc/stat). */
+export interface MachineCpu {
+  /** user, nice, system, irq, softirq. */
+  busy: number;
+  /** Time the hypervisor gave to other guests while this one wanted to run. */
+  steal: number;
+  /** Everything, idle and iowait included. */
+  total: number;
+}
+
+/** Reads the `cpu` line of /proc/stat. */
+export function machineCpu(): MachineCpu {
+  const line = readFileSync('/proc/stat', 'utf8').split('\n', 1)[0] ?? '';
+  const [user, nice, system, idle, iowait, irq, softirq, steal] = line
+    .trim()
+    .split(/\s+/)
+    .slice(1, 9)
+    .map(Number) as [number, number, number, number, number, number, number, number];
+  const busy = user + nice + system + irq + softirq;
+  return { busy, steal, total: busy + idle + iowait + steal };
+}
+
+/** The share of the machine's CPU (every core) that was busy, and stolen, between two readings (0..1). */
+export function machineCpuShare(before: MachineCpu, after: MachineCpu): { busy: number; steal: number } {
+  const total = after.total - before.total;
+  return { busy: (after.busy - before.busy) / total, steal: (after.steal - before.steal) / total };
 }
 
 /** A pause of `ms`: phases of a benchmark last a set time on purpose. */

@@ -37,7 +37,7 @@ const SCENARIOS: Array<{
   { id: 'inflight', title: '2. In-flight requests across a reload', run: inFlight },
   { id: 'cost', title: '5. Cost: throughput with no reload', run: cost },
   { id: 'overhead', title: '6. Overhead of a reload', run: reloadOverhead },
-  { id: 'sessions', title: '3. Long-lived sessions across a reload', run: longSessions },
+  { id: 'sessions', title: '3. Long-lived sessions across reloads', run: longSessions },
   { id: 'scale', title: '7. Scale', run: scale },
 ];
 

@@ -47,12 +47,26 @@ export interface HttpLoadResult {
   errors: string[];
 }
 
-/** Long-lived line-protocol sessions on the example app's game listener, each sending `work` on a period. */
+/**
+ * How a session talks: lines over TCP (the example app's game listener) or text frames over a
+ * WebSocket served with `ws` (test/fixtures/ws-game.mjs). Both games answer `work` with the coins
+ * and `ping <n>` with `pong <n>` (the WebSocket one adds the worker's pid), and `whoami` with the
+ * version and the coins.
+ */
+export type SessionTransport = 'tcp' | 'websocket';
+
+/**
+ * Long-lived game sessions, each sending a numbered message on a period: `work` and `ping <n>` in
+ * turn, so that every reply names the message it answers (`coins <2w>` the w-th work, `pong <n>`).
+ */
 export interface SessionsConfig {
   kind: 'sessions';
+  transport: SessionTransport;
   port: number;
   sessions: number;
   intervalMs: number;
+  /** Coins the app pays per `work` (2 in every version the bench runs). */
+  coinsPerWork: number;
   /** How many sessions connect at once (the listen backlog is finite). */
   connectBatch: number;
   maxDurationMs: number;
@@ -60,25 +74,48 @@ export interface SessionsConfig {
   replyTimeoutMs: number;
 }
 
-/** What the sessions saw. `lost` and `outOfOrder` count replies; `cut` counts sessions closed by the server. */
+/** Every message the sessions sent, as columns: message `i` is `session[i]`, `sentAt[i]`, `rttMs[i]`. */
+export interface SessionMessages {
+  count: number;
+  /** Index of the session that sent it, in the order the sessions were opened. */
+  session: Uint16Array;
+  /** Epoch ms (fractional) at which it was written. */
+  sentAt: Float64Array;
+  /** ms from the write to its reply (the first, if repeated); NaN for a message never answered. */
+  rttMs: Float32Array;
+}
+
+/**
+ * What the sessions saw. `lost`, `duplicated` and `outOfOrder` count messages: never answered,
+ * answered more than once, answered after a later one; `cut` counts sessions closed by the server.
+ */
 export interface SessionsResult {
   sessions: number;
   connected: number;
   connectFailed: number;
   cut: number;
-  lost: number;
-  outOfOrder: number;
   sent: number;
-  received: number;
-  /** Count of sessions by the version in their welcome line. */
+  answered: number;
+  lost: number;
+  duplicated: number;
+  outOfOrder: number;
+  /** Replies that answer no message sent (a coins count that matches no `work`, a line of no known form). */
+  unexpected: number;
+  /** Count of sessions by the version that answered their first `whoami`. */
   versions: Record<string, number>;
   /** Count of sessions by the version that answered `whoami` at the end (a handed-off session moved). */
   versionsAtEnd: Record<string, number>;
-  /** Sessions whose coins at the end (`whoami`) equal 2 × the replies they got: their state survived. */
+  /** Sessions whose coins at the end (`whoami`) equal the coins per work × the `work`s they sent. */
   stateIntact: number;
-  /** Epoch ms at which the clients began to leave (sent `quit`), and at which the last one was closed. */
+  /** Epoch ms of the first message and of the `stop` that ended the sending. */
+  streamedFrom: number;
+  streamedUntil: number;
+  /** How late the client's event loop ran while it sent (it delays sends and replies alike), in ms. */
+  eventLoopDelayMs: { p50: number; p99: number; max: number };
+  /** Epoch ms at which the clients began to leave, and at which the last one was closed. */
   quitAt: number;
   leftAt: number;
+  messages: SessionMessages;
   errors: string[];
 }
 

@@ -1,171 +1,591 @@
 /**
- * Scenario 3, long-lived sessions: many game sessions on the example app, each sending a message every
- * 50 ms, are open across a reload. None may be cut, no reply lost or out of order, and new sessions go
- * to the new version. Two ways, both with the example app: sessions that stay on the version that
- * accepted them (`GAME_HANDOFF=off`), whose old generation retires once the clients leave; and
- * sessions handed off live to the new version with their coins (the app's default).
+ * Scenario 3, long-lived sessions (issue 8): game sessions, each exchanging a numbered message every
+ * 20 ms, stay open across several reloads in a row, each with a new version. Three runs: TCP sessions
+ * of the example app handed off live (its default); the same sessions staying on the version that
+ * accepted them (`GAME_HANDOFF=off`: the old generation drains); WebSocket sessions served with `ws`
+ * (test/fixtures/ws-game.mjs) handed off live. It counts every message (cut, lost, duplicated, out of
+ * order), checks each session's version and coins at the end, times every handoff round and the old
+ * generation's exit, and compares the round trips of the messages sent around each reload with the
+ * rest of the same run: the pause a moved session sees against the one a draining session sees.
  */
-import type { SessionsResult } from '../clients/protocol.js';
+import os from 'node:os';
+import {
+  median,
+  quantile,
+  type RoundTripSummary,
+  roundTripsDuringAndWithout,
+  type Window,
+  worstRoundTripPerSession,
+} from '../analysis.js';
+import type { SessionMessages, SessionsResult, SessionTransport } from '../clients/protocol.js';
 import { type BenchContext, pick } from '../context.js';
 import {
+  type ClientProcess,
   exampleAppCopy,
+  type MachineCpu,
+  machineCpu,
+  machineCpuShare,
+  procUsage,
   RELOAD_TIMEOUT_MS,
+  type RunningBaton,
   reload,
   removeAppCopy,
   sleep,
   startBatonApp,
   startSessions,
   stopProcess,
+  treeCpuMs,
   withDeadline,
 } from '../harness.js';
-import { type Check, count, ms, type ScenarioOutcome, versions } from '../report.js';
+import { type Check, count, ms, percent, ratio, type ScenarioOutcome, versions } from '../report.js';
 
+const TITLE = '3. Long-lived sessions across reloads';
 const WORKERS = 2;
-/** A message per session every this many ms. */
-const INTERVAL_MS = 50;
-/** New sessions opened after the switch, to see which version takes them. */
-const PROBE_SESSIONS = 20;
-/**
- * The second probe waits this long after `generation active`: the old workers stop accepting only when
- * they have handled the drain signal, so a session opened at the very moment may still land on them.
- */
-const SETTLED_PROBE_AFTER_MS = 250;
+/** A numbered message per session every this many ms (issue 8). */
+const INTERVAL_MS = 20;
+/** Both games pay this many coins per `work` in every 1.x version. */
+const COINS_PER_WORK = 2;
 /** How many sessions connect at once. */
 const CONNECT_BATCH = 100;
-const OLD_VERSION = '1.0.0';
-const NEW_VERSION = '1.1.0';
+/** New sessions opened after each reload, to see which version takes them. */
+const PROBE_SESSIONS = 20;
+/** Messages sent in the first moments (timers finding their phase, JIT warming) count in no latency figure. */
+const WARM_UP_MS = 500;
+/**
+ * A reload's window runs from the signal until the reload is over (the old generation retired, or, for
+ * a draining one, the new generation active) and this much longer: replies held back by the switch
+ * arrive late, and messages sent just after it queue behind them.
+ */
+const WINDOW_TAIL_MS = 250;
+/** The steady window compared with a reload's ends this long before its signal. */
+const BASELINE_GUARD_MS = 100;
+/** After `sessions moved`, how long the old generation may take to exit before the check fails. */
+const RETIRED_SOON_MS = 1_000;
+/** How long the bench waits for that exit before it moves on (and the check fails). */
+const RETIRE_WAIT_MS = 5_000;
+/** Sessions that stay keep the first generation draining for the whole run: no drain deadline may cut them. */
+const STAY_DRAIN_TIMEOUT = '300s';
+/** Below this share of the messages asked for, or above this share of the machine busy, the load saturates. */
+const SATURATED_SENT_SHARE = 0.95;
+const SATURATED_BUSY_SHARE = 0.9;
+/** On `stop`, how long the client waits for the replies due, then for `whoami`, then for everyone to leave. */
+const REPLY_TIMEOUT_MS = 10_000;
 
-/** How the sessions cross the reload. */
-type Crossing = 'stay' | 'handoff';
+const versionOf = (reloadIndex: number) => `1.${reloadIndex}.0`;
 
-/** One variant's figures, as stored in latest.json. */
-interface SessionsRun extends SessionsResult {
-  crossing: Crossing;
-  /** New sessions opened right at `generation active`, and `SETTLED_PROBE_AFTER_MS` later. */
-  probeAtSwitch: { versions: Record<string, number>; failed: number };
-  probe: { versions: Record<string, number>; failed: number };
-  signalToActiveMs: number;
-  /** From the signal, and from the clients' `quit`, to the old generation retired. */
-  signalToRetiredMs: number;
-  quitToRetiredMs: number;
-  forced: boolean;
+/** Which sessions, and how they cross a reload. */
+interface Variant {
+  id: 'tcp-handoff' | 'tcp-stay' | 'ws-handoff';
+  label: string;
+  transport: SessionTransport;
+  handoff: boolean;
+  sessions: number;
 }
 
-async function runVariant(context: BenchContext, crossing: Crossing, sessions: number): Promise<SessionsRun> {
-  const beforeMs = pick(context, 700, 2000);
-  const afterMs = pick(context, 700, 2000);
-  context.progress(`scenario 3, ${sessions} long-lived sessions across a reload: ${crossing}`);
+function variants(context: BenchContext): Variant[] {
+  const tcp = pick(context, 200, 1000);
+  const ws = pick(context, 50, 200);
+  return [
+    {
+      id: 'tcp-handoff',
+      label: `${count(tcp)} TCP, handed off`,
+      transport: 'tcp',
+      handoff: true,
+      sessions: tcp,
+    },
+    {
+      id: 'tcp-stay',
+      label: `${count(tcp)} TCP, draining (GAME_HANDOFF=off)`,
+      transport: 'tcp',
+      handoff: false,
+      sessions: tcp,
+    },
+    {
+      id: 'ws-handoff',
+      label: `${count(ws)} WebSocket (ws), handed off`,
+      transport: 'websocket',
+      handoff: true,
+      sessions: ws,
+    },
+  ];
+}
+
+/** One reload as the bench saw it: epoch ms, from the master's log but for the signal. */
+interface SessionReload {
+  gen: number;
+  signalAt: number;
+  activeAt: number;
+  /** The master's `sessions moved` for the old generation (handed-off sessions only). */
+  round?: { loggedAt: number; moved: number; kept: number; failed: number; durationMs: number };
+  /** When the old generation retired, if it did before the next reload (a draining one does not). */
+  retiredAt?: number;
+  retiredForced?: boolean;
+  /** Where the sessions opened after the reload went. */
+  probe: { versions: Record<string, number>; failed: number };
+}
+
+/** The pause a session saw in a window: its longest round trip there, over sessions and windows. */
+interface PauseSummary {
+  count: number;
+  median: number;
+  p99: number;
+  max: number;
+}
+
+/** One variant's figures, as stored in latest.json (the messages are summarised, not kept). */
+interface SessionsRun {
+  variant: Variant['id'];
+  label: string;
+  transport: SessionTransport;
+  handoff: boolean;
+  intervalMs: number;
+  result: Omit<SessionsResult, 'messages'>;
+  reloads: SessionReload[];
+  /** Around each reload, and the steady window of the same length before it. */
+  windows: Window[];
+  baselineWindows: Window[];
+  duringReloads: RoundTripSummary;
+  withoutReloads: RoundTripSummary;
+  pauseAtReload: PauseSummary;
+  pauseSteady: PauseSummary;
+  load: {
+    intendedPerSecond: number;
+    sentPerSecond: number;
+    /**
+     * CPU while the sessions streamed, in cores: the machine's busy and stolen time, and whose it was
+     * (`other`: processes the bench did not start, and kernel work no process is charged for).
+     */
+    cores: { machine: number; busy: number; steal: number; baton: number; client: number; other: number };
+  };
+  /** Sessions that stay: their generation's exit once the clients left. */
+  stayedUntilQuit?: { quitToRetiredMs: number; forced: boolean };
+}
+
+/** A reading of every CPU counter the load figures need. */
+interface CpuReading {
+  at: number;
+  machine: MachineCpu;
+  batonMs: number;
+  clientMs: number;
+}
+
+function cpuNow(running: RunningBaton, client: ClientProcess<SessionsResult>): CpuReading {
+  return {
+    at: performance.now(),
+    machine: machineCpu(),
+    batonMs: treeCpuMs(running.baton.pid),
+    clientMs: procUsage(client.pid).cpuMs,
+  };
+}
+
+/** CPU used between two readings, in cores (1 = one core all the time). */
+function coresUsed(before: CpuReading, after: CpuReading): SessionsRun['load']['cores'] {
+  const wallMs = after.at - before.at;
+  const machine = os.cpus().length; // what /proc/stat's `cpu` line adds up
+  const share = machineCpuShare(before.machine, after.machine);
+  const baton = (after.batonMs - before.batonMs) / wallMs;
+  const client = (after.clientMs - before.clientMs) / wallMs;
+  const busy = share.busy * machine;
+  return {
+    machine,
+    busy,
+    steal: share.steal * machine,
+    baton,
+    client,
+    other: Math.max(0, busy - baton - client),
+  };
+}
+
+function pauses(messages: SessionMessages, windows: Window[]): PauseSummary {
+  const sorted = Float64Array.from(worstRoundTripPerSession(messages, windows)).sort();
+  return {
+    count: sorted.length,
+    median: quantile(sorted, 0.5),
+    p99: quantile(sorted, 0.99),
+    max: sorted.length === 0 ? Number.NaN : (sorted.at(-1) as number),
+  };
+}
+
+/**
+ * Signals reload `index` (generation `index + 1`) and waits until it is over: for handed-off sessions,
+ * until they moved and the old generation exited; for sessions that stay, until the new generation is
+ * active (and an earlier generation without sessions retired). Then probes where new sessions go.
+ */
+async function reloadOnce(
+  running: RunningBaton,
+  client: ClientProcess<SessionsResult>,
+  variant: Variant,
+  index: number,
+): Promise<SessionReload> {
+  const { baton } = running;
+  const gen = index + 1;
+  const times = await reload(baton, gen, { workers: WORKERS, awaitRetired: false });
+  const step: SessionReload = {
+    gen,
+    signalAt: times.signalAt,
+    activeAt: times.activeAt,
+    probe: { versions: {}, failed: 0 },
+  };
+  const old = gen - 1;
+  if (variant.handoff) {
+    const moved = await baton.waitForLogMsg('sessions moved', { gen: old }, RELOAD_TIMEOUT_MS);
+    step.round = {
+      loggedAt: moved.time as number,
+      moved: moved.moved as number,
+      kept: moved.kept as number,
+      failed: moved.failed as number,
+      durationMs: moved.durationMs as number,
+    };
+  }
+  // Generation 1 holds the sessions that stay until they leave; any later old generation has none.
+  if (variant.handoff || old > 1) {
+    const retired = await baton
+      .waitForLogMsg('generation retired', { gen: old }, variant.handoff ? RETIRE_WAIT_MS : RELOAD_TIMEOUT_MS)
+      .catch(() => undefined);
+    if (retired) {
+      step.retiredAt = retired.time as number;
+      step.retiredForced = retired.forced === true;
+    }
+  }
+  const probe = await client.probe(PROBE_SESSIONS, RELOAD_TIMEOUT_MS);
+  step.probe = { versions: probe.versions, failed: probe.failed };
+  return step;
+}
+
+/** How many reloads, the steady traffic before the first, and the pause after each one is over. */
+function phases(context: BenchContext): { reloads: number; leadMs: number; gapMs: number } {
+  return { reloads: pick(context, 2, 5), leadMs: pick(context, 1000, 2000), gapMs: pick(context, 800, 1500) };
+}
+
+async function runVariant(context: BenchContext, variant: Variant): Promise<SessionsRun> {
+  const { reloads, leadMs, gapMs } = phases(context);
+  context.progress(`scenario 3, ${variant.label}: ${reloads} reloads`);
   const app = exampleAppCopy();
-  app.setVersion(OLD_VERSION);
-  const { baton, gamePort } = await startBatonApp({
+  app.setVersion(versionOf(0));
+  const running = await startBatonApp({
     workers: WORKERS,
-    app: { kind: 'example', dir: app },
-    env: { GAME_HANDOFF: crossing === 'handoff' ? 'on' : 'off' },
+    app: variant.transport === 'tcp' ? { kind: 'example', dir: app } : { kind: 'ws-game', dir: app },
+    env: variant.transport === 'tcp' ? { GAME_HANDOFF: variant.handoff ? 'on' : 'off' } : {},
+    extraArgs: variant.handoff ? [] : ['--drain-timeout', STAY_DRAIN_TIMEOUT],
   });
   try {
     const client = startSessions({
-      port: gamePort as number,
-      sessions,
+      transport: variant.transport,
+      port: (variant.transport === 'tcp' ? running.gamePort : running.httpPort) as number,
+      sessions: variant.sessions,
       intervalMs: INTERVAL_MS,
+      coinsPerWork: COINS_PER_WORK,
       connectBatch: CONNECT_BATCH,
-      maxDurationMs: beforeMs + afterMs + 2 * RELOAD_TIMEOUT_MS,
-      replyTimeoutMs: 10_000,
+      maxDurationMs: leadMs + reloads * (2 * RELOAD_TIMEOUT_MS + gapMs) + gapMs,
+      replyTimeoutMs: REPLY_TIMEOUT_MS,
     });
-    await withDeadline(client.ready, RELOAD_TIMEOUT_MS, `${sessions} sessions to connect`);
-    await sleep(beforeMs);
-    app.setVersion(NEW_VERSION);
-    const times = await reload(baton, 2, { workers: WORKERS, awaitRetired: false });
-    const probeAtSwitch = await client.probe(PROBE_SESSIONS, RELOAD_TIMEOUT_MS);
-    await sleep(SETTLED_PROBE_AFTER_MS);
-    const probe = await client.probe(PROBE_SESSIONS, RELOAD_TIMEOUT_MS);
-    await sleep(afterMs);
-    const result = await client.stop();
-    const retired = await baton.waitForLogMsg('generation retired', { gen: 1 }, RELOAD_TIMEOUT_MS);
+    await withDeadline(client.ready, RELOAD_TIMEOUT_MS, `${variant.sessions} sessions to connect`);
+    const before = cpuNow(running, client);
+    await sleep(leadMs);
+    const steps: SessionReload[] = [];
+    for (let index = 1; index <= reloads; index++) {
+      app.setVersion(versionOf(index));
+      steps.push(await reloadOnce(running, client, variant, index));
+      context.progress(`  ${variant.id}: reload ${index}/${reloads} done`);
+      await sleep(gapMs);
+    }
+    const cores = coresUsed(before, cpuNow(running, client));
+    const { messages, ...result } = await client.stop();
+    let stayedUntilQuit: SessionsRun['stayedUntilQuit'];
+    if (!variant.handoff) {
+      const retired = await running.baton.waitForLogMsg('generation retired', { gen: 1 }, RELOAD_TIMEOUT_MS);
+      stayedUntilQuit = {
+        quitToRetiredMs: (retired.time as number) - result.quitAt,
+        forced: retired.forced === true,
+      };
+    }
     return {
-      ...result,
-      crossing,
-      probeAtSwitch: { versions: probeAtSwitch.versions, failed: probeAtSwitch.failed },
-      probe: { versions: probe.versions, failed: probe.failed },
-      signalToActiveMs: times.activeAt - times.signalAt,
-      signalToRetiredMs: (retired.time as number) - times.signalAt,
-      quitToRetiredMs: (retired.time as number) - result.quitAt,
-      forced: retired.forced === true,
+      ...analyse(variant, result, messages, steps),
+      load: {
+        intendedPerSecond: (result.connected * 1000) / INTERVAL_MS,
+        sentPerSecond: (result.sent * 1000) / (result.streamedUntil - result.streamedFrom),
+        cores,
+      },
+      ...(stayedUntilQuit ? { stayedUntilQuit } : {}),
     };
   } finally {
-    await stopProcess(baton);
+    await stopProcess(running.baton);
     removeAppCopy(app);
   }
 }
 
-const LABELS: Record<Crossing, string> = {
-  stay: 'stay on their version (GAME_HANDOFF=off)',
-  handoff: 'handed off live (the default)',
-};
+function analyse(
+  variant: Variant,
+  result: Omit<SessionsResult, 'messages'>,
+  messages: SessionMessages,
+  steps: SessionReload[],
+): Omit<SessionsRun, 'load' | 'stayedUntilQuit'> {
+  const warmUpUntil = result.streamedFrom + WARM_UP_MS;
+  const windows = steps.map((step) => ({
+    from: step.signalAt,
+    to: (step.retiredAt ?? step.round?.loggedAt ?? step.activeAt) + WINDOW_TAIL_MS,
+  }));
+  // As long as its reload's window, just before the signal, after the warm-up and the previous window.
+  const baselineWindows = windows.map((window, index) => {
+    const to = window.from - BASELINE_GUARD_MS;
+    const earliest = Math.max(warmUpUntil, windows[index - 1]?.to ?? warmUpUntil);
+    return { from: Math.max(earliest, to - (window.to - window.from)), to };
+  });
+  const { during, without } = roundTripsDuringAndWithout(messages, windows, warmUpUntil);
+  return {
+    variant: variant.id,
+    label: variant.label,
+    transport: variant.transport,
+    handoff: variant.handoff,
+    intervalMs: INTERVAL_MS,
+    result,
+    reloads: steps,
+    windows,
+    baselineWindows,
+    duringReloads: during,
+    withoutReloads: without,
+    pauseAtReload: pauses(messages, windows),
+    pauseSteady: pauses(messages, baselineWindows),
+  };
+}
 
-/** Runs scenario 3, both ways. */
+const medianAndMax = (values: number[]) =>
+  values.length === 0 ? 'n/a' : `${ms(median(values))} (max ${ms(Math.max(...values))})`;
+
+/** `a / b (×a/b)`. */
+const against = (during: number, without: number) =>
+  `${ms(during)} / ${ms(without)} (${ratio(during / without)})`;
+
+function rounds(run: SessionsRun): NonNullable<SessionReload['round']>[] {
+  return run.reloads.flatMap((step) => (step.round ? [step.round] : []));
+}
+
+function checksOf(run: SessionsRun): Check[] {
+  const { result } = run;
+  const newest = versionOf(run.reloads.length);
+  const endVersion = run.handoff ? newest : versionOf(0);
+  const probed = run.reloads.reduce(
+    (sum, step) => sum + (step.probe.versions[versionOf(step.gen - 1)] ?? 0),
+    0,
+  );
+  const checks: Check[] = [
+    {
+      what: `${run.label}: ${count(result.connected)} sessions, ${count(result.sent)} messages over ${run.reloads.length} reloads: 0 cut, 0 lost, 0 duplicated, 0 out of order`,
+      ok:
+        result.connected === result.sessions &&
+        result.sent > 0 &&
+        result.cut === 0 &&
+        result.lost === 0 &&
+        result.duplicated === 0 &&
+        result.outOfOrder === 0 &&
+        result.unexpected === 0,
+    },
+    {
+      what: `${run.label}: every session ended on ${endVersion}${run.handoff ? ' (the newest)' : ' (the version that accepted it)'} with its coins intact`,
+      ok: result.versionsAtEnd[endVersion] === result.connected && result.stateIntact === result.connected,
+    },
+    {
+      what: `${run.label}: the ${PROBE_SESSIONS} sessions opened after each reload went to that reload's version`,
+      ok: probed === PROBE_SESSIONS * run.reloads.length,
+    },
+  ];
+  if (run.handoff) {
+    checks.push({
+      what: `${run.label}: at each reload every session moved and the old generation exited within ${ms(RETIRED_SOON_MS)} of the master's \`sessions moved\``,
+      ok: run.reloads.every(
+        (step) =>
+          step.round !== undefined &&
+          step.round.moved === result.connected &&
+          step.round.kept === 0 &&
+          step.round.failed === 0 &&
+          step.retiredAt !== undefined &&
+          !step.retiredForced &&
+          step.retiredAt - step.round.loggedAt <= RETIRED_SOON_MS,
+      ),
+    });
+  } else {
+    checks.push({
+      what: `${run.label}: the first generation served its sessions to the end and retired on its own once they left`,
+      ok: run.stayedUntilQuit !== undefined && !run.stayedUntilQuit.forced,
+    });
+  }
+  return checks;
+}
+
+/** `1.23`: a count of cores. */
+const inCores = (value: number) => (Number.isFinite(value) ? value.toFixed(2) : 'n/a');
+
+/** Whether the load got what it asked for, said plainly when the machine was the limit. */
+function loadNote(runs: SessionsRun[]): string {
+  const saturated = runs.filter(
+    (run) =>
+      run.load.sentPerSecond < SATURATED_SENT_SHARE * run.load.intendedPerSecond ||
+      run.load.cores.busy > SATURATED_BUSY_SHARE * run.load.cores.machine,
+  );
+  if (saturated.length === 0) return 'The load did not saturate the machine.';
+  const described = saturated.map(
+    (run) =>
+      `${run.label}: ${count(run.load.sentPerSecond)} of ${count(run.load.intendedPerSecond)} messages/s sent, ${inCores(run.load.cores.busy)} of ${run.load.cores.machine} cores busy (baton ${inCores(run.load.cores.baton)}, client ${inCores(run.load.cores.client)}, everything else ${inCores(run.load.cores.other)})`,
+  );
+  return `The load saturates the machine (${described.join('; ')}): the client's timers fire late, so it sends fewer messages than asked, and every round trip includes waiting for a core, around the reloads and outside them alike.`;
+}
+
+/** Runs scenario 3: TCP sessions handed off and draining, and WebSocket sessions handed off. */
 export async function longSessions(context: BenchContext): Promise<ScenarioOutcome> {
-  const sessions = pick(context, 200, 1000);
   const runs: SessionsRun[] = [];
-  for (const crossing of ['stay', 'handoff'] as const)
-    runs.push(await runVariant(context, crossing, sessions));
-  const checks: Check[] = runs.flatMap((run) => [
-    {
-      what: `${LABELS[run.crossing]}: ${count(run.connected)} sessions, 0 cut, 0 lost, 0 out of order, every session's coins intact`,
-      ok:
-        run.connected === sessions &&
-        run.cut === 0 &&
-        run.lost === 0 &&
-        run.outOfOrder === 0 &&
-        run.stateIntact === run.connected &&
-        run.sent > 0,
-    },
-    {
-      what: `${LABELS[run.crossing]}: the ${PROBE_SESSIONS} sessions opened ${SETTLED_PROBE_AFTER_MS} ms after the switch went to ${NEW_VERSION}`,
-      ok: run.probe.failed === 0 && run.probe.versions[NEW_VERSION] === PROBE_SESSIONS,
-    },
-    {
-      what: `${LABELS[run.crossing]}: sessions ended on ${run.crossing === 'stay' ? OLD_VERSION : NEW_VERSION}, and the old generation retired on its own`,
-      ok:
-        run.versionsAtEnd[run.crossing === 'stay' ? OLD_VERSION : NEW_VERSION] === run.connected &&
-        !run.forced,
-    },
-  ]);
+  for (const variant of variants(context)) runs.push(await runVariant(context, variant));
+  const row = (label: string, cell: (run: SessionsRun) => string) => [label, ...runs.map(cell)];
+  const forHandoff = (cell: (run: SessionsRun) => string) => (run: SessionsRun) =>
+    run.handoff ? cell(run) : 'n/a';
+  const headline = runs
+    .map(
+      (run) =>
+        `${run.label}: ${ms(run.pauseAtReload.median)} (max ${ms(run.pauseAtReload.max)}) against ${ms(run.pauseSteady.median)} when steady`,
+    )
+    .join('; ');
   return {
     id: 'sessions',
-    title: '3. Long-lived sessions across a reload',
+    title: TITLE,
     data: runs,
     sections: [
       {
-        title: '',
-        header: [
-          'sessions',
-          'messages',
-          'cut',
-          'lost',
-          'out of order',
-          'coins intact',
-          'at the end on',
-          'new sessions at the switch',
-          `new sessions ${SETTLED_PROBE_AFTER_MS} ms later`,
-          'old generation retired',
+        title: 'Every message, every session',
+        header: ['', ...runs.map((run) => run.label)],
+        rows: [
+          row('reloads, each with a new version', (run) => count(run.reloads.length)),
+          row('sessions', (run) => `${count(run.result.connected)} / ${count(run.result.sessions)}`),
+          row(
+            'messages sent (answered)',
+            (run) => `${count(run.result.sent)} (${count(run.result.answered)})`,
+          ),
+          row('cut', (run) => count(run.result.cut)),
+          row('lost', (run) => count(run.result.lost)),
+          row('duplicated', (run) => count(run.result.duplicated)),
+          row('out of order', (run) => count(run.result.outOfOrder)),
+          row(
+            'coins intact at the end',
+            (run) => `${count(run.result.stateIntact)} / ${count(run.result.connected)}`,
+          ),
+          row('at the end on', (run) => versions(run.result.versionsAtEnd)),
+          row('new sessions after each reload, on its new version', (run) => {
+            const onNew = run.reloads.reduce(
+              (sum, step) => sum + (step.probe.versions[versionOf(step.gen - 1)] ?? 0),
+              0,
+            );
+            return `${count(onNew)} / ${count(PROBE_SESSIONS * run.reloads.length)}`;
+          }),
         ],
-        rows: runs.map((run) => [
-          `${count(run.connected)} that ${LABELS[run.crossing]}`,
-          count(run.sent),
-          count(run.cut),
-          count(run.lost),
-          count(run.outOfOrder),
-          `${count(run.stateIntact)} / ${count(run.connected)}`,
-          versions(run.versionsAtEnd),
-          versions(run.probeAtSwitch.versions),
-          versions(run.probe.versions),
-          run.crossing === 'stay'
-            ? `${ms(run.quitToRetiredMs)} after the clients quit`
-            : `${ms(run.signalToRetiredMs)} after the signal`,
-        ]),
-        note: `Sessions of the example app's game listener (${WORKERS} workers), each sending \`work\` every ${INTERVAL_MS} ms and checking that its coins grow by 2 per reply; the reload comes after ${ms(pick(context, 700, 2000))} of traffic; "at the switch" is as soon as the master logged \`generation active\` (the old workers still accept until they handle the drain signal); the clients ask \`whoami\` and quit ${ms(pick(context, 700, 2000))} after the new generation is active.`,
+        note: `Each session sends a numbered message every ${INTERVAL_MS} ms, \`work\` and \`ping <n>\` in turn, pipelined, and matches every reply to its message (\`pong <n>\`; \`coins <c>\` names the (c/${COINS_PER_WORK})-th \`work\`): lost = never answered, duplicated = answered twice, out of order = answered after a later one. At the end each session asks \`whoami\`: its version, and coins that must equal ${COINS_PER_WORK} × the \`work\`s it sent. TCP: the example app's game listener; WebSocket: test/fixtures/ws-game.mjs with \`ws\`, no compression. ${WORKERS} workers.`,
+      },
+      {
+        title: 'Each reload (median over the reloads, max in brackets)',
+        header: ['', ...runs.map((run) => run.label)],
+        rows: [
+          row('signal → new generation active', (run) =>
+            medianAndMax(run.reloads.map((step) => step.activeAt - step.signalAt)),
+          ),
+          row(
+            'sessions moved (kept, failed)',
+            forHandoff((run) => {
+              const moved = rounds(run).map((round) => round.moved);
+              const range =
+                Math.min(...moved) === Math.max(...moved)
+                  ? count(moved[0] ?? 0)
+                  : `${count(Math.min(...moved))}–${count(Math.max(...moved))}`;
+              const sum = (field: 'kept' | 'failed') =>
+                rounds(run).reduce((total, round) => total + round[field], 0);
+              return `${range} (${count(sum('kept'))}, ${count(sum('failed'))})`;
+            }),
+          ),
+          row(
+            'handoff round (`sessions moved` durationMs)',
+            forHandoff((run) => medianAndMax(rounds(run).map((round) => round.durationMs))),
+          ),
+          row(
+            'sessions moved per second (min)',
+            forHandoff((run) => {
+              const rates = rounds(run).map((round) => (round.moved * 1000) / round.durationMs);
+              return `${count(median(rates))} (${count(Math.min(...rates))})`;
+            }),
+          ),
+          row(
+            'sessions moved → old generation retired',
+            forHandoff((run) =>
+              medianAndMax(
+                run.reloads.flatMap((step) =>
+                  step.round && step.retiredAt !== undefined ? [step.retiredAt - step.round.loggedAt] : [],
+                ),
+              ),
+            ),
+          ),
+          row('signal → old generation retired', (run) =>
+            run.handoff
+              ? medianAndMax(
+                  run.reloads.flatMap((step) =>
+                    step.retiredAt === undefined ? [] : [step.retiredAt - step.signalAt],
+                  ),
+                )
+              : `${ms(run.stayedUntilQuit?.quitToRetiredMs ?? Number.NaN)} after the clients left`,
+          ),
+        ],
+        note: `Handed-off sessions: the reload is over when the master logged \`sessions moved\` and the old generation retired; the next comes ${ms(phases(context).gapMs)} later. Sessions moved per second: \`moved\` / \`durationMs\` of the master's \`sessions moved\` line, per round. Draining sessions stay on generation 1 (${versionOf(0)}) for the whole run (\`--drain-timeout ${STAY_DRAIN_TIMEOUT}\`); the later generations have none and retire at once.`,
+      },
+      {
+        title: 'Round trip of a message around a reload, against the rest of the same run',
+        header: ['', ...runs.map((run) => run.label)],
+        rows: [
+          row(
+            'messages around reloads / the rest',
+            (run) => `${count(run.duringReloads.count)} / ${count(run.withoutReloads.count)}`,
+          ),
+          row('p50 around reloads / the rest', (run) =>
+            against(run.duringReloads.p50, run.withoutReloads.p50),
+          ),
+          row('p99 around reloads / the rest', (run) =>
+            against(run.duringReloads.p99, run.withoutReloads.p99),
+          ),
+          row('max around reloads / the rest', (run) =>
+            against(run.duringReloads.max, run.withoutReloads.max),
+          ),
+          row('pause of a session at a reload / steady (median)', (run) =>
+            against(run.pauseAtReload.median, run.pauseSteady.median),
+          ),
+          row('pause of a session at a reload / steady (p99)', (run) =>
+            against(run.pauseAtReload.p99, run.pauseSteady.p99),
+          ),
+          row('pause of a session at a reload / steady (max)', (run) =>
+            against(run.pauseAtReload.max, run.pauseSteady.max),
+          ),
+        ],
+        note: `The pause a session sees at a reload, median over sessions and reloads (max): ${headline}. "Around a reload" is every message sent from the signal until the reload was over, plus ${ms(WINDOW_TAIL_MS)}; "the rest" is every other message after the first ${ms(WARM_UP_MS)}. A session's pause is its longest round trip in a window, one per session and reload; "steady" is the same over a window of the same length ending ${ms(BASELINE_GUARD_MS)} before each signal.`,
+      },
+      {
+        title: 'The load',
+        header: ['', ...runs.map((run) => run.label)],
+        rows: [
+          row(
+            'messages per second: sent / intended',
+            (run) =>
+              `${count(run.load.sentPerSecond)} / ${count(run.load.intendedPerSecond)} (${percent(run.load.sentPerSecond / run.load.intendedPerSecond)})`,
+          ),
+          row(
+            'client event loop late: p99 (max)',
+            (run) => `${ms(run.result.eventLoopDelayMs.p99)} (${ms(run.result.eventLoopDelayMs.max)})`,
+          ),
+          row(
+            'CPU, in cores: machine busy (stolen)',
+            (run) =>
+              `${inCores(run.load.cores.busy)} of ${run.load.cores.machine} (${inCores(run.load.cores.steal)})`,
+          ),
+          row('CPU, in cores: baton master and workers', (run) => inCores(run.load.cores.baton)),
+          row('CPU, in cores: the client', (run) => inCores(run.load.cores.client)),
+          row('CPU, in cores: everything else (other processes, interrupts)', (run) =>
+            inCores(run.load.cores.other),
+          ),
+        ],
+        note: `Master, workers and the client share the machine's cores. ${loadNote(runs)}`,
       },
     ],
-    checks,
+    checks: runs.flatMap(checksOf),
   };
 }
