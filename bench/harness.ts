@@ -18,7 +18,7 @@ import {
   startBaton,
   startNode,
 } from '../test/helpers/processes.js';
-import { withDeadline } from '../test/helpers/wait.js';
+import { waitFor, withDeadline } from '../test/helpers/wait.js';
 import type {
   ClientConfig,
   FromClient,
@@ -31,7 +31,7 @@ import type {
   ToClient,
 } from './clients/protocol.js';
 
-export { type AppDir, type BatonProcess, REPO_ROOT, withDeadline };
+export { type AppDir, type BatonProcess, REPO_ROOT, waitFor, withDeadline };
 
 /** The Node running the bench (Node 24 from the project); workers and apps run on the same one. */
 export const NODE = process.execPath;
