@@ -111,13 +111,28 @@ function variants(context: BenchContext): Variant[] {
   ];
 }
 
+/**
+ * One handoff round, from the master's `sessions moved` line. `kind` and `outcome` come with the
+ * commit protocol: a `switch` round before the new generation takes over, then a `sweep` round for
+ * sessions accepted meanwhile (logged only when it found some).
+ */
+interface HandoffRound {
+  kind?: string;
+  outcome?: string;
+  loggedAt: number;
+  moved: number;
+  kept: number;
+  failed: number;
+  durationMs: number;
+}
+
 /** One reload as the bench saw it: epoch ms, from the master's log but for the signal. */
 interface SessionReload {
   gen: number;
   signalAt: number;
   activeAt: number;
-  /** The master's `sessions moved` for the old generation (handed-off sessions only). */
-  round?: { loggedAt: number; moved: number; kept: number; failed: number; durationMs: number };
+  /** The master's `sessions moved` lines for the old generation, in order (handed-off sessions only). */
+  rounds: HandoffRound[];
   /** When the old generation retired, if it did before the next reload (a draining one does not). */
   retiredAt?: number;
   retiredForced?: boolean;
@@ -244,19 +259,11 @@ async function reloadOnce(
     gen,
     signalAt: times.signalAt,
     activeAt: times.activeAt,
+    rounds: [],
     probe: { versions: {}, failed: 0 },
   };
   const old = gen - 1;
-  if (variant.handoff) {
-    const moved = await baton.waitForLogMsg('sessions moved', { gen: old }, RELOAD_TIMEOUT_MS);
-    step.round = {
-      loggedAt: moved.time as number,
-      moved: moved.moved as number,
-      kept: moved.kept as number,
-      failed: moved.failed as number,
-      durationMs: moved.durationMs as number,
-    };
-  }
+  if (variant.handoff) await baton.waitForLogMsg('sessions moved', { gen: old }, RELOAD_TIMEOUT_MS);
   // Generation 1 holds the sessions that stay until they leave; any later old generation has none.
   if (!variant.handoff && old === 1) await stoppedAccepting(running, old);
   if (variant.handoff || old > 1) {
@@ -268,6 +275,18 @@ async function reloadOnce(
       step.retiredForced = retired.forced === true;
     }
   }
+  // Every round of this reload has ended by the time the old generation is gone.
+  step.rounds = baton.logs
+    .filter((entry) => entry.msg === 'sessions moved' && entry.gen === old)
+    .map((entry) => ({
+      ...(typeof entry.kind === 'string' ? { kind: entry.kind } : {}),
+      ...(typeof entry.outcome === 'string' ? { outcome: entry.outcome } : {}),
+      loggedAt: entry.time as number,
+      moved: entry.moved as number,
+      kept: entry.kept as number,
+      failed: entry.failed as number,
+      durationMs: entry.durationMs as number,
+    }));
   const probe = await client.probe(PROBE_SESSIONS, RELOAD_TIMEOUT_MS);
   step.probe = { versions: probe.versions, failed: probe.failed };
   return step;
@@ -344,7 +363,7 @@ function analyse(
   const warmUpUntil = result.streamedFrom + WARM_UP_MS;
   const windows = steps.map((step) => ({
     from: step.signalAt,
-    to: (step.retiredAt ?? step.round?.loggedAt ?? step.activeAt) + WINDOW_TAIL_MS,
+    to: (step.retiredAt ?? step.rounds.at(-1)?.loggedAt ?? step.activeAt) + WINDOW_TAIL_MS,
   }));
   // As long as its reload's window, just before the signal, after the warm-up and the previous window.
   const baselineWindows = windows.map((window, index) => {
@@ -377,8 +396,19 @@ const medianAndMax = (values: number[]) =>
 const against = (during: number, without: number) =>
   `${ms(during)} / ${ms(without)} (${ratio(during / without)})`;
 
-function rounds(run: SessionsRun): NonNullable<SessionReload['round']>[] {
-  return run.reloads.flatMap((step) => (step.round ? [step.round] : []));
+/** Each reload's first round: the one that moves the sessions (the `switch` round, with the commit protocol). */
+function firstRounds(run: SessionsRun): HandoffRound[] {
+  return run.reloads.flatMap((step) => step.rounds.slice(0, 1));
+}
+
+/** Sessions moved, kept or failed in all the rounds of a reload. */
+function total(step: SessionReload, field: 'moved' | 'kept' | 'failed'): number {
+  return step.rounds.reduce((sum, round) => sum + round[field], 0);
+}
+
+/** When the last round of a reload ended. */
+function lastRoundAt(step: SessionReload): number | undefined {
+  return step.rounds.at(-1)?.loggedAt;
 }
 
 function checksOf(run: SessionsRun): Check[] {
@@ -415,13 +445,14 @@ function checksOf(run: SessionsRun): Check[] {
       what: `${run.label}: at each reload every session moved and the old generation exited within ${ms(RETIRED_SOON_MS)} of the master's \`sessions moved\``,
       ok: run.reloads.every(
         (step) =>
-          step.round !== undefined &&
-          step.round.moved === result.connected &&
-          step.round.kept === 0 &&
-          step.round.failed === 0 &&
+          step.rounds.length > 0 &&
+          step.rounds.every((round) => round.outcome === undefined || round.outcome === 'committed') &&
+          total(step, 'moved') === result.connected &&
+          total(step, 'kept') === 0 &&
+          total(step, 'failed') === 0 &&
           step.retiredAt !== undefined &&
           !step.retiredForced &&
-          step.retiredAt - step.round.loggedAt <= RETIRED_SOON_MS,
+          step.retiredAt - (lastRoundAt(step) ?? Number.NaN) <= RETIRED_SOON_MS,
       ),
     });
   } else {
@@ -508,24 +539,24 @@ export async function longSessions(context: BenchContext): Promise<ScenarioOutco
           row(
             'sessions moved (kept, failed)',
             forHandoff((run) => {
-              const moved = rounds(run).map((round) => round.moved);
+              const moved = run.reloads.map((step) => total(step, 'moved'));
               const range =
                 Math.min(...moved) === Math.max(...moved)
                   ? count(moved[0] ?? 0)
                   : `${count(Math.min(...moved))}–${count(Math.max(...moved))}`;
               const sum = (field: 'kept' | 'failed') =>
-                rounds(run).reduce((total, round) => total + round[field], 0);
+                run.reloads.reduce((all, step) => all + total(step, field), 0);
               return `${range} (${count(sum('kept'))}, ${count(sum('failed'))})`;
             }),
           ),
           row(
             'handoff round (`sessions moved` durationMs)',
-            forHandoff((run) => medianAndMax(rounds(run).map((round) => round.durationMs))),
+            forHandoff((run) => medianAndMax(firstRounds(run).map((round) => round.durationMs))),
           ),
           row(
             'sessions moved per second (min)',
             forHandoff((run) => {
-              const rates = rounds(run).map((round) => (round.moved * 1000) / round.durationMs);
+              const rates = firstRounds(run).map((round) => (round.moved * 1000) / round.durationMs);
               return `${count(median(rates))} (${count(Math.min(...rates))})`;
             }),
           ),
@@ -533,9 +564,12 @@ export async function longSessions(context: BenchContext): Promise<ScenarioOutco
             'sessions moved → old generation retired',
             forHandoff((run) =>
               medianAndMax(
-                run.reloads.flatMap((step) =>
-                  step.round && step.retiredAt !== undefined ? [step.retiredAt - step.round.loggedAt] : [],
-                ),
+                run.reloads.flatMap((step) => {
+                  const movedAt = lastRoundAt(step);
+                  return movedAt !== undefined && step.retiredAt !== undefined
+                    ? [step.retiredAt - movedAt]
+                    : [];
+                }),
               ),
             ),
           ),
@@ -549,7 +583,7 @@ export async function longSessions(context: BenchContext): Promise<ScenarioOutco
               : `${ms(run.stayedUntilQuit?.quitToRetiredMs ?? Number.NaN)} after the clients left`,
           ),
         ],
-        note: `Handed-off sessions: the reload is over when the master logged \`sessions moved\` and the old generation retired; the next comes ${ms(phases(context).gapMs)} later. Sessions moved per second: \`moved\` / \`durationMs\` of the master's \`sessions moved\` line, per round. Draining sessions stay on generation 1 (${versionOf(0)}) for the whole run (\`--drain-timeout ${STAY_DRAIN_TIMEOUT}\`); the later generations have none and retire at once.`,
+        note: `Handed-off sessions: the reload is over when the master logged \`sessions moved\` and the old generation retired; the next comes ${ms(phases(context).gapMs)} later. Sessions moved per second: \`moved\` / \`durationMs\` of the master's \`sessions moved\` line, for the round that moves them (the \`switch\` round with the commit protocol; a \`sweep\` round after it, if any, counts in the sessions moved). Draining sessions stay on generation 1 (${versionOf(0)}) for the whole run (\`--drain-timeout ${STAY_DRAIN_TIMEOUT}\`); the later generations have none and retire at once.`,
       },
       {
         title: 'Round trip of a message around a reload, against the rest of the same run',
