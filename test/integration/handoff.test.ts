@@ -354,6 +354,11 @@ describe('live session handoff', () => {
         expect(await session.request('whoami')).toMatch(/^version=1\.0\.0 pid=\d+ coins=2$/);
         expect(await session.request('work')).toBe('coins 4');
       }
+      // A new player lands on version 2 once the old workers stopped accepting (they log it as they drain).
+      await waitFor(() => baton.output.split('app draining version=1.0.0').length - 1 >= 2, {
+        timeoutMs: 10_000,
+        what: 'both old workers draining',
+      });
       const fresh = gameSession(gamePort);
       expect((await fresh.welcome).version).toBe('2.0.0');
       for (const session of sessions) {
