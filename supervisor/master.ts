@@ -65,6 +65,7 @@ export type MasterEvent =
     }
   | { type: 'ready-timeout'; worker: Worker }
   | { type: 'worker-kill-due'; worker: Worker }
+  | { type: 'stop-reminder' }
   | { type: 'drain-timeout'; generation: Generation }
   | { type: 'restart-due'; generation: Generation; slot: number }
   | { type: 'handoff-connection'; worker: Worker; message: unknown; handle: unknown }
@@ -188,6 +189,15 @@ export const EXITED_WORKERS_KEPT = 20;
 /** How many generations that have ended the master remembers (for status). */
 export const RETIRED_GENERATIONS_KEPT = 10;
 
+/**
+ * A SIGINT this soon after the one that started the stop is the same Ctrl-C again (the terminal sends
+ * it to the whole process group, and npm passes it on too): ignored. A later one stops at once.
+ */
+export const REPEATED_INTERRUPT_MS = 1_000;
+
+/** While a stop waits for connections to end, the master says so this often. */
+export const STOP_REMINDER_MS = 5_000;
+
 /** Environment variables the master never passes on: they describe the master's own parent, not the worker's. */
 const ENV_NOT_INHERITED = [
   'LISTEN_FDS',
@@ -213,6 +223,8 @@ export class Master {
   private reloadQueued = false;
   private startFailure: GenerationFailedError | undefined;
   private killedAtStopDeadline = false;
+  /** When the stop began (for a repeated Ctrl-C). */
+  private stopStartedAt: number | undefined;
   private resolveFinished: (exitCode: number) => void = () => {};
   /** Replacement workers starting (key), and the serving worker each one will replace (value). */
   private readonly replacements = new Map<Worker, Worker>();
@@ -242,6 +254,7 @@ export class Master {
     },
     'ready-timeout': (event) => this.onReadyTimeout(event.worker),
     'worker-kill-due': (event) => this.kill(event.worker, 'SIGKILL'),
+    'stop-reminder': () => this.remindOfStop(),
     'drain-timeout': (event) => this.onDrainTimeout(event.generation),
     'restart-due': (event) => this.onRestartDue(event.generation, event.slot),
     'handoff-connection': (event) => this.handoff.onHandle(event.worker, event.message, event.handle),
@@ -1112,16 +1125,20 @@ export class Master {
   private onStop(fast: boolean, source: string): void {
     if (this.state === 'stopped') return;
     if (this.state === 'stopping') {
-      if (fast) {
+      const sinceStop = this.now() - (this.stopStartedAt ?? 0);
+      if (!fast && source === 'SIGINT' && sinceStop < REPEATED_INTERRUPT_MS) {
+        this.log.debug({ source, sinceStopMs: sinceStop }, 'the same Ctrl-C again: ignored');
+      } else if (fast || source === 'SIGINT') {
         this.log.warn({ source }, 'fast stop: killing every worker');
         for (const generation of this.generations) this.force(generation);
         this.dryRuns.stopAll(true);
       } else {
-        this.log.info({ source }, 'stop already in progress; send SIGQUIT to stop at once');
+        this.log.info({ source }, 'stop already in progress; Ctrl-C again or SIGQUIT stops at once');
       }
       return;
     }
     this.state = 'stopping';
+    this.stopStartedAt = this.now();
     this.reloadQueued = false;
     this.log.info({ source, fast }, fast ? 'stopping now' : 'stopping: draining every generation');
     this.report({ kind: 'stopping', fast });
@@ -1135,6 +1152,34 @@ export class Master {
       if (fast) this.force(generation);
     }
     this.finishIfStopped();
+    if (!fast) this.context.os.setTimer(STOP_REMINDER_MS, () => this.dispatch({ type: 'stop-reminder' }));
+  }
+
+  /** A stop that takes long says what it waits for, and how to cut it short. */
+  private remindOfStop(): void {
+    if (this.state !== 'stopping') return;
+    const waiting = this.generations.filter((generation) => generation.liveWorkers.length > 0);
+    if (waiting.length === 0) return;
+    const connections = (generation: Generation) =>
+      generation.liveWorkers.reduce((sum, worker) => sum + (worker.connections ?? 0), 0);
+    const killInMs = Math.max(
+      0,
+      ...waiting.map(
+        (generation) => (generation.drainStartedAt ?? this.now()) + this.options.drainTimeoutMs - this.now(),
+      ),
+    );
+    this.log.info(
+      {
+        generations: waiting.map((generation) => ({
+          gen: generation.id,
+          workers: generation.liveWorkers.length,
+          connections: connections(generation),
+        })),
+        killInMs,
+      },
+      `still stopping: waiting for ${waiting.reduce((sum, generation) => sum + connections(generation), 0)} open connection(s) to end, at most ${Math.ceil(killInMs / 1000)} s more (--drain-timeout); Ctrl-C again or SIGQUIT stops at once`,
+    );
+    this.context.os.setTimer(STOP_REMINDER_MS, () => this.dispatch({ type: 'stop-reminder' }));
   }
 
   private finishIfStopped(): void {

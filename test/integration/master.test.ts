@@ -297,6 +297,31 @@ describe('workers and the master stop as they should', () => {
   });
 });
 
+describe('a stop that waits for a session', () => {
+  test('a repeated Ctrl-C at once is the same one; the master says what it waits for; Ctrl-C again later stops at once', async () => {
+    const { baton, gamePort } = await startApp();
+    const player = gameSession(gamePort);
+    expect(await player.request('work')).toBe('coins 2');
+    // What a terminal and npm do: the same SIGINT twice, a moment apart.
+    baton.signal('SIGINT');
+    baton.signal('SIGINT');
+    await baton.waitForLogMsg('stopping: draining every generation');
+    const reminder = await waitFor(
+      () => baton.logs.find((entry) => String(entry.msg).startsWith('still stopping')),
+      { timeoutMs: 10_000, what: 'the master saying what the stop waits for' },
+    );
+    expect(reminder.msg).toMatch(/waiting for 1 open connection\(s\) to end, at most \d+ s more/);
+    expect(reminder.generations).toEqual([{ gen: 1, workers: expect.any(Number), connections: 1 }]);
+    expect(baton.logs.some((entry) => entry.msg === 'fast stop: killing every worker')).toBe(false);
+    expect(await player.request('work')).toBe('coins 4');
+
+    baton.signal('SIGINT');
+    await baton.waitForLogMsg('fast stop: killing every worker');
+    expect((await baton.waitForExit(10_000)).exitCode).not.toBeNull();
+    await player.closed;
+  });
+});
+
 describe('bad input gets one clear line and a non-zero exit', () => {
   async function runBad(args: string[], cwd?: string) {
     const baton = startBaton(args, cwd ? { cwd } : {});
