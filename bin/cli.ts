@@ -238,7 +238,7 @@ async function main(): Promise<number> {
           process.env,
           process.cwd(),
         );
-        exitCode = await runMaster(options, logger, control);
+        exitCode = await runMaster(options, logger, control, { failureOnStderr: argv.pretty !== true });
       },
     )
     .command(

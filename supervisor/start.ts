@@ -25,6 +25,8 @@ export async function runMaster(
   options: MasterOptions,
   logger: Logger,
   control: ControlSettings,
+  /** Also say why the first generation failed as one `baton: …` line on stderr (JSON logs go to stdout). */
+  { failureOnStderr = false } = {},
 ): Promise<number> {
   // Signals first: one that comes while the listeners are being opened is queued, not fatal
   // (SIGUSR2's default action would kill the master).
@@ -110,6 +112,9 @@ export async function runMaster(
   unrouteSignals();
   await controlServer.close();
   await metrics?.close();
-  if (master.startError) logger.error({ exitCode }, master.startError.message);
+  if (master.startError) {
+    logger.error({ exitCode }, master.startError.message);
+    if (failureOnStderr) process.stderr.write(`baton: ${master.startError.message}\n`);
+  }
   return exitCode;
 }
