@@ -132,7 +132,7 @@ function startOptions(argv: Argv) {
       requiresArg: true,
       default: DEFAULTS.ready,
       describe:
-        "How a worker says it is ready: auto (the IPC message 'ready' or READY=1 on the pipe in BATON_NOTIFY_FD), ipc, notify, poll (seen in /proc waiting on a listener, for unmodified programs), or delay:<duration>",
+        "How a worker says it is ready: auto (the IPC message 'ready' or READY=1 on the pipe in BATON_NOTIFY_FD; for a command that is not node, also poll), ipc, notify, poll (seen in /proc waiting on a listener, for unmodified programs), or delay:<duration>",
     })
     .option('name', {
       type: 'string',

@@ -5,6 +5,7 @@
  * queues.
  */
 
+import path from 'node:path';
 import {
   crashesAfterExit,
   decideReload,
@@ -181,6 +182,14 @@ export interface MasterContext {
   writeStderr(chunk: Buffer): void;
   /** The version label of a new generation (read anew at each reload); the generation number when undefined. */
   versionLabel?: () => string | undefined;
+}
+
+/** Runtimes whose programs say ready over the IPC channel (`process.send('ready')`, the child API). */
+const IPC_RUNTIMES = new Set(['node', 'nodejs', 'bun']);
+
+/** Whether `command` (resolved) is a runtime whose workers say ready over IPC. */
+export function speaksIpc(command: string): boolean {
+  return IPC_RUNTIMES.has(path.basename(command).replace(/\.exe$/, ''));
 }
 
 /** How many exited workers a serving generation remembers (for status); a long crash loop forgets the oldest. */
@@ -496,7 +505,10 @@ export class Master {
     const readiness = this.options.ready;
     if (readiness.kind === 'delay') {
       this.context.os.setTimer(readiness.ms, () => this.dispatch({ type: 'ready-delay-passed', worker }));
-    } else if (readiness.kind === 'poll') {
+    } else if (readiness.kind === 'poll' || (readiness.kind === 'auto' && !speaksIpc(command))) {
+      // `auto` also watches a program that is not Node accept, so that an unmodified server (one
+      // written for a systemd .socket unit) is ready without a flag. Node workers say ready over IPC:
+      // one that listens before it is ready (warming a cache) must not be taken for ready early.
       this.scheduleReadyProbe(worker);
     }
     this.log.debug({ gen: generation.id, worker: slotIndex, pid: worker.pid }, 'worker spawned');

@@ -49,7 +49,8 @@ export const DEFAULTS = {
 
 /**
  * How the master judges that a worker is ready: `auto` takes the IPC message or
- * the notify pipe, whichever comes first; `ipc` and `notify` take only that one;
+ * the notify pipe, whichever comes first, and for a command that is not Node what
+ * `poll` sees too; `ipc` and `notify` take only that one;
  * `poll` takes it as ready once it waits for connections on a listener, as
  * seen in /proc (for unmodified programs); `delay` takes the worker as ready
  * once it has run that long (for programs that cannot say anything).

@@ -137,6 +137,16 @@ describe('--ready poll: readiness seen from outside, for programs that say nothi
     }
   });
 
+  test('the default --ready auto watches a program that is not Node too: an unmodified Python server needs no flag', async () => {
+    const baton = startBaton(['start', '--listen', 'http=tcp://127.0.0.1:0', '--', ...python()], {
+      env: { APP_VERSION_FILE: versionFile, SAY_READY: '0' },
+    });
+    const port = await baton.listenPort('http');
+    await baton.waitForLogMsg('generation active', { gen: 1 }, 15_000);
+    expect(baton.logs.find((entry) => entry.msg === 'worker ready')).toMatchObject({ via: 'poll' });
+    expect((await httpGetJson(port)).body).toMatchObject({ lang: 'python' });
+  });
+
   test('Python asyncio (epoll) and a Node server that never says ready are seen polling', async () => {
     const node = join(dir, 'silent.cjs');
     writeFileSync(node, "require('node:http').createServer((q, s) => s.end('{}')).listen({ fd: 3 });\n");
