@@ -14,6 +14,7 @@ import { parseName, resolveControlSettings } from '../supervisor/control/socket-
 import { BatonError, EXIT_CODES, UsageError } from '../supervisor/errors.js';
 import { createLogger } from '../supervisor/log.js';
 import {
+  COMMAND_AFTER_DASHES,
   DEFAULTS,
   formatDuration,
   LOG_LEVELS,
@@ -198,7 +199,8 @@ function startOptions(argv: Argv) {
     )
     .example('kill -USR2 <master pid>', 'upgrade to the code on disk now')
     .example('baton reload', 'the same, followed to the end (see baton reload --help)')
-    .epilogue(EPILOGUE);
+    .epilogue(EPILOGUE)
+    .middleware((argv) => void commandAfterDashes(argv), true);
 }
 
 async function main(): Promise<number> {
@@ -368,14 +370,12 @@ async function main(): Promise<number> {
   return exitCode;
 }
 
-/** The worker command: everything after `--`. Positional words before it are a mistake worth naming. */
+/**
+ * The worker command: everything after `--`. Positional words before it are a mistake worth naming;
+ * checked before yargs' validation too, which would call them unknown arguments.
+ */
 function commandAfterDashes(argv: { _: (string | number)[]; '--'?: (string | number)[] }): string[] {
-  const stray = argv._.slice(1).map(String);
-  if (stray.length > 0) {
-    throw new UsageError(
-      `Expected the command after '--', like: baton start --listen tcp://127.0.0.1:8080 -- ${stray.join(' ')}`,
-    );
-  }
+  if (argv._.length > 1) throw new UsageError(COMMAND_AFTER_DASHES);
   return (argv['--'] ?? []).map(String);
 }
 

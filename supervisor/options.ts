@@ -310,8 +310,16 @@ export interface RawStartArgs {
   command: string[];
 }
 
+/** What `baton start` says when the worker's command is missing, or some of it came before `--`. */
+export const COMMAND_AFTER_DASHES =
+  "Expected the worker's command after `--`, like: baton start [options] -- node server.js";
+
 /** Validates everything `baton start` was given; throws the first UsageError found. */
 export function parseStartOptions(raw: RawStartArgs): MasterOptions {
+  // First: a command typed without `--` ends up in an array option (`--listen ... node server.js`),
+  // whose complaint about 'node' would hide the real mistake.
+  const [command, ...args] = raw.command;
+  if (!command) throw new UsageError(COMMAND_AFTER_DASHES);
   const listenTexts = raw.listen === undefined ? [] : ([] as unknown[]).concat(raw.listen).map(String);
   if (listenTexts.length === 0 && !raw.socketsInherited) {
     throw new UsageError('Expected at least one `--listen`, like --listen http=tcp://127.0.0.1:8080');
@@ -322,12 +330,6 @@ export function parseStartOptions(raw: RawStartArgs): MasterOptions {
     if (names.has(spec.name))
       throw new UsageError(`Expected each \`--listen\` name once, got '${spec.name}' twice`);
     names.add(spec.name);
-  }
-  const [command, ...args] = raw.command;
-  if (!command) {
-    throw new UsageError(
-      "Expected a command to run after '--', like: baton start --listen tcp://127.0.0.1:8080 -- node server.js",
-    );
   }
   return {
     listen,

@@ -332,7 +332,18 @@ describe('bad input gets one clear line and a non-zero exit', () => {
 
   test.each([
     [['start', '--bogus', '--listen', 'tcp://127.0.0.1:0', '--', NODE], 2, /Unknown argument: bogus/],
-    [['start', '--listen', 'tcp://127.0.0.1:0'], 2, /command to run after '--'/],
+    [['start', '--listen', 'tcp://127.0.0.1:0'], 2, /the worker's command after `--`/],
+    // Without `--`, the command is not taken for more --listen values, nor for unknown arguments.
+    [
+      ['start', '--listen', 'http=tcp://127.0.0.1:0', NODE, 'server.js'],
+      2,
+      /the worker's command after `--`/,
+    ],
+    [
+      ['start', '--listen', 'http=tcp://127.0.0.1:0', '--workers', '1', NODE, 'server.js'],
+      2,
+      /the worker's command after `--`/,
+    ],
     [['start', '--listen', 'tcp:/127.0.0.1', '--', NODE], 2, /Expected `--listen` to look like/],
     [['start', '--listen', 'tcp://127.0.0.1:0', '--', 'no-such-command-xyz'], 127, /Command not found/],
     [['start', '--listen', 'tcp://127.0.0.1:0', '--workers', '0', '--', NODE], 2, /`--workers`/],

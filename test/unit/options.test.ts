@@ -98,7 +98,7 @@ describe('parseStartOptions', () => {
     [{ workers: '100000' }, /`--workers`/],
     [{ listen: [] }, /at least one `--listen`/],
     [{ listen: ['a=tcp://127.0.0.1:1', 'a=tcp://127.0.0.1:2'] }, /name once/],
-    [{ command: [] }, /command to run after '--'/],
+    [{ command: [] }, /the worker's command after `--`/],
     [{ readyTimeout: 'soon' }, /`--ready-timeout`/],
   ])('refuses %p', (change, message) => {
     expect(() => parseStartOptions({ ...base, ...change })).toThrow(message);
