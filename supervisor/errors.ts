@@ -94,7 +94,8 @@ export function describeStartFailure(generation: number, failure: StartFailure):
     return `Generation ${generation} failed to start: command not found or not executable: '${failure.command}'.`;
   }
   if (failure.kind === 'ready-timeout') {
-    return `Generation ${generation} did not say ready within ${failure.timeoutMs} ms (workers not ready: ${failure.notReady.join(', ')}); the app must call process.send('ready') or the child API's ready().`;
+    const workers = `worker${failure.notReady.length === 1 ? '' : 's'} ${failure.notReady.join(', ')}`;
+    return `Generation ${generation} did not say ready within ${failure.timeoutMs} ms (${workers} not ready): a worker says ready with the child API's ready(), process.send('ready') or READY=1 on the pipe in $BATON_NOTIFY_FD, or is taken as ready once it waits for connections on a listener (--ready poll, and --ready auto for a command that is not node).`;
   }
   if (failure.kind === 'handoff-failed') {
     return `Generation ${generation} did not take over: ${failure.reason}; every session stays on the old version.`;
