@@ -4,7 +4,7 @@
  * itself, which has changed how it forwards signals).
  */
 import { readFileSync, writeFileSync } from 'node:fs';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, test } from '@jest/globals';
 import { httpGetJson, httpLoad, waitForVersion } from '../helpers/load.js';
 import {
@@ -14,6 +14,7 @@ import {
   killAll,
   makeAppDir,
   processAlive,
+  REPO_ROOT,
   startBaton,
   startProcess,
 } from '../helpers/processes.js';
@@ -138,5 +139,38 @@ describe('npm start', () => {
       what: () => `the tree gone (alive: ${tree.filter(processAlive).join(', ')})`,
     });
     expect(npm.output).toMatch(/stopped/);
+  });
+
+  test("PORT and GAME_PORT choose the ports of the project's own start script", async () => {
+    // The real script, less its build (the tests run on the build already made); port 0 picks free ports.
+    const { scripts } = JSON.parse(readFileSync(join(REPO_ROOT, 'package.json'), 'utf8'));
+    const build = 'npm run build --silent && ';
+    expect(scripts.start.startsWith(build)).toBe(true);
+    const master = startProcess('/bin/sh', ['-c', scripts.start.slice(build.length)], {
+      cwd: REPO_ROOT,
+      env: {
+        PORT: '0',
+        GAME_PORT: '0',
+        PATH: `${dirname(NODE)}:${process.env.PATH}`,
+        XDG_RUNTIME_DIR: app.dir,
+      },
+    });
+    // --pretty: `listener bound {"listener":"http",...,"port":41235}`.
+    const ports = await waitFor(
+      () => {
+        const bound = [...master.output.matchAll(/listener bound (\{.*\})/g)].map(
+          (match) => JSON.parse(match[1] as string) as { listener: string; port: number },
+        );
+        return bound.length === 2 ? new Map(bound.map((entry) => [entry.listener, entry.port])) : undefined;
+      },
+      { timeoutMs: 10_000, what: 'both listeners bound' },
+    );
+    expect(ports.get('http')).not.toBe(8080);
+    expect(ports.get('game')).not.toBe(9000);
+    await waitFor(() => /generation active/.test(master.output) || undefined, {
+      timeoutMs: 20_000,
+      what: 'the first generation active',
+    });
+    expect((await httpGetJson(ports.get('http') as number)).body).toMatchObject({ generation: 1 });
   });
 });
