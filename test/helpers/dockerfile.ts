@@ -146,12 +146,16 @@ export function parseStartCommand(words: string[]): StartCommand {
   return parsed;
 }
 
-/** The port of a `--listen` value such as `http=tcp://0.0.0.0:8080`, by its name. */
+/**
+ * The port of a `--listen` value such as `http=tcp://0.0.0.0:8080`, by its name. A shell default such
+ * as `${PORT:-8080}` (npm start's script) counts as its default.
+ */
 export function listenPorts(listen: string[]): Record<string, number> {
   return Object.fromEntries(
-    listen.map((value) => {
+    listen.map((written) => {
+      const value = written.replace(/\$\{\w+:-(\d+)\}/g, '$1');
       const match = /^(?:(\w+)=)?tcp:\/\/(?:\[[^\]]*\]|[^:/]+):(\d+)$/.exec(value);
-      if (!match) throw new Error(`Expected a listener like name=tcp://host:port, got '${value}'`);
+      if (!match) throw new Error(`Expected a listener like name=tcp://host:port, got '${written}'`);
       return [match[1] ?? '', Number(match[2])];
     }),
   );
