@@ -64,6 +64,8 @@ export class BatonProcess {
   private readonly onChange = new Set<() => void>();
   private readonly exited: Promise<ExitStatus>;
   private readonly streamsClosed: Promise<unknown>;
+  /** The process has exited and been reaped: its pid may be another process's by now. */
+  private reaped = false;
 
   constructor(
     readonly pid: number,
@@ -74,6 +76,9 @@ export class BatonProcess {
   ) {
     this.exited = exited;
     this.streamsClosed = streamsClosed;
+    void exited.then(() => {
+      this.reaped = true;
+    });
     this.readLines(stdout, (line) => this.addLogLine(line));
     this.readLines(stderr, () => {});
     stdout.once('end', () => {
@@ -161,6 +166,19 @@ export class BatonProcess {
    */
   async killTree(timeoutMs = KILL_TIMEOUT_MS): Promise<void> {
     running.delete(this);
+    if (this.reaped) {
+      // Pids wrap (pid_max is 32768 here) and tests start thousands of processes: the number of a
+      // process reaped long ago may be a new process of another test by now, which must not be killed.
+      // Only its old process group is left to kill, and only if no new process has taken the number
+      // (while members of the group live, the kernel gives the number to nobody).
+      if (!processAlive(this.pid)) killIgnoringGone(-this.pid);
+      await waitFor(() => processAlive(this.pid) || !processGroupAlive(this.pid), {
+        timeoutMs,
+        what: `the process group of baton (pid ${this.pid}, exited) to be gone`,
+      });
+      await this.closeStreams(timeoutMs);
+      return;
+    }
     // Snapshot before the kill: once the master is dead its children are re-parented and unfindable.
     const tree = [this.pid, ...descendants(this.pid)];
     const groups = new Set([this.pid, ...tree.flatMap((pid) => readProcStat(pid)?.pgrp ?? [])]);
@@ -172,7 +190,11 @@ export class BatonProcess {
       () => [...groups].every((pgid) => !processGroupAlive(pgid)) && tree.every((pid) => !processAlive(pid)),
       { timeoutMs, what: `process tree of baton (pid ${this.pid}) to be gone` },
     );
-    // Every writer is dead, so the pipes end; the deadline only guards against a stray holder.
+    await this.closeStreams(timeoutMs);
+  }
+
+  /** Every writer is dead, so the pipes end; the deadline only guards against a stray holder. */
+  private async closeStreams(timeoutMs: number): Promise<void> {
     try {
       await withDeadline(
         this.streamsClosed,

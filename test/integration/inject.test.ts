@@ -106,7 +106,8 @@ describe('inject', () => {
     ];
 
     const { exitCode, output } = await batonCommand(['inject', '--all', FIX_REWARD], env);
-    expect(exitCode).toBe(0);
+    // The output in the message, if it fails.
+    expect({ exitCode, output }).toEqual({ exitCode: 0, output });
     expect(output.match(/^generation 1 worker \d \(pid \d+\): patched$/gm)).toHaveLength(2);
     expect(output).toMatch(/^patch fix-reward\.mjs \(sha256 [0-9a-f]{12}\) applied to 2 worker\(s\)$/m);
 
