@@ -214,6 +214,20 @@ class Player {
   }
 }
 
+/**
+ * Waits until every player has had 10 more answers than now and, when `notBefore` is given
+ * (`performance.now()` time), until that moment has passed too.
+ */
+async function everyPlayerStreams(players: Player[], what: string, notBefore = 0): Promise<void> {
+  const before = players.map((player) => player.answered);
+  await waitFor(
+    () =>
+      performance.now() > notBefore &&
+      players.every((player, i) => player.answered >= (before[i] as number) + 10),
+    { timeoutMs: 15_000, what },
+  );
+}
+
 /** The rewards seen by one player were 2 (version 1) up to one switch, then 3 (version 2) to the end. */
 function switchedOnce(rewards: number[]): boolean {
   const firstNew = rewards.indexOf(3);
@@ -232,10 +246,7 @@ describe('live session handoff', () => {
       expect(welcome).toMatch(/^welcome version=1\.0\.0 pid=\d+$/);
     }
     for (const player of players) player.start();
-    await waitFor(() => players.every((player) => player.answered >= 10), {
-      timeoutMs: 10_000,
-      what: 'every player earning coins on version 1',
-    });
+    await everyPlayerStreams(players, 'every player earning coins on version 1');
 
     editServer(REWARD_V1, REWARD_V2);
     app.setVersion('2.0.0');
@@ -248,12 +259,10 @@ describe('live session handoff', () => {
     expect(retired.drainMs as number).toBeLessThan(1_000);
 
     // Past the drain deadline the sessions still stream: had they stayed, they would have been cut.
-    const answeredBefore = players.map((player) => player.answered);
-    await waitFor(
-      () =>
-        performance.now() > reloadedAt + DRAIN_TIMEOUT_MS + 500 &&
-        players.every((player, i) => player.answered >= (answeredBefore[i] as number) + 10),
-      { timeoutMs: 15_000, what: 'every player streaming past the drain deadline' },
+    await everyPlayerStreams(
+      players,
+      'every player streaming past the drain deadline',
+      reloadedAt + DRAIN_TIMEOUT_MS + 500,
     );
     for (const player of players) player.stop();
     await waitFor(() => players.every((player) => player.settled), {
@@ -375,10 +384,7 @@ describe('live session handoff', () => {
     const players = Array.from({ length: 20 }, () => new Player(gamePort));
     await Promise.all(players.map((player) => player.welcome));
     for (const player of players) player.start();
-    await waitFor(() => players.every((player) => player.answered >= 10), {
-      timeoutMs: 10_000,
-      what: 'every player earning coins on version 1',
-    });
+    await everyPlayerStreams(players, 'every player earning coins on version 1');
     const oldPids = pidsOf(baton, 1);
 
     // Version 2 adopts a few sessions, then dies in the middle of the handoff.
@@ -399,13 +405,10 @@ describe('live session handoff', () => {
     expect(baton.logs.some((entry) => entry.msg === 'generation active' && entry.gen === 2)).toBe(false);
 
     // Every player streams on, on version 1, past the drain deadline a cut session would have hit.
-    const answeredBefore = players.map((player) => player.answered);
-    const failedAt = performance.now();
-    await waitFor(
-      () =>
-        performance.now() > failedAt + DRAIN_TIMEOUT_MS + 500 &&
-        players.every((player, i) => player.answered >= (answeredBefore[i] as number) + 10),
-      { timeoutMs: 15_000, what: 'every player streaming on version 1 after the failed reload' },
+    await everyPlayerStreams(
+      players,
+      'every player streaming on version 1 after the failed reload',
+      performance.now() + DRAIN_TIMEOUT_MS + 500,
     );
 
     // A good release then moves every one of them.
@@ -414,11 +417,7 @@ describe('live session handoff', () => {
     baton.signal('SIGUSR2');
     const moved = await baton.waitForLogMsg('sessions moved', { gen: 1, to: 3 }, 20_000);
     expect(moved).toMatchObject({ moved: 20, kept: 0, failed: 0, outcome: 'committed' });
-    const answeredAtMove = players.map((player) => player.answered);
-    await waitFor(() => players.every((player, i) => player.answered >= (answeredAtMove[i] as number) + 10), {
-      timeoutMs: 10_000,
-      what: 'every player streaming on version 3',
-    });
+    await everyPlayerStreams(players, 'every player streaming on version 3');
     for (const player of players) player.stop();
     await waitFor(() => players.every((player) => player.settled), {
       timeoutMs: 10_000,
