@@ -19,7 +19,7 @@ import {
   scratch,
   serve,
   workerIndex,
-} from 'baton/child';
+} from 'baton-supervisor/child';
 
 /** How many coins one `work` command earns, until a patch says otherwise. */
 const COINS_PER_WORK = 2;

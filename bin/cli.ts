@@ -306,7 +306,7 @@ async function main(): Promise<number> {
       (argv) =>
         targetOptions(argv)
           .usage(
-            'baton inject [--all | --generation N | --worker PID] <patch> [--name NAME | --control PATH | --pid PID]\nbaton inject --dry-run <patch> [--name NAME | --control PATH | --pid PID]\n\nSend PATCH, an ES module whose default export gets the values the app exposed (expose() from baton/child) and changes them in place, to live Node workers; each applies it and answers. Prints one line per worker; exits 11 unless every worker applied it. The generation keeps the patch: workers it restarts get it again; the next reload starts clean. --dry-run tries it first, in a scratch worker that serves nobody, and applies it nowhere.',
+            'baton inject [--all | --generation N | --worker PID] <patch> [--name NAME | --control PATH | --pid PID]\nbaton inject --dry-run <patch> [--name NAME | --control PATH | --pid PID]\n\nSend PATCH, an ES module whose default export gets the values the app exposed (expose() from baton-supervisor/child) and changes them in place, to live Node workers; each applies it and answers. Prints one line per worker; exits 11 unless every worker applied it. The generation keeps the patch: workers it restarts get it again; the next reload starts clean. --dry-run tries it first, in a scratch worker that serves nobody, and applies it nowhere.',
           )
           .positional('patch', { type: 'string', describe: 'The patch file (an ES module)' })
           .option('all', {

@@ -178,7 +178,7 @@ export class DryRunner {
     } else if (run.state === 'starting' && message?.kind === 'ready') {
       this.decide(run, 'refused', {
         message:
-          'refused: the scratch worker said ready without exposing anything (call expose() from baton/child before ready())',
+          'refused: the scratch worker said ready without exposing anything (call expose() from baton-supervisor/child before ready())',
         stack: undefined,
       });
     } else if (run.state === 'patching' && message?.kind === 'injected') {
@@ -233,7 +233,7 @@ export class DryRunner {
     const message =
       run.state === 'starting'
         ? `the scratch worker neither exposed its values nor said ready within ${run.plan.startTimeoutMs / 1000} s (--ready-timeout)`
-        : `no answer within ${INJECT_ANSWER_TIMEOUT_MS / 1000} s: is it a Node worker using baton/child?`;
+        : `no answer within ${INJECT_ANSWER_TIMEOUT_MS / 1000} s: is it a Node worker using baton-supervisor/child?`;
     this.decide(run, 'no-answer', { message, stack: undefined });
   }
 

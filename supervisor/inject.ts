@@ -207,7 +207,7 @@ export class InjectRelay {
     for (const result of round.pending.values()) {
       result.outcome = 'no-answer';
       result.error = {
-        message: `no answer within ${INJECT_ANSWER_TIMEOUT_MS / 1000} s: is it a Node worker using baton/child?`,
+        message: `no answer within ${INJECT_ANSWER_TIMEOUT_MS / 1000} s: is it a Node worker using baton-supervisor/child?`,
         stack: undefined,
       };
     }
@@ -251,7 +251,7 @@ export class InjectRelay {
         // Sent anyway, nobody would read it: a program that is not Node, or one that never called expose().
         result.error = {
           message:
-            'refused: the worker takes no patches (not a Node worker, or it exposes nothing: call expose() from baton/child before ready())',
+            'refused: the worker takes no patches (not a Node worker, or it exposes nothing: call expose() from baton-supervisor/child before ready())',
           stack: undefined,
         };
       } else if (!this.ports.send(worker, message)) {

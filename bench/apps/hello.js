@@ -8,7 +8,7 @@
  * `{"msg":"app listening","port":N}` for the bench to read.
  */
 import http from 'node:http';
-import { generation, ready, serve } from 'baton/child';
+import { generation, ready, serve } from 'baton-supervisor/child';
 
 /** What this process answers as its version: its generation under baton, else how it was started. */
 const VERSION = generation === undefined ? (process.env.BENCH_APP_VERSION ?? 'alone') : String(generation);

@@ -24,6 +24,9 @@ import { WaitTimeoutError, waitFor, withDeadline } from './wait.js';
 /** The repository root, found from this file's compiled place (dist/test/helpers/processes.js). */
 export const REPO_ROOT = fileURLToPath(new URL('../../../', import.meta.url)).replace(/\/$/, '');
 
+/** The name baton is installed under (package.json): apps import `${PACKAGE_NAME}/child`. */
+export const PACKAGE_NAME = 'baton-supervisor';
+
 /** The CLI entry point that `startBaton` runs. */
 export const BATON_BIN = join(REPO_ROOT, 'bin', 'baton.js');
 
@@ -420,14 +423,14 @@ export interface AppDir {
 }
 
 /**
- * Copies app/ into a fresh temp dir with `node_modules/baton` linked to the repository, so that
- * `import ... from 'baton/child'` resolves to the built child API (dist/child).
+ * Copies app/ into a fresh temp dir with `node_modules/baton-supervisor` linked to the repository, so
+ * that `import ... from 'baton-supervisor/child'` resolves to the built child API (dist/child).
  */
 export function makeAppDir(): AppDir {
   const dir = mkdtempSync(join(tmpdir(), 'baton-app-'));
   cpSync(join(REPO_ROOT, 'app'), dir, { recursive: true });
   mkdirSync(join(dir, 'node_modules'), { recursive: true });
-  symlinkSync(REPO_ROOT, join(dir, 'node_modules', 'baton'), 'dir');
+  symlinkSync(REPO_ROOT, join(dir, 'node_modules', PACKAGE_NAME), 'dir');
   const writeFile = (name: string, contents: string) => {
     const path = join(dir, name);
     mkdirSync(dirname(path), { recursive: true });

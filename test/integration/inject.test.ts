@@ -343,7 +343,7 @@ describe('inject --dry-run', () => {
       'listens-itself.mjs',
       [
         "import http from 'node:http';",
-        "import { expose, listenOptions, ready } from 'baton/child';",
+        "import { expose, listenOptions, ready } from 'baton-supervisor/child';",
         "expose('rewards', { coinsPerWork: 2 });",
         'const reply = (_request, response) => response.end(String(process.pid));',
         "http.createServer(reply).listen(listenOptions('http'));",

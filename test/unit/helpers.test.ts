@@ -9,6 +9,7 @@ import {
   descendants,
   killAll,
   makeAppDir,
+  PACKAGE_NAME,
   processAlive,
   processGroupAlive,
   REPO_ROOT,
@@ -313,10 +314,10 @@ describe('processes', () => {
   });
 
   test('makeAppDir copies app/ and links baton to the repository', () => {
-    expect(JSON.parse(readFileSync(join(REPO_ROOT, 'package.json'), 'utf8')).name).toBe('baton');
+    expect(JSON.parse(readFileSync(join(REPO_ROOT, 'package.json'), 'utf8')).name).toBe(PACKAGE_NAME);
     const app = makeAppDir();
     try {
-      expect(realpathSync(join(app.dir, 'node_modules', 'baton'))).toBe(realpathSync(REPO_ROOT));
+      expect(realpathSync(join(app.dir, 'node_modules', PACKAGE_NAME))).toBe(realpathSync(REPO_ROOT));
       app.setVersion('2');
       expect(readFileSync(join(app.dir, 'VERSION'), 'utf8')).toBe('2');
       app.writeFile('lib/extra.js', 'export {};\n');
