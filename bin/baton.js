@@ -4,7 +4,7 @@
 const [major, minor] = process.versions.node.split('.').map(Number);
 if (major < 22 || (major === 22 && minor < 12)) {
   process.stderr.write(
-    `baton: Node ${process.versions.node} is too old; baton needs Node 22.12 or newer (22 LTS or 24 LTS).\n`,
+    `baton: Node ${process.versions.node} is too old; baton needs Node 22.12 or newer: run it as \`npx -p node@24 baton ...\`, or install Node 24 (nvm install 24).\n`,
   );
   process.exit(1);
 }

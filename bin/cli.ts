@@ -24,6 +24,7 @@ import {
   parseStartOptions,
 } from '../supervisor/options.js';
 import { runMaster } from '../supervisor/start.js';
+import { batonVersion } from '../supervisor/version.js';
 
 const EPILOGUE = `Signals to the master: SIGUSR2 or SIGHUP reload, SIGTERM or SIGINT drain and stop, SIGQUIT stop now.
 Exit codes: 0 done, 1 internal error, 2 bad usage, 3 cannot listen (a --listen address or the control socket), 4 first generation failed to start, 5 workers killed at the drain deadline, 6 reload: the new version failed to start, 7 reload: the new version was not ready in time, 8 no master found, 9 status --check: not healthy, 10 the master is stopping, 11 inject: the patch failed on a worker or in its dry run, 127 command not found.
@@ -361,7 +362,8 @@ async function main(): Promise<number> {
     .strict()
     .epilogue(EPILOGUE)
     .wrap(Math.min(110, process.stdout.columns || 110))
-    .version()
+    // yargs alone would read the package.json of the folder baton runs in: the user's app, not baton.
+    .version(batonVersion())
     .help()
     .fail((message, error) => {
       throw error ?? new UsageError(message ?? 'bad usage');

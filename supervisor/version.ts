@@ -7,6 +7,12 @@ import { existsSync, readFileSync, statSync } from 'node:fs';
 import path from 'node:path';
 import { UsageError } from './errors.js';
 
+/** baton's own version (`baton --version`), from its package.json: two folders up from dist/supervisor/. */
+export function batonVersion(): string {
+  const manifest = new URL('../../package.json', import.meta.url);
+  return (JSON.parse(readFileSync(manifest, 'utf8')) as { version: string }).version;
+}
+
 /** Longer labels are cut: a version file is a label, not a document. */
 const MAX_VERSION_LENGTH = 64;
 
