@@ -51,7 +51,8 @@ function userEnv(nodeDir: string): Record<string, string | undefined> {
 
 /** Why the registry cannot be used from here, or undefined when `npm ping` gets an answer. */
 async function registryProblem(): Promise<string | undefined> {
-  const ping = await execa('npm', ['ping'], {
+  // No retries: an unreachable registry is told in seconds, not after npm's back-off.
+  const ping = await execa('npm', ['ping', '--fetch-retries=0', '--fetch-timeout=15000'], {
     env: userEnv(NODE_DIR),
     cwd: tmpdir(),
     reject: false,
@@ -60,7 +61,7 @@ async function registryProblem(): Promise<string | undefined> {
   });
   if (ping.exitCode === 0) return undefined;
   const lastLine = (ping.all ?? '').trim().split('\n').at(-1) ?? '';
-  return `the npm registry is unreachable (npm ping: ${ping.timedOut ? 'no answer in 30 s' : lastLine})`;
+  return `the npm registry is unreachable (npm ping: ${ping.timedOut ? `no answer in ${NPM_TIMEOUT_MS / 1000} s` : lastLine})`;
 }
 
 /** A `node` on the PATH older than baton needs (the system's Node 20 here), or undefined. */
