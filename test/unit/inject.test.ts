@@ -139,7 +139,7 @@ describe('the relay', () => {
       [dying.pid, 'failed'],
     ]);
     expect(answer?.outcome === 'injected' && answer.workers[0]?.error?.message).toMatch(
-      /no answer within 10 s: is it a Node worker using baton\/child\?/,
+      /no answer within 10 s: is it a Node worker using baton-supervisor\/child\?/,
     );
     expect(relay.patchesOf(active)).toEqual([]);
   });
