@@ -8,6 +8,7 @@
  * fails before that, the new worker drops its copies and the old one reads on from where it stopped.
  */
 import type net from 'node:net';
+import { onMasterMessage, sendToMaster } from './channel.js';
 import {
   type HeldSocket,
   hasUndecodedBytes,
@@ -19,6 +20,10 @@ import {
   sendWithHandle,
   stopReading,
 } from './node-internals.js';
+import type { HandoffCounts, MasterWire, WorkerWire } from './protocol.js';
+
+type HandoffRequest = MasterWire['handoff'];
+type AdoptRequest = MasterWire['adopt'];
 
 /**
  * In the old worker: called for each open connection of the listener when the new generation can take
@@ -37,46 +42,6 @@ export type HandoffHook<State = unknown> = (
  * anything fails before that, the connection goes on in the old worker and this socket is destroyed.
  */
 export type AdoptHook<State = unknown> = (socket: net.Socket, state: State) => void;
-
-/** What one handoff request came to, as the old worker reports it once it has sent what it could. */
-export interface HandoffCounts {
-  /** Connections of the listeners asked for, considered for a move (each connection once). */
-  offered: number;
-  /** Sent to the master; whether each moved is settled when the round ends. */
-  sent: number;
-  /** Declined by the app, not quiet in time, or not movable (TLS, HTTP, half closed): draining here. */
-  kept: number;
-}
-
-/** `{ baton: 'handoff' }` from the master: hand off the connections of these listeners. */
-interface HandoffRequest {
-  baton: 'handoff';
-  listeners: string[];
-  flushTimeoutMs: number;
-  /** The generation that replaces this one took over: stop accepting too. */
-  stopAccepting: boolean;
-}
-
-/** `{ baton: 'adopt' }` from the master, with a raw handle: a connection to hold until asked to adopt. */
-interface AdoptRequest {
-  baton: 'adopt';
-  relay: number;
-  listener: string;
-  state: unknown;
-}
-
-/** `{ baton: 'handoff-commit' | 'handoff-go' | 'handoff-abort' }` from the master, for these relays. */
-interface RelaysNotice {
-  baton: 'handoff-commit' | 'handoff-go' | 'handoff-abort';
-  relays: number[];
-}
-
-/** `{ baton: 'handoff-settled' }` from the master: whether the connection sent as `id` was adopted. */
-interface SettledNotice {
-  baton: 'handoff-settled';
-  id: number;
-  adopted: boolean;
-}
 
 /** What the handoff needs from the rest of the child API (the Drainer). */
 export interface ConnectionBook {
@@ -156,7 +121,15 @@ export class SessionMover {
     if (!this.underBaton || !process.send) return;
     if (!this.#listening) {
       this.#listening = true;
-      process.on('message', (message: unknown, handle: unknown) => this.#onMessage(message, handle));
+      onMasterMessage('handoff', (request) => void this.#handOff(request));
+      onMasterMessage('adopt', (request, handle) => this.#hold(request, handle));
+      onMasterMessage('handoff-commit', (notice) => void this.#adoptHeld(relaysOf(notice)));
+      onMasterMessage('handoff-go', (notice) => this.#go(relaysOf(notice)));
+      onMasterMessage('handoff-abort', (notice) => this.#drop(relaysOf(notice)));
+      onMasterMessage('handoff-settled', (notice) => {
+        this.#settling.get(notice.id)?.(notice.adopted === true);
+        this.#settling.delete(notice.id);
+      });
       // With the master gone no round ends: every connection goes on where it was.
       process.once('disconnect', () => {
         for (const settle of this.#settling.values()) settle(false);
@@ -164,27 +137,11 @@ export class SessionMover {
         this.#drop([...this.#held.keys()]);
       });
     }
-    const message = {
+    sendToMaster({
       baton: 'handoff-hooks',
       handsOff: [...this.#handoffHooks.keys()],
       adopts: [...this.#adoptHooks.keys()],
-    };
-    if (process.connected) process.send(message, undefined, undefined, ignoreSendError);
-  }
-
-  #onMessage(message: unknown, handle: unknown): void {
-    if (typeof message !== 'object' || message === null) return;
-    const kind = (message as { baton?: unknown }).baton;
-    if (kind === 'handoff') void this.#handOff(message as HandoffRequest);
-    else if (kind === 'adopt') this.#hold(message as AdoptRequest, handle);
-    else if (kind === 'handoff-commit') void this.#adoptHeld(relaysOf(message as RelaysNotice));
-    else if (kind === 'handoff-go') this.#go(relaysOf(message as RelaysNotice));
-    else if (kind === 'handoff-abort') this.#drop(relaysOf(message as RelaysNotice));
-    else if (kind === 'handoff-settled') {
-      const notice = message as SettledNotice;
-      this.#settling.get(notice.id)?.(notice.adopted === true);
-      this.#settling.delete(notice.id);
-    }
+    });
   }
 
   /**
@@ -231,11 +188,9 @@ export class SessionMover {
     };
     try {
       await Promise.all(Array.from({ length: MOVES_AT_ONCE }, mover));
-      if (process.connected && process.send) {
-        await new Promise<void>((resolve) =>
-          process.send?.({ baton: 'handoff-finished', ...counts }, undefined, undefined, () => resolve()),
-        );
-      }
+      await new Promise<void>((resolve) => {
+        if (!sendToMaster({ baton: 'handoff-finished', ...counts }, () => resolve())) resolve();
+      });
       await Promise.all(settled);
     } finally {
       release();
@@ -281,7 +236,8 @@ export class SessionMover {
     const id = this.#nextId++;
     const adopted = new Promise<boolean>((resolve) => this.#settling.set(id, resolve));
     try {
-      await sendWithHandle({ baton: 'handoff-connection', id, listener, state }, stopped.handle);
+      const message: WorkerWire['handoff-connection'] = { baton: 'handoff-connection', id, listener, state };
+      await sendWithHandle(message, stopped.handle);
     } catch {
       this.#settling.delete(id);
       socket.uncork();
@@ -303,16 +259,7 @@ export class SessionMover {
 
   /** Holds a connection the master relayed, reading nothing, until the round asks to adopt it. */
   #hold(request: AdoptRequest, handle: unknown): void {
-    const refuse = (reason: string) => {
-      if (process.connected && process.send) {
-        process.send(
-          { baton: 'adopt-refused', relay: request.relay, reason },
-          undefined,
-          undefined,
-          ignoreSendError,
-        );
-      }
-    };
+    const refuse = (reason: string) => sendToMaster({ baton: 'adopt-refused', relay: request.relay, reason });
     if (!isStreamHandle(handle)) {
       refuse('no connection came with the message');
       return;
@@ -335,9 +282,7 @@ export class SessionMover {
       const outcome = outcomes[index];
       return typeof outcome === 'string' ? [{ relay, reason: outcome }] : [];
     });
-    if (process.connected && process.send) {
-      process.send({ baton: 'adoptions', adopted, refused }, undefined, undefined, ignoreSendError);
-    }
+    sendToMaster({ baton: 'adoptions', adopted, refused });
   }
 
   /** Runs the hook for one held connection: true if the app adopted it, else why not. */
@@ -389,7 +334,7 @@ export class SessionMover {
 }
 
 /** The relay numbers of a notice from the master (anything else in the list is ignored). */
-function relaysOf(notice: RelaysNotice): number[] {
+function relaysOf(notice: { relays: unknown }): number[] {
   return Array.isArray(notice.relays) ? notice.relays.filter((relay) => Number.isInteger(relay)) : [];
 }
 
@@ -420,6 +365,3 @@ function closeQuietly(handle: StreamHandle): void {
     // already closed
   }
 }
-
-/** A send that fails because the master is gone needs no handling: 'disconnect' starts the drain. */
-function ignoreSendError(): void {}

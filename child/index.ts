@@ -13,11 +13,13 @@ import https from 'node:https';
 import net from 'node:net';
 import { constants } from 'node:os';
 import tls from 'node:tls';
+import { sendToMaster } from './channel.js';
 import { type AdoptHook, type ConnectionBook, type HandoffHook, SessionMover } from './handoff.js';
 import { Injector } from './inject.js';
 
-export type { AdoptHook, HandoffCounts, HandoffHook } from './handoff.js';
+export type { AdoptHook, HandoffHook } from './handoff.js';
 export type { Exposed, Patch } from './inject.js';
+export type { HandoffCounts } from './protocol.js';
 export {
   adoptWebSocket,
   type WebSocketHandoff,
@@ -134,16 +136,9 @@ export function ready(): void {
   if (saidReady || !process.connected || !process.send) return;
   saidReady = true;
   // Any process manager that forked us with IPC understands 'ready' (PM2's wait_ready uses the same word).
-  process.send('ready', undefined, undefined, ignoreClosedChannel);
+  sendToMaster('ready');
   // Report the count once now, even 0: a worker that reports is one the master need not count in /proc.
-  if (underBaton) {
-    process.send(
-      { baton: 'connections', count: drainer.connectionCount() },
-      undefined,
-      undefined,
-      ignoreClosedChannel,
-    );
-  }
+  if (underBaton) sendToMaster({ baton: 'connections', count: drainer.connectionCount() });
 }
 
 /** Runs `hook` when draining starts (at once if it already has); the process exits only after it settles. */
@@ -419,7 +414,7 @@ class ConnectionReporter {
     if (count === this.#lastSentCount || !process.connected || !process.send) return;
     this.#lastSentAt = performance.now();
     this.#lastSentCount = count;
-    process.send({ baton: 'connections', count }, undefined, undefined, ignoreClosedChannel);
+    sendToMaster({ baton: 'connections', count });
   }
 }
 
@@ -440,9 +435,6 @@ function isHttpServer(server: net.Server): server is http.Server | https.Server 
   // https.Server derives from tls.Server, not from http.Server.
   return server instanceof http.Server || server instanceof https.Server;
 }
-
-/** A send that fails because the master is gone needs no handling: 'disconnect' starts the drain. */
-function ignoreClosedChannel(): void {}
 
 function drainSignal(): NodeJS.Signals {
   const signal = process.env.BATON_DRAIN_SIGNAL || DEFAULT_DRAIN_SIGNAL;

@@ -3,6 +3,8 @@
  * reach; the master sends a patch's source over IPC; the worker loads it as an ES module and calls its
  * default export with the exposed values, then answers whether it went through.
  */
+import { onMasterMessage, sendToMaster } from './channel.js';
+import { injectedMessage, type MasterWire, type PatchFailure } from './protocol.js';
 
 /** What a patch's default export receives: the values the app exposed, by name. */
 export type Exposed = Readonly<Record<string, unknown>>;
@@ -13,20 +15,7 @@ export type Exposed = Readonly<Record<string, unknown>>;
  */
 export type Patch = (exposed: Exposed) => void | Promise<void>;
 
-/** `{ baton: 'inject', id, source, hash, file }`: the master asks this worker to apply a patch. */
-interface InjectRequest {
-  baton: 'inject';
-  id: number;
-  source: string;
-  hash: string;
-  file: string;
-}
-
-/** The error a patch failed with, as the worker reports it. */
-interface PatchError {
-  message: string;
-  stack: string | undefined;
-}
+type InjectRequest = MasterWire['inject'];
 
 /** The values a patch may reach, the patches applied in order, and the answers to the master. */
 export class Injector {
@@ -46,27 +35,15 @@ export class Injector {
     if (!this.underBaton || !process.send) return;
     if (!this.#listening) {
       this.#listening = true;
-      process.on('message', (message: unknown) => this.#onMessage(message));
+      onMasterMessage('inject', (request) => {
+        this.#applying = this.#applying.then(() => this.#apply(request));
+      });
     }
-    if (process.connected) {
-      process.send(
-        { baton: 'exposed', names: [...this.#exposed.keys()] },
-        undefined,
-        undefined,
-        ignoreSendError,
-      );
-    }
-  }
-
-  #onMessage(message: unknown): void {
-    if (typeof message !== 'object' || message === null) return;
-    if ((message as { baton?: unknown }).baton !== 'inject') return;
-    const request = message as InjectRequest;
-    this.#applying = this.#applying.then(() => this.#apply(request));
+    sendToMaster({ baton: 'exposed', names: [...this.#exposed.keys()] });
   }
 
   async #apply(request: InjectRequest): Promise<void> {
-    let error: PatchError | undefined;
+    let error: PatchFailure | undefined;
     try {
       await this.#run(request);
     } catch (thrown) {
@@ -75,12 +52,7 @@ export class Injector {
           ? { message: `${thrown.name}: ${thrown.message}`, stack: thrown.stack }
           : { message: String(thrown), stack: undefined };
     }
-    if (!process.connected || !process.send) return;
-    const answer =
-      error === undefined
-        ? { baton: 'injected', id: request.id, ok: true }
-        : { baton: 'injected', id: request.id, ok: false, error };
-    process.send(answer, undefined, undefined, ignoreSendError);
+    sendToMaster(injectedMessage(request.id, error));
   }
 
   async #run(request: InjectRequest): Promise<void> {
@@ -105,6 +77,3 @@ function sourceName(file: unknown): string {
   const name = typeof file === 'string' && file !== '' ? file : 'patch.mjs';
   return name.replace(/[\s*]/g, '_');
 }
-
-/** A send that fails because the master is gone needs no handling: 'disconnect' starts the drain. */
-function ignoreSendError(): void {}

@@ -10,8 +10,9 @@
  * nothing restarts it, and nothing it ran is recorded as applied. The master feeds each dry run its
  * events (messages, exit, deadlines) one at a time, from its dispatcher.
  */
+
+import { type PatchFailure, parseWorkerMessage } from '../child/protocol.js';
 import { callerFacts, INJECT_ANSWER_TIMEOUT_MS, type PatchSource } from './inject.js';
-import { type PatchFailure, parseWorkerMessage } from './ipc.js';
 import type { Logger } from './log.js';
 import type { SpawnRequest, TimerHandle, WorkerCallbacks, WorkerProcess } from './os.js';
 import { OutputTail } from './worker.js';

@@ -1,8 +1,12 @@
 /**
  * Generation: the workers of one release.
- * starting → active → draining → retired, or starting → failed (→ retired once its workers are gone).
+ * starting → active → draining → retired, or starting → failed; a failed generation keeps its state
+ * once its workers are gone (status shows why it failed), and is `ended` like a retired one.
  */
-import type { StartFailure } from './errors.js';
+import { isCrashLoop } from './decisions.js';
+import { describeStartFailure, type StartFailure } from './errors.js';
+import type { AppliedPatch } from './inject.js';
+import type { GenerationSnapshot } from './model.js';
 import type { TimerHandle } from './os.js';
 import type { Worker } from './worker.js';
 
@@ -19,18 +23,19 @@ export interface Slot {
   restartTimer: TimerHandle | undefined;
 }
 
-/** The workers of one release and where they are in their life. */
+/** The workers of one release and where they are in their life; its transitions are its own. */
 export class Generation {
-  state: GenerationState = 'starting';
+  #state: GenerationState = 'starting';
   readonly slots: Slot[];
   /** Every worker this generation ever had, restarted ones included. */
   readonly workers: Worker[] = [];
-  activeAt: number | undefined;
+  #activeAt: number | undefined;
+  /** When its workers were first asked to drain (a failed generation's too). */
   drainStartedAt: number | undefined;
-  retiredAt: number | undefined;
+  #retiredAt: number | undefined;
   /** Workers had to be killed at the drain deadline. */
   forced = false;
-  failure: StartFailure | undefined;
+  #failure: StartFailure | undefined;
   drainTimer: TimerHandle | undefined;
 
   constructor(
@@ -46,6 +51,64 @@ export class Generation {
       restarts: 0,
       restartTimer: undefined,
     }));
+  }
+
+  get state(): GenerationState {
+    return this.#state;
+  }
+
+  get activeAt(): number | undefined {
+    return this.#activeAt;
+  }
+
+  /** When the last worker of a draining or failed generation was gone. */
+  get retiredAt(): number | undefined {
+    return this.#retiredAt;
+  }
+
+  /** Why the generation failed to start, if it did. */
+  get failure(): StartFailure | undefined {
+    return this.#failure;
+  }
+
+  /** Whether the generation is over: retired, or failed with every worker gone. */
+  get ended(): boolean {
+    return this.#retiredAt !== undefined;
+  }
+
+  /** starting → active; false (and nothing changes) from any other state. */
+  markActive(now: number): boolean {
+    if (this.#state !== 'starting') return false;
+    this.#state = 'active';
+    this.#activeAt = now;
+    return true;
+  }
+
+  /** starting → failed, with the reason; false from any other state. */
+  markFailed(failure: StartFailure): boolean {
+    if (this.#state !== 'starting') return false;
+    this.#state = 'failed';
+    this.#failure = failure;
+    this.cancelTimers();
+    return true;
+  }
+
+  /** starting|active → draining; false from any other state. */
+  markDraining(): boolean {
+    if (this.#state !== 'starting' && this.#state !== 'active') return false;
+    this.#state = 'draining';
+    return true;
+  }
+
+  /**
+   * draining → retired, or failed → ended (the state stays `failed`), once no worker is left; false if
+   * it has ended already or is in no state to end.
+   */
+  markRetired(now: number): boolean {
+    if (this.ended || (this.#state !== 'draining' && this.#state !== 'failed')) return false;
+    if (this.#state === 'draining') this.#state = 'retired';
+    this.#retiredAt = now;
+    return true;
   }
 
   /** Forgets the oldest exited workers past `kept`, so that a long crash loop does not grow the list. */
@@ -86,5 +149,44 @@ export class Generation {
       slot.restartTimer = undefined;
     }
     for (const worker of this.workers) worker.readyTimer?.cancel();
+  }
+
+  /** The generation as `status` shows it, with the hot patches applied to it. */
+  snapshot(patches: readonly AppliedPatch[]): GenerationSnapshot {
+    return {
+      id: this.id,
+      version: this.version,
+      state: this.state,
+      startedAt: this.startedAt,
+      activeAt: this.activeAt,
+      drainStartedAt: this.drainStartedAt,
+      retiredAt: this.retiredAt,
+      forced: this.forced,
+      failure: this.failure && describeStartFailure(this.id, this.failure),
+      restarts: this.slots.reduce((sum, slot) => sum + slot.restarts, 0),
+      crashLoops: this.slots
+        .filter((slot) => isCrashLoop(slot.consecutiveCrashes) && slot.current?.state !== 'ready')
+        .map((slot) => ({ worker: slot.index, crashes: slot.consecutiveCrashes })),
+      workers: this.workers.map((worker) => ({
+        index: worker.index,
+        pid: worker.pid,
+        state: worker.state,
+        startedAt: worker.startedAt,
+        readyAt: worker.readyAt,
+        exitedAt: worker.exitedAt,
+        exitCode: worker.exitCode,
+        signal: worker.signal,
+        connections: worker.connections ?? worker.observedConnections,
+        restarts:
+          this.slots[worker.index]?.current === worker ? (this.slots[worker.index]?.restarts ?? 0) : 0,
+        connectionsSeen:
+          worker.connections !== undefined
+            ? 'reported'
+            : worker.observedConnections !== undefined
+              ? 'observed'
+              : undefined,
+      })),
+      patches: [...patches],
+    };
   }
 }

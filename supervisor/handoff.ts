@@ -13,6 +13,7 @@
  * The decisions are pure functions and one small class over plain data; the master feeds it its events
  * (messages, handles, exits, the send callbacks, deadlines) one at a time, from its dispatcher.
  */
+import { type HandoffCounts, type MasterWire, type Refusal, readWorkerMessage } from '../child/protocol.js';
 import type { Generation } from './generation.js';
 import type { Logger } from './log.js';
 import { asRawSocketHandle, closeRawHandle, type RawSocketHandle } from './node-internals.js';
@@ -51,19 +52,6 @@ export interface HandoffHooks {
   adopts: ReadonlySet<string>;
 }
 
-/** The counts an old worker reports once it has sent what it could (child/handoff.ts). */
-export interface HandoffCounts {
-  offered: number;
-  sent: number;
-  kept: number;
-}
-
-/** A connection a new worker did not adopt, and why. */
-export interface Refusal {
-  relay: number;
-  reason: string;
-}
-
 /** The handoff messages a worker may send (child/handoff.ts), by kind. */
 export type HandoffMessage =
   | { kind: 'hooks'; hooks: HandoffHooks }
@@ -72,45 +60,31 @@ export type HandoffMessage =
   | { kind: 'refused'; relay: number; reason: string | undefined }
   | { kind: 'adoptions'; adopted: number[]; refused: Refusal[] };
 
-/** Reads a raw IPC message; undefined for anything that is not a handoff message. */
+/** Reads a raw IPC message (child/protocol.ts); undefined for anything that is not a handoff message. */
 export function parseHandoffMessage(raw: unknown): HandoffMessage | undefined {
-  if (typeof raw !== 'object' || raw === null) return undefined;
-  const message = raw as Record<string, unknown>;
-  switch (message.baton) {
+  const read = readWorkerMessage(raw);
+  switch (read?.kind) {
     case 'handoff-hooks':
-      if (!isStringArray(message.handsOff) || !isStringArray(message.adopts)) return undefined;
       return {
         kind: 'hooks',
-        hooks: { handsOff: new Set(message.handsOff), adopts: new Set(message.adopts) },
+        hooks: { handsOff: new Set(read.message.handsOff), adopts: new Set(read.message.adopts) },
       };
-    case 'handoff-connection':
-      if (!isCount(message.id) || typeof message.listener !== 'string') return undefined;
-      return { kind: 'connection', id: message.id, listener: message.listener, state: message.state };
+    case 'handoff-connection': {
+      const { id, listener, state } = read.message;
+      return { kind: 'connection', id, listener, state };
+    }
     case 'handoff-finished': {
-      const { offered, sent, kept } = message;
-      if (!isCount(offered) || !isCount(sent) || !isCount(kept)) return undefined;
+      const { offered, sent, kept } = read.message;
       return { kind: 'finished', counts: { offered, sent, kept } };
     }
     case 'adopt-refused':
-      if (!isCount(message.relay)) return undefined;
       return {
         kind: 'refused',
-        relay: message.relay,
-        reason: typeof message.reason === 'string' ? message.reason : undefined,
+        relay: read.message.relay,
+        reason: typeof read.message.reason === 'string' ? read.message.reason : undefined,
       };
-    case 'adoptions': {
-      const { adopted, refused } = message;
-      if (!Array.isArray(adopted) || !adopted.every(isCount) || !Array.isArray(refused)) return undefined;
-      const refusals = refused.filter(
-        (entry): entry is Refusal =>
-          typeof entry === 'object' &&
-          entry !== null &&
-          isCount((entry as Refusal).relay) &&
-          typeof (entry as Refusal).reason === 'string',
-      );
-      if (refusals.length !== refused.length) return undefined;
-      return { kind: 'adoptions', adopted, refused: refusals };
-    }
+    case 'adoptions':
+      return { kind: 'adoptions', adopted: read.message.adopted, refused: read.message.refused };
     default:
       return undefined;
   }
@@ -256,7 +230,7 @@ export interface RelayPorts {
    */
   send(
     worker: Worker,
-    message: object,
+    message: MasterWire[keyof MasterWire],
     handle: RawSocketHandle | undefined,
     onSent: (error: Error | null) => void,
   ): boolean;
@@ -346,7 +320,12 @@ export class HandoffRelay {
     const round = new HandoffRound(kind, from, to, listeners, senders, this.ports.now());
     this.rounds.push(round);
     for (const sender of senders) {
-      const request = { baton: 'handoff', listeners, flushTimeoutMs, stopAccepting: kind === 'sweep' };
+      const request: MasterWire['handoff'] = {
+        baton: 'handoff',
+        listeners,
+        flushTimeoutMs,
+        stopAccepting: kind === 'sweep',
+      };
       const asked = this.ports.send(sender, request, undefined, () => {
         // A worker that cannot be reached has exited or is about to: its exit ends its part of the round.
       });
@@ -702,12 +681,4 @@ function destroyForeign(handle: unknown): void {
   } catch {
     // already closed
   }
-}
-
-function isStringArray(value: unknown): value is string[] {
-  return Array.isArray(value) && value.every((item) => typeof item === 'string');
-}
-
-function isCount(value: unknown): value is number {
-  return Number.isInteger(value) && (value as number) >= 0;
 }

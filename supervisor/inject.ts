@@ -8,8 +8,9 @@
  * The master feeds this class its events (requests, messages, exits, deadlines) one at a time, from
  * its dispatcher; the choice of workers is a pure function.
  */
+
+import type { PatchFailure } from '../child/protocol.js';
 import type { Generation } from './generation.js';
-import type { PatchFailure } from './ipc.js';
 import type { Logger } from './log.js';
 import type { TimerHandle } from './os.js';
 import type { Worker } from './worker.js';

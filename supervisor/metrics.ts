@@ -9,7 +9,7 @@ import { Counter, Gauge, Histogram, Registry } from 'prom-client';
 import type { UsageSampler } from './control/usage.js';
 import { ListenError } from './errors.js';
 import type { Logger } from './log.js';
-import type { MasterSnapshot, Progress } from './master.js';
+import type { MasterSnapshot, Progress } from './model.js';
 import type { InetListenSpec } from './options.js';
 
 /** The master as the metrics endpoint sees it. */

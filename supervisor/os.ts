@@ -32,16 +32,15 @@ export interface SpawnRequest {
 
 /** What a spawned worker reports back; each callback queues an event in the master. */
 export interface WorkerCallbacks {
-  onMessage(message: unknown): void;
+  /**
+   * One IPC message (child/protocol.ts), once, with the handle that came along if any (a connection
+   * handed off, docs/handoff.md): the callee owns the handle.
+   */
+  onMessage(message: unknown, handle?: unknown): void;
   onStderr(chunk: Buffer): void;
   /** One line the worker wrote on its notify pipe (sd_notify words: `READY=1`, `STATUS=...`). */
   onNotify(line: string): void;
   onExit(exitCode: number | null, signal: NodeJS.Signals | null): void;
-  /**
-   * A message that came with a handle (a connection handed off, docs/handoff.md); the callee owns the
-   * handle. The message itself also reaches `onMessage`, without the handle.
-   */
-  onHandle?(message: unknown, handle: unknown): void;
 }
 
 /** A running worker process as the master sees it. */
@@ -143,12 +142,10 @@ export const realOs: Os = {
         ? undefined
         : (subprocess.stdio[notifyFd(request.listenerFds.length)] as Readable | null | undefined);
     if (notify) readNotifyLines(notify, callbacks);
-    readMessages(subprocess, callbacks);
-    // execa's message reading drops handles: a handed-off connection is taken from Node's own event.
+    // Node's own event, not execa's message reading: execa drops handles, and a handed-off connection
+    // comes with one. Each message arrives here once, in the order the worker sent it.
     const child = subprocess.nodeChildProcess;
-    child.on('message', (message: unknown, handle: unknown) => {
-      if (handle !== undefined) callbacks.onHandle?.(message, handle);
-    });
+    child.on('message', (message: unknown, handle: unknown) => callbacks.onMessage(message, handle));
     subprocess.then(
       (result) =>
         callbacks.onExit(result.exitCode ?? null, (result.signal as NodeJS.Signals | undefined) ?? null),
@@ -235,14 +232,4 @@ function readNotifyLines(stream: Readable, callbacks: WorkerCallbacks): void {
     for (const line of lines) if (line.trim() !== '') callbacks.onNotify(line.trim());
   });
   stream.on('error', () => {});
-}
-
-type MessageSource = { getEachMessage(options?: { reference?: boolean }): AsyncIterableIterator<unknown> };
-
-async function readMessages(subprocess: MessageSource, callbacks: WorkerCallbacks): Promise<void> {
-  try {
-    for await (const message of subprocess.getEachMessage({ reference: false })) callbacks.onMessage(message);
-  } catch {
-    // The channel broke because the worker exited: its exit is reported by onExit.
-  }
 }

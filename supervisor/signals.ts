@@ -2,7 +2,7 @@
  * Signals become master events, nothing more: the dispatcher decides what
  * they mean in the state the master is in.
  */
-import type { MasterEvent } from './master.js';
+import type { MasterEvent } from './model.js';
 
 /** What each signal asks of the master (see the README's "Signals"). */
 export const SIGNAL_EVENTS: Partial<Record<NodeJS.Signals, MasterEvent>> = {

@@ -4,7 +4,7 @@
  */
 
 import type { ReloadAccepted } from '../control/reload.js';
-import type { Progress } from '../master.js';
+import type { Progress } from '../model.js';
 
 /** How many lines of a failed worker's stderr the CLI prints. */
 export const STDERR_TAIL_LINES = 10;

@@ -15,7 +15,7 @@ import {
   MasterStoppingError,
   ReloadFailedError,
 } from '../errors.js';
-import type { Progress } from '../master.js';
+import type { Progress } from '../model.js';
 import { describeProgress } from './format.js';
 
 /** How often the live view asks the master how many connections the draining generations still hold. */

@@ -6,7 +6,7 @@ import { connectToMaster, type MasterTarget } from '../control/client.js';
 import type { ErrorAnswer } from '../control/protocol.js';
 import type { StopResult } from '../control/stop.js';
 import { ControlProtocolError } from '../errors.js';
-import type { Progress } from '../master.js';
+import type { Progress } from '../model.js';
 import { describeProgress } from './format.js';
 import type { Output } from './reload.js';
 

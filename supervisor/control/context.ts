@@ -5,14 +5,13 @@
  * master's dispatcher makes every change.
  */
 import type { Logger } from '../log.js';
-import type { Master } from '../master.js';
+import type { ControlledMaster } from '../model.js';
 import type { ReloadHistory } from './history.js';
 import type { Caller } from './peer.js';
 import type { ControlErrorBody } from './protocol.js';
 import type { UsageSampler } from './usage.js';
 
-/** The part of the master that the control socket may touch. */
-export type ControlledMaster = Pick<Master, 'dispatch' | 'follow' | 'snapshot' | 'finished'>;
+export type { ControlledMaster } from '../model.js';
 
 /** Everything a request handler may use. */
 export interface ControlContext {

@@ -3,7 +3,7 @@
  * ended, how long its generation took to be ready and the generations it
  * replaced took to drain. Built only from the master's progress reports.
  */
-import type { Progress } from '../master.js';
+import type { Progress } from '../model.js';
 
 /** How many starts and reloads `status` remembers. */
 export const RELOAD_HISTORY_KEPT = 10;

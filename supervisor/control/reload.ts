@@ -5,7 +5,7 @@
  * active), or until it failed. A reload asked while one runs joins the queued one.
  */
 import type { StartFailure } from '../errors.js';
-import type { Progress, ReloadAnswer } from '../master.js';
+import type { Progress, ReloadAnswer } from '../model.js';
 import type { ControlledMaster, RequestKind } from './context.js';
 import { unknownField } from './context.js';
 import type { ControlErrorBody } from './protocol.js';

@@ -2,7 +2,7 @@
  * `{ "kind": "status" }`: the master's state as plain data, each worker with its
  * latest CPU and memory sample, whether it is healthy, and the last reloads.
  */
-import type { GenerationSnapshot, MasterSnapshot, MasterState, WorkerSnapshot } from '../master.js';
+import type { GenerationSnapshot, MasterSnapshot, MasterState, WorkerSnapshot } from '../model.js';
 import type { ControlContext, RequestKind } from './context.js';
 import { unknownField } from './context.js';
 import type { ReloadRecord } from './history.js';

@@ -9,6 +9,7 @@ import { isIP } from 'node:net';
 import { constants as osConstants } from 'node:os';
 import { describe, expect, test } from '@jest/globals';
 import fc from 'fast-check';
+import { parseWorkerMessage } from '../../child/protocol.js';
 import { LineBuffer } from '../../supervisor/control/lines.js';
 import {
   encodeLine,
@@ -18,7 +19,6 @@ import {
 import { parseRequestLine, REQUESTS } from '../../supervisor/control/requests.js';
 import { parseName } from '../../supervisor/control/socket-path.js';
 import { EXIT_CODES, UsageError } from '../../supervisor/errors.js';
-import { parseWorkerMessage } from '../../supervisor/ipc.js';
 import {
   formatDuration,
   type ListenSpec,

@@ -6,7 +6,7 @@ import { ReloadWatch } from '../../supervisor/control/reload.js';
 import { parseRequestLine } from '../../supervisor/control/requests.js';
 import { defaultName, resolveControlSettings } from '../../supervisor/control/socket-path.js';
 import { health } from '../../supervisor/control/status.js';
-import type { Progress } from '../../supervisor/master.js';
+import type { Progress } from '../../supervisor/model.js';
 
 const active = (generation: number, draining: number[] = [], readyMs = 100): Progress => ({
   kind: 'generation-active',

@@ -169,7 +169,7 @@ describe('HandoffRelay', () => {
     old.workers.push(sender);
     (old.slots[0] as Slot).current = sender;
     sender.markReady(0);
-    old.state = 'active';
+    old.markActive(0);
     const adopters = [new Worker(2, 0, 0), new Worker(2, 1, 0)];
     adopters.forEach((worker, index) => {
       fresh.workers.push(worker);
@@ -463,8 +463,7 @@ describe('the master runs a handoff when a new generation becomes active', () =>
       setTimeout(() => onSent(null), 0);
     }
     say(message: unknown, handle?: unknown): void {
-      this.callbacks.onMessage(message);
-      if (handle !== undefined) this.callbacks.onHandle?.(message, handle);
+      this.callbacks.onMessage(message, handle);
     }
   }
 

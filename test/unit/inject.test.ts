@@ -6,10 +6,10 @@
 import { createHash } from 'node:crypto';
 import { describe, expect, test } from '@jest/globals';
 import { pino } from 'pino';
+import { parseWorkerMessage } from '../../child/protocol.js';
 import { inject } from '../../supervisor/control/inject.js';
 import { Generation } from '../../supervisor/generation.js';
 import { chooseWorkers, type InjectAnswer, InjectRelay, type PatchSource } from '../../supervisor/inject.js';
-import { parseWorkerMessage } from '../../supervisor/ipc.js';
 import { Worker } from '../../supervisor/worker.js';
 
 const PATCH_SOURCE = 'export default ({ rewards }) => { rewards.coinsPerWork = 3; };';
@@ -22,7 +22,9 @@ const PATCH: PatchSource = {
 /** A generation of `size` workers, each with a pid (1000 + its index) and in `state`. */
 function generation(id: number, size: number, state: Generation['state'], workerState: Worker['state']) {
   const made = new Generation(id, String(id), size, 0);
-  made.state = state;
+  if (state === 'active' || state === 'draining') made.markActive(0);
+  if (state === 'draining') made.markDraining();
+  if (state !== made.state) throw new Error(`The test cannot make a generation '${state}'`);
   for (const slot of made.slots) {
     const worker = new Worker(id, slot.index, 0);
     worker.state = workerState;

@@ -5,7 +5,7 @@
 import { afterEach, beforeEach, describe, expect, jest, test } from '@jest/globals';
 import { pino } from 'pino';
 import { CommandNotFoundError, EXIT_CODES } from '../../supervisor/errors.js';
-import { EXITED_WORKERS_KEPT, Master } from '../../supervisor/master.js';
+import { Master } from '../../supervisor/master.js';
 import {
   CONNECTION_SAMPLE_INTERVAL_MS,
   IDLE_DRAIN_SAMPLES,
@@ -15,6 +15,7 @@ import {
   STABLE_UPTIME_MS,
 } from '../../supervisor/options.js';
 import type { Os, SpawnRequest, WorkerCallbacks, WorkerProcess } from '../../supervisor/os.js';
+import { EXITED_WORKERS_KEPT } from '../../supervisor/slots.js';
 
 class FakeProcess implements WorkerProcess {
   readonly signals: NodeJS.Signals[] = [];

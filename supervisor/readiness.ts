@@ -1,0 +1,152 @@
+/**
+ * Readiness: how the master learns that a worker serves, in each `--ready` mode (docs/contract.md):
+ * the IPC message `'ready'`, `READY=1` on the notify pipe, the worker seen polling its listeners in
+ * /proc, or a delay; and the /proc connection sample, which counts the connections of workers that do
+ * not report theirs and finishes a draining one that holds none. A new way to say ready is a new
+ * `ReadyVia`, a line in `countsAsReady`, and the event that brings it to `onSignal`.
+ *
+ * The master's dispatcher feeds it the events; it arms its timers through the dispatcher too.
+ */
+import path from 'node:path';
+import type { Generation } from './generation.js';
+import type { Logger } from './log.js';
+import type { InheritedListener, MasterEvent } from './model.js';
+import {
+  CONNECTION_SAMPLE_INTERVAL_MS,
+  IDLE_DRAIN_SAMPLES,
+  type MasterOptions,
+  POLL_READINESS_INTERVAL_MS,
+  type ReadinessMode,
+} from './options.js';
+import type { Os } from './os.js';
+import type { Worker } from './worker.js';
+
+/** How a worker's readiness was seen. */
+export type ReadyVia = 'ipc' | 'notify' | 'delay' | 'poll';
+
+/** Runtimes whose programs say ready over the IPC channel (`process.send('ready')`, the child API). */
+const IPC_RUNTIMES = new Set(['node', 'nodejs', 'bun']);
+
+/** Whether `command` (resolved) is a runtime whose workers say ready over IPC. */
+export function speaksIpc(command: string): boolean {
+  return IPC_RUNTIMES.has(path.basename(command).replace(/\.exe$/, ''));
+}
+
+/** Whether a worker that said ready `via` counts as ready under `--ready mode`. */
+export function countsAsReady(mode: ReadinessMode['kind'], via: ReadyVia): boolean {
+  return mode === via || (mode === 'auto' && via !== 'delay');
+}
+
+/**
+ * Whether the master watches `command`'s workers in /proc for readiness. `auto` also watches a program
+ * that is not Node accept, so that an unmodified server (one written for a systemd .socket unit) is ready
+ * without a flag. Node workers say ready over IPC: one that listens before it is ready (warming a cache)
+ * must not be taken for ready early.
+ */
+export function probesProc(mode: ReadinessMode['kind'], command: string): boolean {
+  return mode === 'poll' || (mode === 'auto' && !speaksIpc(command));
+}
+
+/** What readiness needs from the master. */
+export interface ReadinessPorts {
+  os: Os;
+  logger: Logger;
+  options: Pick<MasterOptions, 'ready' | 'readyTimeoutMs'>;
+  listeners: readonly InheritedListener[];
+  /** Queues an event in the master's dispatcher (timers only queue). */
+  dispatch(event: MasterEvent): void;
+  /** A worker is ready, seen `via` a signal its `--ready` mode counts. */
+  ready(worker: Worker, via: ReadyVia): void;
+  /** Every generation the master knows, for the connection sample. */
+  generations(): readonly Generation[];
+  kill(worker: Worker, signal: NodeJS.Signals): void;
+}
+
+/** The master's readiness watch over each starting worker, and its /proc sample of every worker. */
+export class Readiness {
+  constructor(private readonly ports: ReadinessPorts) {}
+
+  /** Watches a worker just spawned from `command`: its ready deadline, and the delay or /proc probe. */
+  watch(worker: Worker, command: string): void {
+    const { os, dispatch, options } = this.ports;
+    worker.readyTimer = os.setTimer(options.readyTimeoutMs, () =>
+      dispatch({ type: 'ready-timeout', worker }),
+    );
+    const mode = options.ready;
+    if (mode.kind === 'delay') {
+      os.setTimer(mode.ms, () => dispatch({ type: 'ready-delay-passed', worker }));
+    } else if (probesProc(mode.kind, command)) {
+      this.scheduleProbe(worker);
+    }
+  }
+
+  /** A worker said ready one way; whether that counts depends on `--ready`. */
+  onSignal(worker: Worker, via: ReadyVia): void {
+    if (countsAsReady(this.ports.options.ready.kind, via)) this.ports.ready(worker, via);
+  }
+
+  /** sd_notify words on the notify pipe: READY=1 says ready; STATUS= is logged. */
+  onNotified(worker: Worker, line: string): void {
+    if (line === 'READY=1') this.onSignal(worker, 'notify');
+    else if (line.startsWith('STATUS=')) {
+      this.ports.logger.info(
+        { gen: worker.generation, worker: worker.index, pid: worker.pid, status: line.slice(7) },
+        'worker status',
+      );
+    }
+  }
+
+  /** `--ready poll`: a worker is ready once /proc shows it waiting for connections on the listeners. */
+  onProbe(worker: Worker): void {
+    if (worker.state !== 'starting' || worker.pid === undefined) return;
+    if (this.ports.os.pollsListeners(worker.pid, this.listenerInodes)) this.onSignal(worker, 'poll');
+    else this.scheduleProbe(worker);
+  }
+
+  /** Starts the /proc connection sample (every CONNECTION_SAMPLE_INTERVAL_MS, for as long as the master runs). */
+  startSampling(): void {
+    this.ports.os.setTimer(CONNECTION_SAMPLE_INTERVAL_MS, () =>
+      this.ports.dispatch({ type: 'connections-sample' }),
+    );
+  }
+
+  /**
+   * Counts, in /proc, the connections of workers that do not report theirs (for
+   * status), and finishes a draining one that stopped accepting and holds none:
+   * an unmodified program may close its listener on the drain signal and wait.
+   */
+  onSample(): void {
+    const { os, listeners, logger } = this.ports;
+    for (const generation of this.ports.generations()) {
+      for (const worker of generation.liveWorkers) {
+        if (worker.connections !== undefined || worker.pid === undefined) continue;
+        worker.observedConnections = os.countConnections(worker.pid, listeners);
+        const idle =
+          worker.state === 'draining' &&
+          worker.observedConnections === 0 &&
+          !os.pollsListeners(worker.pid, this.listenerInodes);
+        worker.idleSamples = idle ? worker.idleSamples + 1 : 0;
+        if (worker.idleSamples >= IDLE_DRAIN_SAMPLES) {
+          logger.info(
+            { gen: generation.id, worker: worker.index, pid: worker.pid },
+            'worker finished: it no longer accepts and holds no connection',
+          );
+          this.ports.kill(worker, 'SIGKILL');
+        }
+      }
+    }
+    this.startSampling();
+  }
+
+  private scheduleProbe(worker: Worker): void {
+    this.ports.os.setTimer(POLL_READINESS_INTERVAL_MS, () =>
+      this.ports.dispatch({ type: 'ready-probe', worker }),
+    );
+  }
+
+  private get listenerInodes(): Set<number> {
+    return new Set(
+      this.ports.listeners.flatMap((listener) => (listener.inode === undefined ? [] : [listener.inode])),
+    );
+  }
+}

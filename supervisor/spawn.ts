@@ -1,0 +1,140 @@
+/**
+ * Spawning: how a worker is started, written once for the workers of a generation and for the scratch
+ * worker of `inject --dry-run` alike: which command (resolved anew each time, so that a reload runs
+ * what is on disk now), which environment (`workerEnv`, the one place to add a variable), which
+ * descriptors and which user. The worker's events go to the master's dispatcher.
+ */
+import type { Generation } from './generation.js';
+import type { Logger } from './log.js';
+import type { InheritedListener, MasterEvent } from './model.js';
+import type { MasterOptions } from './options.js';
+import { notifyFd, type Os, type SpawnRequest } from './os.js';
+import { Worker } from './worker.js';
+
+/** Environment variables the master never passes on: they describe the master's own parent, not the worker's. */
+export const ENV_NOT_INHERITED = [
+  'LISTEN_FDS',
+  'LISTEN_FDNAMES',
+  'LISTEN_PID',
+  'NODE_CHANNEL_FD',
+  'NODE_CHANNEL_SERIALIZATION_MODE',
+  'NODE_UNIQUE_ID',
+];
+
+/** Who a worker is: its generation, and its slot (none for a scratch worker, which serves nothing). */
+export interface WorkerIdentity {
+  generation: number;
+  version: string;
+  /** The slot index; undefined for the scratch worker of `inject --dry-run`. */
+  worker: number | undefined;
+}
+
+/** What a worker's environment is made of besides its identity. */
+export interface EnvironmentSettings {
+  /** The master's own environment. */
+  env: Readonly<Record<string, string | undefined>>;
+  /** The listeners the worker inherits, in order (none for a scratch worker). */
+  listeners: ReadonlyArray<Pick<InheritedListener, 'name'>>;
+  drainSignal: NodeJS.Signals;
+  drainTimeoutMs: number;
+}
+
+/** The complete environment of a worker (docs/contract.md): the master's, then baton's variables. */
+export function workerEnv(settings: EnvironmentSettings, identity: WorkerIdentity): Record<string, string> {
+  const env: Record<string, string> = {};
+  for (const [key, value] of Object.entries(settings.env)) {
+    if (value !== undefined && !ENV_NOT_INHERITED.includes(key)) env[key] = value;
+  }
+  const { listeners } = settings;
+  const scratch = identity.worker === undefined;
+  return {
+    ...env,
+    LISTEN_FDS: String(listeners.length),
+    // A scratch worker has no socket: serve() in the child API resolves without listening.
+    ...(scratch
+      ? { BATON_SCRATCH: '1' }
+      : { LISTEN_FDNAMES: listeners.map((listener) => listener.name).join(':') }),
+    BATON_GENERATION: String(identity.generation),
+    ...(identity.worker === undefined ? {} : { BATON_WORKER: String(identity.worker) }),
+    BATON_VERSION: identity.version,
+    BATON_DRAIN_SIGNAL: settings.drainSignal,
+    BATON_DRAIN_TIMEOUT_MS: String(settings.drainTimeoutMs),
+    ...(scratch ? {} : { BATON_NOTIFY_FD: String(notifyFd(listeners.length)) }),
+  };
+}
+
+/** What spawning needs from the master. */
+export interface SpawnPorts {
+  os: Os;
+  logger: Logger;
+  options: MasterOptions;
+  listeners: readonly InheritedListener[];
+  /** The environment workers start from (the master's own). */
+  env: Record<string, string | undefined>;
+  cwd: string;
+  /** Queues a worker's event in the master's dispatcher. */
+  dispatch(event: MasterEvent): void;
+  /** Where workers' stderr goes once the master has kept its tail. */
+  writeStderr(chunk: Buffer): void;
+}
+
+/** Starts workers: resolves the command, builds the request, wires the worker's events to the dispatcher. */
+export class Spawner {
+  constructor(private readonly ports: SpawnPorts) {}
+
+  /** The worker's command as an absolute path now; undefined (the caller says why it stops) if there is none. */
+  resolveCommand(): string | undefined {
+    const { os, options, env, cwd } = this.ports;
+    try {
+      return os.resolveCommand(options.command, env, cwd);
+    } catch {
+      return undefined;
+    }
+  }
+
+  /** The spawn request of a worker of `generation` (slot `worker`), or of a scratch worker (undefined). */
+  request(command: string, generation: Generation, worker: number | undefined): SpawnRequest {
+    const { options, cwd } = this.ports;
+    const listeners = worker === undefined ? [] : this.ports.listeners;
+    return {
+      command,
+      args: options.args,
+      env: workerEnv(
+        {
+          env: this.ports.env,
+          listeners,
+          drainSignal: options.drainSignal,
+          drainTimeoutMs: options.drainTimeoutMs,
+        },
+        { generation: generation.id, version: generation.version, worker },
+      ),
+      listenerFds: listeners.map((listener) => listener.fd),
+      ...(worker === undefined ? { notifyPipe: false } : {}),
+      cwd,
+      parentDeathSignal: options.drainSignal,
+      ...(options.uid === undefined ? {} : { uid: options.uid }),
+      ...(options.gid === undefined ? {} : { gid: options.gid }),
+    };
+  }
+
+  /** Starts a worker in `generation`'s slot `slotIndex`, which it fills from now on. */
+  spawnWorker(generation: Generation, slotIndex: number, command: string): Worker | undefined {
+    const slot = generation.slots[slotIndex];
+    if (!slot) return undefined;
+    const { os, dispatch } = this.ports;
+    const worker = new Worker(generation.id, slotIndex, os.now());
+    slot.current = worker;
+    generation.workers.push(worker);
+    worker.process = os.spawnWorker(this.request(command, generation, slotIndex), {
+      onMessage: (message, handle) => dispatch({ type: 'worker-message', worker, message, handle }),
+      onNotify: (line) => dispatch({ type: 'worker-notified', worker, line }),
+      onStderr: (chunk) => {
+        worker.stderr.push(chunk);
+        this.ports.writeStderr(chunk);
+      },
+      onExit: (exitCode, signal) => dispatch({ type: 'worker-exited', worker, exitCode, signal }),
+    });
+    this.ports.logger.debug({ gen: generation.id, worker: slotIndex, pid: worker.pid }, 'worker spawned');
+    return worker;
+  }
+}
