@@ -4,14 +4,9 @@
  */
 import yargs, { type Argv } from 'yargs';
 import { hideBin } from 'yargs/helpers';
-import { type InjectDestination, injectCommand } from '../supervisor/commands/inject.js';
-import { reloadCommand } from '../supervisor/commands/reload.js';
-import { scaleCommand } from '../supervisor/commands/scale.js';
-import { statusCommand } from '../supervisor/commands/status.js';
-import { stopCommand } from '../supervisor/commands/stop.js';
 import type { MasterTarget } from '../supervisor/control/client.js';
 import { parseName, resolveControlSettings } from '../supervisor/control/socket-path.js';
-import { BatonError, EXIT_CODES, UsageError } from '../supervisor/errors.js';
+import { BatonError, describeExitCodes, EXIT_CODES, UsageError } from '../supervisor/errors.js';
 import { createLogger } from '../supervisor/log.js';
 import {
   COMMAND_AFTER_DASHES,
@@ -25,9 +20,14 @@ import {
 } from '../supervisor/options.js';
 import { runMaster } from '../supervisor/start.js';
 import { batonVersion } from '../supervisor/version.js';
+import { type InjectDestination, injectCommand } from './commands/inject.js';
+import { reloadCommand } from './commands/reload.js';
+import { scaleCommand } from './commands/scale.js';
+import { statusCommand } from './commands/status.js';
+import { stopCommand } from './commands/stop.js';
 
 const EPILOGUE = `Signals to the master: SIGUSR2 or SIGHUP reload, SIGTERM or SIGINT drain and stop, SIGQUIT stop now.
-Exit codes: 0 done, 1 internal error, 2 bad usage, 3 cannot listen (a --listen address or the control socket), 4 first generation failed to start, 5 workers killed at the drain deadline, 6 reload: the new version failed to start, 7 reload: the new version was not ready in time, 8 no master found, 9 status --check: not healthy, 10 the master is stopping, 11 inject: the patch failed on a worker or in its dry run, 127 command not found.
+Exit codes: ${describeExitCodes()}.
 Control socket and protocol: docs/control.md.`;
 
 /** The largest pid Linux hands out (pid_max can be raised to 2^22). */

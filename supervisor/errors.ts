@@ -20,6 +20,30 @@ export const EXIT_CODES = {
   commandNotFound: 127,
 } as const;
 
+/** What each exit code means, in `--help`'s words (the README shows `--help`). */
+const EXIT_CODE_MEANINGS: Record<keyof typeof EXIT_CODES, string> = {
+  ok: 'done',
+  internal: 'internal error',
+  usage: 'bad usage',
+  listenFailed: 'cannot listen (a --listen address or the control socket)',
+  startFailed: 'first generation failed to start',
+  drainForced: 'workers killed at the drain deadline',
+  reloadFailed: 'reload: the new version failed to start',
+  readyTimeout: 'reload: the new version was not ready in time',
+  noMaster: 'no master found',
+  notHealthy: 'status --check: not healthy',
+  masterStopping: 'the master is stopping',
+  injectFailed: 'inject: the patch failed on a worker or in its dry run',
+  commandNotFound: 'command not found',
+};
+
+/** Every exit code and its meaning, in one line: `0 done, 1 internal error, ...`. */
+export function describeExitCodes(): string {
+  return (Object.keys(EXIT_CODES) as Array<keyof typeof EXIT_CODES>)
+    .map((name) => `${EXIT_CODES[name]} ${EXIT_CODE_MEANINGS[name]}`)
+    .join(', ');
+}
+
 /** Any failure baton knows how to explain in one line. */
 export class BatonError extends Error {
   /** The exit code a command that ends on this error returns. */

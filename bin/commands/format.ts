@@ -3,8 +3,8 @@
  * line (or a few) per progress report.
  */
 
-import type { ReloadAccepted } from '../control/reload.js';
-import type { Progress } from '../model.js';
+import type { ReloadAccepted } from '../../supervisor/control/reload.js';
+import type { Progress } from '../../supervisor/model.js';
 
 /** How many lines of a failed worker's stderr the CLI prints. */
 export const STDERR_TAIL_LINES = 10;

@@ -3,19 +3,19 @@
  * printing progress as it comes (plain lines, or a live view on a terminal);
  * the exit code says how it ended (EXIT_CODES).
  */
-import { ControlClient, connectToMaster, type MasterTarget } from '../control/client.js';
-import type { ErrorAnswer } from '../control/protocol.js';
-import type { ReloadAccepted, ReloadResult } from '../control/reload.js';
-import type { MasterStatus } from '../control/status.js';
-import type { StartFailure } from '../errors.js';
+import { ControlClient, connectToMaster, type MasterTarget } from '../../supervisor/control/client.js';
+import type { ErrorAnswer } from '../../supervisor/control/protocol.js';
+import type { ReloadAccepted, ReloadResult } from '../../supervisor/control/reload.js';
+import type { MasterStatus } from '../../supervisor/control/status.js';
+import type { StartFailure } from '../../supervisor/errors.js';
 import {
   ControlProtocolError,
   DrainForcedError,
   EXIT_CODES,
   MasterStoppingError,
   ReloadFailedError,
-} from '../errors.js';
-import type { Progress } from '../model.js';
+} from '../../supervisor/errors.js';
+import type { Progress } from '../../supervisor/model.js';
 import { describeProgress } from './format.js';
 
 /** How often the live view asks the master how many connections the draining generations still hold. */

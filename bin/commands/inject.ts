@@ -7,12 +7,17 @@
 import { createHash } from 'node:crypto';
 import { readFileSync } from 'node:fs';
 import { basename } from 'node:path';
-import { connectToMaster, type MasterTarget } from '../control/client.js';
-import type { DryRunInjectResult, InjectResult } from '../control/inject.js';
-import { type ErrorAnswer, encodeLine, MAX_REQUEST_LINE_BYTES } from '../control/protocol.js';
-import type { DryRunResult } from '../dry-run.js';
-import { ControlProtocolError, InjectFailedError, MasterStoppingError, UsageError } from '../errors.js';
-import type { InjectTarget, WorkerInjection } from '../inject.js';
+import { connectToMaster, type MasterTarget } from '../../supervisor/control/client.js';
+import type { DryRunInjectResult, InjectResult } from '../../supervisor/control/inject.js';
+import { type ErrorAnswer, encodeLine, MAX_REQUEST_LINE_BYTES } from '../../supervisor/control/protocol.js';
+import type { DryRunResult } from '../../supervisor/dry-run.js';
+import {
+  ControlProtocolError,
+  InjectFailedError,
+  MasterStoppingError,
+  UsageError,
+} from '../../supervisor/errors.js';
+import type { InjectTarget, WorkerInjection } from '../../supervisor/inject.js';
 import type { Output } from './reload.js';
 
 /** How many frames of a failed patch's stack the CLI prints under its worker's line. */

@@ -2,10 +2,10 @@
  * `baton scale N`: sets the number of workers of the serving generation (and
  * of the next ones) without a reload; returns once the added workers are ready.
  */
-import { connectToMaster, type MasterTarget } from '../control/client.js';
-import type { ErrorAnswer } from '../control/protocol.js';
-import type { ScaleResult } from '../control/scale.js';
-import { ControlProtocolError } from '../errors.js';
+import { connectToMaster, type MasterTarget } from '../../supervisor/control/client.js';
+import type { ErrorAnswer } from '../../supervisor/control/protocol.js';
+import type { ScaleResult } from '../../supervisor/control/scale.js';
+import { ControlProtocolError } from '../../supervisor/errors.js';
 import type { Output } from './reload.js';
 
 /** Scales the master's workers to `workers`; resolves with the exit code. */

@@ -2,11 +2,11 @@
  * `baton stop [--fast]`: asks the master to stop (drain everything, or kill
  * every worker now) and waits until it has; exits with the master's own exit code.
  */
-import { connectToMaster, type MasterTarget } from '../control/client.js';
-import type { ErrorAnswer } from '../control/protocol.js';
-import type { StopResult } from '../control/stop.js';
-import { ControlProtocolError } from '../errors.js';
-import type { Progress } from '../model.js';
+import { connectToMaster, type MasterTarget } from '../../supervisor/control/client.js';
+import type { ErrorAnswer } from '../../supervisor/control/protocol.js';
+import type { StopResult } from '../../supervisor/control/stop.js';
+import { ControlProtocolError } from '../../supervisor/errors.js';
+import type { Progress } from '../../supervisor/model.js';
 import { describeProgress } from './format.js';
 import type { Output } from './reload.js';
 

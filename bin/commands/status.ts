@@ -3,10 +3,10 @@
  * last starts and reloads; `--json` prints the master's answer as is;
  * `--check` says in one line whether an active generation has every worker ready.
  */
-import { connectToMaster, type MasterTarget } from '../control/client.js';
-import type { ErrorAnswer } from '../control/protocol.js';
-import { atOpenFileLimit, type MasterStatus } from '../control/status.js';
-import { ControlProtocolError, EXIT_CODES, NotHealthyError } from '../errors.js';
+import { connectToMaster, type MasterTarget } from '../../supervisor/control/client.js';
+import type { ErrorAnswer } from '../../supervisor/control/protocol.js';
+import { atOpenFileLimit, type MasterStatus } from '../../supervisor/control/status.js';
+import { ControlProtocolError, EXIT_CODES, NotHealthyError } from '../../supervisor/errors.js';
 import { formatBytes, formatMs, formatUptime } from './format.js';
 import type { Output } from './reload.js';
 
