@@ -243,6 +243,22 @@ export interface RelayPorts {
   report(progress: SessionsMovedProgress): void;
 }
 
+/**
+ * Where a relayed connection is between the old worker's send and the end of its round:
+ * `sending` (the send to the new worker is under way), `refused-while-sending` (the new worker turned it
+ * down before the send was done), `held` (the new worker holds it), `adopted` or `refused` (the new
+ * worker's answer to `handoff-commit`), `settled-while-sending` (the old worker was told, the send is not
+ * done yet). Once the old worker is told and the send is done, the master's copy is closed and the
+ * connection leaves the relay.
+ */
+export type FlightState =
+  | 'sending'
+  | 'refused-while-sending'
+  | 'held'
+  | 'adopted'
+  | 'refused'
+  | 'settled-while-sending';
+
 /** A connection between the old worker's send and the end of its round. */
 interface InFlight {
   readonly round: HandoffRound;
@@ -251,12 +267,12 @@ interface InFlight {
   readonly to: Worker;
   /** The master's copy; closed once the send is done and the connection settled, never before. */
   readonly handle: RawSocketHandle;
-  /** The send to `to` completed or failed. */
-  written: boolean;
-  /** Whether `to` adopted it, once known. */
-  adopted: boolean | undefined;
-  /** The old worker was told what became of it. */
-  settled: boolean;
+  state: FlightState;
+}
+
+/** Whether the send of `flight` to its new worker is done (completed or failed). */
+function isWritten(flight: InFlight): boolean {
+  return flight.state === 'held' || flight.state === 'adopted' || flight.state === 'refused';
 }
 
 /** The master's side of every handoff: which workers take part, the rounds, the connections in flight. */
@@ -379,9 +395,7 @@ export class HandoffRelay {
       id,
       to: adopter,
       handle,
-      written: false,
-      adopted: undefined,
-      settled: false,
+      state: 'sending',
     });
     const sent = this.ports.send(adopter, { baton: 'adopt', relay, listener, state }, handle, (error) =>
       this.ports.relayed(relay, error),
@@ -392,29 +406,36 @@ export class HandoffRelay {
   /** The send of relay `relay` to its adopter completed (or failed). */
   onRelayed(relay: number, error: Error | null): void {
     const flight = this.inFlight.get(relay);
-    if (!flight || flight.written) return;
-    flight.written = true;
-    if (flight.settled) this.closeIfDone(relay, flight);
-    else if (error) {
+    if (flight?.state === 'settled-while-sending') {
+      this.close(relay, flight);
+      return;
+    }
+    if (flight?.state !== 'sending' && flight?.state !== 'refused-while-sending') return;
+    const refused = flight.state === 'refused-while-sending';
+    flight.state = refused ? 'refused' : 'held';
+    if (error) {
       this.ports.logger.debug(
         { gen: flight.to.generation, worker: flight.to.index, pid: flight.to.pid, error: error.message },
         'handoff: could not pass a connection on',
       );
       this.settleFlight(relay, flight, false);
-    } else if (flight.adopted === false) this.settleFlight(relay, flight, false);
+    } else if (refused) this.settleFlight(relay, flight, false);
     else this.advance(flight.round);
   }
 
   /** A new worker turned a connection down as it arrived (no hook, or it drains): it stays where it was. */
   onRefused(worker: Worker, relay: number, reason: string | undefined): void {
     const flight = this.inFlight.get(relay);
-    if (!flight || flight.to !== worker || flight.adopted !== undefined || flight.settled) return;
+    if (!flight || flight.to !== worker || (flight.state !== 'sending' && flight.state !== 'held')) return;
     this.ports.logger.warn(
       { gen: worker.generation, worker: worker.index, pid: worker.pid, reason },
       'handoff: the new worker refused a connection; it goes on in its old worker',
     );
-    flight.adopted = false;
-    if (flight.written) this.settleFlight(relay, flight, false);
+    if (flight.state === 'sending') flight.state = 'refused-while-sending';
+    else {
+      flight.state = 'refused';
+      this.settleFlight(relay, flight, false);
+    }
   }
 
   /** A new worker adopted what it held (its answer to `handoff-commit`). */
@@ -425,12 +446,12 @@ export class HandoffRelay {
     if (!round) return;
     for (const relay of adopted) {
       const flight = this.inFlight.get(relay);
-      if (flight?.to === worker && flight.round === round) flight.adopted = true;
+      if (flight?.to === worker && flight.round === round) flight.state = 'adopted';
     }
     for (const { relay, reason } of refused) {
       const flight = this.inFlight.get(relay);
       if (flight?.to !== worker || flight.round !== round) continue;
-      flight.adopted = false;
+      flight.state = 'refused';
       this.ports.logger.warn(
         { gen: worker.generation, worker: worker.index, pid: worker.pid, reason },
         'handoff: the new worker refused a connection; it goes on in its old worker',
@@ -530,7 +551,9 @@ export class HandoffRelay {
   }
 
   private flightsOf(round: HandoffRound): Array<[number, InFlight]> {
-    return [...this.inFlight].filter(([, flight]) => flight.round === round && !flight.settled);
+    return [...this.inFlight].filter(
+      ([, flight]) => flight.round === round && flight.state !== 'settled-while-sending',
+    );
   }
 
   /**
@@ -540,7 +563,7 @@ export class HandoffRelay {
   private advance(round: HandoffRound): void {
     const flights = this.flightsOf(round);
     if (round.state === 'sending') {
-      if (round.waitingFor.size > 0 || flights.some(([, flight]) => !flight.written)) return;
+      if (round.waitingFor.size > 0 || flights.some(([, flight]) => !isWritten(flight))) return;
       round.state = 'adopting';
       round.timer?.cancel();
       const byAdopter = new Map<Worker, number[]>();
@@ -565,8 +588,9 @@ export class HandoffRelay {
   private commit(round: HandoffRound): void {
     const go = new Map<Worker, number[]>();
     for (const [relay, flight] of this.flightsOf(round)) {
-      if (flight.adopted) go.set(flight.to, [...(go.get(flight.to) ?? []), relay]);
-      this.settleFlight(relay, flight, flight.adopted === true);
+      const adopted = flight.state === 'adopted';
+      if (adopted) go.set(flight.to, [...(go.get(flight.to) ?? []), relay]);
+      this.settleFlight(relay, flight, adopted);
     }
     for (const [adopter, relays] of go) {
       this.ports.send(adopter, { baton: 'handoff-go', relays }, undefined, () => {
@@ -599,11 +623,11 @@ export class HandoffRelay {
 
   /** Tells the old worker whether its connection moved, and counts it. */
   private settleFlight(relay: number, flight: InFlight, adopted: boolean): void {
-    if (flight.settled) return;
-    flight.settled = true;
+    if (flight.state === 'settled-while-sending') return;
     this.settle(flight.from, flight.id, adopted);
     this.count(flight.round, adopted ? 'moved' : 'failed');
-    this.closeIfDone(relay, flight);
+    if (isWritten(flight)) this.close(relay, flight);
+    else flight.state = 'settled-while-sending';
   }
 
   /**
@@ -611,8 +635,7 @@ export class HandoffRelay {
    * closed while its send may still be queued lets its fd number go to another socket (a control
    * connection, say), which would then be the one sent.
    */
-  private closeIfDone(relay: number, flight: InFlight): void {
-    if (!flight.written || !flight.settled) return;
+  private close(relay: number, flight: InFlight): void {
     this.inFlight.delete(relay);
     closeRawHandle(flight.handle);
   }
