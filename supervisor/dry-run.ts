@@ -11,7 +11,7 @@
  * events (messages, exit, deadlines) one at a time, from its dispatcher.
  */
 
-import { type PatchFailure, parseWorkerMessage } from '../child/protocol.js';
+import { type MasterWire, type PatchFailure, parseWorkerMessage } from '../child/protocol.js';
 import { callerFacts, INJECT_ANSWER_TIMEOUT_MS, type PatchSource } from './inject.js';
 import type { Logger } from './log.js';
 import type { SpawnRequest, TimerHandle, WorkerCallbacks, WorkerProcess } from './os.js';
@@ -202,7 +202,7 @@ export class DryRunner {
       this.ports.queue({ kind: 'deadline', run }),
     );
     [...run.plan.earlier, run.plan.patch].forEach((patch, index) => {
-      const message = {
+      const message: MasterWire['inject'] = {
         baton: 'inject',
         id: index + 1,
         source: patch.source,

@@ -9,7 +9,7 @@
  * its dispatcher; the choice of workers is a pure function.
  */
 
-import type { PatchFailure } from '../child/protocol.js';
+import type { MasterWire, PatchFailure } from '../child/protocol.js';
 import type { Generation } from './generation.js';
 import type { Logger } from './log.js';
 import type { TimerHandle } from './os.js';
@@ -76,7 +76,7 @@ export interface InjectPorts {
   logger: Logger;
   now(): number;
   /** Sends an IPC message to `worker`; false when it has no IPC channel. */
-  send(worker: Worker, message: object): boolean;
+  send(worker: Worker, message: MasterWire['inject']): boolean;
   /** Starts the deadline of round `round`; at its end the master dispatches `inject-timeout`. */
   deadline(round: number, ms: number): TimerHandle;
 }
@@ -149,6 +149,31 @@ export class InjectRelay {
   /** The patches generation `generation` keeps, oldest first. */
   patchesOf(generation: Generation): readonly AppliedPatch[] {
     return this.patches.get(generation) ?? [];
+  }
+
+  /**
+   * `baton inject`: sends `patch` to the workers `target` names among `generations`, or refuses with
+   * why (no such worker); `source` names who asked, for the log.
+   */
+  request(
+    patch: PatchSource,
+    target: InjectTarget,
+    source: string,
+    generations: readonly Generation[],
+    reply: (answer: InjectAnswer) => void,
+  ): void {
+    const facts = { source, file: patch.file, hash: patch.hash };
+    const chosen = chooseWorkers(target, generations);
+    if ('message' in chosen) {
+      this.ports.logger.warn({ ...facts, target }, `patch refused: ${chosen.message}`);
+      reply({ outcome: 'ignored', reason: 'no-workers', message: chosen.message });
+      return;
+    }
+    this.ports.logger.info(
+      { ...facts, gen: chosen.generation.id, workers: chosen.workers.length },
+      'patch sent',
+    );
+    this.inject(patch, chosen, reply);
   }
 
   /**
@@ -233,7 +258,7 @@ export class InjectRelay {
       timer: undefined,
       reply,
     };
-    const message = {
+    const message: MasterWire['inject'] = {
       baton: 'inject',
       id: round.id,
       source: patch.source,

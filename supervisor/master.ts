@@ -16,13 +16,7 @@ import { type DryRunAnswer, DryRunner } from './dry-run.js';
 import { EXIT_CODES, type GenerationFailedError } from './errors.js';
 import type { Generation } from './generation.js';
 import { HandoffRelay, parseHandoffMessage } from './handoff.js';
-import {
-  chooseWorkers,
-  type InjectAnswer,
-  InjectRelay,
-  type InjectTarget,
-  type PatchSource,
-} from './inject.js';
+import { type InjectAnswer, InjectRelay, type InjectTarget, type PatchSource } from './inject.js';
 import type { Logger } from './log.js';
 import type {
   ControlledMaster,
@@ -378,14 +372,7 @@ export class Master implements ControlledMaster {
       reply({ outcome: 'ignored', reason: 'stopping', message: 'The master is stopping: nothing to patch.' });
       return;
     }
-    const chosen = chooseWorkers(target, this.upgrade.generations);
-    if ('message' in chosen) {
-      this.log.warn({ ...facts, target }, `patch refused: ${chosen.message}`);
-      reply({ outcome: 'ignored', reason: 'no-workers', message: chosen.message });
-      return;
-    }
-    this.log.info({ ...facts, gen: chosen.generation.id, workers: chosen.workers.length }, 'patch sent');
-    this.injections.inject(patch, chosen, reply);
+    this.injections.request(patch, target, source, this.upgrade.generations, reply);
   }
 
   /**

@@ -84,6 +84,7 @@ export class Upgrade {
     return this.generations.some((generation) => generation.liveWorkers.length > 0);
   }
 
+  /** The generation `worker` belongs to. */
   generationOf(worker: Worker): Generation {
     return this.generations.find((generation) => generation.id === worker.generation) as Generation;
   }
