@@ -61,3 +61,35 @@ export function decideReload(state: {
   if (!state.reloadRunning) return 'start';
   return state.reloadQueued ? 'already-queued' : 'queue';
 }
+
+/** What a stop still waits for: the generations with live workers, their connections, the time left. */
+export interface StopWait {
+  generations: Array<{ gen: number; workers: number; connections: number }>;
+  connections: number;
+  /** How long until the last drain deadline kills what is left. */
+  killInMs: number;
+}
+
+/** What a stop waits for now; undefined when no worker is left. */
+export function stopWait(
+  generations: ReadonlyArray<{
+    id: number;
+    drainStartedAt: number | undefined;
+    liveWorkers: ReadonlyArray<{ connections: number | undefined }>;
+  }>,
+  now: number,
+  drainTimeoutMs: number,
+): StopWait | undefined {
+  const waiting = generations.filter((generation) => generation.liveWorkers.length > 0);
+  if (waiting.length === 0) return undefined;
+  const rows = waiting.map((generation) => ({
+    gen: generation.id,
+    workers: generation.liveWorkers.length,
+    connections: generation.liveWorkers.reduce((sum, worker) => sum + (worker.connections ?? 0), 0),
+  }));
+  const killInMs = Math.max(
+    0,
+    ...waiting.map((generation) => (generation.drainStartedAt ?? now) + drainTimeoutMs - now),
+  );
+  return { generations: rows, connections: rows.reduce((sum, row) => sum + row.connections, 0), killInMs };
+}

@@ -12,6 +12,7 @@
  */
 
 import { type MasterWire, type PatchFailure, parseWorkerMessage } from '../child/protocol.js';
+import type { Generation } from './generation.js';
 import { callerFacts, INJECT_ANSWER_TIMEOUT_MS, type PatchSource } from './inject.js';
 import type { Logger } from './log.js';
 import type { SpawnRequest, TimerHandle, WorkerCallbacks, WorkerProcess } from './os.js';
@@ -72,6 +73,18 @@ export interface DryRunPlan {
   stopSignal: NodeJS.Signals;
 }
 
+/** What a dry-run request finds in the master when it comes, to build its plan from. */
+export interface DryRunSetup {
+  /** The generation whose code the scratch worker runs: the active one, if any. */
+  generation: Generation | undefined;
+  /** The worker's command as given (for the refusal when it is not found). */
+  command: string;
+  /** The command as an absolute path now, or undefined if it is not found. */
+  resolveCommand(): string | undefined;
+  /** The plan of a dry run of `patch` in `generation`'s code with `command`. */
+  plan(patch: PatchSource, generation: Generation, command: string): DryRunPlan;
+}
+
 /** What dry runs need from the master. */
 export interface DryRunPorts {
   logger: Logger;
@@ -129,6 +142,42 @@ export class DryRunner {
   /** Whether a scratch worker is still alive (the master waits for it before it exits). */
   get running(): boolean {
     return this.runs.size > 0;
+  }
+
+  /**
+   * `baton inject --dry-run`: starts a scratch worker of the active generation's code to try `patch`,
+   * or refuses with why (no active generation, no command); `source` names who asked, for the log.
+   */
+  request(
+    patch: PatchSource,
+    source: string,
+    setup: DryRunSetup,
+    reply: (answer: DryRunAnswer) => void,
+  ): void {
+    const facts = { source, file: patch.file, hash: patch.hash };
+    const { logger } = this.ports;
+    const { generation } = setup;
+    if (!generation) {
+      logger.warn(facts, 'patch dry run refused: no generation is active');
+      reply({
+        outcome: 'ignored',
+        reason: 'no-workers',
+        message: 'No generation is active: there is no code to try the patch in.',
+      });
+      return;
+    }
+    const command = setup.resolveCommand();
+    if (command === undefined) {
+      logger.error({ ...facts, command: setup.command }, 'patch dry run refused: command not found');
+      reply({
+        outcome: 'ignored',
+        reason: 'command-not-found',
+        message: `Command not found or not executable: '${setup.command}': no scratch worker to try the patch in.`,
+      });
+      return;
+    }
+    logger.info({ ...facts, gen: generation.id }, 'patch dry run starting');
+    this.start(setup.plan(patch, generation, command), reply);
   }
 
   /** Starts the scratch worker of `plan`; `reply` gets the outcome once it has exited. */

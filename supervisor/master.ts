@@ -12,6 +12,7 @@ import {
   type WorkerMessageKind,
   type WorkerWire,
 } from '../child/protocol.js';
+import { stopWait } from './decisions.js';
 import { type DryRunAnswer, DryRunner } from './dry-run.js';
 import { EXIT_CODES, type GenerationFailedError } from './errors.js';
 import type { Generation } from './generation.js';
@@ -385,35 +386,21 @@ export class Master implements ControlledMaster {
       reply({ outcome: 'ignored', reason: 'stopping', message: 'The master is stopping: no dry run.' });
       return;
     }
-    const generation = this.upgrade.activeGeneration;
-    if (!generation) {
-      this.log.warn(facts, 'patch dry run refused: no generation is active');
-      reply({
-        outcome: 'ignored',
-        reason: 'no-workers',
-        message: 'No generation is active: there is no code to try the patch in.',
-      });
-      return;
-    }
-    const command = this.spawner.resolveCommand();
-    if (command === undefined) {
-      this.log.error({ ...facts, command: this.options.command }, 'patch dry run refused: command not found');
-      reply({
-        outcome: 'ignored',
-        reason: 'command-not-found',
-        message: `Command not found or not executable: '${this.options.command}': no scratch worker to try the patch in.`,
-      });
-      return;
-    }
-    this.log.info({ ...facts, gen: generation.id }, 'patch dry run starting');
-    this.dryRuns.start(
+    this.dryRuns.request(
+      patch,
+      source,
       {
-        patch,
-        earlier: this.injections.keptPatches(generation),
-        generation: generation.id,
-        spawn: this.spawner.request(command, generation, undefined),
-        startTimeoutMs: this.options.readyTimeoutMs,
-        stopSignal: this.options.drainSignal,
+        generation: this.upgrade.activeGeneration,
+        command: this.options.command,
+        resolveCommand: () => this.spawner.resolveCommand(),
+        plan: (patch, generation, command) => ({
+          patch,
+          earlier: this.injections.keptPatches(generation),
+          generation: generation.id,
+          spawn: this.spawner.request(command, generation, undefined),
+          startTimeoutMs: this.options.readyTimeoutMs,
+          stopSignal: this.options.drainSignal,
+        }),
       },
       reply,
     );
@@ -452,25 +439,11 @@ export class Master implements ControlledMaster {
   /** A stop that takes long says what it waits for, and how to cut it short. */
   private remindOfStop(): void {
     if (this.state !== 'stopping') return;
-    const now = this.context.os.now();
-    const waiting = this.upgrade.generations.filter((generation) => generation.liveWorkers.length > 0);
-    if (waiting.length === 0) return;
-    const connections = (generation: Generation) =>
-      generation.liveWorkers.reduce((sum, worker) => sum + (worker.connections ?? 0), 0);
-    const killInMs = Math.max(
-      0,
-      ...waiting.map((generation) => (generation.drainStartedAt ?? now) + this.options.drainTimeoutMs - now),
-    );
+    const wait = stopWait(this.upgrade.generations, this.context.os.now(), this.options.drainTimeoutMs);
+    if (!wait) return;
     this.log.info(
-      {
-        generations: waiting.map((generation) => ({
-          gen: generation.id,
-          workers: generation.liveWorkers.length,
-          connections: connections(generation),
-        })),
-        killInMs,
-      },
-      `still stopping: waiting for ${waiting.reduce((sum, generation) => sum + connections(generation), 0)} open connection(s) to end, at most ${Math.ceil(killInMs / 1000)} s more (--drain-timeout); Ctrl-C again or SIGQUIT stops at once`,
+      { generations: wait.generations, killInMs: wait.killInMs },
+      `still stopping: waiting for ${wait.connections} open connection(s) to end, at most ${Math.ceil(wait.killInMs / 1000)} s more (--drain-timeout); Ctrl-C again or SIGQUIT stops at once`,
     );
     this.context.os.setTimer(STOP_REMINDER_MS, () => this.dispatch({ type: 'stop-reminder' }));
   }

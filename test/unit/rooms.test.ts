@@ -4,6 +4,7 @@
  */
 import { describe, expect, test } from '@jest/globals';
 import { pino } from 'pino';
+import { stopWait } from '../../supervisor/decisions.js';
 import { Generation } from '../../supervisor/generation.js';
 import type { MasterEvent, Progress } from '../../supervisor/model.js';
 import { parseStartOptions } from '../../supervisor/options.js';
@@ -172,5 +173,24 @@ describe('Upgrade against fake ports', () => {
     expect(up.generations[0]?.state).toBe('failed');
     expect(reports.at(-1)).toMatchObject({ kind: 'reload-failed', failure: { kind: 'command-not-found' } });
     expect(failed()).toBe(true);
+  });
+});
+
+describe('stopWait', () => {
+  test('counts the generations with live workers, their connections, and the time to the last deadline', () => {
+    const generations = [
+      { id: 1, drainStartedAt: 1_000, liveWorkers: [{ connections: 2 }, { connections: undefined }] },
+      { id: 2, drainStartedAt: 4_000, liveWorkers: [{ connections: 5 }] },
+      { id: 3, drainStartedAt: 4_000, liveWorkers: [] },
+    ];
+    expect(stopWait(generations, 5_000, 30_000)).toEqual({
+      generations: [
+        { gen: 1, workers: 2, connections: 2 },
+        { gen: 2, workers: 1, connections: 5 },
+      ],
+      connections: 7,
+      killInMs: 29_000,
+    });
+    expect(stopWait([{ id: 1, drainStartedAt: 0, liveWorkers: [] }], 5_000, 30_000)).toBeUndefined();
   });
 });
