@@ -146,6 +146,7 @@ describeWithRegistry(
           'README.md',
           'bin/baton.js',
           'dist/bin/cli.js',
+          'dist/bin/commands/status.js',
           'dist/supervisor/start.js',
           'dist/child/index.js',
           'dist/child/index.d.ts',
