@@ -134,7 +134,7 @@ function startOptions(argv: Argv) {
       requiresArg: true,
       default: DEFAULTS.ready,
       describe:
-        "How a worker says it is ready: auto (the IPC message 'ready' or READY=1 on the pipe in BATON_NOTIFY_FD; for a command that is not node, also poll), ipc, notify, poll (seen in /proc waiting on a listener, for unmodified programs), or delay:<duration>",
+        "How a worker says it is ready: auto (the IPC message 'ready' or READY=1 on the pipe in BATON_NOTIFY_FD; with the preload, a Node worker that listens on every listener; for a command that is not node, also poll), ipc (only the message 'ready', for apps that say ready after warming up, as PM2's wait_ready), notify, poll (seen in /proc waiting on a listener, for unmodified programs), or delay:<duration>",
     })
     .option('name', {
       type: 'string',
@@ -183,6 +183,12 @@ function startOptions(argv: Argv) {
       describe:
         'Reload when a file changes in these folders or files (default: the current folder), ignoring node_modules, .git, dist and editor swap files; for development',
     })
+    .option('preload', {
+      type: 'boolean',
+      default: DEFAULTS.preload,
+      describe:
+        "Load baton's preload into Node workers (NODE_OPTIONS --import, so also behind npm start): a listen() on one of baton's ports or on PORT gets the inherited socket, the worker is ready once it listens on all of them, and server.close() or the drain signal drains without cutting requests; --no-preload turns it off",
+    })
     .option('log-level', {
       type: 'string',
       requiresArg: true,
@@ -229,6 +235,7 @@ async function main(): Promise<number> {
           maxMemory: argv['max-memory'],
           user: argv.user,
           group: argv.group,
+          preload: argv.preload,
           command: commandAfterDashes(argv),
         });
         const logger = createLogger({

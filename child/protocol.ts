@@ -38,6 +38,8 @@ export interface PatchFailure {
 export interface WorkerWire {
   /** `process.send('ready')`: the worker serves (the same words as PM2's wait_ready). */
   ready: 'ready';
+  /** baton's preload saw the app listen on every listener (child/take-over.ts): ready under `--ready auto` only. */
+  listening: { baton: 'listening' };
   /** The open connections the worker holds (child API). */
   connections: { baton: 'connections'; count: number };
   /** The worker takes patches and exposes these names (child API `expose`). */
@@ -84,6 +86,7 @@ type Guards<Wire> = { [K in keyof Wire]: (fields: Record<string, unknown>) => bo
 
 /** The guards of worker messages: whether an object whose `baton` is the kind has the fields it needs. */
 const WORKER_GUARDS: Guards<Omit<WorkerWire, 'ready'>> = {
+  listening: () => true,
   connections: (m) => isCount(m.count),
   exposed: (m) => isStringArray(m.names),
   injected: (m) => Number.isInteger(m.id) && typeof m.ok === 'boolean',
@@ -155,6 +158,7 @@ function kindOf<K extends string>(
 /** The worker messages the master itself acts on (readiness, counts, patches), in the master's terms. */
 export type CoreWorkerMessage =
   | { kind: 'ready' }
+  | { kind: 'listening' }
   | { kind: 'connections'; count: number }
   | { kind: 'exposed'; names: string[] }
   | { kind: 'injected'; id: number; error: PatchFailure | undefined };
@@ -165,6 +169,8 @@ export function parseWorkerMessage(raw: unknown): CoreWorkerMessage | undefined 
   switch (read?.kind) {
     case 'ready':
       return { kind: 'ready' };
+    case 'listening':
+      return { kind: 'listening' };
     case 'connections':
       return { kind: 'connections', count: read.message.count };
     case 'exposed':

@@ -147,6 +147,7 @@ export class Master implements ControlledMaster {
   /** The IPC messages from workers (child/protocol.ts), each kind and the room that takes it. */
   private readonly workerMessageHandlers: WorkerMessageHandlers = {
     ready: (worker) => this.readiness.onSignal(worker, 'ipc'),
+    listening: (worker) => this.readiness.onSignal(worker, 'listening'),
     connections: (worker, message) => {
       worker.connections = message.count;
     },
@@ -227,6 +228,7 @@ export class Master implements ControlledMaster {
       os,
       logger,
       options,
+      listeners: context.listeners,
       handoff: this.handoff,
       masterState,
       targetWorkers: () => this.slots.targetWorkers,

@@ -45,6 +45,8 @@ export const DEFAULTS = {
   maxDraining: 8,
   logLevel: 'info' as LogLevel,
   ready: 'auto',
+  /** Load baton's preload into Node workers (supervisor/unmodified.ts); `--no-preload` turns it off. */
+  preload: true,
 } as const;
 
 /**
@@ -124,6 +126,8 @@ export interface MasterOptions {
   versionFile?: string;
   /** Files and folders whose changes reload (`--watch`); none when not watching. */
   watch?: string[];
+  /** Whether Node workers get baton's preload (`--no-preload`: false; undefined: not either). */
+  preload?: boolean;
   command: string;
   args: string[];
 }
@@ -307,6 +311,8 @@ export interface RawStartArgs {
   cwd?: string;
   /** The master was handed listening sockets (LISTEN_FDS): `--listen` may then be left out. */
   socketsInherited?: boolean;
+  /** `--no-preload` makes it false. */
+  preload?: unknown;
   command: string[];
 }
 
@@ -358,6 +364,7 @@ export function parseStartOptions(raw: RawStartArgs): MasterOptions {
     maxMemoryBytes:
       raw.maxMemory === undefined ? undefined : parseSize('--max-memory', String(raw.maxMemory)),
     ...parseWorkerUser(raw.user, raw.group, raw.masterUid ?? process.getuid?.() ?? 0),
+    preload: raw.preload === undefined ? DEFAULTS.preload : raw.preload !== false,
     command,
     args,
   };

@@ -8,6 +8,7 @@ import path from 'node:path';
 import type { Readable } from 'node:stream';
 import { execa } from 'execa';
 import { CommandNotFoundError } from './errors.js';
+import { SignalTarget } from './main-pid.js';
 import { type RawSocketHandle, sendRawHandle } from './node-internals.js';
 import { countConnections, type ListenerAddress, pollsListeners } from './proc.js';
 
@@ -137,11 +138,21 @@ export const realOs: Os = {
       ...(request.gid === undefined ? {} : { gid: request.gid }),
     });
     subprocess.stderr?.on('data', (chunk: Buffer) => callbacks.onStderr(chunk));
+    // A server behind a wrapper (npm start) names itself with MAINPID=: signals go to it (main-pid.ts).
+    const target = new SignalTarget(subprocess.pid);
     const notify =
       request.notifyPipe === false
         ? undefined
         : (subprocess.stdio[notifyFd(request.listenerFds.length)] as Readable | null | undefined);
-    if (notify) readNotifyLines(notify, callbacks);
+    if (notify) {
+      readNotifyLines(notify, {
+        ...callbacks,
+        onNotify: (line) => {
+          target.onNotify(line);
+          callbacks.onNotify(line);
+        },
+      });
+    }
     // Node's own event, not execa's message reading: execa drops handles, and a handed-off connection
     // comes with one. Each message arrives here once, in the order the worker sent it.
     const child = subprocess.nodeChildProcess;
@@ -152,14 +163,17 @@ export const realOs: Os = {
       () => callbacks.onExit(null, null),
     );
     return {
-      pid: subprocess.pid,
-      kill: (signal) => {
-        try {
-          return subprocess.kill(signal);
-        } catch {
-          return false;
-        }
+      get pid() {
+        return target.pid;
       },
+      kill: (signal) =>
+        target.kill(signal, (toSpawned) => {
+          try {
+            return subprocess.kill(toSpawned);
+          } catch {
+            return false;
+          }
+        }),
       send: (message, handle, onSent) => {
         if (handle) {
           sendRawHandle(child, message, handle, onSent);

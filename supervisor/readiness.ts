@@ -1,6 +1,6 @@
 /**
  * Readiness: how the master learns that a worker serves, in each `--ready` mode (docs/contract.md):
- * the IPC message `'ready'`, `READY=1` on the notify pipe, the worker seen polling its listeners in
+ * the IPC message `'ready'` (or the preload's `listening`), `READY=1` on the notify pipe, the worker seen polling its listeners in
  * /proc, or a delay; and the /proc connection sample, which counts the connections of workers that do
  * not report theirs and finishes a draining one that holds none. A new way to say ready is a new
  * `ReadyVia`, a line in `countsAsReady`, and the event that brings it to `onSignal`.
@@ -21,8 +21,8 @@ import {
 import type { Os } from './os.js';
 import type { Worker } from './worker.js';
 
-/** How a worker's readiness was seen. */
-export type ReadyVia = 'ipc' | 'notify' | 'delay' | 'poll';
+/** How a worker's readiness was seen; `listening`: baton's preload saw it listen (counts under `auto` only). */
+export type ReadyVia = 'ipc' | 'notify' | 'delay' | 'poll' | 'listening';
 
 /** Runtimes whose programs say ready over the IPC channel (`process.send('ready')`, the child API). */
 const IPC_RUNTIMES = new Set(['node', 'nodejs', 'bun']);
@@ -34,6 +34,8 @@ export function speaksIpc(command: string): boolean {
 
 /** Whether a worker that said ready `via` counts as ready under `--ready mode`. */
 export function countsAsReady(mode: ReadinessMode['kind'], via: ReadyVia): boolean {
+  // The preload's `listening` is no mode of its own: `--ready ipc` waits for the app's own 'ready'.
+  if (via === 'listening') return mode === 'auto';
   return mode === via || (mode === 'auto' && via !== 'delay');
 }
 

@@ -9,6 +9,7 @@ import type { Logger } from './log.js';
 import type { InheritedListener, MasterEvent } from './model.js';
 import type { MasterOptions } from './options.js';
 import { notifyFd, type Os, type SpawnRequest } from './os.js';
+import { type ListenerDescription, preloadEnv } from './unmodified.js';
 import { Worker } from './worker.js';
 
 /** Environment variables the master never passes on: they describe the master's own parent, not the worker's. */
@@ -34,9 +35,11 @@ export interface EnvironmentSettings {
   /** The master's own environment. */
   env: Readonly<Record<string, string | undefined>>;
   /** The listeners the worker inherits, in order (none for a scratch worker). */
-  listeners: ReadonlyArray<Pick<InheritedListener, 'name'>>;
+  listeners: readonly ListenerDescription[];
   drainSignal: NodeJS.Signals;
   drainTimeoutMs: number;
+  /** Whether a worker (not a scratch worker) gets baton's preload for Node apps as they are (`--no-preload`: false). */
+  preload?: boolean;
 }
 
 /** The complete environment of a worker (docs/contract.md): the master's, then baton's variables. */
@@ -60,6 +63,8 @@ export function workerEnv(settings: EnvironmentSettings, identity: WorkerIdentit
     BATON_DRAIN_SIGNAL: settings.drainSignal,
     BATON_DRAIN_TIMEOUT_MS: String(settings.drainTimeoutMs),
     ...(scratch ? {} : { BATON_NOTIFY_FD: String(notifyFd(listeners.length)) }),
+    // NODE_OPTIONS (after the user's), BATON_LISTENERS and PORT (supervisor/unmodified.ts).
+    ...(settings.preload && !scratch ? preloadEnv(listeners, settings.env) : {}),
   };
 }
 
@@ -105,6 +110,7 @@ export class Spawner {
           listeners,
           drainSignal: options.drainSignal,
           drainTimeoutMs: options.drainTimeoutMs,
+          preload: options.preload,
         },
         { generation: generation.id, version: generation.version, worker },
       ),

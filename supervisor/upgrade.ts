@@ -20,6 +20,7 @@ import type { MasterEvent, MasterState, Progress, ReloadAnswer } from './model.j
 import type { MasterOptions } from './options.js';
 import type { Os } from './os.js';
 import type { ReadyVia } from './readiness.js';
+import { drainSignalDeathWarning, type ListenerDescription } from './unmodified.js';
 import type { Worker, WorkerState } from './worker.js';
 
 /** How many generations that have ended the master remembers (for status). */
@@ -30,6 +31,8 @@ export interface UpgradePorts {
   os: Os;
   logger: Logger;
   options: MasterOptions;
+  /** The master's listeners (what a worker that exits at start may have bound itself). */
+  listeners: readonly ListenerDescription[];
   handoff: Pick<HandoffRelay, 'isSwitching' | 'start' | 'onGenerationRetired'>;
   /** The master's own state (a stopping master starts nothing). */
   masterState(): MasterState;
@@ -412,6 +415,20 @@ export class Upgrade {
       },
       'worker exited',
     );
+    const drainWarning =
+      stateBefore === 'draining' &&
+      drainSignalDeathWarning(
+        {
+          generation: generation.id,
+          worker: worker.index,
+          pid: worker.pid,
+          signal: worker.signal,
+          connections: worker.connections ?? worker.observedConnections,
+        },
+        this.ports.options.drainSignal,
+      );
+    if (drainWarning)
+      this.log.warn({ gen: generation.id, worker: worker.index, pid: worker.pid }, drainWarning);
     if (generation.state === 'starting') {
       this.failGeneration(generation, {
         kind: 'worker-exited',

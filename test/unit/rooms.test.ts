@@ -35,7 +35,10 @@ describe('readiness', () => {
 describe('workerEnv', () => {
   const settings = {
     env: { PATH: '/bin', LISTEN_FDS: '9', NODE_CHANNEL_FD: '4', UNSET: undefined },
-    listeners: [{ name: 'http' }, { name: 'game' }],
+    listeners: [
+      { name: 'http', kind: 'tcp' as const, port: 8080, address: '127.0.0.1' },
+      { name: 'game', kind: 'tcp' as const, port: 9000, address: '127.0.0.1' },
+    ],
     drainSignal: 'SIGTERM' as NodeJS.Signals,
     drainTimeoutMs: 30_000,
   };
@@ -121,6 +124,7 @@ describe('Upgrade against fake ports', () => {
       },
       logger: pino({ level: 'silent' }),
       options: parseStartOptions({ listen: 'http=tcp://127.0.0.1:0', workers: 2, command: ['node', 'a.js'] }),
+      listeners: [],
       handoff: { isSwitching: () => false, start: () => undefined, onGenerationRetired: () => {} },
       masterState: () => state,
       targetWorkers: () => 2,
