@@ -23,7 +23,7 @@ import { drainer, drainSignal, ignoreClosedChannel, isHttpServer } from './drain
 /** systemd socket activation: the first inherited socket is fd 3. */
 const FIRST_LISTEN_FD = 3;
 /** An app that listened on a port of its own has this long to listen on one of baton's too. */
-const FOREIGN_PORT_GRACE_MS = 1000;
+const FOREIGN_PORT_GRACE_MS = 500;
 /** How often a process that got the sockets from a wrapper checks that the wrapper still runs. */
 const PARENT_CHECK_INTERVAL_MS = 500;
 /** The exit code of a worker that listens where nobody can reach it (sysexits' EX_CONFIG). */
@@ -48,8 +48,8 @@ interface Listener {
   fd: number;
 }
 
-/** Where an app asked to listen: a port, or a path. */
-type ListenTarget = { port: number } | { path: string };
+/** Where an app asked to listen: a port, a path, or a descriptor. */
+type ListenTarget = { port: number } | { path: string } | { fd: number };
 
 /**
  * How this process relates to baton's sockets: `worker`, the process the master spawned; `handed`,
@@ -60,7 +60,9 @@ type Role = 'worker' | 'handed' | 'none';
 const role = settleRole();
 const listeners = role === 'none' ? [] : readListeners();
 const streamListeners = listeners.filter((listener) => listener.kind !== 'udp');
+/** The inherited fds a server listens on, and those of them that baton gave a listen(port) or listen(path). */
 const served = new Set<number>();
+const redirected = new Set<number>();
 let saidListening = false;
 let foreignPortTimer: NodeJS.Timeout | undefined;
 
@@ -108,23 +110,30 @@ function readListeners(): Listener[] {
   }
 }
 
-/** Gives a server that listens on one of baton's ports or paths the inherited socket instead. */
+/**
+ * Gives a server that listens on one of baton's ports or paths the inherited socket instead. A server
+ * that listens on an inherited fd itself (`listen({ fd: 3 })`, the child API) keeps its arguments and
+ * gets the drain, but says ready itself: the app decides when.
+ */
 function interceptListen(): void {
   const listen = net.Server.prototype.listen;
   net.Server.prototype.listen = function (this: net.Server, ...args: unknown[]) {
     const target = listenTarget(args);
     const listener = target && listenerAt(target);
-    if (!listener) {
-      if (target && 'port' in target && target.port !== 0) expectBatonPortSoon(target.port);
-      return listen.apply(this, args as Parameters<typeof listen>);
+    if (listener && 'fd' in target) {
+      this.once('listening', () => adopt(this, listener, false));
+    } else if (listener) {
+      const callback = args.find((arg) => typeof arg === 'function') as (() => void) | undefined;
+      this.once('listening', () => adopt(this, listener, true));
+      return listen.call(this, { fd: listener.fd } as net.ListenOptions, callback);
+    } else if (target && 'port' in target && target.port !== 0) {
+      expectBatonPortSoon(target.port);
     }
-    const callback = args.find((arg) => typeof arg === 'function') as (() => void) | undefined;
-    this.once('listening', () => adopt(this, listener));
-    return listen.call(this, { fd: listener.fd } as net.ListenOptions, callback);
+    return listen.apply(this, args as Parameters<typeof listen>);
   } as typeof listen;
 }
 
-/** Where `server.listen(...args)` asks to listen, as Node reads its arguments; undefined for fds and handles. */
+/** Where `server.listen(...args)` asks to listen, as Node reads its arguments; undefined for handles. */
 function listenTarget(args: unknown[]): ListenTarget | undefined {
   const [first] = args;
   if (typeof first === 'number') return { port: first };
@@ -145,15 +154,18 @@ function listenTarget(args: unknown[]): ListenTarget | undefined {
 }
 
 function listenerAt(target: ListenTarget): Listener | undefined {
-  return streamListeners.find((listener) =>
-    'path' in target
-      ? listener.kind === 'unix' && listener.address === target.path
-      : listener.kind === 'tcp' && target.port !== 0 && listener.port === target.port,
-  );
+  return streamListeners.find((listener) => {
+    if ('fd' in target) return listener.fd === target.fd;
+    if ('path' in target) return listener.kind === 'unix' && listener.address === target.path;
+    return listener.kind === 'tcp' && target.port !== 0 && listener.port === target.port;
+  });
 }
 
-/** A server now listens on an inherited socket: it drains as `serve()` does, and counts for readiness. */
-function adopt(server: net.Server, listener: Listener): void {
+/**
+ * A server now listens on an inherited socket: it drains as `serve()` does, and when baton gave it the
+ * socket (`listensForReady`), it counts for readiness.
+ */
+function adopt(server: net.Server, listener: Listener, listensForReady: boolean): void {
   if (!drainer.tracks(server)) {
     drainer.track(server, listener.name);
     if (isHttpServer(server)) {
@@ -171,8 +183,9 @@ function adopt(server: net.Server, listener: Listener): void {
     else process.once('disconnect', () => process.kill(process.pid, drainSignal()));
   }
   served.add(listener.fd);
+  if (listensForReady) redirected.add(listener.fd);
   if (foreignPortTimer) clearTimeout(foreignPortTimer);
-  if (saidListening || streamListeners.some((each) => !served.has(each.fd))) return;
+  if (saidListening || streamListeners.some((each) => !redirected.has(each.fd))) return;
   saidListening = true;
   if (role === 'worker' && process.connected && process.send) {
     process.send({ baton: 'listening' }, undefined, undefined, ignoreClosedChannel);
