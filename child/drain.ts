@@ -5,11 +5,10 @@
  *
  * Node built-ins only, no top-level await: the preload loads it into every Node process of a worker.
  */
-import http from 'node:http';
-import https from 'node:https';
+import type http from 'node:http';
+import type https from 'node:https';
 import net from 'node:net';
 import { constants } from 'node:os';
-import tls from 'node:tls';
 import { sendToMaster } from './channel.js';
 import type { ConnectionBook } from './handoff.js';
 
@@ -86,7 +85,7 @@ export class Drainer implements ConnectionBook {
     if (this.#servers.has(server)) return;
     this.#servers.add(server);
     // tls.Server's 'connection' is the TCP socket under the TLS one: its state lives in OpenSSL.
-    if (server instanceof tls.Server) this.#encryptedListeners.add(listener);
+    if (isTlsServer(server)) this.#encryptedListeners.add(listener);
     server.on('connection', (socket: net.Socket) => this.#add(socket, listener));
     if (isHttpServer(server)) {
       // Prepended so that the header is set before the app's own handler can send the headers.
@@ -275,10 +274,19 @@ function stopAccepting(server: net.Server): void {
   else server.once('listening', close);
 }
 
-/** Whether `server` speaks HTTP/1 (and so has idle keep-alive connections to close). */
+/*
+ * The two tests below look at methods rather than at classes: importing node:https and node:tls
+ * for `instanceof` would cost every process the preload runs in tens of milliseconds at start-up.
+ */
+
+/** Whether `server` speaks HTTP/1 (http.Server, https.Server): it has idle keep-alive connections to close. */
 export function isHttpServer(server: net.Server): server is http.Server | https.Server {
-  // https.Server derives from tls.Server, not from http.Server.
-  return server instanceof http.Server || server instanceof https.Server;
+  return typeof (server as Partial<http.Server>).closeIdleConnections === 'function';
+}
+
+/** Whether `server` is a tls.Server (https.Server and http2's secure server derive from it). */
+function isTlsServer(server: net.Server): boolean {
+  return typeof (server as { addContext?: unknown }).addContext === 'function';
 }
 
 /** A send that fails because the master is gone needs no handling: 'disconnect' starts the drain. */
