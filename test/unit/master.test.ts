@@ -611,3 +611,53 @@ describe('a dry run (inject --dry-run)', () => {
     await expect(master.finished).resolves.toBe(EXIT_CODES.ok);
   });
 });
+
+describe('apps as they are (the preload, issue #15)', () => {
+  test('with the preload, workers get it in NODE_OPTIONS after the user’s, the listeners, and PORT', () => {
+    const master = makeMaster({ preload: true });
+    master.dispatch({ type: 'start' });
+    const env = os.processes[0]?.request.env ?? {};
+    expect(env.NODE_OPTIONS).toMatch(/^--import=file:\/\/\/.*\/child\/preload\.js$/);
+    expect(env.PORT).toBe('8080');
+    expect(JSON.parse(env.BATON_LISTENERS ?? '')).toEqual([
+      { name: 'http', kind: 'tcp', port: 8080, address: '127.0.0.1' },
+      { name: 'game', kind: 'tcp', port: 9000, address: '127.0.0.1' },
+    ]);
+    const without = makeMaster({ preload: false });
+    without.dispatch({ type: 'start' });
+    expect(os.processes[2]?.request.env).not.toHaveProperty('NODE_OPTIONS');
+    expect(os.processes[2]?.request.env).not.toHaveProperty('PORT');
+  });
+
+  test("{ baton: 'listening' } makes a worker ready under auto only: --ready ipc waits for the app's own 'ready'", () => {
+    const master = makeMaster({ workers: 1 });
+    master.dispatch({ type: 'start' });
+    os.processes[0]?.message({ baton: 'listening' });
+    expect(master.activeGeneration?.id).toBe(1);
+    expect(logs.find((entry) => entry.msg === 'worker ready')).toMatchObject({ via: 'listening' });
+
+    const ipcOnly = makeMaster({ workers: 1, ready: { kind: 'ipc' } });
+    ipcOnly.dispatch({ type: 'start' });
+    os.processes[1]?.message({ baton: 'listening' });
+    expect(ipcOnly.activeGeneration).toBeUndefined();
+    os.processes[1]?.ready();
+    expect(ipcOnly.activeGeneration?.id).toBe(1);
+  });
+
+  test('a draining worker killed by the drain signal with connections open is named in a warning', () => {
+    const master = running({ workers: 1 });
+    os.processes[0]?.message({ baton: 'connections', count: 3 });
+    master.dispatch({ type: 'reload', source: 'test' });
+    os.ofGeneration(2)[0]?.ready();
+    os.processes[0]?.exit(null, 'SIGTERM');
+    const warning = logs.find((entry) => String(entry.msg).includes('does not drain'));
+    expect(warning).toMatchObject({ level: 40, gen: 1, worker: 0, pid: 1000 });
+    expect(String(warning?.msg)).toContain('killed by SIGTERM with 3 connection(s) open');
+    // Killed by the drain signal with nothing open cut nobody: no warning.
+    logs.length = 0;
+    master.dispatch({ type: 'reload', source: 'test' });
+    os.ofGeneration(3)[0]?.ready();
+    os.ofGeneration(2)[0]?.exit(null, 'SIGTERM');
+    expect(messages().some((msg) => msg.includes('does not drain'))).toBe(false);
+  });
+});
