@@ -131,6 +131,23 @@ describe('an unmodified app that listens on process.env.PORT || 3000', () => {
   );
 });
 
+describe('a PM2 wait_ready app: listen(PORT), warm up, then process.send("ready")', () => {
+  test('under --ready ipc its own ready decides when the old version drains; reloads under load with 0 failed', async () => {
+    const { baton, port } = await start([process.execPath, join(FIXTURES, 'wait-ready', 'server.js')], {
+      flags: ['--workers', '2', '--ready', 'ipc'],
+    });
+    const ready = baton.logs.filter((entry) => entry.msg === 'worker ready');
+    expect(ready.map((entry) => entry.via)).toEqual(['ipc', 'ipc']);
+    expect(ready.every((entry) => (entry.durationMs as number) >= 1000)).toBe(true);
+    const { reports, retiredAt } = await reloadsUnderLoad(baton, port, 3);
+    for (const report of reports) {
+      expect(report.errors).toEqual([]);
+      expect(report.failed).toBe(0);
+      expect(staleAnswers(report, retiredAt)).toEqual([]);
+    }
+  }, 120_000);
+});
+
 describe('the same Express app as `npm start`', () => {
   const npmStart = ['npm', 'start'];
   const cwd = join(FIXTURES, 'npm-start');
