@@ -94,6 +94,8 @@ export type StartFailure =
       stderrTail: string;
       /** It had said ready, and exited before its generation took over (while adopting sessions, say). */
       afterReady?: boolean;
+      /** What such an exit most often means (supervisor/unmodified.ts). */
+      hint?: string;
     }
   | { kind: 'ready-timeout'; notReady: number[]; timeoutMs: number }
   | { kind: 'command-not-found'; command: string }
@@ -128,7 +130,8 @@ export function describeStartFailure(generation: number, failure: StartFailure):
   if (failure.afterReady) {
     return `Generation ${generation} did not take over: worker ${failure.worker} ${how} after it was ready (while adopting the old generation's sessions, if the app moves them; they stay on the old version).`;
   }
-  return `Generation ${generation} failed to start: worker ${failure.worker} ${how} before it was ready.`;
+  const hint = failure.hint ? ` ${failure.hint.charAt(0).toUpperCase()}${failure.hint.slice(1)}.` : '';
+  return `Generation ${generation} failed to start: worker ${failure.worker} ${how} before it was ready.${hint}`;
 }
 
 /** What stands in the way of a control socket. */

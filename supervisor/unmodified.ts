@@ -60,3 +60,17 @@ export function drainSignalDeathWarning(exit: DrainedExit, drainSignal: NodeJS.S
   if (exit.signal !== drainSignal || !exit.connections) return undefined;
   return `worker ${exit.worker} of generation ${exit.generation} (pid ${exit.pid}) was killed by ${drainSignal} with ${exit.connections} connection(s) open: it does not drain, and cut them. Make it handle ${drainSignal}: stop accepting, finish what is under way, exit when no connection is left (the child API's serve() does it; for Node, baton's preload does it unless --no-preload; see docs/contract.md)`;
 }
+
+/**
+ * What a worker that exited with code 0 before it was ready most likely ran into: it bound one of
+ * baton's ports itself and got EADDRINUSE (Express 5 hands the error to its listen callback, and the
+ * process ends quietly). Undefined for any other exit.
+ */
+export function exitedAtStartHint(
+  exitCode: number | null,
+  listeners: readonly ListenerDescription[],
+): string | undefined {
+  const ports = listeners.filter((listener) => listener.kind === 'tcp').map((listener) => listener.port);
+  if (exitCode !== 0 || ports.length === 0) return undefined;
+  return `a server that exits with code 0 at start often could not listen: one that binds baton's port ${ports.join(', ')} itself gets EADDRINUSE, as baton holds it. Make it listen on the inherited socket (fd 3, LISTEN_FDS), or for Node on process.env.PORT with baton's preload (not --no-preload)`;
+}

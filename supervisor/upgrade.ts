@@ -20,7 +20,7 @@ import type { MasterEvent, MasterState, Progress, ReloadAnswer } from './model.j
 import type { MasterOptions } from './options.js';
 import type { Os } from './os.js';
 import type { ReadyVia } from './readiness.js';
-import { drainSignalDeathWarning, type ListenerDescription } from './unmodified.js';
+import { drainSignalDeathWarning, exitedAtStartHint, type ListenerDescription } from './unmodified.js';
 import type { Worker, WorkerState } from './worker.js';
 
 /** How many generations that have ended the master remembers (for status). */
@@ -438,6 +438,9 @@ export class Upgrade {
         signal: worker.signal,
         stderrTail: worker.stderr.lines().join('\n'),
         ...(stateBefore === 'ready' ? { afterReady: true } : {}),
+        ...(stateBefore === 'starting'
+          ? { hint: exitedAtStartHint(worker.exitCode, this.ports.listeners) }
+          : {}),
       });
     } else if (generation.state === 'active') {
       this.ports.servingWorkerExited(worker, generation, uptimeMs);

@@ -644,6 +644,20 @@ describe('apps as they are (the preload, issue #15)', () => {
     expect(ipcOnly.activeGeneration?.id).toBe(1);
   });
 
+  test('a worker that exits 0 before it is ready is told it may have bound baton’s port itself (EADDRINUSE)', () => {
+    const master = makeMaster({ workers: 1 });
+    master.dispatch({ type: 'start' });
+    os.processes[0]?.exit(0);
+    const failed = messages().find((msg) => msg.startsWith('start failed'));
+    expect(failed).toContain('worker 0 exited with code 0 before it was ready. A server that exits');
+    expect(failed).toContain("baton's port 8080, 9000 itself gets EADDRINUSE");
+    logs.length = 0;
+    const other = makeMaster({ workers: 1 });
+    other.dispatch({ type: 'start' });
+    os.processes[1]?.exit(1);
+    expect(messages().find((msg) => msg.startsWith('start failed'))).not.toContain('EADDRINUSE');
+  });
+
   test('a draining worker killed by the drain signal with connections open is named in a warning', () => {
     const master = running({ workers: 1 });
     os.processes[0]?.message({ baton: 'connections', count: 3 });
