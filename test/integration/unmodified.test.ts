@@ -8,20 +8,12 @@ import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, test } from '@jest/globals';
-import { httpGetJson, httpLoad, type LoadReport, waitForVersion } from '../helpers/load.js';
-import {
-  type BatonProcess,
-  descendants,
-  killAll,
-  processAlive,
-  REPO_ROOT,
-  startBaton,
-} from '../helpers/processes.js';
+import { httpGetJson } from '../helpers/load.js';
+import { descendants, killAll, processAlive, REPO_ROOT, startBaton } from '../helpers/processes.js';
+import { reloadsUnderLoad, staleAnswers } from '../helpers/reloads.js';
 import { waitFor } from '../helpers/wait.js';
 
 const FIXTURES = join(REPO_ROOT, 'test', 'fixtures', 'unmodified');
-/** A response may arrive this long after the log line that says its worker's generation retired. */
-const RETIRED_SLACK_MS = 250;
 
 let dir: string;
 let versionFile: string;
@@ -55,54 +47,6 @@ async function start(
   return { baton, port };
 }
 
-/**
- * `reloads` reloads with a version bump each, under keep-alive and new-connection load. Returns both
- * reports (with timelines) and, for each generation, when (ms since the load started) the log said
- * that the generation before it retired.
- */
-async function reloadsUnderLoad(baton: BatonProcess, port: number, reloads: number) {
-  const loadStartedAt = performance.now();
-  const load = (keepAlive: boolean) =>
-    httpLoad({
-      port,
-      keepAlive,
-      concurrency: 2,
-      maxRequests: 100_000,
-      maxDurationMs: 120_000,
-      recordTimeline: true,
-    });
-  const keepAlive = load(true);
-  const fresh = load(false);
-  await waitFor(() => keepAlive.snapshot().ok > 20 && fresh.snapshot().ok > 20, {
-    timeoutMs: 10_000,
-    what: 'load flowing',
-  });
-  const retiredAt = new Map<number, number>();
-  for (let gen = 2; gen <= reloads + 1; gen++) {
-    writeFileSync(versionFile, String(gen));
-    baton.signal('SIGUSR2');
-    await baton.waitForLogMsg('generation active', { gen }, 20_000);
-    await baton.waitForLogMsg('generation retired', { gen: gen - 1 }, 20_000);
-    retiredAt.set(gen, performance.now() - loadStartedAt);
-    await waitForVersion(port, String(gen), 5000);
-  }
-  const reports = await Promise.all([keepAlive.stop(), fresh.stop()]);
-  return { reports, retiredAt };
-}
-
-/** Responses of an older version that arrived after the generation serving it had retired. */
-function staleAnswers(report: LoadReport, retiredAt: Map<number, number>): string[] {
-  return (report.byTime ?? []).flatMap(({ t, version }) => {
-    const newest = Math.max(
-      1,
-      ...[...retiredAt].filter(([, at]) => t > at + RETIRED_SLACK_MS).map(([gen]) => gen),
-    );
-    return Number(version) < newest
-      ? [`version ${version} at ${t} ms, after generation ${newest} took over`]
-      : [];
-  });
-}
-
 describe('an unmodified app that listens on process.env.PORT || 3000', () => {
   const apps: Array<[string, string[]]> = [
     ['Express 5', [process.execPath, join(FIXTURES, 'express', 'server.js')]],
@@ -117,7 +61,7 @@ describe('an unmodified app that listens on process.env.PORT || 3000', () => {
       const ready = baton.logs.filter((entry) => entry.msg === 'worker ready');
       expect(ready.map((entry) => entry.via)).toEqual(['listening', 'listening']);
       expect((await httpGetJson(port)).body).toMatchObject({ version: '1' });
-      const { reports, retiredAt } = await reloadsUnderLoad(baton, port, 5);
+      const { reports, retiredAt } = await reloadsUnderLoad(baton, port, versionFile, 5);
       for (const report of reports) {
         expect(report.errors).toEqual([]);
         expect(report.failed).toBe(0);
@@ -139,7 +83,7 @@ describe('a PM2 wait_ready app: listen(PORT), warm up, then process.send("ready"
     const ready = baton.logs.filter((entry) => entry.msg === 'worker ready');
     expect(ready.map((entry) => entry.via)).toEqual(['ipc', 'ipc']);
     expect(ready.every((entry) => (entry.durationMs as number) >= 1000)).toBe(true);
-    const { reports, retiredAt } = await reloadsUnderLoad(baton, port, 3);
+    const { reports, retiredAt } = await reloadsUnderLoad(baton, port, versionFile, 3);
     for (const report of reports) {
       expect(report.errors).toEqual([]);
       expect(report.failed).toBe(0);
@@ -147,6 +91,18 @@ describe('a PM2 wait_ready app: listen(PORT), warm up, then process.send("ready"
     }
   }, 120_000);
 });
+
+/** The descendants of `pid`, once there are at least `count` of them (/proc is read, not waited on). */
+function treeOf(pid: number, count: number): Promise<number[]> {
+  let last: number[] = [];
+  return waitFor(
+    () => {
+      last = descendants(pid);
+      return last.length >= count && last;
+    },
+    { timeoutMs: 5000, what: () => `${count} processes under ${pid} (have ${last.join(', ') || 'none'})` },
+  );
+}
 
 describe('the same Express app as `npm start`', () => {
   const npmStart = ['npm', 'start'];
@@ -156,10 +112,9 @@ describe('the same Express app as `npm start`', () => {
     const { baton, port } = await start(npmStart, { cwd });
     const ready = baton.logs.filter((entry) => entry.msg === 'worker ready');
     expect(ready.map((entry) => entry.via)).toEqual(['notify', 'notify']);
-    const tree = descendants(baton.pid);
     // npm, the shell it starts and node, for each of the two workers.
-    expect(tree.length).toBeGreaterThanOrEqual(6);
-    const { reports, retiredAt } = await reloadsUnderLoad(baton, port, 3);
+    const tree = await treeOf(baton.pid, 6);
+    const { reports, retiredAt } = await reloadsUnderLoad(baton, port, versionFile, 3);
     for (const report of reports) {
       expect(report.errors).toEqual([]);
       expect(report.failed).toBe(0);
@@ -193,16 +148,14 @@ describe('the same Express app as `npm start`', () => {
       timeoutMs: 15_000,
       what: 'the app behind npm to answer',
     });
-    const tree = descendants(baton.pid);
-    expect(tree.length).toBeGreaterThanOrEqual(3);
+    const tree = await treeOf(baton.pid, 3);
     expect((await baton.waitForExit(20_000)).exitCode).toBe(4);
     expect(tree.filter(processAlive)).toEqual([]);
   }, 60_000);
 
   test('within 5 s of a SIGKILL to the master, npm, the shell and node are all gone', async () => {
     const { baton } = await start(npmStart, { cwd });
-    const tree = descendants(baton.pid);
-    expect(tree.length).toBeGreaterThanOrEqual(6);
+    const tree = await treeOf(baton.pid, 6);
     process.kill(baton.pid, 'SIGKILL');
     await waitFor(() => tree.every((pid) => !processAlive(pid)), {
       timeoutMs: 5000,
