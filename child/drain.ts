@@ -3,7 +3,8 @@
  * baton puts in front of unmodified Node apps (preload.ts): the process's servers and connections, the
  * one-way switch from serving to draining, and the same drain for one server that the app closes itself.
  *
- * Node built-ins only, no top-level await: the preload loads it into every Node process of a worker.
+ * Node built-ins and the IPC channel (channel.ts, protocol.ts) only, no top-level await: the preload
+ * loads it into every Node process of a worker.
  */
 import type http from 'node:http';
 import type https from 'node:https';
@@ -288,9 +289,6 @@ export function isHttpServer(server: net.Server): server is http.Server | https.
 function isTlsServer(server: net.Server): boolean {
   return typeof (server as { addContext?: unknown }).addContext === 'function';
 }
-
-/** A send that fails because the master is gone needs no handling: 'disconnect' starts the drain. */
-export function ignoreClosedChannel(): void {}
 
 /** The signal that asks this worker to drain (`BATON_DRAIN_SIGNAL`, SIGTERM by default). */
 export function drainSignal(): NodeJS.Signals {

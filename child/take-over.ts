@@ -7,7 +7,8 @@
 import { ChildProcess } from 'node:child_process';
 import { writeSync } from 'node:fs';
 import net from 'node:net';
-import { drainer, drainSignal, ignoreClosedChannel, isHttpServer } from './drain.js';
+import { sendToMaster } from './channel.js';
+import { drainer, drainSignal, isHttpServer } from './drain.js';
 import type { Role } from './preload.js';
 
 /** systemd socket activation: the first inherited socket is fd 3. */
@@ -137,11 +138,8 @@ function adopt(server: net.Server, listener: Listener, listensForReady: boolean)
   if (foreignPortTimer) clearTimeout(foreignPortTimer);
   if (saidListening || streamListeners.some((each) => !redirected.has(each.fd))) return;
   saidListening = true;
-  if (role === 'worker' && process.connected && process.send) {
-    process.send({ baton: 'listening' }, undefined, undefined, ignoreClosedChannel);
-  } else {
-    notify('READY=1');
-  }
+  // The spawned process says it on the IPC channel (child/protocol.ts); a process behind a wrapper has none.
+  if (role !== 'worker' || !sendToMaster({ baton: 'listening' })) notify('READY=1');
 }
 
 /** One line on the notify pipe (sd_notify words); a master that is gone hears nothing. */

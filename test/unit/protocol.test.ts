@@ -9,6 +9,7 @@ describe('the IPC message table', () => {
   test('a worker message of each kind is read with its kind', () => {
     const messages = [
       'ready',
+      { baton: 'listening' },
       { baton: 'connections', count: 3 },
       { baton: 'exposed', names: ['rewards'] },
       { baton: 'injected', id: 1, ok: true },
@@ -20,6 +21,7 @@ describe('the IPC message table', () => {
     ];
     expect(messages.map((message) => readWorkerMessage(message)?.kind)).toEqual([
       'ready',
+      'listening',
       'connections',
       'exposed',
       'injected',

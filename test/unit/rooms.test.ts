@@ -21,6 +21,9 @@ describe('readiness', () => {
     expect(countsAsReady('delay', 'delay')).toBe(true);
     expect(countsAsReady('auto', 'poll')).toBe(true);
     expect(countsAsReady('auto', 'delay')).toBe(false);
+    // The preload's 'listening' counts under auto only: --ready ipc waits for the app's own 'ready'.
+    expect(countsAsReady('auto', 'listening')).toBe(true);
+    expect(countsAsReady('ipc', 'listening')).toBe(false);
   });
 
   test('/proc is watched in poll mode, and in auto mode for programs that do not speak IPC', () => {
@@ -69,6 +72,19 @@ describe('workerEnv', () => {
       BATON_DRAIN_SIGNAL: 'SIGTERM',
       BATON_DRAIN_TIMEOUT_MS: '30000',
     });
+  });
+
+  test('with the preload, a worker gets NODE_OPTIONS, BATON_LISTENERS and PORT; a scratch worker does not', () => {
+    const env = workerEnv({ ...settings, preload: true }, { generation: 2, version: 'v2', worker: 1 });
+    expect(env.NODE_OPTIONS).toMatch(/^--import=file:\/\/\/.*\/child\/preload\.js$/);
+    expect(env.PORT).toBe('8080');
+    expect(JSON.parse(env.BATON_LISTENERS ?? '')).toEqual(settings.listeners);
+    const scratch = workerEnv(
+      { ...settings, listeners: [], preload: true },
+      { generation: 2, version: 'v2', worker: undefined },
+    );
+    expect(scratch).not.toHaveProperty('NODE_OPTIONS');
+    expect(scratch).not.toHaveProperty('BATON_LISTENERS');
   });
 });
 
