@@ -21,6 +21,7 @@ import {
 import { runMaster } from '../supervisor/start.js';
 import { batonVersion } from '../supervisor/version.js';
 import { type InjectDestination, injectCommand } from './commands/inject.js';
+import { listCommand } from './commands/list.js';
 import { reloadCommand } from './commands/reload.js';
 import { scaleCommand } from './commands/scale.js';
 import { statusCommand } from './commands/status.js';
@@ -60,7 +61,8 @@ function targetOptions(argv: Argv) {
     .option('name', {
       type: 'string',
       requiresArg: true,
-      describe: 'The master called NAME: its socket is NAME.sock in $XDG_RUNTIME_DIR/baton, else in ./.baton',
+      describe:
+        'The master called NAME: its socket is NAME.sock in $XDG_RUNTIME_DIR/baton, else in ~/.baton (or ./.baton, from an older baton)',
     })
     .option('control', {
       type: 'string',
@@ -75,7 +77,7 @@ function targetOptions(argv: Argv) {
     .conflicts('name', ['control', 'pid'])
     .conflicts('control', 'pid')
     .epilogue(
-      `Without --name, --control or --pid: the only master that answers in $XDG_RUNTIME_DIR/baton, else ./.baton.\n\n${EPILOGUE}`,
+      `Without --name, --control or --pid: the only master that answers in $XDG_RUNTIME_DIR/baton, else ~/.baton (or ./.baton), or the one of them that runs in this folder ('baton list' shows them all).\n\n${EPILOGUE}`,
     );
 }
 
@@ -134,13 +136,13 @@ function startOptions(argv: Argv) {
       requiresArg: true,
       default: DEFAULTS.ready,
       describe:
-        "How a worker says it is ready: auto (the IPC message 'ready' or READY=1 on the pipe in BATON_NOTIFY_FD; with the preload, a Node worker that listens on every listener; for a command that is not node, also poll), ipc (only the message 'ready', for apps that say ready after warming up, as PM2's wait_ready), notify, poll (seen in /proc waiting on a listener, for unmodified programs), or delay:<duration>",
+        "How a worker says it is ready: auto (the IPC message 'ready', or READY=1 sent to NOTIFY_SOCKET or written on the pipe in BATON_NOTIFY_FD; with the preload, a Node worker that listens on every listener; for a command that is not node, also poll), ipc (only the message 'ready', for apps that say ready after warming up, as PM2's wait_ready), notify, poll (seen in /proc: the worker or a process it forked waits on a listener), or delay:<duration>",
     })
     .option('name', {
       type: 'string',
       requiresArg: true,
       describe:
-        "This master's name; its control socket is NAME.sock in $XDG_RUNTIME_DIR/baton, else in ./.baton [default: the command's base name, or the script's after node, python, sh...]",
+        "This master's name; its control socket is NAME.sock in $XDG_RUNTIME_DIR/baton, else in ~/.baton (a user without a home: <tmp>/baton-<uid>) [default: the command's base name, or the script's after node, python, sh...]",
     })
     .option('control', {
       type: 'string',
@@ -153,6 +155,12 @@ function startOptions(argv: Argv) {
       requiresArg: true,
       describe:
         'Replace a worker whose resident memory passes this size (512M, 2G): its replacement starts and is ready first, then it drains',
+    })
+    .option('watchdog', {
+      type: 'string',
+      requiresArg: true,
+      describe:
+        'Replace a serving worker that said WATCHDOG=1 (sd_notify, or the child API by itself) and then nothing for this long (10s): its replacement is ready first, then it drains. Workers get WATCHDOG_USEC and WATCHDOG_PID',
     })
     .option('user', {
       type: 'string',
@@ -212,7 +220,8 @@ function startOptions(argv: Argv) {
 
 async function main(): Promise<number> {
   let exitCode: number = EXIT_CODES.ok;
-  await yargs(hideBin(process.argv))
+  const cli = yargs(hideBin(process.argv));
+  await cli
     .scriptName('baton')
     .parserConfiguration({ 'populate--': true })
     .command(
@@ -233,6 +242,7 @@ async function main(): Promise<number> {
           metrics: argv.metrics,
           versionFile: argv['version-file'],
           maxMemory: argv['max-memory'],
+          watchdog: argv.watchdog,
           user: argv.user,
           group: argv.group,
           preload: argv.preload,
@@ -349,6 +359,19 @@ async function main(): Promise<number> {
       },
     )
     .command(
+      'list',
+      "List this user's running masters, from any folder: name, pid, state, version, workers, folder",
+      (argv) =>
+        argv
+          .usage(
+            'baton list [--json]\n\nEvery master of this user that answers on its control socket ($XDG_RUNTIME_DIR/baton, else ~/.baton, and ./.baton), whatever folder it was started in.',
+          )
+          .option('json', { type: 'boolean', default: false, describe: 'Print the masters as JSON' }),
+      async (argv) => {
+        exitCode = await listCommand({ json: argv.json === true }, process.stdout);
+      },
+    )
+    .command(
       'stop',
       'Stop the master: drain every generation, then exit',
       (argv) =>
@@ -373,7 +396,8 @@ async function main(): Promise<number> {
     .version(batonVersion())
     .help()
     .fail((message, error) => {
-      throw error ?? new UsageError(message ?? 'bad usage');
+      if (error) throw error;
+      throw new UsageError(withSuggestion(message ?? 'bad usage', cli));
     })
     .parseAsync();
   return exitCode;
@@ -386,6 +410,64 @@ async function main(): Promise<number> {
 function commandAfterDashes(argv: { _: (string | number)[]; '--'?: (string | number)[] }): string[] {
   if (argv._.length > 1) throw new UsageError(COMMAND_AFTER_DASHES);
   return (argv['--'] ?? []).map(String);
+}
+
+/** The commands `baton` knows, for a mistyped one. */
+const COMMANDS = ['start', 'reload', 'status', 'scale', 'inject', 'list', 'stop'];
+
+/** yargs' "Unknown argument: worker" with the nearest known option or command: "did you mean --workers?". */
+function withSuggestion(message: string, cli: Argv): string {
+  // yargs names a mistyped --drain-timout twice, the second time as drainTimout: the camel case goes.
+  const unknown = /^Unknown arguments?: (.+)$/
+    .exec(message)?.[1]
+    ?.split(', ')
+    .filter((word) => !/[A-Z]/.test(word));
+  if (!unknown) return message;
+  const known = (cli as unknown as { getOptions(): { key: Record<string, unknown> } }).getOptions().key;
+  const options = Object.keys(known).filter((key) => key.length > 1 && key !== '$0');
+  const hints = unknown.flatMap((word) => {
+    const option = nearest(word, options);
+    if (option) return [`--${option}`];
+    const command = nearest(word, COMMANDS);
+    return command ? [command] : [];
+  });
+  const said = `Unknown argument${unknown.length === 1 ? '' : 's'}: ${unknown.join(', ')}`;
+  return hints.length === 0 ? message : `${said}; did you mean ${[...new Set(hints)].join(', ')}?`;
+}
+
+/** The candidate closest to `word` in edit distance, if it is close (a typo, not another word). */
+function nearest(word: string, candidates: readonly string[]): string | undefined {
+  let best: string | undefined;
+  let bestDistance = Math.max(1, Math.floor(word.length / 3)) + 1;
+  for (const candidate of candidates) {
+    const distance = editDistance(word, candidate);
+    if (distance < bestDistance) {
+      best = candidate;
+      bestDistance = distance;
+    }
+  }
+  return best;
+}
+
+/** Levenshtein distance, with a swap of two neighbours counted as one edit (jsn → json, stauts → status). */
+function editDistance(a: string, b: string): number {
+  const rows = Array.from({ length: a.length + 1 }, (_, i) => [i, ...Array<number>(b.length).fill(0)]);
+  for (let j = 1; j <= b.length; j++) (rows[0] as number[])[j] = j;
+  for (let i = 1; i <= a.length; i++) {
+    for (let j = 1; j <= b.length; j++) {
+      const row = rows[i] as number[];
+      const above = rows[i - 1] as number[];
+      row[j] = Math.min(
+        (above[j] as number) + 1,
+        (row[j - 1] as number) + 1,
+        (above[j - 1] as number) + (a[i - 1] === b[j - 1] ? 0 : 1),
+      );
+      if (i > 1 && j > 1 && a[i - 1] === b[j - 2] && a[i - 2] === b[j - 1]) {
+        row[j] = Math.min(row[j] as number, ((rows[i - 2] as number[])[j - 2] as number) + 1);
+      }
+    }
+  }
+  return (rows[a.length] as number[])[b.length] as number;
 }
 
 /** An error is one line, whatever the user typed into it (a newline in a flag's value, say). */

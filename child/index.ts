@@ -215,3 +215,18 @@ function envInteger(name: string): number | undefined {
   const number = Number(value);
   return Number.isInteger(number) ? number : undefined;
 }
+
+/**
+ * Under `baton start --watchdog`, pings the master from the event loop at half the period, so that a
+ * worker whose loop is stuck (a busy loop, a synchronous call that never returns) goes silent and is
+ * replaced. Only while this process is the one the watchdog watches (WATCHDOG_PID).
+ */
+function startWatchdogPings(): void {
+  const periodUs = Number(process.env.WATCHDOG_USEC);
+  if (!underBaton || !(periodUs > 0) || process.env.WATCHDOG_PID !== String(process.pid)) return;
+  const ping = () => sendToMaster({ baton: 'watchdog' });
+  ping();
+  setInterval(ping, Math.max(10, Math.floor(periodUs / 2000))).unref();
+}
+
+startWatchdogPings();

@@ -42,6 +42,8 @@ export interface WorkerWire {
   listening: { baton: 'listening' };
   /** The open connections the worker holds (child API). */
   connections: { baton: 'connections'; count: number };
+  /** The worker's event loop still turns (the child API's ping under `--watchdog`, as WATCHDOG=1). */
+  watchdog: { baton: 'watchdog' };
   /** The worker takes patches and exposes these names (child API `expose`). */
   exposed: { baton: 'exposed'; names: string[] };
   /** How applying patch `id` went in the worker. */
@@ -88,6 +90,7 @@ type Guards<Wire> = { [K in keyof Wire]: (fields: Record<string, unknown>) => bo
 const WORKER_GUARDS: Guards<Omit<WorkerWire, 'ready'>> = {
   listening: () => true,
   connections: (m) => isCount(m.count),
+  watchdog: () => true,
   exposed: (m) => isStringArray(m.names),
   injected: (m) => Number.isInteger(m.id) && typeof m.ok === 'boolean',
   'handoff-hooks': (m) => isStringArray(m.handsOff) && isStringArray(m.adopts),

@@ -93,3 +93,22 @@ export function stopWait(
   );
   return { generations: rows, connections: rows.reduce((sum, row) => sum + row.connections, 0), killInMs };
 }
+
+/** What `--watchdog` makes of a serving worker now. */
+export type WatchdogVerdict = 'alive' | 'expired' | 'never-pinged' | 'not-yet';
+
+/**
+ * A serving worker that pinged and then stayed silent past the watchdog has expired; one that never
+ * pinged within a watchdog period after it became ready is reported (not replaced: it may simply not
+ * know the protocol, and replacing it would loop).
+ */
+export function watchdogVerdict(
+  worker: { readyAt: number | undefined; lastWatchdogAt: number | undefined },
+  now: number,
+  watchdogMs: number,
+): WatchdogVerdict {
+  if (worker.readyAt === undefined) return 'not-yet';
+  if (worker.lastWatchdogAt === undefined)
+    return now - worker.readyAt > watchdogMs ? 'never-pinged' : 'not-yet';
+  return now - worker.lastWatchdogAt > watchdogMs ? 'expired' : 'alive';
+}

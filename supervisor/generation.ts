@@ -6,12 +6,15 @@
 import { isCrashLoop } from './decisions.js';
 import { describeStartFailure, type StartFailure } from './errors.js';
 import type { AppliedPatch } from './inject.js';
-import type { GenerationSnapshot } from './model.js';
+import type { GenerationSnapshot, Replacement } from './model.js';
 import type { TimerHandle } from './os.js';
 import type { Worker } from './worker.js';
 
 /** The life of one generation. */
 export type GenerationState = 'starting' | 'active' | 'draining' | 'failed' | 'retired';
+
+/** How many replacements a generation remembers (for status). */
+export const REPLACEMENTS_KEPT = 10;
 
 /** One worker position of a generation, refilled when its worker crashes. */
 export interface Slot {
@@ -37,6 +40,8 @@ export class Generation {
   forced = false;
   #failure: StartFailure | undefined;
   drainTimer: TimerHandle | undefined;
+  /** Serving workers replaced without a reload (`--max-memory`, `--watchdog`), the last few. */
+  readonly replacements: Replacement[] = [];
 
   constructor(
     readonly id: number,
@@ -119,6 +124,12 @@ export class Generation {
     }
   }
 
+  /** Remembers a replacement, keeping the last REPLACEMENTS_KEPT. */
+  recordReplacement(replacement: Replacement): void {
+    this.replacements.push(replacement);
+    if (this.replacements.length > REPLACEMENTS_KEPT) this.replacements.shift();
+  }
+
   /** Adds one worker position (scale); returns its index. */
   addSlot(): number {
     const index = this.slots.length;
@@ -179,6 +190,7 @@ export class Generation {
         connections: worker.connections ?? worker.observedConnections,
         restarts:
           this.slots[worker.index]?.current === worker ? (this.slots[worker.index]?.restarts ?? 0) : 0,
+        status: worker.status,
         connectionsSeen:
           worker.connections !== undefined
             ? 'reported'
@@ -187,6 +199,7 @@ export class Generation {
               : undefined,
       })),
       patches: [...patches],
+      replacements: [...this.replacements],
     };
   }
 }

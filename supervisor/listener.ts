@@ -16,7 +16,7 @@ import {
 } from './node-internals.js';
 import { LISTEN_BACKLOG, type ListenSpec, type UnixListenSpec } from './options.js';
 import { inheritFds } from './os.js';
-import { describeSocket, socketInode } from './proc.js';
+import { describeSocket, parentPid, socketInode } from './proc.js';
 import { lookupId } from './users.js';
 
 /** bound (or inherited) → listening → closed. */
@@ -42,8 +42,30 @@ export class Listener {
     readonly origin: 'bound' | 'inherited',
     /** The socket file this master created, removed when it closes. */
     private readonly unixPath?: string,
+    /**
+     * Inherited without a name (no LISTEN_FDNAMES, as `systemd-socket-activate` without `--fdname`
+     * hands it): a lone such socket reaches workers unnamed, so that whatever name the app asks for
+     * is it (systemd's convention, the child API's rule).
+     */
+    readonly anonymous = false,
   ) {
     this.inode = socketInode(socket.fd);
+  }
+
+  /** This inherited socket under the name a `--listen` with its address gives it. */
+  adoptAs(name: string): Listener {
+    return new Listener(name, this.kind, this.socket, this.origin);
+  }
+
+  /** Whether `spec` asks for this very socket: the same kind and address (a TCP port 0 asks for none). */
+  matches(spec: ListenSpec): boolean {
+    if (spec.scheme === 'unix') return this.kind === 'unix' && path.resolve(spec.path) === this.address;
+    return (
+      spec.scheme === this.kind &&
+      spec.port !== 0 &&
+      spec.port === this.port &&
+      sameHost(spec.host, this.address)
+    );
   }
 
   /** The descriptor workers inherit (at 3 + this listener's index). */
@@ -114,7 +136,16 @@ export async function openListeners(specs: ListenSpec[], inherited: Listener[] =
   const listeners = [...inherited];
   try {
     for (const spec of specs) {
-      if (inherited.some((listener) => listener.name === spec.name)) continue;
+      if (listeners.some((listener) => listener.origin === 'inherited' && listener.name === spec.name))
+        continue;
+      // `--listen http=ADDR` for the address of a socket handed over: that socket, under this name.
+      const handedOver = listeners.findIndex(
+        (listener) => listener.origin === 'inherited' && listener.anonymous && listener.matches(spec),
+      );
+      if (handedOver >= 0) {
+        listeners[handedOver] = (listeners[handedOver] as Listener).adoptAs(spec.name);
+        continue;
+      }
       listeners.push(await bindListener(spec));
     }
     const streams = listeners.filter((listener) => listener.isStream);
@@ -251,11 +282,18 @@ function resolveId(nameOrId: string, database: string, spec: UnixListenSpec): nu
 export function inheritedListeners(env: Record<string, string | undefined>, pid: number): Listener[] {
   const count = Number(env.LISTEN_FDS);
   if (!env.LISTEN_FDS || !Number.isInteger(count) || count < 1) return [];
-  if (env.LISTEN_PID !== undefined && env.LISTEN_PID !== String(pid)) return [];
+  if (env.LISTEN_PID !== undefined && env.LISTEN_PID !== String(pid)) {
+    // A wrapper in between (npx, a shell script) has the pid LISTEN_PID names: the sockets are still
+    // this process's own when that pid is an ancestor and every descriptor is a socket held here.
+    const named = Number(env.LISTEN_PID);
+    if (!ancestorsOf(pid).includes(named)) return [];
+    for (let index = 0; index < count; index++) if (socketInode(3 + index) === undefined) return [];
+  }
   const names = env.LISTEN_FDNAMES?.split(':') ?? [];
   return Array.from({ length: count }, (_, index) => {
     const fd = 3 + index;
-    const name = names[index] && names[index] !== 'unknown' ? (names[index] as string) : `listen${index}`;
+    const given = names[index] && names[index] !== 'unknown' ? names[index] : undefined;
+    const name = given ?? `listen${index}`;
     const inode = socketInode(fd);
     const described = inode === undefined ? undefined : describeSocket(inode);
     if (!described) {
@@ -271,8 +309,26 @@ export function inheritedListeners(env: Record<string, string | undefined>, pid:
       port: described.kind === 'unix' ? 0 : described.port,
       close: () => closeSync(fd),
     };
-    return new Listener(name, described.kind, socket, 'inherited');
+    return new Listener(name, described.kind, socket, 'inherited', undefined, given === undefined);
   });
+}
+
+/** The pids above `pid` up to init, from /proc (empty where /proc cannot be read). */
+function ancestorsOf(pid: number): number[] {
+  const ancestors: number[] = [];
+  for (let current = pid; current > 1 && ancestors.length < 64; ) {
+    const parent = parentPid(current);
+    if (parent === undefined || parent < 1) break;
+    ancestors.push(parent);
+    current = parent;
+  }
+  return ancestors;
+}
+
+/** The same host, counting every spelling of the wildcard address as one. */
+function sameHost(a: string, b: string): boolean {
+  const wildcard = (host: string) => host === '0.0.0.0' || host === '::' || host === '';
+  return a === b || (wildcard(a) && wildcard(b));
 }
 
 function hostPort(host: string, port: number): string {

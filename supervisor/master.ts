@@ -33,6 +33,7 @@ import { Readiness } from './readiness.js';
 import { SlotKeeper } from './slots.js';
 import { Spawner } from './spawn.js';
 import { Upgrade } from './upgrade.js';
+import { Watchdog } from './watchdog.js';
 import type { Worker } from './worker.js';
 
 /** What a master needs from the world around it. */
@@ -84,6 +85,8 @@ export class Master implements ControlledMaster {
   private readonly upgrade: Upgrade;
   /** Restarts, replacements and scale of the serving generation. */
   private readonly slots: SlotKeeper;
+  /** `--watchdog`: serving workers that stop pinging are replaced. */
+  private readonly watchdog: Watchdog;
   /** Moves open sessions from old workers to new ones (docs/handoff.md). */
   private readonly handoff: HandoffRelay;
   /** Sends hot patches to workers and keeps what each generation was patched with. */
@@ -96,6 +99,7 @@ export class Master implements ControlledMaster {
     start: () => {
       this.upgrade.start();
       this.readiness.startSampling();
+      this.watchdog.start();
     },
     reload: (event) => {
       const answer = this.upgrade.onReload(event.source);
@@ -118,6 +122,7 @@ export class Master implements ControlledMaster {
     'connections-sample': () => {
       if (this.state !== 'stopped') this.readiness.onSample();
     },
+    'watchdog-check': () => this.watchdog.onCheck(),
     'replace-worker': (event) => this.slots.onReplaceWorker(event.pid, event.reason, event.facts ?? {}),
     scale: (event) => {
       const answer = this.refusedWhileStopping('scale ignored: the master is stopping', {
@@ -151,6 +156,7 @@ export class Master implements ControlledMaster {
     connections: (worker, message) => {
       worker.connections = message.count;
     },
+    watchdog: (worker) => this.watchdog.onPing(worker),
     exposed: (worker, message) => this.injections.onExposed(worker, message.names),
     injected: (worker, message) =>
       this.injections.onInjected(worker, message.id, message.ok ? undefined : patchFailure(message.error)),
@@ -223,6 +229,16 @@ export class Master implements ControlledMaster {
       startWorker,
       drainWorker: (worker) => this.upgrade.drainWorker(worker),
       dispatch,
+      report,
+    });
+    this.watchdog = new Watchdog({
+      os,
+      logger,
+      watchdogMs: options.watchdogMs,
+      masterState,
+      activeGeneration: () => this.upgrade.activeGeneration,
+      dispatch,
+      replace: (pid, reason, facts) => this.slots.onReplaceWorker(pid, reason, facts),
     });
     this.upgrade = new Upgrade({
       os,
@@ -261,6 +277,8 @@ export class Master implements ControlledMaster {
       ready: (worker, via) => this.upgrade.onWorkerReady(worker, via),
       generations: () => this.upgrade.generations,
       kill,
+      watchdog: (worker, word) =>
+        word === 'watchdog' ? this.watchdog.onPing(worker) : this.watchdog.onTrigger(worker),
     });
   }
 

@@ -141,6 +141,13 @@ export function createMetrics(
     labelNames: ['outcome'],
     registers: [registry],
   });
+  const replacements = new Counter({
+    name: 'baton_worker_replacements_total',
+    help: 'Serving workers replaced without a reload, by reason: memory (--max-memory) or watchdog (--watchdog).',
+    labelNames: ['reason'],
+    registers: [registry],
+  });
+  for (const reason of ['memory', 'watchdog']) replacements.inc({ reason }, 0);
   for (const outcome of ['moved', 'kept', 'failed']) sessions.inc({ outcome }, 0);
   reloads.inc({ outcome: 'active' }, 0);
   reloads.inc({ outcome: 'failed' }, 0);
@@ -154,6 +161,8 @@ export function createMetrics(
       sessions.inc({ outcome: 'moved' }, progress.moved);
       sessions.inc({ outcome: 'kept' }, progress.kept);
       sessions.inc({ outcome: 'failed' }, progress.failed);
+    } else if (progress.kind === 'worker-replacing') {
+      replacements.inc({ reason: progress.reason });
     } else if (progress.kind === 'generation-retired') {
       drainSeconds.observe({ forced: String(progress.forced) }, progress.drainMs / 1000);
     }

@@ -22,6 +22,7 @@ export type MasterEvent =
   | { type: 'ready-delay-passed'; worker: Worker }
   | { type: 'ready-probe'; worker: Worker }
   | { type: 'connections-sample' }
+  | { type: 'watchdog-check' }
   | { type: 'replace-worker'; pid: number; reason: string; facts?: Record<string, unknown> }
   | {
       type: 'scale';
@@ -62,6 +63,7 @@ export type Progress =
   | { kind: 'generation-draining'; generation: number; workers: number }
   | { kind: 'generation-retired'; generation: number; drainMs: number; forced: boolean }
   | { kind: 'stopping'; fast: boolean }
+  | { kind: 'worker-replacing'; generation: number; worker: number; pid: number; reason: string }
   | SessionsMovedProgress;
 
 /** A worker as `status` shows it. */
@@ -77,6 +79,8 @@ export interface WorkerSnapshot {
   connections: number | undefined;
   /** Whether the worker reported its connections (child API) or the master counted them in /proc. */
   connectionsSeen: 'reported' | 'observed' | undefined;
+  /** The last STATUS= the worker sent through sd_notify, if any. */
+  status: string | undefined;
   /** How often this worker's slot was refilled after a crash (the current worker of the slot only). */
   restarts: number;
 }
@@ -98,6 +102,16 @@ export interface GenerationSnapshot {
   workers: WorkerSnapshot[];
   /** The hot patches applied to this generation (`baton inject`), oldest first. */
   patches: AppliedPatch[];
+  /** Serving workers replaced without a reload (`--max-memory`, `--watchdog`), the last few, oldest first. */
+  replacements: Replacement[];
+}
+
+/** A serving worker replaced without a reload. */
+export interface Replacement {
+  worker: number;
+  pid: number;
+  reason: string;
+  at: number;
 }
 
 /** The master's state as plain data. */
@@ -129,6 +143,8 @@ export interface InheritedListener {
   readonly port: number;
   /** The IP address, or the Unix socket's path. */
   readonly address: string;
+  /** Handed over without a name (systemd-socket-activate without --fdname): see `Listener.anonymous`. */
+  readonly anonymous?: boolean;
   close(): void;
 }
 

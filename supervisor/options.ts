@@ -119,6 +119,11 @@ export interface MasterOptions {
   metrics?: InetListenSpec;
   /** A worker whose resident memory passes this many bytes is replaced (`--max-memory`). */
   maxMemoryBytes?: number;
+  /**
+   * A serving worker that sent WATCHDOG=1 once and then none for this long is replaced (`--watchdog`);
+   * workers get it as WATCHDOG_USEC. Off when undefined.
+   */
+  watchdogMs?: number;
   /** The user and group workers run as (`--user`, `--group`); the master's own when undefined. */
   uid?: number;
   gid?: number;
@@ -134,6 +139,20 @@ export interface MasterOptions {
 
 const DURATION_UNITS_MS: Record<string, number> = { ms: 1, s: 1000, m: 60_000, h: 3_600_000, d: 86_400_000 };
 const DURATION_PATTERN = /^(\d+(?:\.\d+)?)(ms|s|m|h|d)$/;
+
+/** The shortest `--watchdog`: a worker pings at half of it, and the master checks a few times within it. */
+export const MIN_WATCHDOG_MS = 200;
+
+/** Parses `--watchdog 10s`. */
+export function parseWatchdog(text: string): number {
+  const ms = parseDuration('--watchdog', text);
+  if (ms < MIN_WATCHDOG_MS) {
+    throw new UsageError(
+      `Expected \`--watchdog\` to be a duration of at least ${MIN_WATCHDOG_MS}ms, like 10s, got '${text}'`,
+    );
+  }
+  return ms;
+}
 
 /** Parses `500ms`, `30s`, `1.5m`, `2h`, `1d` into milliseconds. */
 export function parseDuration(flag: string, text: string, { allowZero = false } = {}): number {
@@ -300,6 +319,8 @@ export interface RawStartArgs {
   versionFile?: unknown;
   /** `--max-memory 512M`. */
   maxMemory?: unknown;
+  /** `--watchdog 10s`. */
+  watchdog?: unknown;
   /** `--user NAME|UID` and `--group NAME|GID` for the workers. */
   user?: unknown;
   group?: unknown;
@@ -363,6 +384,7 @@ export function parseStartOptions(raw: RawStartArgs): MasterOptions {
     versionFile: raw.versionFile === undefined ? undefined : String(raw.versionFile),
     maxMemoryBytes:
       raw.maxMemory === undefined ? undefined : parseSize('--max-memory', String(raw.maxMemory)),
+    watchdogMs: raw.watchdog === undefined ? undefined : parseWatchdog(String(raw.watchdog)),
     ...parseWorkerUser(raw.user, raw.group, raw.masterUid ?? process.getuid?.() ?? 0),
     preload: raw.preload === undefined ? DEFAULTS.preload : raw.preload !== false,
     command,

@@ -10,6 +10,7 @@ import { execa } from 'execa';
 import { CommandNotFoundError } from './errors.js';
 import { SignalTarget } from './main-pid.js';
 import { type RawSocketHandle, sendRawHandle } from './node-internals.js';
+import { type NotifyChannel, NotifySockets } from './notify-socket.js';
 import { countConnections, type ListenerAddress, pollsListeners } from './proc.js';
 
 /** What the master asks for when it starts a worker. */
@@ -39,8 +40,13 @@ export interface WorkerCallbacks {
    */
   onMessage(message: unknown, handle?: unknown): void;
   onStderr(chunk: Buffer): void;
-  /** One line the worker wrote on its notify pipe (sd_notify words: `READY=1`, `STATUS=...`). */
+  /**
+   * One line the worker's tree wrote on its notify pipe or sent to its NOTIFY_SOCKET (sd_notify words:
+   * `READY=1`, `STATUS=...`).
+   */
   onNotify(line: string): void;
+  /** Something the worker was meant to get could not be given (its NOTIFY_SOCKET): one line why. */
+  onWarning?(message: string): void;
   onExit(exitCode: number | null, signal: NodeJS.Signals | null): void;
 }
 
@@ -74,11 +80,14 @@ export interface Os {
 }
 
 /**
- * Sets LISTEN_PID to the worker's own pid, which only the worker knows, then
+ * Sets LISTEN_PID (and WATCHDOG_PID when there is a watchdog) to the worker's own pid, which only the worker knows, then
  * replaces itself with the command: `exec` keeps the pid, and the command and
  * its arguments arrive as "$0" "$@", never parsed by the shell.
  */
-const LISTEN_PID_TRAMPOLINE = 'LISTEN_PID=$$; export LISTEN_PID; exec "$0" "$@"';
+/** With a watchdog (WATCHDOG_USEC set), WATCHDOG_PID names the worker too, as systemd sets it. */
+const WATCHDOG_PID_STEP = 'if [ -n "$WATCHDOG_USEC" ]; then WATCHDOG_PID=$$; export WATCHDOG_PID; fi;';
+
+const LISTEN_PID_TRAMPOLINE = `LISTEN_PID=$$; export LISTEN_PID; ${WATCHDOG_PID_STEP} exec "$0" "$@"`;
 
 /**
  * The same, through util-linux's `setpriv --pdeathsig`: the kernel sends the
@@ -86,8 +95,7 @@ const LISTEN_PID_TRAMPOLINE = 'LISTEN_PID=$$; export LISTEN_PID; exec "$0" "$@"'
  * worker in any language drains instead of running on orphaned. "$0" is
  * setpriv, "$1" the signal; `deathSignal` is a shell variable, not exported.
  */
-const PARENT_DEATH_TRAMPOLINE =
-  'LISTEN_PID=$$; export LISTEN_PID; deathSignal=$1; shift; exec "$0" --pdeathsig "$deathSignal" -- "$@"';
+const PARENT_DEATH_TRAMPOLINE = `LISTEN_PID=$$; export LISTEN_PID; ${WATCHDOG_PID_STEP} deathSignal=$1; shift; exec "$0" --pdeathsig "$deathSignal" -- "$@"`;
 
 /** util-linux's setpriv, where there is one (it is essential on Debian; absent on macOS). */
 const SETPRIV = ['/usr/bin/setpriv', '/bin/setpriv'].find((candidate) => {
@@ -114,12 +122,42 @@ export function trampolineArgs(
   ];
 }
 
+/** The notification sockets of this master's workers (NOTIFY_SOCKET). */
+const notifySockets = new NotifySockets();
+
+/**
+ * A NOTIFY_SOCKET for a worker that gets a notify pipe: the same words, for servers written for systemd.
+ * Undefined, with a warning, where the socket cannot be made (no koffi, or not Linux).
+ */
+function openNotifyChannel(
+  request: SpawnRequest,
+  callbacks: WorkerCallbacks,
+  onLine: (line: string) => void,
+): NotifyChannel | undefined {
+  if (request.notifyPipe === false) return undefined;
+  try {
+    return notifySockets.openChannel({ uid: request.uid, gid: request.gid }, onLine);
+  } catch (error) {
+    callbacks.onWarning?.(
+      `no NOTIFY_SOCKET for this worker (${error instanceof Error ? error.message : String(error)}): it can still say ready on the notify pipe (BATON_NOTIFY_FD), over IPC, or be seen by --ready poll`,
+    );
+    return undefined;
+  }
+}
+
 /** The real operating system. */
 export const realOs: Os = {
   spawnWorker(request, callbacks) {
+    // A server behind a wrapper (npm start) names itself with MAINPID=: signals go to it (main-pid.ts).
+    let target: SignalTarget | undefined;
+    const notified = (line: string) => {
+      target?.onNotify(line);
+      callbacks.onNotify(line);
+    };
+    const notifyChannel = openNotifyChannel(request, callbacks, notified);
     const subprocess = execa('/bin/sh', trampolineArgs(request), {
       cwd: request.cwd,
-      env: request.env,
+      env: notifyChannel ? { ...request.env, NOTIFY_SOCKET: notifyChannel.path } : request.env,
       extendEnv: false,
       stdio: [
         ...inheritFds(['ignore', 'inherit', 'pipe'], request.listenerFds),
@@ -138,36 +176,38 @@ export const realOs: Os = {
       ...(request.gid === undefined ? {} : { gid: request.gid }),
     });
     subprocess.stderr?.on('data', (chunk: Buffer) => callbacks.onStderr(chunk));
-    // A server behind a wrapper (npm start) names itself with MAINPID=: signals go to it (main-pid.ts).
-    const target = new SignalTarget(subprocess.pid);
+    const signals = new SignalTarget(subprocess.pid);
+    target = signals;
     const notify =
       request.notifyPipe === false
         ? undefined
         : (subprocess.stdio[notifyFd(request.listenerFds.length)] as Readable | null | undefined);
     if (notify) {
-      readNotifyLines(notify, {
-        ...callbacks,
-        onNotify: (line) => {
-          target.onNotify(line);
-          callbacks.onNotify(line);
-        },
-      });
+      readNotifyLines(notify, { ...callbacks, onNotify: notified });
     }
     // Node's own event, not execa's message reading: execa drops handles, and a handed-off connection
     // comes with one. Each message arrives here once, in the order the worker sent it.
     const child = subprocess.nodeChildProcess;
     child.on('message', (message: unknown, handle: unknown) => callbacks.onMessage(message, handle));
     subprocess.then(
-      (result) =>
-        callbacks.onExit(result.exitCode ?? null, (result.signal as NodeJS.Signals | undefined) ?? null),
-      () => callbacks.onExit(null, null),
+      (result) => {
+        notifyChannel?.close();
+        // What is left of the worker's group (a child that let go of stdio) goes with it, as systemd's
+        // KillMode=control-group does: nothing of a worker outlives it.
+        if (subprocess.pid !== undefined) killLeftovers(subprocess.pid);
+        callbacks.onExit(result.exitCode ?? null, (result.signal as NodeJS.Signals | undefined) ?? null);
+      },
+      () => {
+        notifyChannel?.close();
+        callbacks.onExit(null, null);
+      },
     );
     return {
       get pid() {
-        return target.pid;
+        return signals.pid;
       },
       kill: (signal) =>
-        target.kill(signal, (toSpawned) => {
+        signals.kill(signal, (toSpawned) => {
           try {
             return subprocess.kill(toSpawned);
           } catch {
@@ -215,6 +255,15 @@ export const realOs: Os = {
     return { cancel: () => clearTimeout(timer) };
   },
 };
+
+/** SIGKILL to what is left of an exited worker's process group, if anything is. */
+function killLeftovers(pid: number): void {
+  try {
+    process.kill(-pid, 'SIGKILL');
+  } catch {
+    // the group is empty: the usual case
+  }
+}
 
 /**
  * A stdio array that passes `fds` on at 3, 4, ... execa's types admit only the

@@ -43,13 +43,51 @@ export function procAvailable(): boolean {
 }
 
 /**
- * Whether process `pid` waits for connections on one of the sockets with these
+ * Whether process `pid`, or one of its descendants, waits for connections on one of the sockets with these
  * inodes: the socket is in one of its epoll interest lists with EPOLLIN (Node,
  * Go, Python asyncio and selectors), or one of its threads is blocked in
  * accept(), poll() or select() on it (blocking servers, Python's socketserver).
  * False when it cannot tell (the process is gone, or /proc is not readable).
  */
 export function pollsListeners(pid: number, inodes: ReadonlySet<number>): boolean {
+  return processTree(pid).some((member) => processPollsListeners(member, inodes));
+}
+
+/** The most processes of one worker's tree that are looked at (a pre-forking server and its children). */
+const MAX_TREE = 256;
+
+/**
+ * Process `pid` and its descendants, parents first: a pre-forking server (gunicorn, uWSGI, a Python
+ * ForkingMixIn server) accepts in the children it forks, not in the process baton spawned. Read from
+ * each thread's /proc children list; just `[pid]` where that cannot be read.
+ */
+export function processTree(pid: number): number[] {
+  const tree = [pid];
+  for (let next = 0; next < tree.length && tree.length < MAX_TREE; next++) {
+    const parent = tree[next] as number;
+    let threads: string[];
+    try {
+      threads = readdirSync(`/proc/${parent}/task`);
+    } catch {
+      continue;
+    }
+    for (const tid of threads) {
+      let children: string;
+      try {
+        children = readFileSync(`/proc/${parent}/task/${tid}/children`, 'utf8');
+      } catch {
+        continue;
+      }
+      for (const child of children.split(' ')) {
+        const childPid = Number(child);
+        if (Number.isInteger(childPid) && childPid > 0 && !tree.includes(childPid)) tree.push(childPid);
+      }
+    }
+  }
+  return tree;
+}
+
+function processPollsListeners(pid: number, inodes: ReadonlySet<number>): boolean {
   const descriptors = descriptorsOf(pid);
   if (!descriptors) return false;
   const listenerFds = new Set<number>();
@@ -158,6 +196,19 @@ function readMemory(pid: number, address: number, length: number): Buffer | unde
   }
 }
 
+/** The parent of process `pid`, from /proc/<pid>/stat; undefined when it is gone. */
+export function parentPid(pid: number): number | undefined {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    // The command name may hold spaces and parentheses: the fields after it start past the last ')'.
+    const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+    const parent = Number(fields[1]);
+    return Number.isInteger(parent) ? parent : undefined;
+  } catch {
+    return undefined;
+  }
+}
+
 /** The real uid of process `pid`, from the `Uid:` line of its /proc status (real, effective, saved, fs); undefined when gone. */
 export function realUidOf(pid: number): number | undefined {
   try {
@@ -227,15 +278,23 @@ const TCP_ESTABLISHED = '01';
 const UNIX_CONNECTED = '03';
 
 /**
- * How many connections accepted on these listeners process `pid` holds open:
- * its socket descriptors that /proc/net shows established on a listener's
+ * How many connections accepted on these listeners process `pid` and its descendants hold open:
+ * their socket descriptors that /proc/net shows established on a listener's
  * local port (TCP) or connected under a listener's path (Unix). Undefined when
  * it cannot tell.
  */
 export function countConnections(pid: number, listeners: readonly ListenerAddress[]): number | undefined {
   const descriptors = descriptorsOf(pid);
   if (!descriptors) return undefined;
-  const held = new Set(descriptors.flatMap(({ link }) => inodeOf(link) ?? []));
+  // A connection held by several processes of the tree (inherited across fork) counts once.
+  const held = new Set(
+    [
+      descriptors,
+      ...processTree(pid)
+        .slice(1)
+        .map((member) => descriptorsOf(member) ?? []),
+    ].flatMap((list) => list.flatMap(({ link }) => inodeOf(link) ?? [])),
+  );
   const ports = new Set(listeners.filter((l) => l.kind === 'tcp').map((l) => l.port));
   const paths = new Set(listeners.filter((l) => l.kind === 'unix').map((l) => l.address));
   const tables = connectionTables();

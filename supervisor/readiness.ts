@@ -1,6 +1,6 @@
 /**
  * Readiness: how the master learns that a worker serves, in each `--ready` mode (docs/contract.md):
- * the IPC message `'ready'` (or the preload's `listening`), `READY=1` on the notify pipe, the worker seen polling its listeners in
+ * the IPC message `'ready'` (or the preload's `listening`), `READY=1` on NOTIFY_SOCKET or the notify pipe, the worker seen polling its listeners in
  * /proc, or a delay; and the /proc connection sample, which counts the connections of workers that do
  * not report theirs and finishes a draining one that holds none. A new way to say ready is a new
  * `ReadyVia`, a line in `countsAsReady`, and the event that brings it to `onSignal`.
@@ -19,6 +19,7 @@ import {
   type ReadinessMode,
 } from './options.js';
 import type { Os } from './os.js';
+import { parseNotifyLine } from './sd-notify.js';
 import type { Worker } from './worker.js';
 
 /** How a worker's readiness was seen; `listening`: baton's preload saw it listen (counts under `auto` only). */
@@ -62,6 +63,8 @@ export interface ReadinessPorts {
   /** Every generation the master knows, for the connection sample. */
   generations(): readonly Generation[];
   kill(worker: Worker, signal: NodeJS.Signals): void;
+  /** WATCHDOG=1 or WATCHDOG=trigger, for the watchdog (watchdog.ts). */
+  watchdog(worker: Worker, word: 'watchdog' | 'watchdog-trigger'): void;
 }
 
 /** The master's readiness watch over each starting worker, and its /proc sample of every worker. */
@@ -87,14 +90,48 @@ export class Readiness {
     if (countsAsReady(this.ports.options.ready.kind, via)) this.ports.ready(worker, via);
   }
 
-  /** sd_notify words on the notify pipe: READY=1 says ready; STATUS= is logged. */
+  /**
+   * sd_notify words, from NOTIFY_SOCKET or the notify pipe (sd-notify.ts; docs/contract.md lists them):
+   * READY=1 says ready, EXTEND_TIMEOUT_USEC= pushes the ready deadline, WATCHDOG= goes to the watchdog,
+   * the others are logged (STATUS= is also kept for status).
+   */
   onNotified(worker: Worker, line: string): void {
-    if (line === 'READY=1') this.onSignal(worker, 'notify');
-    else if (line.startsWith('STATUS=')) {
-      this.ports.logger.info(
-        { gen: worker.generation, worker: worker.index, pid: worker.pid, status: line.slice(7) },
-        'worker status',
-      );
+    const notice = parseNotifyLine(line);
+    const { logger, os, options, dispatch } = this.ports;
+    const facts = { gen: worker.generation, worker: worker.index, pid: worker.pid };
+    switch (notice?.kind) {
+      case 'ready':
+        this.onSignal(worker, 'notify');
+        break;
+      case 'status':
+        worker.status = notice.text;
+        logger.info({ ...facts, status: notice.text }, 'worker status');
+        break;
+      case 'stopping':
+        logger.info(facts, 'worker stopping');
+        break;
+      case 'errno':
+        logger.warn({ ...facts, errno: notice.errno }, 'worker reported an error number');
+        break;
+      case 'mainpid':
+        logger.info({ ...facts, mainPid: notice.pid }, 'worker named its main pid');
+        break;
+      case 'watchdog':
+      case 'watchdog-trigger':
+        this.ports.watchdog(worker, notice.kind);
+        break;
+      case 'extend-timeout':
+        if (worker.state === 'starting') {
+          worker.readyTimer?.cancel();
+          worker.readyTimer = os.setTimer(
+            Math.max(notice.ms, options.readyTimeoutMs - (os.now() - worker.startedAt)),
+            () => dispatch({ type: 'ready-timeout', worker }),
+          );
+          logger.info({ ...facts, extendMs: notice.ms }, 'worker extended its ready deadline');
+        }
+        break;
+      default:
+        logger.debug({ ...facts, line }, 'worker notification ignored');
     }
   }
 

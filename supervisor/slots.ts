@@ -1,13 +1,13 @@
 /**
  * The serving generation's slots, kept filled (einhorn's `replenish`): a worker that crashes is
  * restarted with exponential backoff (a crash loop is reported, never hidden); a worker over
- * `--max-memory` is replaced without dropping anyone (its replacement starts in the same slot and, once
+ * `--max-memory` or silent past `--watchdog` is replaced without dropping anyone (its replacement starts in the same slot and, once
  * ready, the old one drains); `scale` adds or drains slots. The master's dispatcher feeds it the events.
  */
 import { crashesAfterExit, isCrashLoop, restartDelayMs } from './decisions.js';
 import type { Generation, Slot } from './generation.js';
 import type { Logger } from './log.js';
-import type { MasterEvent, MasterState, ScaleAnswer } from './model.js';
+import type { MasterEvent, MasterState, Progress, ScaleAnswer } from './model.js';
 import { MAX_WORKERS, type MasterOptions, STABLE_UPTIME_MS } from './options.js';
 import type { Os } from './os.js';
 import type { Worker } from './worker.js';
@@ -30,6 +30,7 @@ export interface SlotPorts {
   /** Drains one worker, with its own deadline. */
   drainWorker(worker: Worker): void;
   dispatch(event: MasterEvent): void;
+  report(progress: Progress): void;
 }
 
 /** Restarts, replacements and scale of the serving generation. */
@@ -117,9 +118,9 @@ export class SlotKeeper {
   }
 
   /**
-   * Replaces a serving worker without dropping anyone (`--max-memory`): its
+   * Replaces a serving worker without dropping anyone (`--max-memory`, `--watchdog`): its
    * replacement starts in the same slot and, once ready, the old one drains.
-   * A worker that ran less than STABLE_UPTIME_MS is left alone, so that an app
+   * A worker over --max-memory that ran less than STABLE_UPTIME_MS is left alone, so that an app
    * whose baseline is over the limit is not replaced in a loop.
    */
   onReplaceWorker(pid: number, reason: string, facts: Record<string, unknown>): void {
@@ -128,11 +129,10 @@ export class SlotKeeper {
       (candidate) => candidate.pid === pid && candidate.state === 'ready',
     );
     if (!generation || !worker || this.ports.masterState() !== 'running') return;
-    if (
-      [...this.replacements.values()].includes(worker) ||
-      this.ports.os.now() - worker.startedAt < STABLE_UPTIME_MS
-    )
-      return;
+    if ([...this.replacements.values()].includes(worker)) return;
+    // An app whose baseline is over --max-memory must not be replaced in a loop; a silent watchdog
+    // says the worker is stuck, however young it is.
+    if (reason === 'memory' && this.ports.os.now() - worker.startedAt < STABLE_UPTIME_MS) return;
     const command = this.ports.resolveCommand();
     if (command === undefined) {
       this.log.error(
@@ -142,6 +142,14 @@ export class SlotKeeper {
       return;
     }
     this.log.warn({ gen: generation.id, worker: worker.index, pid, reason, ...facts }, 'replacing worker');
+    generation.recordReplacement({ worker: worker.index, pid, reason, at: this.ports.os.now() });
+    this.ports.report({
+      kind: 'worker-replacing',
+      generation: generation.id,
+      worker: worker.index,
+      pid,
+      reason,
+    });
     this.ports.startWorker(generation, worker.index, command);
     const replacement = generation.slots[worker.index]?.current;
     if (replacement && replacement !== worker) this.replacements.set(replacement, worker);

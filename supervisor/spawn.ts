@@ -20,6 +20,10 @@ export const ENV_NOT_INHERITED = [
   'NODE_CHANNEL_FD',
   'NODE_CHANNEL_SERIALIZATION_MODE',
   'NODE_UNIQUE_ID',
+  // The master's own service manager's socket: a worker notifies the master, never systemd behind it.
+  'NOTIFY_SOCKET',
+  'WATCHDOG_PID',
+  'WATCHDOG_USEC',
 ];
 
 /** Who a worker is: its generation, and its slot (none for a scratch worker, which serves nothing). */
@@ -40,6 +44,8 @@ export interface EnvironmentSettings {
   drainTimeoutMs: number;
   /** Whether a worker (not a scratch worker) gets baton's preload for Node apps as they are (`--no-preload`: false). */
   preload?: boolean;
+  /** `--watchdog`: workers get WATCHDOG_USEC (WATCHDOG_PID is set by the trampoline in os.ts, as LISTEN_PID). */
+  watchdogMs?: number | undefined;
 }
 
 /** The complete environment of a worker (docs/contract.md): the master's, then baton's variables. */
@@ -50,13 +56,17 @@ export function workerEnv(settings: EnvironmentSettings, identity: WorkerIdentit
   }
   const { listeners } = settings;
   const scratch = identity.worker === undefined;
+  // A lone socket handed to baton unnamed goes on unnamed: whatever name the app asks for is it.
+  const unnamed = listeners.length === 1 && listeners[0]?.anonymous === true;
   return {
     ...env,
     LISTEN_FDS: String(listeners.length),
     // A scratch worker has no socket: serve() in the child API resolves without listening.
     ...(scratch
       ? { BATON_SCRATCH: '1' }
-      : { LISTEN_FDNAMES: listeners.map((listener) => listener.name).join(':') }),
+      : unnamed
+        ? {}
+        : { LISTEN_FDNAMES: listeners.map((listener) => listener.name).join(':') }),
     BATON_GENERATION: String(identity.generation),
     ...(identity.worker === undefined ? {} : { BATON_WORKER: String(identity.worker) }),
     BATON_VERSION: identity.version,
@@ -65,6 +75,9 @@ export function workerEnv(settings: EnvironmentSettings, identity: WorkerIdentit
     ...(scratch ? {} : { BATON_NOTIFY_FD: String(notifyFd(listeners.length)) }),
     // NODE_OPTIONS (after the user's), BATON_LISTENERS and PORT (supervisor/unmodified.ts).
     ...(settings.preload && !scratch ? preloadEnv(listeners, settings.env) : {}),
+    ...(scratch || settings.watchdogMs === undefined
+      ? {}
+      : { WATCHDOG_USEC: String(settings.watchdogMs * 1000) }),
   };
 }
 
@@ -111,6 +124,7 @@ export class Spawner {
           drainSignal: options.drainSignal,
           drainTimeoutMs: options.drainTimeoutMs,
           preload: options.preload,
+          watchdogMs: options.watchdogMs,
         },
         { generation: generation.id, version: generation.version, worker },
       ),
@@ -134,6 +148,8 @@ export class Spawner {
     worker.process = os.spawnWorker(this.request(command, generation, slotIndex), {
       onMessage: (message, handle) => dispatch({ type: 'worker-message', worker, message, handle }),
       onNotify: (line) => dispatch({ type: 'worker-notified', worker, line }),
+      onWarning: (message) =>
+        this.ports.logger.warn({ gen: generation.id, worker: slotIndex, pid: worker.pid }, message),
       onStderr: (chunk) => {
         worker.stderr.push(chunk);
         this.ports.writeStderr(chunk);

@@ -18,6 +18,8 @@ export interface ListenerDescription {
   readonly port: number;
   /** The IP address, or the Unix socket's path. */
   readonly address: string;
+  /** Handed to baton without a name (see `Listener.anonymous`): workers then get no LISTEN_FDNAMES. */
+  readonly anonymous?: boolean;
 }
 
 /**

@@ -48,6 +48,12 @@ export class Worker {
   /** Consecutive samples in which a draining worker no longer accepted and held no connection. */
   idleSamples = 0;
   readyTimer: TimerHandle | undefined;
+  /** When the worker last said WATCHDOG=1 (or the child API pinged); undefined until it first does. */
+  lastWatchdogAt: number | undefined;
+  /** The master said once that this worker never pings under `--watchdog`. */
+  watchdogSilenceReported = false;
+  /** The last STATUS= the worker sent (sd_notify), if any. */
+  status: string | undefined;
   readonly stderr = new OutputTail();
 
   constructor(

@@ -99,3 +99,16 @@ export function describeProgress(progress: Progress | ReloadAccepted): string[] 
       return []; // a kind from a newer master: clients skip what they do not know
   }
 }
+
+/** Pads every column but the last to its widest cell, two spaces apart. */
+export function alignColumns(rows: string[][]): string[] {
+  const widths = (rows[0] ?? []).map((_, column) =>
+    Math.max(...rows.map((row) => (row[column] ?? '').length)),
+  );
+  return rows.map((row) =>
+    row
+      .map((cell, column) => (column === row.length - 1 ? cell : cell.padEnd(widths[column] ?? 0)))
+      .join('  ')
+      .trimEnd(),
+  );
+}

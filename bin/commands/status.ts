@@ -7,7 +7,7 @@ import { connectToMaster, type MasterTarget } from '../../supervisor/control/cli
 import type { ErrorAnswer } from '../../supervisor/control/protocol.js';
 import { atOpenFileLimit, type MasterStatus } from '../../supervisor/control/status.js';
 import { ControlProtocolError, EXIT_CODES, NotHealthyError } from '../../supervisor/errors.js';
-import { formatBytes, formatMs, formatUptime } from './format.js';
+import { alignColumns, formatBytes, formatMs, formatUptime } from './format.js';
 import type { Output } from './reload.js';
 
 /** What `baton status` prints. */
@@ -78,6 +78,8 @@ export function formatStatus(status: MasterStatus): string {
   lines.push(...(workers.length > 1 ? alignColumns(workers) : ['(no workers)']));
   lines.push(...sessionLines(status));
   lines.push(...crashLoopLines(status));
+  lines.push(...notifiedStatusLines(status));
+  lines.push(...replacementLines(status));
   lines.push(...openFileWarnings(status));
   lines.push(...patchLines(status));
   if (status.reloads.length > 0) {
@@ -108,6 +110,32 @@ function sessionLines(status: MasterStatus): string[] {
   return [
     `sessions handed to new versions: ${sessions.moved} moved, ${sessions.kept} kept on the old version, ${sessions.failed} failed`,
   ];
+}
+
+/** One line under the table for each worker replaced without a reload (`--max-memory`, `--watchdog`). */
+function replacementLines(status: MasterStatus): string[] {
+  const why: Record<string, string> = {
+    memory: 'over --max-memory',
+    watchdog: 'silent past --watchdog',
+  };
+  return status.generations.flatMap((generation) =>
+    (generation.replacements ?? []).map(
+      ({ worker, pid, reason, at }) =>
+        `generation ${generation.id} worker ${worker}: pid ${pid} replaced at ${new Date(at).toISOString().slice(11, 19)} (${why[reason] ?? reason})`,
+    ),
+  );
+}
+
+/** One line under the table for each serving worker that said its status through sd_notify (STATUS=). */
+function notifiedStatusLines(status: MasterStatus): string[] {
+  return status.generations.flatMap((generation) =>
+    generation.workers
+      .filter((worker) => worker.status != null && worker.state !== 'exited')
+      .map(
+        (worker) =>
+          `generation ${generation.id} worker ${worker.index} (pid ${worker.pid}): ${worker.status}`,
+      ),
+  );
 }
 
 /** One line under the table for each worker slot in a crash loop (restarted with a growing backoff). */
@@ -150,17 +178,4 @@ function percent(cpu: number | null | undefined): string {
 
 function bytes(memory: number | null | undefined): string {
   return memory == null ? '-' : formatBytes(memory);
-}
-
-/** Pads every column but the last to its widest cell, two spaces apart. */
-function alignColumns(rows: string[][]): string[] {
-  const widths = (rows[0] ?? []).map((_, column) =>
-    Math.max(...rows.map((row) => (row[column] ?? '').length)),
-  );
-  return rows.map((row) =>
-    row
-      .map((cell, column) => (column === row.length - 1 ? cell : cell.padEnd(widths[column] ?? 0)))
-      .join('  ')
-      .trimEnd(),
-  );
 }

@@ -212,17 +212,31 @@ export async function connectToMaster(
     return ControlClient.connect(existing);
   }
   if (target.pid !== undefined) return ControlClient.connect(controlSocketOfProcess(target.pid));
-  return ControlClient.connect(await onlyLiveMaster(directories));
+  return ControlClient.connect(await onlyLiveMaster(directories, cwd));
 }
 
-/** The one master that answers in the default directories. */
-async function onlyLiveMaster(directories: string[]): Promise<string> {
+/** The folder process `pid` runs in, from /proc; undefined when it cannot be read. */
+function cwdOf(pid: number): string | undefined {
+  try {
+    return readlinkSync(`/proc/${pid}/cwd`);
+  } catch {
+    return undefined;
+  }
+}
+
+/** The one master that answers in the default directories (or the one of them running in `cwd`). */
+async function onlyLiveMaster(directories: string[], cwd: string): Promise<string> {
   const candidates = directories.flatMap((directory) => socketsIn(directory));
   const probes = await Promise.all(
     candidates.map(async (path) => ({ path, probe: await probeMaster(path) })),
   );
   const live = probes.filter(({ probe }) => probe.live).map(({ path }) => path);
   if (live.length === 1) return live[0] as string;
+  // Several masters of this user: the one that runs in this folder, if exactly one does.
+  const here = probes.filter(
+    ({ probe }) => probe.live && probe.pid !== undefined && cwdOf(probe.pid) === cwd,
+  );
+  if (here.length === 1) return (here[0] as { path: string }).path;
   if (live.length === 0) {
     throw new NoMasterError(
       directories.join(', '),
@@ -230,7 +244,7 @@ async function onlyLiveMaster(directories: string[]): Promise<string> {
     );
   }
   throw new UsageError(
-    `Several masters answer here (${live.join(', ')}); choose one with --name, --control or --pid`,
+    `Several masters answer here (${live.join(', ')}); choose one with --name, --control or --pid ('baton list' shows them)`,
   );
 }
 

@@ -3,6 +3,8 @@
  * command) and its path (from `--control`, or the name in the first control
  * directory). The master and the CLI look in the same places.
  */
+import { statSync } from 'node:fs';
+import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { UsageError } from '../errors.js';
 
@@ -10,7 +12,12 @@ import { UsageError } from '../errors.js';
 export const SOCKET_SUFFIX = '.sock';
 /** The directory under `$XDG_RUNTIME_DIR` that holds control sockets. */
 export const RUNTIME_SUBDIRECTORY = 'baton';
-/** The project-local directory (in the current directory) used when `$XDG_RUNTIME_DIR` is not set. */
+/**
+ * The folder in the user's home that holds control sockets when `$XDG_RUNTIME_DIR` is not set (as PM2
+ * keeps ~/.pm2), so that a CLI in any folder finds the user's masters.
+ */
+export const HOME_DIRECTORY = '.baton';
+/** The folder in the current directory where masters before 0.2 put their sockets; clients still look. */
 export const LOCAL_DIRECTORY = '.baton';
 /** The name when nothing better can be derived from the command. */
 export const FALLBACK_NAME = 'baton';
@@ -41,12 +48,38 @@ export interface ControlSettings {
 
 /**
  * Where control sockets are looked for, first choice first: `$XDG_RUNTIME_DIR/baton` when that
- * variable is set, then `.baton` in the current directory. A master uses the first.
+ * variable is set, then the user's own folder (see `userControlDirectory`), then `.baton` in the
+ * current directory (older masters). A master uses the first.
  */
 export function controlDirectories(env: Record<string, string | undefined>, cwd: string): string[] {
-  const local = path.join(cwd, LOCAL_DIRECTORY);
   const runtime = env.XDG_RUNTIME_DIR;
-  return runtime && path.isAbsolute(runtime) ? [path.join(runtime, RUNTIME_SUBDIRECTORY), local] : [local];
+  const directories = [
+    ...(runtime && path.isAbsolute(runtime) ? [path.join(runtime, RUNTIME_SUBDIRECTORY)] : []),
+    userControlDirectory(env),
+    path.join(cwd, LOCAL_DIRECTORY),
+  ];
+  return [...new Set(directories)];
+}
+
+/**
+ * The user's control folder whatever the working directory: `~/.baton` when the home folder exists
+ * and is the user's, else `<tmp>/baton-<uid>` (a service user whose home is /nonexistent). Private
+ * (0700) either way: prepareControlPath refuses one that is not.
+ */
+export function userControlDirectory(
+  env: Record<string, string | undefined>,
+  uid: number = process.getuid?.() ?? 0,
+): string {
+  const home = env.HOME;
+  if (home && path.isAbsolute(home)) {
+    try {
+      const stats = statSync(home);
+      if (stats.isDirectory() && stats.uid === uid) return path.join(home, HOME_DIRECTORY);
+    } catch {
+      // no such home: the temporary folder below
+    }
+  }
+  return path.join(tmpdir(), `baton-${uid}`);
 }
 
 /** The socket of the master called `name` in `directory`. */

@@ -33,6 +33,8 @@ export interface GenerationStatus extends Omit<GenerationSnapshot, 'workers'> {
 export interface MasterStatus {
   name: string;
   control: string;
+  /** The folder the master runs in (its workers' working directory). */
+  cwd: string;
   pid: number;
   state: MasterState;
   /** The master's clock when it answered (ms since the epoch): uptimes are `now - startedAt`. */
@@ -84,6 +86,7 @@ export function buildStatus(context: ControlContext): MasterStatus {
   return {
     name: context.name,
     control: context.path,
+    cwd: process.cwd(),
     pid: snapshot.pid,
     state: snapshot.state,
     now: context.now(),

@@ -25,8 +25,14 @@ import {
 import { waitFor, withDeadline } from '../helpers/wait.js';
 
 const NODE = process.execPath;
-/** Masters and clients of these tests find each other in `<cwd>/.baton`, whatever the runner's environment. */
-const ENV = { XDG_RUNTIME_DIR: undefined };
+/**
+ * Masters and clients of these tests find each other in `~/.baton` with a home of this file's own,
+ * whatever the runner's environment (no XDG_RUNTIME_DIR), as a user's shell in any folder would.
+ */
+const HOME = mkdtempSync(join(tmpdir(), 'baton-home-'));
+process.once('exit', () => rmSync(HOME, { recursive: true, force: true }));
+const CONTROL_DIR = join(HOME, '.baton');
+const ENV = { XDG_RUNTIME_DIR: undefined, HOME };
 /** How long one CLI command may take before the test fails. */
 const CLI_TIMEOUT_MS = 20_000;
 const EXIT = {
@@ -310,7 +316,7 @@ describe('baton reload', () => {
     expect(result.exitCode).toBe(EXIT.noMaster);
     expect(result.stdout).toBe('');
     expect(result.stderr).toBe(
-      `baton: No baton master found: no live control socket in ${empty}/.baton (start one with 'baton start', or say where with --name, --control or --pid).\n`,
+      `baton: No baton master found: no live control socket in ${CONTROL_DIR} or ${empty}/.baton (start one with 'baton start', or say where with --name, --control or --pid).\n`,
     );
     const named = await run(['status', '--name', 'api'], empty);
     expect(named.exitCode).toBe(EXIT.noMaster);
@@ -411,20 +417,20 @@ describe('baton status', () => {
 
 describe('the control socket', () => {
   test('owner only: mode 0600 in a 0700 directory; another uid gets EACCES; unsafe directories and live sockets are refused; stale ones replaced; removed on stop', async () => {
-    // The app's temp dir is private already: open it, so that only baton's own modes keep others out.
-    chmodSync(app.dir, 0o755);
+    // The home is private already: open it, so that only baton's own modes keep others out.
+    chmodSync(HOME, 0o755);
     const { baton, socketPath } = await startMaster();
-    expect(socketPath).toBe(join(app.dir, '.baton', 'server.sock'));
+    expect(socketPath).toBe(join(CONTROL_DIR, 'server.sock'));
     expect(statSync(socketPath).isSocket()).toBe(true);
     expect(statSync(socketPath).mode & 0o777).toBe(0o600);
-    expect(statSync(join(app.dir, '.baton')).mode & 0o777).toBe(0o700);
+    expect(statSync(CONTROL_DIR).mode & 0o777).toBe(0o700);
 
     if (process.getuid?.() === 0) {
       expect(await connectAs(65534, socketPath)).toBe('EACCES');
       // The socket's own mode is a second wall: it holds even in a directory others may enter.
-      chmodSync(join(app.dir, '.baton'), 0o711);
+      chmodSync(CONTROL_DIR, 0o711);
       expect(await connectAs(65534, socketPath)).toBe('EACCES');
-      chmodSync(join(app.dir, '.baton'), 0o700);
+      chmodSync(CONTROL_DIR, 0o700);
     } else {
       console.warn('skipped: connecting as another uid needs root to switch users');
     }

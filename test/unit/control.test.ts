@@ -1,10 +1,18 @@
+import { mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
 import { describe, expect, test } from '@jest/globals';
 import { ReloadHistory } from '../../supervisor/control/history.js';
 import { LineBuffer } from '../../supervisor/control/lines.js';
 import { encodeLine } from '../../supervisor/control/protocol.js';
 import { ReloadWatch } from '../../supervisor/control/reload.js';
 import { parseRequestLine } from '../../supervisor/control/requests.js';
-import { defaultName, resolveControlSettings } from '../../supervisor/control/socket-path.js';
+import {
+  controlDirectories,
+  defaultName,
+  resolveControlSettings,
+  userControlDirectory,
+} from '../../supervisor/control/socket-path.js';
 import { health } from '../../supervisor/control/status.js';
 import type { Progress } from '../../supervisor/model.js';
 
@@ -240,16 +248,31 @@ describe('names and paths', () => {
     expect(defaultName(command, args)).toBe(name);
   });
 
-  test('XDG_RUNTIME_DIR/baton first, else .baton here; --control wins; --name is checked', () => {
+  test('XDG_RUNTIME_DIR/baton first, else ~/.baton (or <tmp>/baton-<uid> without a home of ours); --control wins; --name is checked', () => {
     const command = ['node', 'server.js'];
+    const uid = process.getuid?.() ?? 0;
     expect(resolveControlSettings({}, command, { XDG_RUNTIME_DIR: '/run/user/7' }, '/srv/app')).toEqual({
       name: 'server',
       path: '/run/user/7/baton/server.sock',
     });
-    expect(resolveControlSettings({ name: 'api' }, command, {}, '/srv/app')).toEqual({
-      name: 'api',
-      path: '/srv/app/.baton/api.sock',
-    });
+    const home = mkdtempSync(join(tmpdir(), 'baton-home-'));
+    try {
+      expect(resolveControlSettings({ name: 'api' }, command, { HOME: home }, '/srv/app')).toEqual({
+        name: 'api',
+        path: join(home, '.baton', 'api.sock'),
+      });
+      // Clients look there, then in ./.baton where older masters put their sockets.
+      expect(controlDirectories({ HOME: home }, '/srv/app')).toEqual([
+        join(home, '.baton'),
+        '/srv/app/.baton',
+      ]);
+    } finally {
+      rmSync(home, { recursive: true, force: true });
+    }
+    expect(resolveControlSettings({ name: 'api' }, command, { HOME: '/nonexistent' }, '/srv/app').path).toBe(
+      join(tmpdir(), `baton-${uid}`, 'api.sock'),
+    );
+    expect(userControlDirectory({}, uid)).toBe(join(tmpdir(), `baton-${uid}`));
     expect(resolveControlSettings({ control: 'run/c.sock' }, command, {}, '/srv/app').path).toBe(
       '/srv/app/run/c.sock',
     );

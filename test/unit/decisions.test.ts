@@ -6,6 +6,7 @@ import {
   isCrashLoop,
   isGenerationReady,
   restartDelayMs,
+  watchdogVerdict,
 } from '../../supervisor/decisions.js';
 import { RESTART_BACKOFF_MAX_MS, STABLE_UPTIME_MS } from '../../supervisor/options.js';
 
@@ -63,5 +64,21 @@ describe('decideReload', () => {
     expect(decideReload({ stopping: true, reloadRunning: false, reloadQueued: false })).toBe(
       'ignore-stopping',
     );
+  });
+});
+
+describe('watchdogVerdict', () => {
+  const period = 1000;
+  test('a worker not ready yet, or ready for less than a period without a ping, is not judged yet', () => {
+    expect(watchdogVerdict({ readyAt: undefined, lastWatchdogAt: undefined }, 5000, period)).toBe('not-yet');
+    expect(watchdogVerdict({ readyAt: 4500, lastWatchdogAt: undefined }, 5000, period)).toBe('not-yet');
+  });
+  test('one that never pinged a whole period after it became ready is reported, not expired', () => {
+    expect(watchdogVerdict({ readyAt: 3000, lastWatchdogAt: undefined }, 5000, period)).toBe('never-pinged');
+  });
+  test('one that pinged is alive within a period of its last ping, expired past it', () => {
+    expect(watchdogVerdict({ readyAt: 1000, lastWatchdogAt: 4200 }, 5000, period)).toBe('alive');
+    expect(watchdogVerdict({ readyAt: 1000, lastWatchdogAt: 4000 }, 5000, period)).toBe('alive');
+    expect(watchdogVerdict({ readyAt: 1000, lastWatchdogAt: 3999 }, 5000, period)).toBe('expired');
   });
 });

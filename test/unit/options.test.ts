@@ -193,3 +193,17 @@ describe('strict where lenient would surprise', () => {
     expect(() => parseListen('unix:/tmp/a.sock?mode=600&mode=644', 0)).toThrow(/give 'mode' once/);
   });
 });
+
+describe('--watchdog', () => {
+  const base = { listen: ['tcp://127.0.0.1:0'], command: ['node', 'server.js'] };
+  test('is off by default, and a duration of at least 200ms', () => {
+    expect(parseStartOptions(base).watchdogMs).toBeUndefined();
+    expect(parseStartOptions({ ...base, watchdog: '10s' }).watchdogMs).toBe(10_000);
+    expect(() => parseStartOptions({ ...base, watchdog: '100ms' })).toThrow(
+      "Expected `--watchdog` to be a duration of at least 200ms, like 10s, got '100ms'",
+    );
+    expect(() => parseStartOptions({ ...base, watchdog: 'soon' })).toThrow(
+      /Expected `--watchdog` to be a duration/,
+    );
+  });
+});

@@ -1,0 +1,200 @@
+/**
+ * The operator's CLI from any folder: with XDG_RUNTIME_DIR unset, a master keeps its control socket in
+ * the user's ~/.baton, where `baton status`, `reload` and `list` find it from anywhere; another user
+ * neither sees nor reaches it. A mistyped option is answered with the right one.
+ */
+import { execFileSync } from 'node:child_process';
+import { accessSync, constants, mkdtempSync, rmSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, beforeEach, describe, expect, test } from '@jest/globals';
+import { type AppDir, killAll, makeAppDir, REPO_ROOT, startBaton } from '../helpers/processes.js';
+
+const NODE = process.execPath;
+let app: AppDir;
+let home: string;
+let elsewhere: string;
+
+beforeEach(() => {
+  app = makeAppDir();
+  home = mkdtempSync(join(tmpdir(), 'baton-home-'));
+  elsewhere = mkdtempSync(join(tmpdir(), 'baton-elsewhere-'));
+});
+
+afterEach(async () => {
+  await killAll();
+  app.cleanup();
+  rmSync(home, { recursive: true, force: true });
+  rmSync(elsewhere, { recursive: true, force: true });
+});
+
+/** The environment of a user's shell with no XDG_RUNTIME_DIR (a plain `ssh`, `su`, a cron job). */
+function shell(): Record<string, string | undefined> {
+  return { XDG_RUNTIME_DIR: undefined, HOME: home };
+}
+
+async function runCli(args: string[], cwd: string, env = shell()) {
+  const run = startBaton(args, { cwd, env });
+  const { exitCode } = await run.waitForExit(20_000);
+  return { exitCode, output: run.output };
+}
+
+/** Whether uid 65534 can run this repository's node and CLI (not from a clone in a private folder). */
+function nobodyCanRun(): string | undefined {
+  if (process.getuid?.() !== 0) return 'switching to another user needs root';
+  try {
+    execFileSync(
+      'setpriv',
+      [
+        '--reuid=65534',
+        '--regid=65534',
+        '--clear-groups',
+        NODE,
+        join(REPO_ROOT, 'bin', 'baton.js'),
+        '--version',
+      ],
+      { stdio: 'pipe' },
+    );
+    return undefined;
+  } catch {
+    return `uid 65534 cannot run ${NODE} and ${REPO_ROOT}/bin/baton.js from here (a clone in a private folder)`;
+  }
+}
+
+describe('the CLI from any folder', () => {
+  test('status, reload and list find the master from another folder through ~/.baton', async () => {
+    app.setVersion('1.0.0');
+    const master = startBaton(
+      [
+        'start',
+        '--listen',
+        'http=tcp://127.0.0.1:0',
+        '--listen',
+        'game=tcp://127.0.0.1:0',
+        '--version-file',
+        'VERSION',
+        '--',
+        NODE,
+        'server.js',
+      ],
+      {
+        cwd: app.dir,
+        env: { ...shell(), PORT: undefined },
+      },
+    );
+    await master.waitForLogMsg('generation active', { gen: 1 }, 15_000);
+    accessSync(join(home, '.baton', 'server.sock'), constants.F_OK);
+
+    const status = await runCli(['status', '--json'], elsewhere);
+    expect(status.exitCode).toBe(0);
+    expect(JSON.parse(status.output)).toMatchObject({ pid: master.pid, name: 'server', cwd: app.dir });
+
+    const listed = await runCli(['list', '--json'], elsewhere);
+    expect(listed.exitCode).toBe(0);
+    expect(JSON.parse(listed.output)).toEqual([
+      {
+        name: 'server',
+        pid: master.pid,
+        cwd: app.dir,
+        control: join(home, '.baton', 'server.sock'),
+        state: 'running',
+        version: '1.0.0',
+        ready: 1,
+        workers: 1,
+      },
+    ]);
+    const table = await runCli(['list'], elsewhere);
+    expect(table.output.split('\n')[0]).toMatch(/^NAME +PID +STATE +VERSION +WORKERS +FOLDER +CONTROL$/);
+    expect(table.output).toContain(`server  ${master.pid}  running  1.0.0    1/1      ${app.dir}`);
+
+    app.setVersion('1.1.0');
+    const reload = await runCli(['reload'], elsewhere);
+    expect(reload.exitCode).toBe(0);
+    expect(JSON.parse((await runCli(['list', '--json'], elsewhere)).output)[0]).toMatchObject({
+      version: '1.1.0',
+    });
+  }, 60_000);
+
+  test('with no master, list says where it looked and exits 0', async () => {
+    const listed = await runCli(['list'], elsewhere);
+    expect(listed).toEqual({
+      exitCode: 0,
+      output: `no baton master is running (looked in ${join(home, '.baton')}, ${join(elsewhere, '.baton')})\n`,
+    });
+  });
+
+  const reason = nobodyCanRun();
+  (reason ? test.skip : test)(
+    `another user neither sees nor reaches the master${reason ? ` [skipped: ${reason}]` : ''}`,
+    async () => {
+      const master = startBaton(
+        [
+          'start',
+          '--listen',
+          'http=tcp://127.0.0.1:0',
+          '--listen',
+          'game=tcp://127.0.0.1:0',
+          '--',
+          NODE,
+          'server.js',
+        ],
+        {
+          cwd: app.dir,
+          env: shell(),
+        },
+      );
+      await master.waitForLogMsg('generation active', { gen: 1 }, 15_000);
+      const socket = join(home, '.baton', 'server.sock');
+      const as = (args: string[]) => {
+        try {
+          return {
+            exitCode: 0,
+            output: execFileSync(
+              'setpriv',
+              [
+                '--reuid=65534',
+                '--regid=65534',
+                '--clear-groups',
+                NODE,
+                join(REPO_ROOT, 'bin', 'baton.js'),
+                ...args,
+              ],
+              {
+                cwd: '/',
+                env: { PATH: process.env.PATH, HOME: '/nonexistent' },
+                encoding: 'utf8',
+                stdio: 'pipe',
+              },
+            ),
+          };
+        } catch (error) {
+          const failed = error as { status: number; stderr: string };
+          return { exitCode: failed.status, output: failed.stderr };
+        }
+      };
+      expect(as(['list', '--json'])).toEqual({ exitCode: 0, output: '[]\n' });
+      const reached = as(['status', '--control', socket]);
+      expect(reached.exitCode).toBe(8);
+      expect(reached.output).toMatch(/permission denied/);
+    },
+    30_000,
+  );
+
+  test('a mistyped option or command is answered with the right one', async () => {
+    expect(
+      await runCli(
+        ['start', '--worker', '2', '--listen', 'tcp://127.0.0.1:0', '--', NODE, 'x.js'],
+        elsewhere,
+      ),
+    ).toEqual({
+      exitCode: 2,
+      output: "baton: Unknown argument: worker; did you mean --workers? (see 'baton --help')\n",
+    });
+    expect((await runCli(['stauts'], elsewhere)).output).toBe(
+      "baton: Unknown argument: stauts; did you mean status? (see 'baton --help')\n",
+    );
+    expect((await runCli(['status', '--jsn'], elsewhere)).output).toBe(
+      "baton: Unknown argument: jsn; did you mean --json? (see 'baton --help')\n",
+    );
+  });
+});

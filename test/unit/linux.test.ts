@@ -1,0 +1,118 @@
+/**
+ * Guards the Linux calls baton makes through koffi (supervisor/linux.ts), and systemd's notification
+ * sockets built on them (supervisor/notify-socket.ts). If this fails after a koffi or libc change,
+ * servers written for systemd (gunicorn) are no longer seen ready through NOTIFY_SOCKET.
+ */
+import { mkdtempSync, rmSync, statSync } from 'node:fs';
+import { createRequire } from 'node:module';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterAll, describe, expect, test } from '@jest/globals';
+import { bindDatagramSocket, SystemCallError } from '../../supervisor/linux.js';
+import { NotifySockets } from '../../supervisor/notify-socket.js';
+import { parseNotifyLine } from '../../supervisor/sd-notify.js';
+import { waitFor } from '../helpers/wait.js';
+
+const dir = mkdtempSync(join(tmpdir(), 'baton-linux-'));
+afterAll(() => rmSync(dir, { recursive: true, force: true }));
+
+/** What a server does: sd_notify(3) sends one datagram to the path in NOTIFY_SOCKET. */
+function sendDatagram(path: string, text: string): void {
+  const koffi = createRequire(import.meta.url)('koffi');
+  const libc = koffi.load('libc.so.6');
+  const socket = libc.func('int socket(int, int, int)');
+  const sendto = libc.func('intptr_t sendto(int, const void *, size_t, int, const void *, uint32_t)');
+  const close = libc.func('int close(int)');
+  const fd = socket(1, 2, 0);
+  const address = Buffer.alloc(2 + Buffer.byteLength(path) + 1);
+  address.writeUInt16LE(1, 0);
+  address.write(path, 2);
+  const body = Buffer.from(text);
+  const sent = Number(sendto(fd, body, body.length, 0, address, address.length));
+  close(fd);
+  if (sent !== body.length) throw new Error(`sendto ${path} failed: errno ${koffi.errno()}`);
+}
+
+describe('bindDatagramSocket (koffi → libc)', () => {
+  test('binds an AF_UNIX datagram socket, reads each datagram whole, and says undefined when none waits', () => {
+    const path = join(dir, 'guard.sock');
+    const socket = bindDatagramSocket(path);
+    try {
+      expect(statSync(path).isSocket()).toBe(true);
+      expect(socket.receive()).toBeUndefined();
+      sendDatagram(path, 'READY=1\nSTATUS=booted');
+      sendDatagram(path, 'WATCHDOG=1');
+      expect(socket.receive()?.toString()).toBe('READY=1\nSTATUS=booted');
+      expect(socket.receive()?.toString()).toBe('WATCHDOG=1');
+      expect(socket.receive()).toBeUndefined();
+    } finally {
+      socket.close();
+    }
+    expect(socket.receive()).toBeUndefined();
+  });
+
+  test('a path that is taken, or too long for sun_path, is a SystemCallError with the errno name', () => {
+    const path = join(dir, 'taken.sock');
+    const first = bindDatagramSocket(path);
+    try {
+      expect(() => bindDatagramSocket(path)).toThrow(SystemCallError);
+      expect(() => bindDatagramSocket(path)).toThrow(/bind failed: EADDRINUSE/);
+    } finally {
+      first.close();
+    }
+    expect(() => bindDatagramSocket(join(dir, 'x'.repeat(120)))).toThrow(/ENAMETOOLONG/);
+  });
+});
+
+describe('NotifySockets', () => {
+  test('gives each worker its own private socket, splits datagrams into lines, and removes it on close', async () => {
+    const sockets = new NotifySockets();
+    const lines: Record<string, string[]> = { a: [], b: [] };
+    const a = sockets.openChannel({}, (line) => lines.a?.push(line));
+    const b = sockets.openChannel({}, (line) => lines.b?.push(line));
+    try {
+      expect(a.path).not.toBe(b.path);
+      expect(statSync(a.path).mode & 0o777).toBe(0o600);
+      expect(statSync(join(a.path, '..')).mode & 0o777).toBe(0o700);
+      sendDatagram(a.path, 'READY=1\nSTATUS=Gunicorn arbiter booted\n');
+      sendDatagram(b.path, 'STATUS=warming');
+      await waitFor(() => lines.a?.length === 2 && lines.b?.length === 1, {
+        timeoutMs: 2000,
+        what: 'both datagrams read',
+      });
+      expect(lines).toEqual({ a: ['READY=1', 'STATUS=Gunicorn arbiter booted'], b: ['STATUS=warming'] });
+      sendDatagram(a.path, 'STOPPING=1');
+      a.close();
+      // What was waiting is read at close, then the file is gone.
+      expect(lines.a).toEqual(['READY=1', 'STATUS=Gunicorn arbiter booted', 'STOPPING=1']);
+      expect(() => statSync(a.path)).toThrow();
+    } finally {
+      sockets.closeAll();
+    }
+    expect(() => statSync(b.path)).toThrow();
+  });
+});
+
+describe('parseNotifyLine', () => {
+  test('reads the sd_notify words baton acts on, and nothing else', () => {
+    expect(parseNotifyLine('READY=1')).toEqual({ kind: 'ready' });
+    expect(parseNotifyLine('READY=0')).toBeUndefined();
+    expect(parseNotifyLine('STOPPING=1')).toEqual({ kind: 'stopping' });
+    expect(parseNotifyLine('STATUS=Gunicorn arbiter booted')).toEqual({
+      kind: 'status',
+      text: 'Gunicorn arbiter booted',
+    });
+    expect(parseNotifyLine('STATUS=a\u001b[31mb')).toEqual({ kind: 'status', text: 'a [31mb' });
+    expect(parseNotifyLine(`STATUS=${'x'.repeat(500)}`)).toMatchObject({ text: 'x'.repeat(200) });
+    expect(parseNotifyLine('ERRNO=2')).toEqual({ kind: 'errno', errno: 2 });
+    expect(parseNotifyLine('MAINPID=4242')).toEqual({ kind: 'mainpid', pid: 4242 });
+    expect(parseNotifyLine('MAINPID=0')).toBeUndefined();
+    expect(parseNotifyLine('EXTEND_TIMEOUT_USEC=2500000')).toEqual({ kind: 'extend-timeout', ms: 2500 });
+    expect(parseNotifyLine('EXTEND_TIMEOUT_USEC=-1')).toBeUndefined();
+    expect(parseNotifyLine('WATCHDOG=1')).toEqual({ kind: 'watchdog' });
+    expect(parseNotifyLine('WATCHDOG=trigger')).toEqual({ kind: 'watchdog-trigger' });
+    expect(parseNotifyLine('WATCHDOG=0')).toBeUndefined();
+    expect(parseNotifyLine('garbage')).toBeUndefined();
+    expect(parseNotifyLine('=1')).toBeUndefined();
+  });
+});
