@@ -3,7 +3,7 @@
  * of socket-path.ts), one line each: name, pid, folder, version, workers, state.
  */
 import { readdirSync } from 'node:fs';
-import { ControlClient, PROBE_TIMEOUT_MS } from '../../supervisor/control/client.js';
+import { ControlClient, PROBE_TIMEOUT_MS, quickStatus } from '../../supervisor/control/client.js';
 import { controlDirectories, SOCKET_SUFFIX } from '../../supervisor/control/socket-path.js';
 import type { MasterStatus } from '../../supervisor/control/status.js';
 import { EXIT_CODES } from '../../supervisor/errors.js';
@@ -66,35 +66,22 @@ async function describeMaster(path: string): Promise<ListedMaster | undefined> {
   } catch {
     return undefined;
   }
-  try {
-    let timer: NodeJS.Timeout | undefined;
-    const answer = await Promise.race([
-      client.ask({ kind: 'status' }),
-      new Promise<undefined>((resolve) => {
-        timer = setTimeout(() => resolve(undefined), PROBE_TIMEOUT_MS);
-      }),
-    ]).finally(() => clearTimeout(timer));
-    if (!answer?.ok) return undefined;
-    const status = answer.status as MasterStatus;
-    const active = status.generations.find((generation) => generation.state === 'active');
-    const current = active?.workers.filter(
-      (worker) => worker.state !== 'exited' && worker.state !== 'draining',
-    );
-    return {
-      name: status.name,
-      pid: status.pid,
-      cwd: status.cwd,
-      control: status.control,
-      state: status.state,
-      version: active?.version,
-      ready: current?.filter((worker) => worker.state === 'ready').length ?? 0,
-      workers: status.workers,
-    };
-  } catch {
-    return undefined;
-  } finally {
-    client.close();
-  }
+  const status = (await quickStatus(client)) as MasterStatus | undefined;
+  if (!status) return undefined;
+  const active = status.generations.find((generation) => generation.state === 'active');
+  const current = active?.workers.filter(
+    (worker) => worker.state !== 'exited' && worker.state !== 'draining',
+  );
+  return {
+    name: status.name,
+    pid: status.pid,
+    cwd: status.cwd,
+    control: status.control,
+    state: status.state,
+    version: active?.version,
+    ready: current?.filter((worker) => worker.state === 'ready').length ?? 0,
+    workers: status.workers,
+  };
 }
 
 function socketsIn(directory: string): string[] {

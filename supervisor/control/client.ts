@@ -168,6 +168,15 @@ export async function probeMaster(path: string): Promise<Probe> {
     if (code === 'ECONNREFUSED' || code === 'ENOENT') return { live: false };
     return { live: true, pid: undefined }; // something is there that we cannot talk to
   }
+  const pid = (await quickStatus(client))?.pid;
+  return { live: true, pid: typeof pid === 'number' ? pid : undefined };
+}
+
+/**
+ * Asks a connected master for its status, waiting at most PROBE_TIMEOUT_MS; undefined when it does not
+ * answer in time or refuses. Closes the connection.
+ */
+export async function quickStatus(client: ControlClient): Promise<Record<string, unknown> | undefined> {
   try {
     let timer: NodeJS.Timeout | undefined;
     const answer = await Promise.race([
@@ -176,10 +185,9 @@ export async function probeMaster(path: string): Promise<Probe> {
         timer = setTimeout(() => resolve(undefined), PROBE_TIMEOUT_MS);
       }),
     ]).finally(() => clearTimeout(timer));
-    const pid = (answer as { status?: { pid?: unknown } } | undefined)?.status?.pid;
-    return { live: true, pid: typeof pid === 'number' ? pid : undefined };
+    return answer?.ok ? (answer.status as Record<string, unknown>) : undefined;
   } catch {
-    return { live: true, pid: undefined };
+    return undefined;
   } finally {
     client.close();
   }
