@@ -166,7 +166,7 @@ function startOptions(argv: Argv) {
       type: 'string',
       requiresArg: true,
       describe:
-        'Run the workers as this user (name or uid); the master, started as root, keeps the sockets (port 80) and its control socket to itself',
+        'Run the workers as this user (name or uid); the master, started as root, keeps the sockets (port 80) and its control socket to itself. The user must be able to execute the command (every folder on its path): checked at start',
     })
     .option('group', {
       type: 'string',

@@ -17,6 +17,7 @@ export const EXIT_CODES = {
   notHealthy: 9,
   masterStopping: 10,
   injectFailed: 11,
+  commandNotExecutable: 126,
   commandNotFound: 127,
 } as const;
 
@@ -34,6 +35,7 @@ const EXIT_CODE_MEANINGS: Record<keyof typeof EXIT_CODES, string> = {
   notHealthy: 'status --check: not healthy',
   masterStopping: 'the master is stopping',
   injectFailed: 'inject: the patch failed on a worker or in its dry run',
+  commandNotExecutable: 'the --user cannot execute the command',
   commandNotFound: 'command not found',
 };
 
@@ -80,6 +82,25 @@ export class CommandNotFoundError extends BatonError {
 
   constructor(readonly command: string) {
     super(`Command not found or not executable: '${command}'. Check the command after '--' and your PATH.`);
+  }
+}
+
+/**
+ * The workers' user (`--user`, `--group`) cannot execute the command: a folder on its path that the
+ * user cannot enter, or a file it may not execute. Found at start, before anything is bound.
+ */
+export class CommandNotExecutableError extends BatonError {
+  override readonly exitCode: number = EXIT_CODES.commandNotExecutable;
+
+  constructor(
+    readonly command: string,
+    /** The folder the user cannot enter, or the command file itself. */
+    readonly blockedPath: string,
+    readonly uid: number,
+    readonly gid: number,
+    message: string,
+  ) {
+    super(message);
   }
 }
 

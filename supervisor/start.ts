@@ -18,6 +18,7 @@ import type { MasterOptions } from './options.js';
 import { realOs } from './os.js';
 import { pid1Warning } from './pid1.js';
 import { routeSignals } from './signals.js';
+import { checkExecutableBy } from './users.js';
 import { checkVersionFile, readVersionLabel } from './version.js';
 import { watchForChanges } from './watch.js';
 
@@ -48,7 +49,10 @@ export async function runMaster(
   const leaked = closeLeakedDescriptors(keep);
   if (leaked.length > 0) logger.debug({ fds: leaked }, 'inherited descriptors closed');
   // Fail before binding anything when the command cannot run.
-  realOs.resolveCommand(options.command, env, cwd);
+  const resolved = realOs.resolveCommand(options.command, env, cwd);
+  if (options.uid !== undefined) {
+    checkExecutableBy(options.command, resolved, options.uid, options.gid ?? process.getgid?.() ?? 0);
+  }
   if (options.versionFile) checkVersionFile(path.resolve(cwd, options.versionFile));
   const { staleRemoved } = await prepareControlPath(control.path);
   const listeners = await openListeners(options.listen, inherited);
