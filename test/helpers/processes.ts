@@ -3,12 +3,15 @@
  * read back line by line, and a kill that leaves no process of the tree behind.
  */
 import {
+  chmodSync,
+  copyFileSync,
   cpSync,
   mkdirSync,
   mkdtempSync,
   readdirSync,
   readFileSync,
   rmSync,
+  statSync,
   symlinkSync,
   writeFileSync,
 } from 'node:fs';
@@ -422,15 +425,32 @@ export interface AppDir {
   cleanup(): void;
 }
 
+/** Who may run the app copy: this test's user only, or every user (workers run with `--user nobody`). */
+export interface AppDirOptions {
+  /**
+   * Every user can enter and read the copy, and `baton/child` is copied into it rather than linked to
+   * the repository, which may sit in a folder only its owner can enter (a clone made in `mktemp -d`).
+   */
+  forAllUsers?: boolean;
+}
+
 /**
- * Copies app/ into a fresh temp dir with `node_modules/baton-supervisor` linked to the repository, so
- * that `import ... from 'baton-supervisor/child'` resolves to the built child API (dist/child).
+ * Copies app/ into a fresh temp dir with `node_modules/baton-supervisor` linked to the repository (or copied, for
+ * all users), so that `import ... from 'baton-supervisor/child'` resolves to the built child API (dist/child).
  */
-export function makeAppDir(): AppDir {
+export function makeAppDir({ forAllUsers = false }: AppDirOptions = {}): AppDir {
   const dir = mkdtempSync(join(tmpdir(), 'baton-app-'));
   cpSync(join(REPO_ROOT, 'app'), dir, { recursive: true });
   mkdirSync(join(dir, 'node_modules'), { recursive: true });
-  symlinkSync(REPO_ROOT, join(dir, 'node_modules', PACKAGE_NAME), 'dir');
+  if (forAllUsers) {
+    const linked = join(dir, 'node_modules', PACKAGE_NAME);
+    mkdirSync(linked);
+    copyFileSync(join(REPO_ROOT, 'package.json'), join(linked, 'package.json'));
+    cpSync(join(REPO_ROOT, 'dist', 'child'), join(linked, 'dist', 'child'), { recursive: true });
+    openToAllUsers(dir);
+  } else {
+    symlinkSync(REPO_ROOT, join(dir, 'node_modules', PACKAGE_NAME), 'dir');
+  }
   const writeFile = (name: string, contents: string) => {
     const path = join(dir, name);
     mkdirSync(dirname(path), { recursive: true });
@@ -443,4 +463,36 @@ export function makeAppDir(): AppDir {
     writeFile,
     cleanup: () => rmSync(dir, { recursive: true, force: true }),
   };
+}
+
+/** Lets every user enter each folder under `path` and read each file (execute bits stay as they are). */
+function openToAllUsers(path: string): void {
+  const stat = statSync(path);
+  if (stat.isDirectory()) {
+    chmodSync(path, 0o755);
+    for (const name of readdirSync(path)) openToAllUsers(join(path, name));
+  } else if (stat.isFile()) {
+    chmodSync(path, (stat.mode & 0o777) | 0o444);
+  }
+}
+
+/** A copy of the Node running the tests that every user can execute, and its removal. */
+export interface NodeForAllUsers {
+  /** The copy's absolute path, in a folder of its own (mode 0755) under the system's temp dir. */
+  node: string;
+  cleanup(): void;
+}
+
+/**
+ * Copies the Node binary running the tests (the pinned one, under the repository's node_modules) to a
+ * folder every user can enter: a process dropped to another uid cannot execute the original when the
+ * repository sits in a folder only its owner can enter (a clone made in `mktemp -d`, mode 0700).
+ */
+export function copyNodeForAllUsers(): NodeForAllUsers {
+  const dir = mkdtempSync(join(tmpdir(), 'baton-node-'));
+  chmodSync(dir, 0o755);
+  const node = join(dir, 'node');
+  copyFileSync(process.execPath, node);
+  chmodSync(node, 0o755);
+  return { node, cleanup: () => rmSync(dir, { recursive: true, force: true }) };
 }
