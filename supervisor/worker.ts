@@ -10,23 +10,30 @@ export type WorkerState = 'starting' | 'ready' | 'draining' | 'exited';
 /** How much of a worker's stderr the master keeps, to explain a failed start. */
 export const STDERR_TAIL_BYTES = 4096;
 
-/** The last few KB a worker wrote to stderr. */
+/** The last few KB a worker wrote to stderr (or the last `maxBytes` of any output). */
 export class OutputTail {
   private chunks: Buffer[] = [];
   private size = 0;
 
+  constructor(readonly maxBytes = STDERR_TAIL_BYTES) {}
+
   push(chunk: Buffer): void {
     this.chunks.push(chunk);
     this.size += chunk.length;
-    while (this.size - (this.chunks[0]?.length ?? 0) >= STDERR_TAIL_BYTES && this.chunks.length > 1) {
+    while (this.size - (this.chunks[0]?.length ?? 0) >= this.maxBytes && this.chunks.length > 1) {
       this.size -= (this.chunks.shift() as Buffer).length;
     }
   }
 
+  /** The last `maxBytes` bytes. */
+  bytes(): Buffer {
+    return Buffer.concat(this.chunks).subarray(-this.maxBytes);
+  }
+
   /** The last lines, at most `maxLines`. */
   lines(maxLines = 20): string[] {
-    const text = Buffer.concat(this.chunks).subarray(-STDERR_TAIL_BYTES).toString('utf8');
-    return text
+    return this.bytes()
+      .toString('utf8')
       .split('\n')
       .filter((line) => line.trim() !== '')
       .slice(-maxLines);

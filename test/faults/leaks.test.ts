@@ -63,8 +63,8 @@ process.on('SIGTERM', () => process.exit(0));`;
     ]);
     await baton.waitForLogMsg('generation active', { gen: 1 }, 10_000);
     const settledHeap = async () => {
-      const mark = baton.output.length;
-      await waitFor(() => /HEAP_USED/.test(baton.output.slice(mark)) || undefined, {
+      const mark = baton.outputBytes;
+      await waitFor(() => /HEAP_USED/.test(baton.outputSince(mark)) || undefined, {
         timeoutMs: 5000,
         what: 'a heap sample',
       });

@@ -201,7 +201,7 @@ setInterval(() => { for (let i = 0; i < 8; i++) { process.stderr.write(block); p
     ]);
     const port = await baton.listenPort('http');
     await baton.waitForLogMsg('generation active', { gen: 1 });
-    await waitFor(() => baton.output.length > 20 * 1024 * 1024 || undefined, {
+    await waitFor(() => baton.outputBytes > 20 * 1024 * 1024 || undefined, {
       timeoutMs: 20_000,
       what: '20 MB of worker output',
     });

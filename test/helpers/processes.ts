@@ -18,9 +18,11 @@ import {
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
 import type { Readable } from 'node:stream';
+import { StringDecoder } from 'node:string_decoder';
 import { fileURLToPath } from 'node:url';
 import { isDeepStrictEqual } from 'node:util';
 import { execa } from 'execa';
+import { OutputTail } from '../../supervisor/worker.js';
 import { runCleanups } from './cleanup.js';
 import { WaitTimeoutError, waitFor, withDeadline } from './wait.js';
 
@@ -41,6 +43,16 @@ export const KILL_TIMEOUT_MS = 5_000;
 
 /** How many lines of output a failed wait quotes. */
 const OUTPUT_TAIL_LINES = 40;
+
+/**
+ * How much of a process's output (stdout and stderr) the helpers keep: the last 1 MiB. A worker that
+ * floods its output at 100 MB/s would otherwise grow one string past V8's limit (`RangeError:
+ * Invalid string length`) and dump it all into the failure.
+ */
+export const OUTPUT_TAIL_BYTES = 1024 * 1024;
+
+/** The longest partial line kept while waiting for its end; a longer one is no log entry anyway. */
+const MAX_LINE_CHARS = 64 * 1024;
 
 /** One parsed JSON line of the master's stdout (pino: `msg`, `level`, and facts such as `gen`, `pid`). */
 export type LogEntry = Record<string, unknown>;
@@ -64,8 +76,9 @@ const running = new Set<BatonProcess>();
 export class BatonProcess {
   /** Parsed JSON lines of stdout, in order; other lines are only in `output`. */
   readonly logs: LogEntry[] = [];
-  /** Everything written to stdout and stderr, as received. */
-  output = '';
+  /** How many bytes the process has written to stdout and stderr in all. */
+  outputBytes = 0;
+  private readonly tail = new OutputTail(OUTPUT_TAIL_BYTES);
   private stdoutEnded = false;
   private readonly onChange = new Set<() => void>();
   private readonly exited: Promise<ExitStatus>;
@@ -91,6 +104,17 @@ export class BatonProcess {
       this.stdoutEnded = true;
       this.notify();
     });
+  }
+
+  /** The last OUTPUT_TAIL_BYTES of what the process wrote to stdout and stderr, as received. */
+  get output(): string {
+    return this.tail.bytes().toString('utf8');
+  }
+
+  /** What was written after the first `mark` bytes (a value `outputBytes` had), as far as the tail holds it. */
+  outputSince(mark: number): string {
+    const kept = this.tail.bytes();
+    return kept.subarray(Math.max(0, kept.length - (this.outputBytes - mark))).toString('utf8');
   }
 
   /** Resolves with the first log entry (already received or to come) that `match` accepts. */
@@ -214,15 +238,17 @@ export class BatonProcess {
   }
 
   private readLines(stream: Readable, onLine: (line: string) => void): void {
+    const decoder = new StringDecoder('utf8');
     let partial = '';
-    stream.setEncoding('utf8');
-    stream.on('data', (chunk: string) => {
-      this.output += chunk;
-      const lines = (partial + chunk).split('\n');
-      partial = lines.pop() ?? '';
+    stream.on('data', (chunk: Buffer) => {
+      this.outputBytes += chunk.length;
+      this.tail.push(chunk);
+      const lines = (partial + decoder.write(chunk)).split('\n');
+      partial = (lines.pop() ?? '').slice(-MAX_LINE_CHARS);
       for (const line of lines) onLine(line);
     });
     stream.once('end', () => {
+      partial += decoder.end();
       if (partial !== '') onLine(partial);
       partial = '';
     });
