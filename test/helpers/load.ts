@@ -42,6 +42,11 @@ export interface LoadReport {
   byTime?: Array<{ t: number; version: string }>;
   /** How long the load ran, in ms. */
   durationMs: number;
+  /**
+   * Once `markCutoff()` was called: the failures split by whether the request's connection had been
+   * established before the cutoff (requests under way on it) or not (a connection that arrived after).
+   */
+  cutoff?: { establishedBefore: Record<FailureKind, number>; openedAfter: Record<FailureKind, number> };
 }
 
 /** What load to send, and its two bounds: it stops by itself at whichever comes first. */
@@ -64,6 +69,11 @@ export interface LoadHandle {
   stop(): Promise<LoadReport>;
   /** The counts so far. */
   snapshot(): LoadReport;
+  /**
+   * Marks now (just before a stop signal, say): from here on the report tells failures on connections
+   * established before it from failures on connections opened after it (`cutoff`).
+   */
+  markCutoff(): void;
 }
 
 /** One complete HTTP response. */
@@ -71,6 +81,14 @@ interface RawResponse {
   status: number;
   headers: http.IncomingHttpHeaders;
   text: string;
+}
+
+/** When each client connection was established (performance.now()), kept while the socket lives. */
+const establishedAt = new WeakMap<net.Socket, number>();
+
+/** Filled in by `getText` once its request has a connection: when that connection was established. */
+interface ConnectionTiming {
+  establishedAt?: number;
 }
 
 /** The deadline of one request passed without a complete response. */
@@ -87,6 +105,7 @@ function getText(
   path: string,
   agent: http.Agent | false,
   timeoutMs: number,
+  timing: ConnectionTiming = {},
 ): Promise<RawResponse> {
   return new Promise((resolve, reject) => {
     // Not `instanceof Error` to tell the two apart: Node's own errors come from another realm under Jest.
@@ -112,6 +131,19 @@ function getText(
       request.destroy();
     }, timeoutMs);
     request.on('error', fail);
+    // A keep-alive socket reused from the agent was established by an earlier request.
+    request.on('socket', (socket) => {
+      const known = establishedAt.get(socket);
+      if (known !== undefined) {
+        timing.establishedAt = known;
+        return;
+      }
+      socket.once('connect', () => {
+        const now = performance.now();
+        establishedAt.set(socket, now);
+        timing.establishedAt = now;
+      });
+    });
     request.on('response', (response) => {
       const chunks: Buffer[] = [];
       response.on('data', (chunk: Buffer) => chunks.push(chunk));
@@ -195,7 +227,7 @@ export function httpLoad({
   const report: LoadReport = {
     requests: 0,
     ok: 0,
-    failures: { refused: 0, reset: 0, timeout: 0, http5xx: 0, other: 0 },
+    failures: noFailures(),
     failed: 0,
     errors: [],
     versions: {},
@@ -204,16 +236,25 @@ export function httpLoad({
   };
   const agent = keepAlive ? new http.Agent({ keepAlive: true, maxSockets: concurrency }) : false;
 
+  let cutoffAt: number | undefined;
   const snapshot = (): LoadReport => ({
     ...report,
     failures: { ...report.failures },
+    ...(report.cutoff
+      ? {
+          cutoff: {
+            establishedBefore: { ...report.cutoff.establishedBefore },
+            openedAfter: { ...report.cutoff.openedAfter },
+          },
+        }
+      : {}),
     errors: [...report.errors],
     versions: { ...report.versions },
     ...(report.byTime ? { byTime: [...report.byTime] } : {}),
     durationMs: Math.round((endedAt ?? performance.now()) - startedAt),
   });
 
-  const record = (outcome: Outcome) => {
+  const record = (outcome: Outcome, timing: ConnectionTiming) => {
     if (outcome.ok) {
       report.ok++;
       report.versions[outcome.version] = (report.versions[outcome.version] ?? 0) + 1;
@@ -222,6 +263,10 @@ export function httpLoad({
     }
     report.failures[outcome.kind]++;
     report.failed++;
+    if (report.cutoff && cutoffAt !== undefined) {
+      const before = timing.establishedAt !== undefined && timing.establishedAt < cutoffAt;
+      report.cutoff[before ? 'establishedBefore' : 'openedAfter'][outcome.kind]++;
+    }
     if (report.errors.length < MAX_ERROR_MESSAGES) report.errors.push(`${outcome.kind}: ${outcome.message}`);
   };
 
@@ -231,7 +276,12 @@ export function httpLoad({
   const loop = async () => {
     while (mayStartAnother()) {
       report.requests++;
-      record(await getText(port, path, agent, requestTimeoutMs).then(classifyResponse, classifyError));
+      const timing: ConnectionTiming = {};
+      const outcome = await getText(port, path, agent, requestTimeoutMs, timing).then(
+        classifyResponse,
+        classifyError,
+      );
+      record(outcome, timing);
     }
   };
 
@@ -248,7 +298,15 @@ export function httpLoad({
     stopping = true;
     return done;
   };
-  return { done, stop, snapshot };
+  const markCutoff = () => {
+    cutoffAt = performance.now();
+    report.cutoff = { establishedBefore: noFailures(), openedAfter: noFailures() };
+  };
+  return { done, stop, snapshot, markCutoff };
+}
+
+function noFailures(): Record<FailureKind, number> {
+  return { refused: 0, reset: 0, timeout: 0, http5xx: 0, other: 0 };
 }
 
 /** A complete response to `httpGetJson`; `body` is undefined if the body is not a JSON object. */

@@ -1,14 +1,16 @@
 /** The integration-test toolkit itself, against tiny real servers and processes made here. */
-import { readFileSync, realpathSync } from 'node:fs';
+import { existsSync, lstatSync, readFileSync, realpathSync, statSync } from 'node:fs';
 import http from 'node:http';
 import net from 'node:net';
 import { join } from 'node:path';
 import { afterEach, describe, expect, test } from '@jest/globals';
 import { gameSession, httpGetJson, httpLoad, waitForVersion } from '../helpers/load.js';
 import {
+  copyNodeForAllUsers,
   descendants,
   killAll,
   makeAppDir,
+  OUTPUT_TAIL_BYTES,
   PACKAGE_NAME,
   processAlive,
   processGroupAlive,
@@ -132,6 +134,25 @@ describe('httpLoad', () => {
     expect(report.ok + report.failed).toBe(report.requests);
     expect(report.errors.length).toBeLessThanOrEqual(20);
     expect(report.errors).toContainEqual(expect.stringMatching(/^refused: .*ECONNREFUSED/));
+  });
+
+  test('markCutoff: failures on connections established before it are told from those opened after it', async () => {
+    const { server, port } = await jsonServer('1');
+    const load = httpLoad({ port, keepAlive: true, concurrency: 2, maxRequests: 1e6, maxDurationMs: 4000 });
+    await waitFor(() => load.snapshot().ok > 0, { timeoutMs: 2000, what: 'a first ok response' });
+    expect(load.snapshot().cutoff).toBeUndefined();
+    load.markCutoff();
+    await shutDown(server);
+    await waitFor(() => (load.snapshot().cutoff?.openedAfter.refused ?? 0) > 0, {
+      timeoutMs: 2000,
+      what: 'a refused request on a new connection',
+    });
+    const report = await load.stop();
+    const { establishedBefore, openedAfter } = report.cutoff ?? {};
+    // A refused connection was never established; the ones cut by the shutdown were.
+    expect(establishedBefore?.refused).toBe(0);
+    const split = Object.values({ ...establishedBefore }).concat(Object.values({ ...openedAfter }));
+    expect(split.reduce((sum, count) => sum + count, 0)).toBe(report.failed);
   });
 
   test('classifies resets, 5xx, other statuses, non-JSON bodies and timeouts', async () => {
@@ -326,5 +347,40 @@ describe('processes', () => {
       app.cleanup();
     }
     expect(() => readFileSync(join(app.dir, 'VERSION'))).toThrow(/ENOENT/);
+  });
+
+  test('a process that floods its output: only the last OUTPUT_TAIL_BYTES are kept, every byte is counted, log lines are still read', async () => {
+    const flood = startNode([
+      '-e',
+      "const block = 'x'.repeat(1023) + '\\n'; for (let i = 0; i < 8192; i++) process.stdout.write(block); console.log(JSON.stringify({ msg: 'done' }));",
+    ]);
+    await flood.waitForLogMsg('done', {}, 20_000);
+    await flood.waitForExit(5000);
+    const total = 8192 * 1024 + '{"msg":"done"}\n'.length;
+    expect(flood.outputBytes).toBe(total);
+    expect(flood.output.length).toBe(OUTPUT_TAIL_BYTES);
+    expect(flood.output.endsWith('x\n{"msg":"done"}\n')).toBe(true);
+    expect(flood.outputSince(total - 15)).toBe('{"msg":"done"}\n');
+  });
+
+  test('for all users: makeAppDir copies baton/child instead of linking, every folder 0755; Node is copied to a 0755 folder', () => {
+    const app = makeAppDir({ forAllUsers: true });
+    const node = copyNodeForAllUsers();
+    try {
+      const linked = join(app.dir, 'node_modules', 'baton');
+      expect(lstatSync(linked).isDirectory()).toBe(true); // a folder of its own, not a link
+      expect(realpathSync(linked).startsWith(realpathSync(REPO_ROOT))).toBe(false);
+      expect(existsSync(join(linked, 'dist', 'child', 'index.js'))).toBe(true);
+      for (const dir of [app.dir, linked, join(linked, 'dist', 'child')]) {
+        expect(statSync(dir).mode & 0o777).toBe(0o755);
+      }
+      expect(statSync(join(app.dir, 'server.js')).mode & 0o444).toBe(0o444);
+      expect(statSync(node.node).mode & 0o777).toBe(0o755);
+      expect(statSync(join(node.node, '..')).mode & 0o777).toBe(0o755);
+    } finally {
+      app.cleanup();
+      node.cleanup();
+    }
+    expect(existsSync(node.node)).toBe(false);
   });
 });
