@@ -3,6 +3,7 @@
  * generation holding ten thousand idle connections while a new one serves. The master keeps
  * answering, reloads, and says what it sees.
  */
+import { spawnSync } from 'node:child_process';
 import { mkdtempSync, readdirSync, readFileSync, rmSync } from 'node:fs';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
@@ -49,6 +50,29 @@ function openFileLimit(pid: number): number {
   const match = /^Max open files\s+(\d+)/m.exec(readFileSync(`/proc/${pid}/limits`, 'utf8'));
   return Number(match?.[1]);
 }
+
+/** How many idle connections the second test holds on the old generation. */
+const IDLE_CONNECTIONS = 10_000;
+
+/** Descriptors beyond the idle connections that the test process and the old worker need. */
+const FILE_MARGIN = 1000;
+
+/**
+ * Raises this process's open-file limit (soft and hard) to `wanted` where it is lower and this process
+ * may (root, with util-linux's prlimit); returns why it is still too low, or undefined when it fits.
+ * Node raises its soft limit to the hard one at start, so the hard limit is what counts.
+ */
+function fitOpenFileLimit(wanted: number): string | undefined {
+  const before = openFileLimit(process.pid);
+  if (before >= wanted) return undefined;
+  if (process.getuid?.() === 0) {
+    spawnSync('prlimit', ['--pid', String(process.pid), `--nofile=${wanted}:${wanted}`], { stdio: 'ignore' });
+    if (openFileLimit(process.pid) >= wanted) return undefined;
+  }
+  return `the open-file limit is ${before}, and ${wanted} are needed; only root can raise it`;
+}
+
+const FILE_LIMIT_PROBLEM = fitOpenFileLimit(IDLE_CONNECTIONS + FILE_MARGIN);
 
 function openDescriptors(pid: number): number {
   return readdirSync(`/proc/${pid}/fd`).length;
@@ -226,78 +250,83 @@ describe('a worker at its open-file limit', () => {
 });
 
 describe('ten thousand idle connections on the old generation', () => {
-  test('the reload completes, status answers within 2 s while they are held, and closing them retires the old generation', async () => {
-    // Each process has its own descriptor table: the test holds the client ends, the old worker the
-    // server ends, each well under the limit (Node raises its soft limit to the hard one, 20000 here).
-    const connections = Math.min(10_000, openFileLimit(process.pid) - 1000);
-    if (connections < 10_000)
-      console.warn(`open-file limit ${openFileLimit(process.pid)}: holding ${connections}`);
-    const { baton, gamePort, control } = await startApp([NODE, 'server.js'], ['--drain-timeout', '2m']);
-    const [oldWorker] = readyPids(baton, 1) as [number];
+  // Where the open-file limit cannot be raised to fit them, jest reports this test as skipped, saying why.
+  const idleTest = FILE_LIMIT_PROBLEM === undefined ? test : test.skip;
+  const skipped = FILE_LIMIT_PROBLEM === undefined ? '' : ` (skipped: ${FILE_LIMIT_PROBLEM})`;
+  idleTest(
+    `the reload completes, status answers within 2 s while they are held, and closing them retires the old generation${skipped}`,
+    async () => {
+      // Each process has its own descriptor table: the test holds the client ends, the old worker the
+      // server ends (the master and its workers inherit this process's limit).
+      const connections = IDLE_CONNECTIONS;
+      const { baton, gamePort, control } = await startApp([NODE, 'server.js'], ['--drain-timeout', '2m']);
+      const [oldWorker] = readyPids(baton, 1) as [number];
 
-    const players: GameSession[] = [gameSession(gamePort), gameSession(gamePort)];
-    for (const player of players) {
-      expect(await player.welcome).toMatchObject({ pid: oldWorker });
-      expect(await player.request('work')).toBe('coins 2');
-    }
-    const opening = performance.now();
-    const idle = await holdConnections(gamePort, connections, 500);
-    expect(idle).toMatchObject({ welcomed: connections, refused: 0 });
-    const held = connections + players.length;
-    console.log(`${connections} idle connections opened in ${Math.round(performance.now() - opening)} ms`);
-    await waitFor(async () => workersOf((await statusJson(control)).status, 1)[0]?.connections === held, {
-      timeoutMs: 10_000,
-      what: `the old worker to report ${held} connections`,
-      intervalMs: 250,
-    });
+      const players: GameSession[] = [gameSession(gamePort), gameSession(gamePort)];
+      for (const player of players) {
+        expect(await player.welcome).toMatchObject({ pid: oldWorker });
+        expect(await player.request('work')).toBe('coins 2');
+      }
+      const opening = performance.now();
+      const idle = await holdConnections(gamePort, connections, 500);
+      expect(idle).toMatchObject({ welcomed: connections, refused: 0 });
+      const held = connections + players.length;
+      console.log(`${connections} idle connections opened in ${Math.round(performance.now() - opening)} ms`);
+      await waitFor(async () => workersOf((await statusJson(control)).status, 1)[0]?.connections === held, {
+        timeoutMs: 10_000,
+        what: `the old worker to report ${held} connections`,
+        intervalMs: 250,
+      });
 
-    const reload = cli(['reload', '--control', control], 60_000);
-    await waitFor(() => reload.stdout().includes('generation 2 active'), {
-      timeoutMs: 15_000,
-      what: 'generation 2 active',
-    });
-    const [newWorker] = readyPids(baton, 2) as [number];
+      const reload = cli(['reload', '--control', control], 60_000);
+      await waitFor(() => reload.stdout().includes('generation 2 active'), {
+        timeoutMs: 15_000,
+        what: 'generation 2 active',
+      });
+      const [newWorker] = readyPids(baton, 2) as [number];
 
-    const answered: number[] = [];
-    const commands: number[] = [];
-    for (let i = 0; i < 3; i++) {
-      const { ms } = await askStatus(control);
-      answered.push(Math.round(ms));
-      const { status, ms: commandMs } = await statusJson(control);
-      commands.push(Math.round(commandMs));
-      expect(status.generations.find((generation) => generation.id === 1)?.state).toBe('draining');
-      expect(status.generations.find((generation) => generation.id === 2)?.state).toBe('active');
-      expect(workersOf(status, 1)).toEqual([
-        expect.objectContaining({ pid: oldWorker, state: 'draining', connections: held }),
-      ]);
-    }
-    console.log(
-      `while ${held} connections are held, the master answered status in ${answered.join(', ')} ms; ` +
-        `the whole \`baton status --json\` took ${commands.join(', ')} ms`,
-    );
-    for (const ms of answered) expect(ms).toBeLessThan(STATUS_BOUND_MS);
+      const answered: number[] = [];
+      const commands: number[] = [];
+      for (let i = 0; i < 3; i++) {
+        const { ms } = await askStatus(control);
+        answered.push(Math.round(ms));
+        const { status, ms: commandMs } = await statusJson(control);
+        commands.push(Math.round(commandMs));
+        expect(status.generations.find((generation) => generation.id === 1)?.state).toBe('draining');
+        expect(status.generations.find((generation) => generation.id === 2)?.state).toBe('active');
+        expect(workersOf(status, 1)).toEqual([
+          expect.objectContaining({ pid: oldWorker, state: 'draining', connections: held }),
+        ]);
+      }
+      console.log(
+        `while ${held} connections are held, the master answered status in ${answered.join(', ')} ms; ` +
+          `the whole \`baton status --json\` took ${commands.join(', ')} ms`,
+      );
+      for (const ms of answered) expect(ms).toBeLessThan(STATUS_BOUND_MS);
 
-    // New players land on the new generation; the old one still serves its own.
-    const newcomer = gameSession(gamePort);
-    expect((await newcomer.welcome).pid).toBe(newWorker);
-    newcomer.close();
-    for (const player of players) {
-      expect(await player.request('work')).toBe('coins 4');
-      expect(await player.request('whoami')).toBe(`version=1.0.0 pid=${oldWorker} coins=4`);
-    }
-    expect(processAlive(oldWorker)).toBe(true);
-    expect(baton.logs.some((entry) => entry.msg === 'generation retired' && entry.gen === 1)).toBe(false);
+      // New players land on the new generation; the old one still serves its own.
+      const newcomer = gameSession(gamePort);
+      expect((await newcomer.welcome).pid).toBe(newWorker);
+      newcomer.close();
+      for (const player of players) {
+        expect(await player.request('work')).toBe('coins 4');
+        expect(await player.request('whoami')).toBe(`version=1.0.0 pid=${oldWorker} coins=4`);
+      }
+      expect(processAlive(oldWorker)).toBe(true);
+      expect(baton.logs.some((entry) => entry.msg === 'generation retired' && entry.gen === 1)).toBe(false);
 
-    const closing = performance.now();
-    for (const player of players) player.destroy();
-    await idle.close();
-    const result = await reload.done;
-    console.log(
-      `old generation retired ${Math.round(performance.now() - closing)} ms after the clients closed`,
-    );
-    expect(result).toMatchObject({ exitCode: 0, stderr: '' });
-    expect(result.stdout).toMatch(/reload done: generation 2 serves; generation 1 drained\n$/);
-    expect(await baton.waitForLogMsg('generation retired', { gen: 1 })).toMatchObject({ forced: false });
-    await waitFor(() => !processAlive(oldWorker), { timeoutMs: 5000, what: 'the old worker gone' });
-  }, 90_000);
+      const closing = performance.now();
+      for (const player of players) player.destroy();
+      await idle.close();
+      const result = await reload.done;
+      console.log(
+        `old generation retired ${Math.round(performance.now() - closing)} ms after the clients closed`,
+      );
+      expect(result).toMatchObject({ exitCode: 0, stderr: '' });
+      expect(result.stdout).toMatch(/reload done: generation 2 serves; generation 1 drained\n$/);
+      expect(await baton.waitForLogMsg('generation retired', { gen: 1 })).toMatchObject({ forced: false });
+      await waitFor(() => !processAlive(oldWorker), { timeoutMs: 5000, what: 'the old worker gone' });
+    },
+    90_000,
+  );
 });

@@ -250,14 +250,14 @@ function requireTini(): void {
   }
 }
 
+// Where these tests cannot run, jest reports each of them as skipped, the reason in its describe's title.
 const describeAsRoot = SKIP_REASON === undefined ? describe : describe.skip;
-// Jest names no skipped test when a whole file is skipped: say why once.
-if (SKIP_REASON !== undefined) console.warn(`PID 1 tests skipped: ${SKIP_REASON}`);
+const SKIPPED_BECAUSE = SKIP_REASON === undefined ? '' : ` (skipped: ${SKIP_REASON})`;
 
 describeAsRoot.each<[string, Entrypoint]>([
   ['behind tini, as the image runs it', 'tini'],
   ['with baton itself as PID 1', 'baton'],
-])('in a new PID namespace, %s', (_title, entrypoint) => {
+])(`in a new PID namespace, %s${SKIPPED_BECAUSE}`, (_title, entrypoint) => {
   beforeEach(() => {
     if (entrypoint === 'tini') requireTini();
   });
@@ -339,7 +339,7 @@ describeAsRoot.each<[string, Entrypoint]>([
   });
 });
 
-describeAsRoot('orphaned grandchildren in a new PID namespace', () => {
+describeAsRoot(`orphaned grandchildren in a new PID namespace${SKIPPED_BECAUSE}`, () => {
   /** Has the fixture's worker leave ORPHAN_COUNT helpers behind; returns their pids inside the namespace. */
   async function leaveOrphans(namespace: Namespace, httpPort: number): Promise<number[]> {
     const { body } = await httpGetJson(httpPort, `/orphans?count=${ORPHAN_COUNT}`);
