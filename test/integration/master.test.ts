@@ -223,7 +223,9 @@ describe('a broken release never replaces a working one', () => {
   });
 
   test('a release that never says ready fails at --ready-timeout and the old version keeps serving', async () => {
-    const { baton, httpPort } = await startApp(['--ready-timeout', '1s']);
+    // The deadline holds for generation 1 too: on two busy cores a Node worker took 970 ms to say
+    // ready, so 1 s failed the start itself. 5 s leaves room and still fails the stuck release early.
+    const { baton, httpPort } = await startApp(['--ready-timeout', '5s']);
     const load = httpLoad({
       port: httpPort,
       keepAlive: true,
