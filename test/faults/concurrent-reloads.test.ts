@@ -60,6 +60,10 @@ describe('baton reload from 20 terminals at once', () => {
         'http=tcp://127.0.0.1:0',
         '--workers',
         '2',
+        // Generation 2 waits for the gate, opened once every reload is in (up to 45 s below): its ready
+        // deadline must outlast that wait, or a busy machine fails it (the default 30 s did, at load 15).
+        '--ready-timeout',
+        '90s',
         '--control',
         control,
         '--',
