@@ -313,12 +313,12 @@ export function inheritedListeners(env: Record<string, string | undefined>, pid:
   });
 }
 
-/** The pids above `pid` up to init, from /proc (empty where /proc cannot be read). */
+/** The pids above `pid` below init, from /proc (empty where /proc cannot be read); init itself never counts. */
 function ancestorsOf(pid: number): number[] {
   const ancestors: number[] = [];
   for (let current = pid; current > 1 && ancestors.length < 64; ) {
     const parent = parentPid(current);
-    if (parent === undefined || parent < 1) break;
+    if (parent === undefined || parent <= 1) break;
     ancestors.push(parent);
     current = parent;
   }

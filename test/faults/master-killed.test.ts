@@ -6,21 +6,38 @@
  */
 import { afterEach, describe, expect, test } from '@jest/globals';
 import { gameSession } from '../helpers/load.js';
-import { killAll, makeAppDir, processAlive, REPO_ROOT, startBaton } from '../helpers/processes.js';
+import {
+  killAll,
+  makeAppDir,
+  processAlive,
+  processStartTime,
+  REPO_ROOT,
+  startBaton,
+} from '../helpers/processes.js';
 import { waitFor } from '../helpers/wait.js';
 
 /** The bound documented in docs/reliability.md: workers with nothing in flight are gone this fast. */
 const ORPHAN_EXIT_BOUND_MS = 5000;
 
-/** Workers whose master a test killed: `killAll` cannot find them through the master any more. */
-const orphans: number[] = [];
+/**
+ * Workers whose master a test killed: `killAll` cannot find them through the master any more. Each is
+ * known by its pid and start time: by the end of the test its pid may be another process's (pids wrap;
+ * a PID 1 test's master was once refused connections in a run), which must never be killed.
+ */
+const orphans: Array<{ pid: number; startTime: number | undefined }> = [];
+
+/** Remembers workers to kill after the test if they outlived it. */
+function orphaned(pids: number[]): void {
+  for (const pid of pids) orphans.push({ pid, startTime: processStartTime(pid) });
+}
 
 afterEach(async () => {
-  for (const pid of orphans.splice(0)) {
+  for (const { pid, startTime } of orphans.splice(0)) {
+    if (startTime === undefined || processStartTime(pid) !== startTime) continue; // gone, as it should be
     try {
       process.kill(pid, 'SIGKILL');
     } catch {
-      // gone, as it should be
+      // gone meanwhile
     }
   }
   await killAll();
@@ -68,7 +85,7 @@ describe('SIGKILL to the master', () => {
       await python.waitForLogMsg('generation active', { gen: 1 });
       const workers = [...readyPids(node.logs), ...readyPids(python.logs)];
       expect(workers).toHaveLength(4);
-      orphans.push(...workers);
+      orphaned(workers);
 
       process.kill(node.pid, 'SIGKILL');
       process.kill(python.pid, 'SIGKILL');
@@ -102,7 +119,7 @@ describe('SIGKILL to the master', () => {
       const gamePort = await baton.listenPort('game');
       await baton.waitForLogMsg('generation active', { gen: 1 });
       const [worker] = readyPids(baton.logs);
-      orphans.push(worker as number);
+      orphaned([worker as number]);
       const session = gameSession(gamePort);
       await session.welcome;
       expect(await session.request('work')).toBe('coins 2');

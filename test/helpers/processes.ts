@@ -378,6 +378,19 @@ function readProcStat(pid: number): ProcStat | undefined {
   return { pid, state: fields[0] ?? '', ppid: Number(fields[1]), pgrp: Number(fields[2]) };
 }
 
+/**
+ * When process `pid` started (clock ticks since boot, /proc/<pid>/stat field 22); undefined when gone.
+ * A pid and its start time name one process: pids wrap, and the number may be another's by now.
+ */
+export function processStartTime(pid: number): number | undefined {
+  try {
+    const text = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    return Number(text.slice(text.lastIndexOf(')') + 2).split(' ')[19]);
+  } catch {
+    return undefined;
+  }
+}
+
 function readAllProcStats(): ProcStat[] {
   return readdirSync('/proc')
     .filter((name) => /^\d+$/.test(name))

@@ -176,7 +176,11 @@ describeWithRegistry(
       for (const file of readdirSync(join(installed, 'dist'), { recursive: true, encoding: 'utf8' })) {
         if (!file.endsWith('.js')) continue;
         const code = readFileSync(join(installed, 'dist', file), 'utf8');
-        for (const [, specifier = ''] of code.matchAll(/(?:from|import\()\s*'([^'.][^']*)'/g)) {
+        // import, dynamic import, and require through createRequire (koffi, loaded only when needed).
+        const specifiers = code.matchAll(
+          /(?:from|import\(|createRequire\(import\.meta\.url\)\()\s*'([^'.][^']*)'/g,
+        );
+        for (const [, specifier = ''] of specifiers) {
           if (specifier.startsWith('node:')) continue;
           // A package's name: its first segment, or its first two for a scoped one (@scope/name).
           imported.add(

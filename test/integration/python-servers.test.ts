@@ -49,8 +49,17 @@ function gunicorn(): string[] {
   return [join(servers.bin ?? '', 'gunicorn'), '--workers', '2', '--graceful-timeout', '20', 'wsgi_app:app'];
 }
 
-/** Five reloads with a version bump each under keep-alive and new-connection load (or only the kinds given). */
-async function fiveReloadsUnderLoad(baton: BatonProcess, port: number, kinds = [true, false]) {
+/**
+ * Five reloads with a version bump each under keep-alive and new-connection load (or only the kinds
+ * given): zero failed requests, or with `resetsByServer`, none but the resets a server's own shutdown
+ * makes (never a refusal, a timeout or a 5xx: the socket stayed open and every reload went through).
+ */
+async function fiveReloadsUnderLoad(
+  baton: BatonProcess,
+  port: number,
+  kinds = [true, false],
+  { resetsByServer = false } = {},
+) {
   const loads = kinds.map((keepAlive) =>
     httpLoad({ port, keepAlive, concurrency: 2, maxRequests: 100_000, maxDurationMs: 120_000 }),
   );
@@ -67,10 +76,24 @@ async function fiveReloadsUnderLoad(baton: BatonProcess, port: number, kinds = [
   }
   const reports = await Promise.all(loads.map((load) => load.stop()));
   for (const report of reports) {
-    expect(report.errors).toEqual([]);
-    expect(report.failed).toBe(0);
     expect(report.ok).toBeGreaterThan(0);
+    if (resetsByServer) {
+      expect({ ...report.failures, reset: 0 }).toEqual({
+        refused: 0,
+        reset: 0,
+        timeout: 0,
+        http5xx: 0,
+        other: 0,
+      });
+      console.log(
+        `resets by the server's own shutdown: ${report.failures.reset} of ${report.requests} requests`,
+      );
+    } else {
+      expect(report.errors).toEqual([]);
+      expect(report.failed).toBe(0);
+    }
   }
+  return reports;
 }
 
 /** The readiness each worker of generation `gen` was seen by. */
@@ -115,7 +138,7 @@ describe('gunicorn, unchanged', () => {
 describe('uvicorn, unchanged', () => {
   withGunicorn(
     gunicornTitle(
-      'uvicorn --fd 3 with the defaults: seen ready by poll, five reloads under new-connection load, zero failed',
+      "uvicorn --fd 3 with the defaults: seen ready by poll; five reloads under load lose no request to baton (only resets by uvicorn's own shutdown)",
     ),
     async () => {
       const { baton, port } = await start(
@@ -125,9 +148,10 @@ describe('uvicorn, unchanged', () => {
       expect(readyVia(baton, 1)).toEqual(['poll', 'poll']);
       const { body } = await httpGetJson(port);
       expect(body).toMatchObject({ version: '1', lang: 'uvicorn' });
-      // Not under keep-alive load: uvicorn's own shutdown closes idle keep-alive connections at once,
-      // racing clients that send on them (a few resets per reload, as a bare http.Server.close() does).
-      await fiveReloadsUnderLoad(baton, port, [false]);
+      // uvicorn's shutdown closes at once the connections it holds that are idle (keep-alive between
+      // requests, or accepted a moment before and not read yet), racing clients that send on them: a
+      // few resets per reload, as a bare http.Server.close() makes. Nothing else may fail.
+      await fiveReloadsUnderLoad(baton, port, [true, false], { resetsByServer: true });
     },
     120_000,
   );

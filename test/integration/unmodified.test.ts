@@ -184,7 +184,8 @@ describe('what baton cannot serve, said early in one line', () => {
       10_000,
       'the start to fail',
     );
-    expect((failed.time as number) - (starting.time as number)).toBeLessThan(2000);
+    // Said at once by the preload, not at --ready-timeout (30 s): how fast is the bench's to measure.
+    expect((failed.time as number) - (starting.time as number)).toBeLessThan(10_000);
     expect((await baton.waitForExit(10_000)).exitCode).toBe(4);
     const line = baton.output.split('\n').find((each) => each.includes('listens on port 3000'));
     expect(line).toContain('worker 0 of generation 1');

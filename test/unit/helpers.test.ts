@@ -367,7 +367,7 @@ describe('processes', () => {
     const app = makeAppDir({ forAllUsers: true });
     const node = copyNodeForAllUsers();
     try {
-      const linked = join(app.dir, 'node_modules', 'baton');
+      const linked = join(app.dir, 'node_modules', PACKAGE_NAME);
       expect(lstatSync(linked).isDirectory()).toBe(true); // a folder of its own, not a link
       expect(realpathSync(linked).startsWith(realpathSync(REPO_ROOT))).toBe(false);
       expect(existsSync(join(linked, 'dist', 'child', 'index.js'))).toBe(true);
