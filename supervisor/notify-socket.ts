@@ -14,10 +14,16 @@ import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { bindDatagramSocket, type DatagramSocket, UNIX_PATH_MAX } from './linux.js';
 
-/** How often the socket of a worker that has not said READY=1 yet is read. */
+/** How often the socket of a worker that has not said READY=1 yet is read, in its first EAGER_WINDOW_MS. */
 export const FAST_READ_MS = 20;
-/** How often it is read afterwards (STATUS=, STOPPING=1, WATCHDOG=1). */
-export const SLOW_READ_MS = 500;
+/**
+ * How long a new worker's socket is read fast: a server written for systemd says READY=1 within it
+ * (gunicorn in about 0.6 s here); one that says nothing there (a Node worker says ready over IPC) costs
+ * the master no wake-ups after it.
+ */
+export const EAGER_WINDOW_MS = 5_000;
+/** How often it is read afterwards (READY=1 of a slow start, STATUS=, STOPPING=1, WATCHDOG=1). */
+export const SLOW_READ_MS = 250;
 
 /** One worker's notification socket. */
 export interface NotifyChannel {
@@ -27,17 +33,28 @@ export interface NotifyChannel {
   close(): void;
 }
 
-/** Who may write to a worker's socket: the worker's user when it runs as another (`--user`). */
+/** Who may write to a worker's socket, and how often it must be read. */
 export interface NotifyOwner {
+  /** The worker's user when it runs as another (`--user`). */
   uid?: number;
   gid?: number;
+  /** Under `--watchdog`, the period: its WATCHDOG=1 pings are read at least four times within it. */
+  watchdogMs?: number;
+}
+
+/** One open socket: who gets its lines, and how often it is read now. */
+interface OpenChannel {
+  onLine: (line: string) => void;
+  /** Read fast until READY=1 or this time (ms since the epoch). */
+  eagerUntil: number;
+  slowMs: number;
 }
 
 /** The notification sockets of one master: a private folder, one socket per worker, one read timer. */
 export class NotifySockets {
   private folder: string | undefined;
   private nextId = 1;
-  private readonly open = new Map<DatagramSocket, { onLine: (line: string) => void; eager: boolean }>();
+  private readonly open = new Map<DatagramSocket, OpenChannel>();
   private timer: NodeJS.Timeout | undefined;
   private timerMs = 0;
 
@@ -57,7 +74,11 @@ export class NotifySockets {
       socket.close();
       throw error;
     }
-    this.open.set(socket, { onLine, eager: true });
+    this.open.set(socket, {
+      onLine,
+      eagerUntil: Date.now() + EAGER_WINDOW_MS,
+      slowMs: Math.max(FAST_READ_MS, Math.min(SLOW_READ_MS, Math.floor((owner.watchdogMs ?? Infinity) / 4))),
+    });
     this.schedule();
     return {
       path: socketPath,
@@ -104,7 +125,7 @@ export class NotifySockets {
       for (const line of datagram.toString('utf8').split('\n')) {
         const trimmed = line.trim();
         if (trimmed === '') continue;
-        if (trimmed === 'READY=1') entry.eager = false;
+        if (trimmed === 'READY=1') entry.eagerUntil = 0;
         entry.onLine(trimmed);
       }
     }
@@ -121,19 +142,22 @@ export class NotifySockets {
     this.schedule();
   }
 
-  /** One timer for every socket, fast while any worker has not said ready yet. */
+  /** One timer for every socket, as fast as the fastest of them needs. */
   private schedule(): void {
-    const wanted =
-      this.open.size === 0
-        ? 0
-        : [...this.open.values()].some((entry) => entry.eager)
-          ? FAST_READ_MS
-          : SLOW_READ_MS;
+    const now = Date.now();
+    const wanted = Math.min(
+      Infinity,
+      ...[...this.open.values()].map((entry) => (entry.eagerUntil > now ? FAST_READ_MS : entry.slowMs)),
+    );
+    if (wanted === Infinity) {
+      if (this.timer) clearInterval(this.timer);
+      this.timer = undefined;
+      this.timerMs = 0;
+      return;
+    }
     if (wanted === this.timerMs && this.timer) return;
     if (this.timer) clearInterval(this.timer);
-    this.timer = undefined;
     this.timerMs = wanted;
-    if (wanted === 0) return;
     this.timer = setInterval(() => this.readAll(), wanted);
     this.timer.unref();
   }

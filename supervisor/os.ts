@@ -136,7 +136,15 @@ function openNotifyChannel(
 ): NotifyChannel | undefined {
   if (request.notifyPipe === false) return undefined;
   try {
-    return notifySockets.openChannel({ uid: request.uid, gid: request.gid }, onLine);
+    const watchdogUs = Number(request.env.WATCHDOG_USEC);
+    return notifySockets.openChannel(
+      {
+        uid: request.uid,
+        gid: request.gid,
+        ...(watchdogUs > 0 ? { watchdogMs: watchdogUs / 1000 } : {}),
+      },
+      onLine,
+    );
   } catch (error) {
     callbacks.onWarning?.(
       `no NOTIFY_SOCKET for this worker (${error instanceof Error ? error.message : String(error)}): it can still say ready on the notify pipe (BATON_NOTIFY_FD), over IPC, or be seen by --ready poll`,

@@ -3,6 +3,7 @@
  * control socket to it, and return the exit code once it has stopped.
  */
 import path from 'node:path';
+import { fileURLToPath } from 'node:url';
 import { prepareControlPath } from './control/private-socket.js';
 import { ControlServer } from './control/server.js';
 import type { ControlSettings } from './control/socket-path.js';
@@ -18,7 +19,8 @@ import type { MasterOptions } from './options.js';
 import { realOs } from './os.js';
 import { pid1Warning } from './pid1.js';
 import { routeSignals } from './signals.js';
-import { checkExecutableBy } from './users.js';
+import { PRELOAD_URL } from './unmodified.js';
+import { checkExecutableBy, findAccessBlock } from './users.js';
 import { checkVersionFile, readVersionLabel } from './version.js';
 import { watchForChanges } from './watch.js';
 
@@ -53,6 +55,7 @@ export async function runMaster(
   if (options.uid !== undefined) {
     checkExecutableBy(options.command, resolved, options.uid, options.gid ?? process.getgid?.() ?? 0);
   }
+  const masterOptions = withReachablePreload(options, logger);
   if (options.versionFile) checkVersionFile(path.resolve(cwd, options.versionFile));
   const { staleRemoved } = await prepareControlPath(control.path);
   const listeners = await openListeners(options.listen, inherited);
@@ -68,7 +71,7 @@ export async function runMaster(
       'listener bound',
     );
   }
-  const master = new Master(options, {
+  const master = new Master(masterOptions, {
     os: realOs,
     logger,
     listeners,
@@ -122,4 +125,21 @@ export async function runMaster(
     if (failureOnStderr) process.stderr.write(`baton: ${master.startError.message}\n`);
   }
   return exitCode;
+}
+
+/**
+ * Workers run as `--user` load baton's preload from baton's own folder: where that user cannot read it
+ * (baton in a private folder, such as a clone in a 0700 directory), every Node worker would die at
+ * start. The preload is left out instead, with one warning that says so and what to do.
+ */
+function withReachablePreload(options: MasterOptions, logger: Logger): MasterOptions {
+  if (!options.preload || options.uid === undefined) return options;
+  const preload = fileURLToPath(PRELOAD_URL);
+  const block = findAccessBlock(preload, options.uid, options.gid ?? process.getgid?.() ?? 0, 'read');
+  if (block === undefined) return options;
+  logger.warn(
+    { preload, blockedAt: block.path, uid: options.uid },
+    `the workers' user cannot read baton's preload (${block.kind === 'folder' ? `it cannot enter ${block.path}` : `${block.path} is not readable for it`}): Node workers run without it, as with --no-preload; install baton where that user can read it to have it`,
+  );
+  return { ...options, preload: false };
 }

@@ -56,7 +56,7 @@ export interface AccessProbe {
 
 const realProbe: AccessProbe = { stat: statSync, realpath: realpathSync };
 
-/** Whether user `uid` with group `gid` has `bit` (1 execute/search) on a file, as the kernel decides. */
+/** Whether user `uid` with group `gid` has `bit` (1 execute/search, 4 read) on a file, as the kernel decides. */
 function allows(facts: AccessFacts, uid: number, gid: number, bit: number): boolean {
   if (uid === 0) return true; // resolveCommand has checked, as root, that some execute bit is set
   const shift = facts.uid === uid ? 6 : facts.gid === gid ? 3 : 0;
@@ -84,6 +84,17 @@ export function findExecBlock(
   gid: number,
   probe: AccessProbe = realProbe,
 ): ExecBlock | undefined {
+  return findAccessBlock(file, uid, gid, 'execute', probe);
+}
+
+/** The same for any access to the file: `read` (a module to load, such as baton's preload) or `execute`. */
+export function findAccessBlock(
+  file: string,
+  uid: number,
+  gid: number,
+  access: 'read' | 'execute',
+  probe: AccessProbe = realProbe,
+): ExecBlock | undefined {
   const real = probe.realpath(file);
   const folders = [...new Set([...foldersAbove(file), ...foldersAbove(real)])];
   for (const folder of folders) {
@@ -91,7 +102,7 @@ export function findExecBlock(
     if (!allows(facts, uid, gid, 1)) return { path: folder, kind: 'folder', facts };
   }
   const facts = probe.stat(real);
-  return allows(facts, uid, gid, 1) ? undefined : { path: real, kind: 'file', facts };
+  return allows(facts, uid, gid, access === 'read' ? 4 : 1) ? undefined : { path: real, kind: 'file', facts };
 }
 
 /**

@@ -76,6 +76,9 @@ describe('--watch', () => {
     app.setVersion('1.1.0');
     await baton.waitForLogMsg('file changed: reloading', { file: 'VERSION' });
     await waitForVersion(port, '1.1.0', 10_000);
+    // 1.1.0 answering once does not mean 1.0.0 has stopped: only once generation 1 is retired does
+    // every request get 1.1.0, which the broken save below must leave serving.
+    await baton.waitForLogMsg('generation retired', { gen: 1 }, 15_000);
 
     const good = readFileSync(join(app.dir, 'server.js'), 'utf8');
     app.writeFile('server.js', `${good}\nconst broken = ;\n`);

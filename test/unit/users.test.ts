@@ -11,6 +11,7 @@ import {
   type AccessFacts,
   type AccessProbe,
   checkExecutableBy,
+  findAccessBlock,
   findExecBlock,
 } from '../../supervisor/users.js';
 
@@ -89,6 +90,20 @@ describe('findExecBlock', () => {
       { '/app/bin/node': '/private/node' },
     );
     expect(findExecBlock('/app/bin/node', NOBODY, NOBODY, probe)).toMatchObject({ path: '/private' });
+  });
+
+  test("reading a module (baton's preload) needs the read bit, not the execute bit", () => {
+    const files = { '/': rootDir(0o755), '/opt': rootDir(0o755) };
+    const readable = fakeProbe({ ...files, '/opt/preload.js': rootFile(0o644) });
+    expect(findAccessBlock('/opt/preload.js', NOBODY, NOBODY, 'read', readable)).toBeUndefined();
+    expect(findAccessBlock('/opt/preload.js', NOBODY, NOBODY, 'execute', readable)).toMatchObject({
+      kind: 'file',
+    });
+    const hidden = fakeProbe({ ...files, '/opt': rootDir(0o700), '/opt/preload.js': rootFile(0o644) });
+    expect(findAccessBlock('/opt/preload.js', NOBODY, NOBODY, 'read', hidden)).toMatchObject({
+      path: '/opt',
+      kind: 'folder',
+    });
   });
 
   test('root may always', () => {
