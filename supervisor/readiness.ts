@@ -46,15 +46,26 @@ export function countsAsReady(mode: ReadinessMode['kind'], via: ReadyVia): boole
  * without a flag. Node workers say ready over IPC: one that listens before it is ready (warming a cache)
  * must not be taken for ready early.
  */
-export function probesProc(mode: ReadinessMode['kind'], command: string): boolean {
-  return mode === 'poll' || (mode === 'auto' && !speaksIpc(command));
+export function probesProc(mode: ReadinessMode['kind'], command: string, preload = false): boolean {
+  return mode === 'poll' || (mode === 'auto' && !speaksIpc(command) && !(preload && startsNode(command)));
+}
+
+/** Package runners that start a Node app (`npm start`, `npx tsx server.ts`): with the preload, it says ready. */
+const NODE_LAUNCHERS = new Set(['npm', 'npx', 'pnpm', 'yarn', 'tsx']);
+
+/**
+ * Whether `command` (resolved) starts a Node app behind it: the preload in that app says ready (on the
+ * notify pipe) once it listens on every listener, so /proc must not take it for ready at its first.
+ */
+export function startsNode(command: string): boolean {
+  return NODE_LAUNCHERS.has(path.basename(command).replace(/\.(exe|cmd)$/, ''));
 }
 
 /** What readiness needs from the master. */
 export interface ReadinessPorts {
   os: Os;
   logger: Logger;
-  options: Pick<MasterOptions, 'ready' | 'readyTimeoutMs'>;
+  options: Pick<MasterOptions, 'ready' | 'readyTimeoutMs' | 'preload'>;
   listeners: readonly InheritedListener[];
   /** Queues an event in the master's dispatcher (timers only queue). */
   dispatch(event: MasterEvent): void;
@@ -80,7 +91,7 @@ export class Readiness {
     const mode = options.ready;
     if (mode.kind === 'delay') {
       os.setTimer(mode.ms, () => dispatch({ type: 'ready-delay-passed', worker }));
-    } else if (probesProc(mode.kind, command)) {
+    } else if (probesProc(mode.kind, command, options.preload === true)) {
       this.scheduleProbe(worker);
     }
   }

@@ -60,7 +60,7 @@ export interface DrainedExit {
  */
 export function drainSignalDeathWarning(exit: DrainedExit, drainSignal: NodeJS.Signals): string | undefined {
   if (exit.signal !== drainSignal || !exit.connections) return undefined;
-  return `worker ${exit.worker} of generation ${exit.generation} (pid ${exit.pid}) was killed by ${drainSignal} with ${exit.connections} connection(s) open: it does not drain, and cut them. Make it handle ${drainSignal}: stop accepting, finish what is under way, exit when no connection is left (the child API's serve() does it; for Node, baton's preload does it unless --no-preload; see docs/contract.md)`;
+  return `worker ${exit.worker} of generation ${exit.generation} (pid ${exit.pid}) ended by ${drainSignal} itself while ${exit.connections} connection(s) were last seen open: unless it drained first and then raised the signal again (as uvicorn does), it does not drain and cut them. Make it handle ${drainSignal}: stop accepting, finish what is under way, exit when no connection is left (the child API's serve() does it; for Node, baton's preload does it unless --no-preload; see docs/contract.md)`;
 }
 
 /**

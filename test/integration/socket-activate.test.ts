@@ -4,8 +4,9 @@
  * same address adopts it instead of failing; reloads under load lose nothing.
  */
 import { execFileSync } from 'node:child_process';
+import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, test } from '@jest/globals';
-import { httpGetJson, httpLoad, waitForVersion } from '../helpers/load.js';
+import { httpGetJson } from '../helpers/load.js';
 import {
   type AppDir,
   BATON_BIN,
@@ -14,6 +15,7 @@ import {
   makeAppDir,
   startProcess,
 } from '../helpers/processes.js';
+import { reloadsUnderLoad } from '../helpers/reloads.js';
 import { waitFor } from '../helpers/wait.js';
 
 const activator = (() => {
@@ -83,21 +85,8 @@ async function activate(command: string[]): Promise<{ activated: BatonProcess; p
 
 /** Five reloads with a version bump each under keep-alive and new-connection load: zero failed. */
 async function fiveReloadsUnderLoad(baton: BatonProcess, port: number): Promise<void> {
-  const loads = [true, false].map((keepAlive) =>
-    httpLoad({ port, keepAlive, concurrency: 2, maxRequests: 100_000, maxDurationMs: 90_000 }),
-  );
-  await waitFor(() => loads.every((load) => load.snapshot().ok > 10), {
-    timeoutMs: 10_000,
-    what: 'load flowing',
-  });
-  for (let gen = 2; gen <= 6; gen++) {
-    app.setVersion(String(gen));
-    baton.signal('SIGUSR2');
-    await baton.waitForLogMsg('generation active', { gen }, 20_000);
-    await baton.waitForLogMsg('generation retired', { gen: gen - 1 }, 20_000);
-    await waitForVersion(port, String(gen), 5000);
-  }
-  for (const report of await Promise.all(loads.map((load) => load.stop()))) {
+  const { reports } = await reloadsUnderLoad(baton, port, join(app.dir, 'VERSION'), 5);
+  for (const report of reports) {
     expect(report.errors).toEqual([]);
     expect(report.failed).toBe(0);
   }

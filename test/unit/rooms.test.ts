@@ -32,6 +32,9 @@ describe('readiness', () => {
     expect(probesProc('auto', '/usr/bin/python3')).toBe(true);
     expect(probesProc('poll', '/usr/bin/node')).toBe(true);
     expect(probesProc('ipc', '/usr/bin/python3')).toBe(false);
+    // npm start with the preload: the app behind it says ready once it listens on every listener.
+    expect(probesProc('auto', '/usr/bin/npm', true)).toBe(false);
+    expect(probesProc('auto', '/usr/bin/npm', false)).toBe(true);
   });
 });
 
