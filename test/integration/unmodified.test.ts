@@ -214,7 +214,9 @@ describe('what baton cannot serve, said early in one line', () => {
       'the drain warning',
     );
     expect(warning).toMatchObject({ level: 40, gen: 1, worker: 0 });
-    expect(String(warning.msg)).toContain('ended by SIGTERM itself while 1 connection(s) were last seen open');
+    expect(String(warning.msg)).toContain(
+      'ended by SIGTERM itself while 1 connection(s) were last seen open',
+    );
     expect(await slow).toBeInstanceOf(Error);
   }, 60_000);
 });
