@@ -666,7 +666,9 @@ describe('apps as they are (the preload, issue #15)', () => {
     os.processes[0]?.exit(null, 'SIGTERM');
     const warning = logs.find((entry) => String(entry.msg).includes('does not drain'));
     expect(warning).toMatchObject({ level: 40, gen: 1, worker: 0, pid: 1000 });
-    expect(String(warning?.msg)).toContain('killed by SIGTERM with 3 connection(s) open');
+    expect(String(warning?.msg)).toContain(
+      'ended by SIGTERM itself while 3 connection(s) were last seen open',
+    );
     // Killed by the drain signal with nothing open cut nobody: no warning.
     logs.length = 0;
     master.dispatch({ type: 'reload', source: 'test' });
