@@ -146,10 +146,19 @@ export class Readiness {
     }
   }
 
-  /** `--ready poll`: a worker is ready once /proc shows it waiting for connections on the listeners. */
+  /**
+   * `--ready poll`: a worker is ready once /proc shows it, or a process it forked, waiting for
+   * connections on the listeners, or holding one it accepted there.
+   */
   onProbe(worker: Worker): void {
     if (worker.state !== 'starting' || worker.pid === undefined) return;
-    if (this.ports.os.pollsListeners(worker.pid, this.listenerInodes)) this.onSignal(worker, 'poll');
+    const { os, listeners } = this.ports;
+    // A worker busy serving is seldom caught waiting in accept: one that holds a connection accepted on
+    // a listener serves too (a pre-forking server under load takes its share of the queue at once).
+    const serves =
+      os.pollsListeners(worker.pid, this.listenerInodes) ||
+      (os.countConnections(worker.pid, listeners) ?? 0) > 0;
+    if (serves) this.onSignal(worker, 'poll');
     else this.scheduleProbe(worker);
   }
 
