@@ -193,6 +193,64 @@ describe('what baton cannot serve, said early in one line', () => {
     expect(line).toContain(`PORT=${port}`);
   }, 30_000);
 
+  test('without the preload (a Python http.server on a port of its own), /proc names the worker and the port in one line and the start fails then, not at --ready-timeout', async () => {
+    const baton = startBaton(
+      [
+        'start',
+        '--listen',
+        'http=tcp://127.0.0.1:0',
+        '--ready-timeout',
+        '60s',
+        '--',
+        'python3',
+        '-m',
+        'http.server',
+        '0',
+        '--bind',
+        '127.0.0.1',
+      ],
+      { env: appEnv() },
+    );
+    const port = await baton.listenPort('http');
+    const failed = await baton.waitForLog(
+      (entry) => String(entry.msg).startsWith('start failed'),
+      15_000,
+      'the start to fail',
+    );
+    expect(failed).toMatchObject({ reason: 'listens-elsewhere', worker: 0 });
+    const [ownPort] = failed.ports as number[];
+    expect(ownPort).not.toBe(port);
+    expect(String(failed.msg)).toContain(
+      `worker 0 (pid ${failed.pid}) listens on port ${ownPort} of its own, not on baton's http (tcp://127.0.0.1:${port})`,
+    );
+    expect((await baton.waitForExit(10_000)).exitCode).toBe(4);
+  }, 30_000);
+
+  test('a reload to a release that listens on a port of its own fails at once, and the old version serves on', async () => {
+    const script = join(dir, 'server.sh');
+    const python = join(REPO_ROOT, 'test', 'fixtures', 'systemd_http.py');
+    writeFileSync(script, `exec python3 ${python}\n`);
+    const { baton, port } = await start(['sh', script], {
+      flags: ['--workers', '1', '--ready-timeout', '60s'],
+    });
+    writeFileSync(script, 'exec python3 -m http.server 0 --bind 127.0.0.1\n');
+    const reload = startBaton(['reload']);
+    expect((await reload.waitForExit(30_000)).exitCode).toBe(6);
+    const line = reload.output.split('\n').find((each) => each.includes('of its own'));
+    expect(line).toMatch(
+      new RegExp(
+        `Generation 2 failed to start: worker 0 \\(pid \\d+\\) listens on port \\d+ of its own, not on baton's http \\(tcp://127\\.0\\.0\\.1:${port}\\)`,
+      ),
+    );
+    const failed = await baton.waitForLog(
+      (entry) => String(entry.msg).startsWith('reload failed'),
+      5_000,
+      'the master to log the failed reload',
+    );
+    expect(failed).toMatchObject({ gen: 2, reason: 'listens-elsewhere' });
+    expect((await httpGetJson(port)).body).toMatchObject({ version: '1' });
+  }, 60_000);
+
   test('a worker with no drain handler, killed by SIGTERM mid-request, is named in a warning', async () => {
     const { baton, port } = await start([process.execPath, join(FIXTURES, 'no-drain', 'server.js')], {
       flags: ['--no-preload', '--workers', '1'],
