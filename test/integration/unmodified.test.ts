@@ -2,7 +2,8 @@
  * Node apps as they are (issue #15): Express 5, Fastify 5 and plain node:http that listen on
  * `process.env.PORT || 3000`, with no line of baton in them, reload under load without a failed
  * request through the preload; the same Express app behind `npm start`, whose tree never outlives
- * the master; and the one-line diagnostics for apps that baton cannot serve.
+ * the master, and in TypeScript behind `npx tsx`; and the one-line diagnostics for apps that baton
+ * cannot serve, with the preload and without it.
  */
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -162,6 +163,35 @@ describe('the same Express app as `npm start`', () => {
       what: () => `every process of the tree to be gone (alive: ${tree.filter(processAlive).join(', ')})`,
     });
   }, 60_000);
+});
+
+describe('an Express app in TypeScript as `npx tsx server.ts`', () => {
+  test('gets the sockets through npx, sh and tsx, reloads under load with 0 failed, and stops with its whole tree', async () => {
+    // tsx as a project has it (node_modules/.bin, which npx looks in first), pinned in devDependencies.
+    const baton = startBaton(
+      ['start', '--listen', 'http=tcp://127.0.0.1:0', '--workers', '2', '--', 'npx', 'tsx', 'server.ts'],
+      {
+        env: appEnv({ PATH: `${join(REPO_ROOT, 'node_modules', '.bin')}:${process.env.PATH}` }),
+        cwd: join(FIXTURES, 'tsx'),
+      },
+    );
+    const port = await baton.listenPort('http');
+    await baton.waitForLogMsg('generation active', { gen: 1 }, 30_000);
+    const ready = baton.logs.filter((entry) => entry.msg === 'worker ready');
+    expect(ready.map((entry) => entry.via)).toEqual(['notify', 'notify']);
+    // npm exec, the shell it starts, tsx and the node that runs server.ts, for each of the two workers.
+    const tree = await treeOf(baton.pid, 8);
+    const { reports, retiredAt } = await reloadsUnderLoad(baton, port, versionFile, 3);
+    for (const report of reports) {
+      expect(report.errors).toEqual([]);
+      expect(report.failed).toBe(0);
+      expect(staleAnswers(report, retiredAt)).toEqual([]);
+    }
+    const now = descendants(baton.pid);
+    baton.signal('SIGTERM');
+    expect(await baton.waitForExit(15_000)).toEqual({ exitCode: 0, signal: null });
+    expect([...tree, ...now].filter(processAlive)).toEqual([]);
+  }, 150_000);
 });
 
 describe('what baton cannot serve, said early in one line', () => {
