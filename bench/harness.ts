@@ -4,10 +4,11 @@
  * memory, and one cleanup that kills every tree the bench started, whatever happened.
  */
 import { type ChildProcess, fork } from 'node:child_process';
-import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { ownListeningPorts } from '../supervisor/proc.js';
 import {
   type AppDir,
   type BatonProcess,
@@ -17,6 +18,7 @@ import {
   REPO_ROOT,
   startBaton,
   startNode,
+  startProcess,
 } from '../test/helpers/processes.js';
 import { waitFor, withDeadline } from '../test/helpers/wait.js';
 import type {
@@ -191,12 +193,17 @@ export interface BatonStart {
   workers: number;
   /**
    * `example`: a copy of app/ (http and game listeners); `hello`: bench/apps/hello.js (http only);
-   * `ws-game`: test/fixtures/ws-game.mjs (http only, WebSocket upgrades), run in `dir` for its VERSION.
+   * `ws-game`: test/fixtures/ws-game.mjs (http only, WebSocket upgrades), run in `dir` for its VERSION;
+   * `command`: any command (an app as it is, `npm start`), run in `dir` (http only).
    */
-  app: { kind: 'example'; dir: AppDir } | { kind: 'hello' } | { kind: 'ws-game'; dir: AppDir };
+  app:
+    | { kind: 'example'; dir: AppDir }
+    | { kind: 'hello' }
+    | { kind: 'ws-game'; dir: AppDir }
+    | { kind: 'command'; command: string[]; dir: AppDir };
   extraArgs?: string[];
-  /** Added to the master's environment, which its workers inherit. */
-  env?: Record<string, string>;
+  /** Added to the master's environment (undefined: removed from it), which its workers inherit. */
+  env?: Record<string, string | undefined>;
 }
 
 /** Starts a master on 127.0.0.1 port 0 and waits until generation 1 is active. */
@@ -208,9 +215,10 @@ export async function startBatonApp({
 }: BatonStart): Promise<RunningBaton> {
   const listen = ['--listen', 'http=tcp://127.0.0.1:0'];
   if (app.kind === 'example') listen.push('--listen', 'game=tcp://127.0.0.1:0');
-  const command = { example: [NODE, 'server.js'], hello: [NODE, HELLO_APP], 'ws-game': [NODE, WS_GAME_APP] }[
-    app.kind
-  ];
+  const command =
+    app.kind === 'command'
+      ? app.command
+      : { example: [NODE, 'server.js'], hello: [NODE, HELLO_APP], 'ws-game': [NODE, WS_GAME_APP] }[app.kind];
   // Each master its own control socket (mkdtemp makes the folder 0700, as baton requires): masters of
   // the same app would otherwise share one by name, and a second one refuses to start.
   const controlDir = mkdtempSync(join(tmpdir(), 'baton-bench-control-'));
@@ -222,6 +230,52 @@ export async function startBatonApp({
   const gamePort = app.kind === 'example' ? await baton.listenPort('game', START_TIMEOUT_MS) : undefined;
   await baton.waitForLogMsg('generation active', { gen: 1 }, START_TIMEOUT_MS);
   return { baton, httpPort, ...(gamePort === undefined ? {} : { gamePort }) };
+}
+
+/**
+ * A private folder to run an app as it is in: its `VERSION` (which the bench's unmodified apps read at
+ * start-up) and a package.json whose `npm start` runs `node <script>`. Removed by `cleanupEverything`
+ * if the scenario does not.
+ */
+export function unmodifiedAppDir(script: string): AppDir {
+  const dir = mkdtempSync(join(tmpdir(), 'baton-bench-app-'));
+  const writeFile = (name: string, contents: string) => writeFileSync(join(dir, name), contents);
+  writeFile(
+    'package.json',
+    `${JSON.stringify({ private: true, scripts: { start: `node ${JSON.stringify(script)}` } }, null, 2)}\n`,
+  );
+  const app: AppDir = {
+    dir,
+    setVersion: (version) => writeFile('VERSION', version),
+    writeFile,
+    cleanup: () => rmSync(dir, { recursive: true, force: true }),
+  };
+  liveAppDirs.add(app);
+  return app;
+}
+
+/** How often the start-up of an app alone is looked for in /proc. */
+const LISTEN_PROBE_INTERVAL_MS = 2;
+
+/**
+ * Starts `command` alone (no baton) in `dir` with `PORT=0`, and returns the ms from spawn until its
+ * process tree (npm, a shell, node) holds a listening TCP socket, as /proc shows it; then kills it.
+ * An app as it is prints nothing to wait for: its socket is what says that it listens.
+ */
+export async function startUpAloneMs(command: string[], dir: string): Promise<number> {
+  const [file, ...args] = command as [string, ...string[]];
+  const spawnedAt = performance.now();
+  const started = startProcess(file, args, { cwd: dir, env: { PORT: '0' } });
+  try {
+    await waitFor(() => ownListeningPorts(started.pid, new Set()).length > 0, {
+      timeoutMs: START_TIMEOUT_MS,
+      intervalMs: LISTEN_PROBE_INTERVAL_MS,
+      what: `${command.join(' ')} to listen`,
+    });
+    return performance.now() - spawnedAt;
+  } finally {
+    await started.killTree();
+  }
 }
 
 /** A plain process (the app alone, a cluster primary) and the port it printed. */

@@ -119,9 +119,37 @@ export type StartFailure =
       hint?: string;
     }
   | { kind: 'ready-timeout'; notReady: number[]; timeoutMs: number }
+  | OwnPortsFailure
   | { kind: 'command-not-found'; command: string }
   /** The sessions could not move to the new generation (its workers did not adopt them in time). */
   | { kind: 'handoff-failed'; reason: string };
+
+/** A starting worker that /proc shows listening on ports of its own and waiting on none of baton's. */
+export interface OwnPortsFailure {
+  kind: 'listens-elsewhere';
+  worker: number;
+  pid: number | undefined;
+  /** The TCP ports it listens on by itself. */
+  ports: number[];
+  /** baton's listeners, where it should have listened. */
+  listeners: Array<{ name: string; kind: 'tcp' | 'udp' | 'unix'; port: number; address: string }>;
+}
+
+/** Where a worker listens, where baton listens, and the fix, for a worker that listens on ports of its own. */
+export function describeOwnPorts(failure: OwnPortsFailure): string {
+  const where = failure.listeners
+    .map((listener) =>
+      listener.kind === 'unix'
+        ? `${listener.name} (unix:${listener.address})`
+        : `${listener.name} (${listener.kind}://${listener.address}:${listener.port})`,
+    )
+    .join(', ');
+  const first = failure.listeners.find((listener) => listener.kind === 'tcp');
+  const moveBaton = first
+    ? `, or start baton with --listen ${first.name}=tcp://${first.address}:${failure.ports[0]}`
+    : '';
+  return `worker ${failure.worker} (pid ${failure.pid}) listens on port ${failure.ports.join(', ')} of its own, not on baton's ${where}: nobody reaches it there. Make it accept on the socket it inherits (fd 3 on, as LISTEN_FDS says; a Node app may listen on process.env.PORT with baton's preload, not --no-preload)${moveBaton}`;
+}
 
 /** A generation did not become ready: a worker exited or the deadline passed. */
 export class GenerationFailedError extends BatonError {
@@ -143,6 +171,9 @@ export function describeStartFailure(generation: number, failure: StartFailure):
   if (failure.kind === 'ready-timeout') {
     const workers = `worker${failure.notReady.length === 1 ? '' : 's'} ${failure.notReady.join(', ')}`;
     return `Generation ${generation} did not say ready within ${failure.timeoutMs} ms (${workers} not ready): a worker says ready with the child API's ready(), process.send('ready') or READY=1 on the pipe in $BATON_NOTIFY_FD, or is taken as ready once it waits for connections on a listener (--ready poll, and --ready auto for a command that is not node).`;
+  }
+  if (failure.kind === 'listens-elsewhere') {
+    return `Generation ${generation} failed to start: ${describeOwnPorts(failure)}.`;
   }
   if (failure.kind === 'handoff-failed') {
     return `Generation ${generation} did not take over: ${failure.reason}; every session stays on the old version.`;

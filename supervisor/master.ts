@@ -119,6 +119,7 @@ export class Master implements ControlledMaster {
     'worker-notified': (event) => this.readiness.onNotified(event.worker, event.line),
     'ready-delay-passed': (event) => this.readiness.onSignal(event.worker, 'delay'),
     'ready-probe': (event) => this.readiness.onProbe(event.worker),
+    'own-port-check': (event) => this.readiness.onOwnPortCheck(event.worker),
     'connections-sample': () => {
       if (this.state !== 'stopped') this.readiness.onSample();
     },
@@ -275,6 +276,7 @@ export class Master implements ControlledMaster {
       listeners: context.listeners,
       dispatch,
       ready: (worker, via) => this.upgrade.onWorkerReady(worker, via),
+      listensElsewhere: (worker, ports) => this.upgrade.onListensElsewhere(worker, ports),
       generations: () => this.upgrade.generations,
       kill,
       watchdog: (worker, word) =>

@@ -21,6 +21,7 @@ export type MasterEvent =
   | { type: 'worker-notified'; worker: Worker; line: string }
   | { type: 'ready-delay-passed'; worker: Worker }
   | { type: 'ready-probe'; worker: Worker }
+  | { type: 'own-port-check'; worker: Worker }
   | { type: 'connections-sample' }
   | { type: 'watchdog-check' }
   | { type: 'replace-worker'; pid: number; reason: string; facts?: Record<string, unknown> }

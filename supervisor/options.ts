@@ -25,6 +25,16 @@ export const MAX_DURATION_MS = 2_147_483_647;
 export const MAX_WORKERS = 1024;
 /** How often the master looks in /proc whether a starting worker polls its listeners (`--ready poll`). */
 export const POLL_READINESS_INTERVAL_MS = 50;
+/**
+ * How often the master looks in /proc whether a starting worker the preload does not watch (a program
+ * that is not Node, `--no-preload`) listens on a port of its own instead of baton's.
+ */
+export const OWN_PORT_CHECK_INTERVAL_MS = 100;
+/**
+ * How long a starting worker may listen on a port of its own without waiting on any of baton's before
+ * its start fails: an admin port opened first is fine (the preload gives Node apps as long).
+ */
+export const OWN_PORT_GRACE_MS = 500;
 /** How often the master counts the connections of workers that do not report theirs (from /proc). */
 export const CONNECTION_SAMPLE_INTERVAL_MS = 1000;
 /**

@@ -11,7 +11,7 @@ import { CommandNotFoundError } from './errors.js';
 import { SignalTarget } from './main-pid.js';
 import { type RawSocketHandle, sendRawHandle } from './node-internals.js';
 import { type NotifyChannel, NotifySockets } from './notify-socket.js';
-import { countConnections, type ListenerAddress, pollsListeners } from './proc.js';
+import { countConnections, type ListenerAddress, ownListeningPorts, pollsListeners } from './proc.js';
 
 /** What the master asks for when it starts a worker. */
 export interface SpawnRequest {
@@ -75,6 +75,8 @@ export interface Os {
   pollsListeners(pid: number, inodes: ReadonlySet<number>): boolean;
   /** How many connections accepted on these listeners process `pid` holds (see proc.ts). */
   countConnections(pid: number, listeners: readonly ListenerAddress[]): number | undefined;
+  /** The TCP ports process `pid` and its descendants listen on, besides the sockets with these inodes (see proc.ts). */
+  ownListeningPorts(pid: number, except: ReadonlySet<number>): number[];
   now(): number;
   setTimer(ms: number, fn: () => void): TimerHandle;
 }
@@ -255,6 +257,7 @@ export const realOs: Os = {
 
   pollsListeners,
   countConnections,
+  ownListeningPorts,
 
   now: () => Date.now(),
 

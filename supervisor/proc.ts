@@ -224,6 +224,9 @@ export function realUidIn(status: string): number | undefined {
   return match ? Number(match[1]) : undefined;
 }
 
+/** The state of a listening TCP socket in /proc/net/tcp. */
+const TCP_LISTEN = '0A';
+
 /** A socket as /proc/net shows it. */
 export type SocketDescription =
   | { kind: 'tcp' | 'udp'; address: string; port: number; listening: boolean }
@@ -244,7 +247,7 @@ export function describeSocket(inode: number): SocketDescription | undefined {
         kind,
         address: decodeAddress(addressHex),
         port: Number.parseInt(portHex, 16),
-        listening: fields[3] === '0A' || kind === 'udp',
+        listening: fields[3] === TCP_LISTEN || kind === 'udp',
       };
     }
   }
@@ -264,6 +267,30 @@ function decodeAddress(hex: string): string {
   const groups: string[] = [];
   for (let i = 0; i < 16; i += 2) groups.push((((bytes[i] ?? 0) << 8) | (bytes[i + 1] ?? 0)).toString(16));
   return groups.join(':').replace(/(^|:)0(:0)+(:|$)/, '::');
+}
+
+/**
+ * The ports of the TCP sockets that process `pid` and its descendants hold in the LISTEN state, other
+ * than the sockets with the inodes in `except` (baton's own listeners, which every worker inherits):
+ * what a server listens on by itself. Sorted, each once; none when it cannot tell.
+ */
+export function ownListeningPorts(pid: number, except: ReadonlySet<number>): number[] {
+  const held = new Set(
+    processTree(pid).flatMap((member) =>
+      (descriptorsOf(member) ?? []).flatMap(({ link }) => {
+        const inode = inodeOf(link);
+        return inode === undefined || except.has(inode) ? [] : [inode];
+      }),
+    ),
+  );
+  // Most probes find no socket of the worker's own: /proc/net, which lists the whole machine, stays unread.
+  if (held.size === 0) return [];
+  const ports = new Set<number>();
+  for (const fields of [...netTableRows('tcp'), ...netTableRows('tcp6')]) {
+    if (fields[3] !== TCP_LISTEN || !held.has(Number(fields[9]))) continue;
+    ports.add(Number.parseInt((fields[1] ?? '').split(':')[1] ?? '', 16));
+  }
+  return [...ports].sort((a, b) => a - b);
 }
 
 /** A listener as the connection count needs it: accepted TCP connections share its local port, Unix ones its path. */

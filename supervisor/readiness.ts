@@ -15,6 +15,8 @@ import {
   CONNECTION_SAMPLE_INTERVAL_MS,
   IDLE_DRAIN_SAMPLES,
   type MasterOptions,
+  OWN_PORT_CHECK_INTERVAL_MS,
+  OWN_PORT_GRACE_MS,
   POLL_READINESS_INTERVAL_MS,
   type ReadinessMode,
 } from './options.js';
@@ -61,6 +63,15 @@ export function startsNode(command: string): boolean {
   return NODE_LAUNCHERS.has(path.basename(command).replace(/\.(exe|cmd)$/, ''));
 }
 
+/**
+ * Whether the master looks in /proc for a starting worker of `command` that listens on a port of its own
+ * instead of baton's. A Node app with the preload says so itself (child/take-over.ts); anything else
+ * (another language, `--no-preload`) is seen from outside.
+ */
+export function checksOwnPorts(command: string, preload: boolean): boolean {
+  return !(preload && (speaksIpc(command) || startsNode(command)));
+}
+
 /** What readiness needs from the master. */
 export interface ReadinessPorts {
   os: Os;
@@ -71,6 +82,8 @@ export interface ReadinessPorts {
   dispatch(event: MasterEvent): void;
   /** A worker is ready, seen `via` a signal its `--ready` mode counts. */
   ready(worker: Worker, via: ReadyVia): void;
+  /** A starting worker listens on these TCP ports of its own, and has waited on none of baton's for OWN_PORT_GRACE_MS. */
+  listensElsewhere(worker: Worker, ports: number[]): void;
   /** Every generation the master knows, for the connection sample. */
   generations(): readonly Generation[];
   kill(worker: Worker, signal: NodeJS.Signals): void;
@@ -80,6 +93,9 @@ export interface ReadinessPorts {
 
 /** The master's readiness watch over each starting worker, and its /proc sample of every worker. */
 export class Readiness {
+  /** Since when each starting worker has been seen listening on a port of its own and on none of baton's. */
+  private readonly ownPortSince = new WeakMap<Worker, number>();
+
   constructor(private readonly ports: ReadinessPorts) {}
 
   /** Watches a worker just spawned from `command`: its ready deadline, and the delay or /proc probe. */
@@ -93,6 +109,9 @@ export class Readiness {
       os.setTimer(mode.ms, () => dispatch({ type: 'ready-delay-passed', worker }));
     } else if (probesProc(mode.kind, command, options.preload === true)) {
       this.scheduleProbe(worker);
+    }
+    if (this.listenerInodes.size > 0 && checksOwnPorts(command, options.preload === true)) {
+      this.scheduleOwnPortCheck(worker);
     }
   }
 
@@ -152,14 +171,34 @@ export class Readiness {
    */
   onProbe(worker: Worker): void {
     if (worker.state !== 'starting' || worker.pid === undefined) return;
-    const { os, listeners } = this.ports;
-    // A worker busy serving is seldom caught waiting in accept: one that holds a connection accepted on
-    // a listener serves too (a pre-forking server under load takes its share of the queue at once).
-    const serves =
-      os.pollsListeners(worker.pid, this.listenerInodes) ||
-      (os.countConnections(worker.pid, listeners) ?? 0) > 0;
-    if (serves) this.onSignal(worker, 'poll');
+    if (this.serves(worker.pid)) this.onSignal(worker, 'poll');
     else this.scheduleProbe(worker);
+  }
+
+  /**
+   * While a worker starts: does its process tree listen on a TCP port of its own while it waits on none
+   * of baton's listeners? Held for OWN_PORT_GRACE_MS (an admin port may come first), that worker is
+   * unreachable, and its start fails at once instead of at `--ready-timeout`.
+   */
+  onOwnPortCheck(worker: Worker): void {
+    if (worker.state !== 'starting' || worker.pid === undefined) {
+      this.ownPortSince.delete(worker);
+      return;
+    }
+    const { os } = this.ports;
+    const ports = os.ownListeningPorts(worker.pid, this.listenerInodes);
+    if (ports.length === 0 || this.serves(worker.pid)) {
+      this.ownPortSince.delete(worker);
+    } else {
+      const since = this.ownPortSince.get(worker) ?? os.now();
+      this.ownPortSince.set(worker, since);
+      if (os.now() - since >= OWN_PORT_GRACE_MS) {
+        this.ownPortSince.delete(worker);
+        this.ports.listensElsewhere(worker, ports);
+        return;
+      }
+    }
+    this.scheduleOwnPortCheck(worker);
   }
 
   /** Starts the /proc connection sample (every CONNECTION_SAMPLE_INTERVAL_MS, for as long as the master runs). */
@@ -195,6 +234,22 @@ export class Readiness {
       }
     }
     this.startSampling();
+  }
+
+  /**
+   * Whether process `pid` or one it forked waits for connections on a listener, or holds one it accepted
+   * there: a worker busy serving is seldom caught waiting in accept (a pre-forking server under load
+   * takes its share of the queue at once).
+   */
+  private serves(pid: number): boolean {
+    const { os, listeners } = this.ports;
+    return os.pollsListeners(pid, this.listenerInodes) || (os.countConnections(pid, listeners) ?? 0) > 0;
+  }
+
+  private scheduleOwnPortCheck(worker: Worker): void {
+    this.ports.os.setTimer(OWN_PORT_CHECK_INTERVAL_MS, () =>
+      this.ports.dispatch({ type: 'own-port-check', worker }),
+    );
   }
 
   private scheduleProbe(worker: Worker): void {

@@ -12,7 +12,12 @@
  * and it reaches the rest of the master through `UpgradePorts`.
  */
 import { decideReload, generationsOverDrainLimit, isGenerationReady } from './decisions.js';
-import { GenerationFailedError, type StartFailure } from './errors.js';
+import {
+  describeOwnPorts,
+  GenerationFailedError,
+  type OwnPortsFailure,
+  type StartFailure,
+} from './errors.js';
 import { Generation } from './generation.js';
 import { type HandoffRelay, type HandoffRound, handoffFlushTimeoutMs } from './handoff.js';
 import type { Logger } from './log.js';
@@ -205,6 +210,32 @@ export class Upgrade {
     this.drainWorker(worker);
   }
 
+  /**
+   * A starting worker listens on ports of its own and on none of baton's (readiness.ts saw it in /proc):
+   * nobody reaches it, so a starting generation fails now rather than at `--ready-timeout`; a restarted
+   * worker is replaced.
+   */
+  onListensElsewhere(worker: Worker, ports: number[]): void {
+    if (worker.state !== 'starting') return;
+    const generation = this.generationOf(worker);
+    const failure: OwnPortsFailure = {
+      kind: 'listens-elsewhere',
+      worker: worker.index,
+      pid: worker.pid,
+      ports,
+      listeners: this.ports.listeners.map(({ name, kind, port, address }) => ({ name, kind, port, address })),
+    };
+    if (generation.state === 'starting') {
+      this.failGeneration(generation, failure);
+      return;
+    }
+    this.log.warn(
+      { gen: generation.id, worker: worker.index, pid: worker.pid, ports },
+      `replacing a worker that listens elsewhere: ${describeOwnPorts(failure)}`,
+    );
+    this.drainWorker(worker);
+  }
+
   // ---- switch -------------------------------------------------------------
 
   /**
@@ -267,7 +298,9 @@ export class Upgrade {
     const facts =
       failure.kind === 'worker-exited'
         ? { exitCode: failure.exitCode, signal: failure.signal, stderrTail: failure.stderrTail }
-        : {};
+        : failure.kind === 'listens-elsewhere'
+          ? { worker: failure.worker, pid: failure.pid, ports: failure.ports }
+          : {};
     const first = this.ports.masterState() === 'starting';
     this.log.error(
       { gen: generation.id, reason: failure.kind, ...facts },

@@ -17,6 +17,7 @@ import type { ChartPanel } from '../chart.js';
 import type { HttpLoadResult } from '../clients/protocol.js';
 import { type BenchContext, pick } from '../context.js';
 import {
+  type BatonProcess,
   exampleAppCopy,
   type ReloadTimes,
   reload,
@@ -31,7 +32,7 @@ import { count, failures, ms, ratio, type ScenarioOutcome } from '../report.js';
 /** Workers per generation. */
 const WORKERS = 2;
 /** Client loops sending back to back. */
-const CONCURRENCY = 16;
+export const CONCURRENCY = 16;
 /** Requests sent in the first moments (connections opening, JIT warming) count in no latency figure. */
 const WARM_UP_MS = 300;
 /** The pause between one reload's end (old generation retired) and the next signal. */
@@ -61,40 +62,94 @@ export interface ReloadRun {
   errors: string[];
 }
 
-const versionOf = (reloadIndex: number) => `1.${reloadIndex}.0`;
+/** The version on disk before the `reloadIndex`-th reload (0: the first generation's). */
+export const versionOf = (reloadIndex: number) => `1.${reloadIndex}.0`;
+
+/** One load across reloads: what the client recorded, and when each reload's steps happened. */
+export interface LoadAcrossReloads {
+  result: HttpLoadResult;
+  times: ReloadTimes[];
+  loadStartedAt: number;
+}
+
+/**
+ * Sends `mode` load to a running master's `httpPort` and reloads it `reloads` times, writing the next
+ * version (`versionOf`) before each signal: a steady phase first, a tail after, `GAP_MS` between reloads.
+ */
+export async function loadAcrossReloads({
+  context,
+  mode,
+  baton,
+  httpPort,
+  workers,
+  reloads,
+  setVersion,
+}: {
+  context: BenchContext;
+  mode: ConnectionMode;
+  baton: BatonProcess;
+  httpPort: number;
+  workers: number;
+  reloads: number;
+  setVersion(version: string): void;
+}): Promise<LoadAcrossReloads> {
+  const steadyMs = pick(context, 800, 2000);
+  const tailMs = pick(context, 1000, 1500);
+  const load = startHttpLoad({
+    port: httpPort,
+    path: '/',
+    keepAliveLoops: mode === 'keep-alive' ? CONCURRENCY : 0,
+    newConnectionLoops: mode === 'new connection' ? CONCURRENCY : 0,
+    maxRequests: 2_000_000,
+    maxDurationMs: steadyMs + reloads * RELOAD_BOUND_MS + tailMs,
+    requestTimeoutMs: 10_000,
+  });
+  const loadStartedAt = await load.started;
+  await sleep(steadyMs);
+  const times: ReloadTimes[] = [];
+  for (let index = 1; index <= reloads; index++) {
+    setVersion(versionOf(index));
+    times.push(await reload(baton, index + 1, { workers }));
+    context.progress(`  ${mode}: reload ${index}/${reloads} done`);
+    // The charted (last) reload gets a quiet lead-in, so that its window shows two versions only.
+    await sleep(index === reloads - 1 ? GAP_MS + CHART_BEFORE_MS : GAP_MS);
+  }
+  await sleep(tailMs);
+  return { result: await load.stop(), times, loadStartedAt };
+}
+
+/**
+ * Per reload: how long after its signal the last request that got an older version was sent (each
+ * reload's window ends at the next signal).
+ */
+export function newVersionOnlyMs(result: HttpLoadResult, times: ReloadTimes[]): number[] {
+  return times.map((step, index) =>
+    switchDelayMs(
+      result,
+      versionOf(index + 1),
+      step.signalAt,
+      times[index + 1]?.signalAt ?? Number.POSITIVE_INFINITY,
+    ),
+  );
+}
 
 async function runMode(
   context: BenchContext,
   mode: ConnectionMode,
 ): Promise<{ run: ReloadRun; panel: ChartPanel }> {
-  const reloads = pick(context, 3, 10);
-  const steadyMs = pick(context, 800, 2000);
-  const tailMs = pick(context, 1000, 1500);
   const app = exampleAppCopy();
   app.setVersion(versionOf(0));
   const { baton, httpPort } = await startBatonApp({ workers: WORKERS, app: { kind: 'example', dir: app } });
   try {
-    const load = startHttpLoad({
-      port: httpPort,
-      path: '/',
-      keepAliveLoops: mode === 'keep-alive' ? CONCURRENCY : 0,
-      newConnectionLoops: mode === 'new connection' ? CONCURRENCY : 0,
-      maxRequests: 2_000_000,
-      maxDurationMs: steadyMs + reloads * RELOAD_BOUND_MS + tailMs,
-      requestTimeoutMs: 10_000,
+    const { result, times, loadStartedAt } = await loadAcrossReloads({
+      context,
+      mode,
+      baton,
+      httpPort,
+      workers: WORKERS,
+      reloads: pick(context, 3, 10),
+      setVersion: (version) => app.setVersion(version),
     });
-    const loadStartedAt = await load.started;
-    await sleep(steadyMs);
-    const times: ReloadTimes[] = [];
-    for (let index = 1; index <= reloads; index++) {
-      app.setVersion(versionOf(index));
-      times.push(await reload(baton, index + 1, { workers: WORKERS }));
-      context.progress(`  ${mode}: reload ${index}/${reloads} done`);
-      // The charted (last) reload gets a quiet lead-in, so that its window shows two versions only.
-      await sleep(index === reloads - 1 ? GAP_MS + CHART_BEFORE_MS : GAP_MS);
-    }
-    await sleep(tailMs);
-    const result = await load.stop();
     return analyse(mode, result, times, loadStartedAt);
   } finally {
     await stopProcess(baton);
@@ -117,14 +172,7 @@ function analyse(
     duringReloads: during,
     withoutReloads: without,
     signalToActiveMs: times.map((step) => step.activeAt - step.signalAt),
-    signalToNewVersionOnlyMs: times.map((step, index) =>
-      switchDelayMs(
-        result,
-        versionOf(index + 1),
-        step.signalAt,
-        times[index + 1]?.signalAt ?? Number.POSITIVE_INFINITY,
-      ),
-    ),
+    signalToNewVersionOnlyMs: newVersionOnlyMs(result, times),
     signalToRetiredMs: times.map((step) => (step.retiredAt ?? Number.NaN) - step.signalAt),
     errors: result.errors,
   };
@@ -151,7 +199,8 @@ function analyse(
   return { run, panel };
 }
 
-const medianAndMax = (values: number[]) => `${ms(median(values))} (max ${ms(Math.max(...values))})`;
+/** `182 ms (max 224 ms)`. */
+export const medianAndMax = (values: number[]) => `${ms(median(values))} (max ${ms(Math.max(...values))})`;
 
 /** Runs scenario 1 in both connection modes. */
 export async function reloadUnderLoad(

@@ -67,6 +67,7 @@ export function reloadError(answer: ErrorAnswer): Error {
   switch (code) {
     case 'worker-exited':
     case 'ready-timeout':
+    case 'listens-elsewhere':
     case 'command-not-found':
     case 'handoff-failed':
       return new ReloadFailedError(

@@ -36,6 +36,8 @@ export type ErrorCode =
   | 'worker-exited'
   /** Reload: the new generation did not say ready before `--ready-timeout`. */
   | 'ready-timeout'
+  /** Reload: a worker of the new generation listens on a port of its own and on none of baton's. */
+  | 'listens-elsewhere'
   /** Reload, or inject's dry run: the command cannot be found or run any more. */
   | 'command-not-found'
   /** Reload: the new generation did not adopt the old one's sessions in time; the old one serves on. */

@@ -2,7 +2,8 @@
  * Node apps as they are (issue #15): Express 5, Fastify 5 and plain node:http that listen on
  * `process.env.PORT || 3000`, with no line of baton in them, reload under load without a failed
  * request through the preload; the same Express app behind `npm start`, whose tree never outlives
- * the master; and the one-line diagnostics for apps that baton cannot serve.
+ * the master, and in TypeScript behind `npx tsx`; and the one-line diagnostics for apps that baton
+ * cannot serve, with the preload and without it.
  */
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
@@ -164,6 +165,35 @@ describe('the same Express app as `npm start`', () => {
   }, 60_000);
 });
 
+describe('an Express app in TypeScript as `npx tsx server.ts`', () => {
+  test('gets the sockets through npx, sh and tsx, reloads under load with 0 failed, and stops with its whole tree', async () => {
+    // tsx as a project has it (node_modules/.bin, which npx looks in first), pinned in devDependencies.
+    const baton = startBaton(
+      ['start', '--listen', 'http=tcp://127.0.0.1:0', '--workers', '2', '--', 'npx', 'tsx', 'server.ts'],
+      {
+        env: appEnv({ PATH: `${join(REPO_ROOT, 'node_modules', '.bin')}:${process.env.PATH}` }),
+        cwd: join(FIXTURES, 'tsx'),
+      },
+    );
+    const port = await baton.listenPort('http');
+    await baton.waitForLogMsg('generation active', { gen: 1 }, 30_000);
+    const ready = baton.logs.filter((entry) => entry.msg === 'worker ready');
+    expect(ready.map((entry) => entry.via)).toEqual(['notify', 'notify']);
+    // npm exec, the shell it starts, tsx and the node that runs server.ts, for each of the two workers.
+    const tree = await treeOf(baton.pid, 8);
+    const { reports, retiredAt } = await reloadsUnderLoad(baton, port, versionFile, 3);
+    for (const report of reports) {
+      expect(report.errors).toEqual([]);
+      expect(report.failed).toBe(0);
+      expect(staleAnswers(report, retiredAt)).toEqual([]);
+    }
+    const now = descendants(baton.pid);
+    baton.signal('SIGTERM');
+    expect(await baton.waitForExit(15_000)).toEqual({ exitCode: 0, signal: null });
+    expect([...tree, ...now].filter(processAlive)).toEqual([]);
+  }, 150_000);
+});
+
 describe('what baton cannot serve, said early in one line', () => {
   test('an app that listens on 3000 while baton listens elsewhere fails its start in under 2 s, naming the port and the fix', async () => {
     const baton = startBaton(
@@ -192,6 +222,64 @@ describe('what baton cannot serve, said early in one line', () => {
     expect(line).toContain(`http (tcp://127.0.0.1:${port})`);
     expect(line).toContain(`PORT=${port}`);
   }, 30_000);
+
+  test('without the preload (a Python http.server on a port of its own), /proc names the worker and the port in one line and the start fails then, not at --ready-timeout', async () => {
+    const baton = startBaton(
+      [
+        'start',
+        '--listen',
+        'http=tcp://127.0.0.1:0',
+        '--ready-timeout',
+        '60s',
+        '--',
+        'python3',
+        '-m',
+        'http.server',
+        '0',
+        '--bind',
+        '127.0.0.1',
+      ],
+      { env: appEnv() },
+    );
+    const port = await baton.listenPort('http');
+    const failed = await baton.waitForLog(
+      (entry) => String(entry.msg).startsWith('start failed'),
+      15_000,
+      'the start to fail',
+    );
+    expect(failed).toMatchObject({ reason: 'listens-elsewhere', worker: 0 });
+    const [ownPort] = failed.ports as number[];
+    expect(ownPort).not.toBe(port);
+    expect(String(failed.msg)).toContain(
+      `worker 0 (pid ${failed.pid}) listens on port ${ownPort} of its own, not on baton's http (tcp://127.0.0.1:${port})`,
+    );
+    expect((await baton.waitForExit(10_000)).exitCode).toBe(4);
+  }, 30_000);
+
+  test('a reload to a release that listens on a port of its own fails at once, and the old version serves on', async () => {
+    const script = join(dir, 'server.sh');
+    const python = join(REPO_ROOT, 'test', 'fixtures', 'systemd_http.py');
+    writeFileSync(script, `exec python3 ${python}\n`);
+    const { baton, port } = await start(['sh', script], {
+      flags: ['--workers', '1', '--ready-timeout', '60s'],
+    });
+    writeFileSync(script, 'exec python3 -m http.server 0 --bind 127.0.0.1\n');
+    const reload = startBaton(['reload']);
+    expect((await reload.waitForExit(30_000)).exitCode).toBe(6);
+    const line = reload.output.split('\n').find((each) => each.includes('of its own'));
+    expect(line).toMatch(
+      new RegExp(
+        `Generation 2 failed to start: worker 0 \\(pid \\d+\\) listens on port \\d+ of its own, not on baton's http \\(tcp://127\\.0\\.0\\.1:${port}\\)`,
+      ),
+    );
+    const failed = await baton.waitForLog(
+      (entry) => String(entry.msg).startsWith('reload failed'),
+      5_000,
+      'the master to log the failed reload',
+    );
+    expect(failed).toMatchObject({ gen: 2, reason: 'listens-elsewhere' });
+    expect((await httpGetJson(port)).body).toMatchObject({ version: '1' });
+  }, 60_000);
 
   test('a worker with no drain handler, killed by SIGTERM mid-request, is named in a warning', async () => {
     const { baton, port } = await start([process.execPath, join(FIXTURES, 'no-drain', 'server.js')], {

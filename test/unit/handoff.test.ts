@@ -492,6 +492,7 @@ describe('the master runs a handoff when a new generation becomes active', () =>
       resolveCommand: (command) => `/usr/bin/${command}`,
       pollsListeners: () => false,
       countConnections: () => undefined,
+      ownListeningPorts: () => [],
       now: () => Date.now(),
       setTimer(ms, fn) {
         const timer = setTimeout(fn, ms);

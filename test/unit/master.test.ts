@@ -10,6 +10,8 @@ import {
   CONNECTION_SAMPLE_INTERVAL_MS,
   IDLE_DRAIN_SAMPLES,
   type MasterOptions,
+  OWN_PORT_CHECK_INTERVAL_MS,
+  OWN_PORT_GRACE_MS,
   POLL_READINESS_INTERVAL_MS,
   RESTART_BACKOFF_BASE_MS,
   STABLE_UPTIME_MS,
@@ -68,6 +70,11 @@ class FakeOs implements Os {
   }
   pollsListeners(pid: number, inodes: ReadonlySet<number>): boolean {
     return this.polling.has(pid) && inodes.has(7001);
+  }
+  /** TCP ports /proc would show a worker listening on by itself, per pid. */
+  readonly ownPorts = new Map<number, number[]>();
+  ownListeningPorts(pid: number, except: ReadonlySet<number>): number[] {
+    return except.has(7001) ? (this.ownPorts.get(pid) ?? []) : [];
   }
   now(): number {
     return Date.now();
@@ -656,6 +663,53 @@ describe('apps as they are (the preload, issue #15)', () => {
     other.dispatch({ type: 'start' });
     os.processes[1]?.exit(1);
     expect(messages().find((msg) => msg.startsWith('start failed'))).not.toContain('EADDRINUSE');
+  });
+
+  test('a worker not under the preload that listens on a port of its own and on none of baton’s fails its start at once, named in one line', () => {
+    const master = makeMaster({ workers: 1, command: 'python3', preload: true });
+    master.dispatch({ type: 'start' });
+    const pid = os.processes[0]?.pid as number;
+    os.ownPorts.set(pid, [8123]);
+    jest.advanceTimersByTime(OWN_PORT_CHECK_INTERVAL_MS + OWN_PORT_GRACE_MS - 1);
+    expect(master.generations[0]?.state).toBe('starting');
+    jest.advanceTimersByTime(OWN_PORT_CHECK_INTERVAL_MS);
+    expect(master.generations[0]?.state).toBe('failed');
+    const failed = logs.find((entry) => String(entry.msg).startsWith('start failed'));
+    expect(failed).toMatchObject({ reason: 'listens-elsewhere', worker: 0, pid, ports: [8123] });
+    expect(String(failed?.msg)).toContain(
+      `worker 0 (pid ${pid}) listens on port 8123 of its own, not on baton's http (tcp://127.0.0.1:8080), game (tcp://127.0.0.1:9000)`,
+    );
+    expect(String(failed?.msg)).toContain('--listen http=tcp://127.0.0.1:8123');
+    expect(os.processes[0]?.signals).toEqual(['SIGTERM']);
+  });
+
+  test('an admin port is fine once the worker waits on baton’s listener; a Node worker under the preload is left to the preload', () => {
+    const master = makeMaster({ workers: 1, command: 'python3', ready: { kind: 'ipc' } });
+    master.dispatch({ type: 'start' });
+    const pid = os.processes[0]?.pid as number;
+    os.ownPorts.set(pid, [9100]);
+    os.polling.add(pid);
+    jest.advanceTimersByTime(OWN_PORT_GRACE_MS * 4);
+    expect(master.generations[0]?.state).toBe('starting');
+
+    const node = makeMaster({ workers: 1, preload: true, ready: { kind: 'ipc' } });
+    node.dispatch({ type: 'start' });
+    os.ownPorts.set(os.processes[1]?.pid as number, [3000]);
+    jest.advanceTimersByTime(OWN_PORT_GRACE_MS * 4);
+    expect(node.generations[0]?.state).toBe('starting');
+    expect(messages().some((msg) => msg.includes('of its own'))).toBe(false);
+  });
+
+  test('a reload whose worker listens elsewhere fails now, and the old generation serves on', () => {
+    const master = running({ workers: 1, command: 'python3' });
+    master.dispatch({ type: 'reload', source: 'test' });
+    os.ownPorts.set(os.ofGeneration(2)[0]?.pid as number, [8123]);
+    jest.advanceTimersByTime(OWN_PORT_CHECK_INTERVAL_MS * 2 + OWN_PORT_GRACE_MS);
+    expect(master.generations.find((g) => g.id === 2)?.state).toBe('failed');
+    expect(master.activeGeneration?.id).toBe(1);
+    expect(messages().some((m) => m.startsWith('reload failed') && m.includes('listens on port 8123'))).toBe(
+      true,
+    );
   });
 
   test('a draining worker killed by the drain signal with connections open is named in a warning', () => {

@@ -2,7 +2,7 @@
 import net from 'node:net';
 import { describe, expect, test } from '@jest/globals';
 import { bindTcpWithoutListening, bindUdpWithoutReading } from '../../supervisor/node-internals.js';
-import { describeSocket, pollsListeners, socketInode } from '../../supervisor/proc.js';
+import { describeSocket, ownListeningPorts, pollsListeners, socketInode } from '../../supervisor/proc.js';
 import { waitFor } from '../helpers/wait.js';
 
 describe('describeSocket', () => {
@@ -69,5 +69,34 @@ describe('pollsListeners', () => {
 
   test('a process that is gone polls nothing', () => {
     expect(pollsListeners(2 ** 22 + 12345, new Set([1]))).toBe(false);
+  });
+});
+
+describe('ownListeningPorts', () => {
+  test('lists the TCP ports this process listens on, except the sockets it is told are baton’s; a socket only bound is none', async () => {
+    const own = net.createServer();
+    const batons = bindTcpWithoutListening('127.0.0.1', 0, 4);
+    const bound = bindTcpWithoutListening('127.0.0.1', 0, 4);
+    const inherited = net.createServer();
+    try {
+      await new Promise<void>((resolve) => own.listen(0, '127.0.0.1', resolve));
+      await new Promise<void>((resolve) => inherited.listen({ fd: batons.fd }, resolve));
+      const ownPort = (own.address() as net.AddressInfo).port;
+      const except = new Set([socketInode(batons.fd) as number]);
+      const ports = ownListeningPorts(process.pid, except);
+      expect(ports).toContain(ownPort);
+      expect(ports).not.toContain(batons.port);
+      expect(ports).not.toContain(bound.port);
+      expect(ownListeningPorts(process.pid, new Set())).toContain(batons.port);
+    } finally {
+      own.close();
+      inherited.close();
+      batons.close();
+      bound.close();
+    }
+  });
+
+  test('a process that is gone listens on nothing', () => {
+    expect(ownListeningPorts(2 ** 22 + 12345, new Set())).toEqual([]);
   });
 });

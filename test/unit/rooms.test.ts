@@ -138,6 +138,7 @@ describe('Upgrade against fake ports', () => {
         resolveCommand: () => '/usr/bin/node',
         pollsListeners: () => false,
         countConnections: () => undefined,
+        ownListeningPorts: () => [],
         now: () => 100,
         setTimer: () => timer,
       },
