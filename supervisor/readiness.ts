@@ -177,8 +177,8 @@ export class Readiness {
 
   /**
    * While a worker starts: does its process tree listen on a TCP port of its own while it waits on none
-   * of baton's listeners? Held for OWN_PORT_GRACE_MS (an admin port may come first), that worker is
-   * unreachable, and its start fails at once instead of at `--ready-timeout`.
+   * of baton's listeners? Held for OWN_PORT_GRACE_MS, it is said once (upgrade.ts warns, and names the
+   * port if the worker then misses `--ready-timeout`); the check stops there.
    */
   onOwnPortCheck(worker: Worker): void {
     if (worker.state !== 'starting' || worker.pid === undefined) {

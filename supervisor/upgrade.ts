@@ -22,7 +22,7 @@ import { Generation } from './generation.js';
 import { type HandoffRelay, type HandoffRound, handoffFlushTimeoutMs } from './handoff.js';
 import type { Logger } from './log.js';
 import type { MasterEvent, MasterState, Progress, ReloadAnswer } from './model.js';
-import type { MasterOptions } from './options.js';
+import { formatDuration, type MasterOptions } from './options.js';
 import type { Os } from './os.js';
 import type { ReadyVia } from './readiness.js';
 import { drainSignalDeathWarning, exitedAtStartHint, type ListenerDescription } from './unmodified.js';
@@ -69,6 +69,8 @@ export class Upgrade {
   private reloadQueued = false;
   /** Workers were killed at the drain deadline while the master stopped (its exit code says so). */
   private killedAtStopDeadline = false;
+  /** Starting workers seen listening on ports of their own and on none of baton's (readiness.ts). */
+  private readonly listeningElsewhere = new WeakMap<Worker, OwnPortsFailure>();
 
   constructor(private readonly ports: UpgradePorts) {}
 
@@ -185,16 +187,23 @@ export class Upgrade {
       this.onGenerationReady(generation);
   }
 
-  /** A worker missed `--ready-timeout`: a starting generation fails; a restarted worker is replaced. */
+  /**
+   * A worker missed `--ready-timeout`: a starting generation fails (naming the port of its own the
+   * worker was seen listening on instead, if any); a restarted worker is replaced.
+   */
   onReadyTimeout(worker: Worker): void {
     if (worker.state !== 'starting') return;
     const generation = this.generationOf(worker);
+    const elsewhere = this.listeningElsewhere.get(worker);
     if (generation.state === 'starting') {
-      this.failGeneration(generation, {
-        kind: 'ready-timeout',
-        notReady: generation.currentWorkers.filter((w) => w.state === 'starting').map((w) => w.index),
-        timeoutMs: this.ports.options.readyTimeoutMs,
-      });
+      this.failGeneration(
+        generation,
+        elsewhere ?? {
+          kind: 'ready-timeout',
+          notReady: generation.currentWorkers.filter((w) => w.state === 'starting').map((w) => w.index),
+          timeoutMs: this.ports.options.readyTimeoutMs,
+        },
+      );
       return;
     }
     // A restarted worker that never says ready: drain it; its exit refills the slot.
@@ -205,15 +214,18 @@ export class Upgrade {
         pid: worker.pid,
         readyTimeoutMs: this.ports.options.readyTimeoutMs,
       },
-      'worker not ready in time: replacing it',
+      elsewhere
+        ? `worker not ready in time: replacing it; ${describeOwnPorts(elsewhere)}`
+        : 'worker not ready in time: replacing it',
     );
     this.drainWorker(worker);
   }
 
   /**
-   * A starting worker listens on ports of its own and on none of baton's (readiness.ts saw it in /proc):
-   * nobody reaches it, so a starting generation fails now rather than at `--ready-timeout`; a restarted
-   * worker is replaced.
+   * A starting worker listens on ports of its own and on none of baton's (readiness.ts saw it in /proc).
+   * Seen from outside, that may be an admin port opened before a slow start, so it is said at once, in
+   * one warning with the fix, and decides nothing: if the worker never waits on baton's listeners, its
+   * `--ready-timeout` failure names the port.
    */
   onListensElsewhere(worker: Worker, ports: number[]): void {
     if (worker.state !== 'starting') return;
@@ -225,15 +237,11 @@ export class Upgrade {
       ports,
       listeners: this.ports.listeners.map(({ name, kind, port, address }) => ({ name, kind, port, address })),
     };
-    if (generation.state === 'starting') {
-      this.failGeneration(generation, failure);
-      return;
-    }
+    this.listeningElsewhere.set(worker, failure);
     this.log.warn(
       { gen: generation.id, worker: worker.index, pid: worker.pid, ports },
-      `replacing a worker that listens elsewhere: ${describeOwnPorts(failure)}`,
+      `${describeOwnPorts(failure)}. If that is an admin port and the worker is still starting, wait: it fails at --ready-timeout (${formatDuration(this.ports.options.readyTimeoutMs)}) only if it never accepts on baton's`,
     );
-    this.drainWorker(worker);
   }
 
   // ---- switch -------------------------------------------------------------
