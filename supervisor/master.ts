@@ -12,6 +12,7 @@ import {
   type WorkerMessageKind,
   type WorkerWire,
 } from '../child/protocol.js';
+import { type ConfigLabel, describeSettings, type StartSettings, settingsChange } from './config.js';
 import { stopWait } from './decisions.js';
 import { type DryRunAnswer, DryRunner } from './dry-run.js';
 import { EXIT_CODES, type GenerationFailedError } from './errors.js';
@@ -26,6 +27,7 @@ import type {
   MasterSnapshot,
   MasterState,
   Progress,
+  ReloadAnswer,
 } from './model.js';
 import type { MasterOptions } from './options.js';
 import type { Os } from './os.js';
@@ -48,6 +50,13 @@ export interface MasterContext {
   writeStderr(chunk: Buffer): void;
   /** The version label of a new generation (read anew at each reload); the generation number when undefined. */
   versionLabel?: () => string | undefined;
+  /** The config file the settings came from (`--config`), if any. */
+  config?: ConfigLabel;
+  /**
+   * Reads a config file again (`file`, or the one of `config` when undefined) and merges it with the
+   * command line as at the start; throws a UsageError of one line when it does not read or validate.
+   */
+  readConfig?: (file: string | undefined) => StartSettings;
 }
 
 /**
@@ -77,6 +86,10 @@ export class Master implements ControlledMaster {
   /** When the stop began (for a repeated Ctrl-C). */
   private stopStartedAt: number | undefined;
   private resolveFinished: (exitCode: number) => void = () => {};
+  /** The settings a new generation starts with: the start's, until a config reload changes them. */
+  private settings: MasterOptions;
+  /** The config file they came from, if any. */
+  private config: ConfigLabel | undefined;
   private readonly followers = new Set<(progress: Progress) => void>();
 
   private readonly spawner: Spawner;
@@ -102,7 +115,8 @@ export class Master implements ControlledMaster {
       this.watchdog.start();
     },
     reload: (event) => {
-      const answer = this.upgrade.onReload(event.source);
+      const refused = event.config === undefined ? undefined : this.rereadConfig(event.config, event.source);
+      const answer = refused ?? this.upgrade.onReload(event.source);
       event.reply?.(answer);
     },
     stop: (event) => this.onStop(event.fast, event.source),
@@ -176,17 +190,27 @@ export class Master implements ControlledMaster {
     this.finished = new Promise((resolve) => {
       this.resolveFinished = resolve;
     });
+    this.settings = options;
+    this.config = context.config;
     const { os, logger } = context;
+    // The rooms read the master's settings now through this getter: a config reload replaces them.
+    const current = { options: () => this.settings };
     const dispatch = (event: MasterEvent) => this.dispatch(event);
     const masterState = () => this.state;
-    const resolveCommand = () => this.spawner.resolveCommand();
+    const resolveCommand = (generation: Generation) => this.spawner.resolveCommand(generation.settings);
     const startWorker = (generation: Generation, slotIndex: number, command: string) => {
       const worker = this.spawner.spawnWorker(generation, slotIndex, command);
       if (worker) this.readiness.watch(worker, command);
     };
     const kill = (worker: Worker, signal: NodeJS.Signals) => this.kill(worker, signal);
     const report = (progress: Progress) => this.report(progress);
-    this.spawner = new Spawner({ ...context, options, dispatch });
+    this.spawner = new Spawner({
+      ...context,
+      get options() {
+        return current.options();
+      },
+      dispatch,
+    });
     this.handoff = new HandoffRelay({
       logger,
       now: () => os.now(),
@@ -222,7 +246,9 @@ export class Master implements ControlledMaster {
     this.slots = new SlotKeeper({
       os,
       logger,
-      options,
+      get options() {
+        return current.options();
+      },
       masterState,
       activeGeneration: () => this.upgrade.activeGeneration,
       resolveCommand,
@@ -243,7 +269,10 @@ export class Master implements ControlledMaster {
     this.upgrade = new Upgrade({
       os,
       logger,
-      options,
+      get options() {
+        return current.options();
+      },
+      config: () => this.config,
       listeners: context.listeners,
       handoff: this.handoff,
       masterState,
@@ -271,7 +300,9 @@ export class Master implements ControlledMaster {
     this.readiness = new Readiness({
       os,
       logger,
-      options,
+      get options() {
+        return current.options();
+      },
       listeners: context.listeners,
       dispatch,
       ready: (worker, via) => this.upgrade.onWorkerReady(worker, via),
@@ -332,6 +363,7 @@ export class Master implements ControlledMaster {
       pid: process.pid,
       workers: this.slots.targetWorkers,
       reloadQueued: this.upgrade.queued,
+      ...(this.config ? { config: { ...this.config } } : {}),
       sessions: this.handoff.snapshot(),
       generations: this.upgrade.generations.map((generation) =>
         generation.snapshot(this.injections.patchesOf(generation)),
@@ -348,6 +380,52 @@ export class Master implements ControlledMaster {
     if (this.state !== 'stopping' && this.state !== 'stopped') return false;
     this.log.warn(facts, message);
     return true;
+  }
+
+  // ---- config reload ------------------------------------------------------
+
+  /**
+   * SIGHUP or `baton reload --config`: reads the config file again. What a new generation is made of
+   * takes effect in the reload that follows; a file that does not read or validate, or that changes the
+   * listeners, refuses the reload with one line and changes nothing. Without a config file, SIGHUP
+   * reloads with the same settings.
+   */
+  private rereadConfig(asked: true | string, source: string): ReloadAnswer | undefined {
+    const file = asked === true ? this.config?.path : asked;
+    if (file === undefined || !this.context.readConfig) {
+      if (source === 'SIGHUP') {
+        this.log.info({ source }, 'no --config to read again: reloading with the same settings');
+        return undefined;
+      }
+      return this.refuseConfig(
+        source,
+        'The master was started without --config: give the file, as baton reload --config FILE',
+      );
+    }
+    let read: StartSettings;
+    try {
+      read = this.context.readConfig(file);
+    } catch (error) {
+      return this.refuseConfig(source, (error as Error).message, file);
+    }
+    const shown = read.config?.path ?? file;
+    const change = settingsChange(this.settings, read.options, shown.slice(shown.lastIndexOf('/') + 1));
+    if (!change.ok) return this.refuseConfig(source, change.message, file);
+    for (const warning of [...read.warnings, ...change.warnings]) this.log.warn({ config: file }, warning);
+    const workersBefore = this.settings.workers;
+    this.settings = change.options;
+    this.config = read.config;
+    this.slots.onSettingsChanged(workersBefore, change.options.workers);
+    this.log.info(
+      { source, config: read.config?.path, hash: read.config?.hash, ...describeSettings(change.options) },
+      'config read: the next generation runs with it',
+    );
+    return undefined;
+  }
+
+  private refuseConfig(source: string, message: string, file?: string): ReloadAnswer {
+    this.log.error({ source, ...(file === undefined ? {} : { config: file }) }, `config refused: ${message}`);
+    return { outcome: 'refused', reason: 'config', message };
   }
 
   // ---- worker messages ----------------------------------------------------
@@ -406,20 +484,22 @@ export class Master implements ControlledMaster {
       reply({ outcome: 'ignored', reason: 'stopping', message: 'The master is stopping: no dry run.' });
       return;
     }
+    const active = this.upgrade.activeGeneration;
+    const settings = active?.settings ?? this.settings;
     this.dryRuns.request(
       patch,
       source,
       {
-        generation: this.upgrade.activeGeneration,
-        command: this.options.command,
-        resolveCommand: () => this.spawner.resolveCommand(),
+        generation: active,
+        command: settings.command,
+        resolveCommand: () => this.spawner.resolveCommand(settings),
         plan: (patch, generation, command) => ({
           patch,
           earlier: this.injections.keptPatches(generation),
           generation: generation.id,
           spawn: this.spawner.request(command, generation, undefined),
-          startTimeoutMs: this.options.readyTimeoutMs,
-          stopSignal: this.options.drainSignal,
+          startTimeoutMs: settings.readyTimeoutMs,
+          stopSignal: settings.drainSignal,
         }),
       },
       reply,
@@ -459,7 +539,7 @@ export class Master implements ControlledMaster {
   /** A stop that takes long says what it waits for, and how to cut it short. */
   private remindOfStop(): void {
     if (this.state !== 'stopping') return;
-    const wait = stopWait(this.upgrade.generations, this.context.os.now(), this.options.drainTimeoutMs);
+    const wait = stopWait(this.upgrade.generations, this.context.os.now(), this.settings.drainTimeoutMs);
     if (!wait) return;
     this.log.info(
       { generations: wait.generations, killInMs: wait.killInMs },

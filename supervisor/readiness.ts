@@ -65,7 +65,8 @@ export function startsNode(command: string): boolean {
 export interface ReadinessPorts {
   os: Os;
   logger: Logger;
-  options: Pick<MasterOptions, 'ready' | 'readyTimeoutMs' | 'preload'>;
+  /** The master's settings now; a worker's generation has its own (`Generation.settings`). */
+  readonly options: Pick<MasterOptions, 'ready' | 'readyTimeoutMs' | 'preload'>;
   listeners: readonly InheritedListener[];
   /** Queues an event in the master's dispatcher (timers only queue). */
   dispatch(event: MasterEvent): void;
@@ -82,9 +83,16 @@ export interface ReadinessPorts {
 export class Readiness {
   constructor(private readonly ports: ReadinessPorts) {}
 
+  /** The readiness settings of the worker's generation (a config reload changes the next one's only). */
+  private settingsOf(worker: Worker): ReadinessPorts['options'] {
+    const generation = this.ports.generations().find((candidate) => candidate.id === worker.generation);
+    return generation?.settings ?? this.ports.options;
+  }
+
   /** Watches a worker just spawned from `command`: its ready deadline, and the delay or /proc probe. */
   watch(worker: Worker, command: string): void {
-    const { os, dispatch, options } = this.ports;
+    const { os, dispatch } = this.ports;
+    const options = this.settingsOf(worker);
     worker.readyTimer = os.setTimer(options.readyTimeoutMs, () =>
       dispatch({ type: 'ready-timeout', worker }),
     );
@@ -98,7 +106,7 @@ export class Readiness {
 
   /** A worker said ready one way; whether that counts depends on `--ready`. */
   onSignal(worker: Worker, via: ReadyVia): void {
-    if (countsAsReady(this.ports.options.ready.kind, via)) this.ports.ready(worker, via);
+    if (countsAsReady(this.settingsOf(worker).ready.kind, via)) this.ports.ready(worker, via);
   }
 
   /**
@@ -108,7 +116,7 @@ export class Readiness {
    */
   onNotified(worker: Worker, line: string): void {
     const notice = parseNotifyLine(line);
-    const { logger, os, options, dispatch } = this.ports;
+    const { logger, os, dispatch } = this.ports;
     const facts = { gen: worker.generation, worker: worker.index, pid: worker.pid };
     switch (notice?.kind) {
       case 'ready':
@@ -135,7 +143,7 @@ export class Readiness {
         if (worker.state === 'starting') {
           worker.readyTimer?.cancel();
           worker.readyTimer = os.setTimer(
-            Math.max(notice.ms, options.readyTimeoutMs - (os.now() - worker.startedAt)),
+            Math.max(notice.ms, this.settingsOf(worker).readyTimeoutMs - (os.now() - worker.startedAt)),
             () => dispatch({ type: 'ready-timeout', worker }),
           );
           logger.info({ ...facts, extendMs: notice.ms }, 'worker extended its ready deadline');

@@ -4,6 +4,7 @@
  */
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import type { ConfigLabel, StartSettings } from './config.js';
 import { prepareControlPath } from './control/private-socket.js';
 import { ControlServer } from './control/server.js';
 import type { ControlSettings } from './control/socket-path.js';
@@ -29,8 +30,17 @@ export async function runMaster(
   options: MasterOptions,
   logger: Logger,
   control: ControlSettings,
-  /** Also say why the first generation failed as one `baton: …` line on stderr (JSON logs go to stdout). */
-  { failureOnStderr = false } = {},
+  {
+    failureOnStderr = false,
+    config,
+    readConfig,
+  }: {
+    /** Also say why the first generation failed as one `baton: …` line on stderr (JSON logs go to stdout). */
+    failureOnStderr?: boolean;
+    /** The config file the options came from, and how to read it again (SIGHUP). */
+    config?: ConfigLabel;
+    readConfig?: (file: string | undefined) => StartSettings;
+  } = {},
 ): Promise<number> {
   // Signals first: one that comes while the listeners are being opened is queued, not fatal
   // (SIGUSR2's default action would kill the master).
@@ -56,6 +66,11 @@ export async function runMaster(
     checkExecutableBy(options.command, resolved, options.uid, options.gid ?? process.getgid?.() ?? 0);
   }
   const masterOptions = withReachablePreload(options, logger);
+  // A re-read file goes through the same check as the start's settings.
+  const reachable = (read: StartSettings): StartSettings => ({
+    ...read,
+    options: withReachablePreload(read.options, logger),
+  });
   if (options.versionFile) checkVersionFile(path.resolve(cwd, options.versionFile));
   const { staleRemoved } = await prepareControlPath(control.path);
   const listeners = await openListeners(options.listen, inherited);
@@ -79,6 +94,8 @@ export async function runMaster(
     cwd,
     writeStderr: (chunk) => process.stderr.write(chunk),
     versionLabel: () => readVersionLabel(options, cwd),
+    ...(config ? { config } : {}),
+    ...(readConfig ? { readConfig: (file: string | undefined) => reachable(readConfig(file)) } : {}),
   });
   const usage = new UsageSampler(() => livePids(master.snapshot()));
   const maxMemory = options.maxMemoryBytes;
@@ -94,7 +111,12 @@ export async function runMaster(
   const controlServer = await ControlServer.listen({ master, logger, ...control, staleRemoved, usage });
   const metrics = options.metrics && (await MetricsServer.listen(options.metrics, master, logger, usage));
   logger.info(
-    { masterPid: process.pid, command: options.command, workers: options.workers },
+    {
+      masterPid: process.pid,
+      command: options.command,
+      workers: options.workers,
+      ...(config ? { config: config.path, hash: config.hash } : {}),
+    },
     'master started',
   );
   const pid1 = pid1Warning(process.pid);

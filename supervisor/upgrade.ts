@@ -11,6 +11,7 @@
  * It owns the generations and their life; the master's dispatcher feeds it the events, one at a time,
  * and it reaches the rest of the master through `UpgradePorts`.
  */
+import type { ConfigLabel } from './config.js';
 import { decideReload, generationsOverDrainLimit, isGenerationReady } from './decisions.js';
 import { GenerationFailedError, type StartFailure } from './errors.js';
 import { Generation } from './generation.js';
@@ -30,7 +31,10 @@ export const RETIRED_GENERATIONS_KEPT = 10;
 export interface UpgradePorts {
   os: Os;
   logger: Logger;
-  options: MasterOptions;
+  /** The master's settings now: a new generation starts with them (a config reload changes them). */
+  readonly options: MasterOptions;
+  /** The config file those settings came from, if any. */
+  config(): ConfigLabel | undefined;
   /** The master's listeners (what a worker that exits at start may have bound itself). */
   listeners: readonly ListenerDescription[];
   handoff: Pick<HandoffRelay, 'isSwitching' | 'start' | 'onGenerationRetired'>;
@@ -40,8 +44,8 @@ export interface UpgradePorts {
   targetWorkers(): number;
   /** The version label of a new generation; the generation number when undefined. */
   versionLabel(): string | undefined;
-  /** The worker's command as an absolute path now, or undefined if it is not found. */
-  resolveCommand(): string | undefined;
+  /** The worker's command of `generation` as an absolute path now, or undefined if it is not found. */
+  resolveCommand(generation: Generation): string | undefined;
   /** Starts a worker in a slot of `generation` (spawned and watched for readiness). */
   startWorker(generation: Generation, slotIndex: number, command: string): void;
   /** The first generation serves: the master runs. */
@@ -104,6 +108,11 @@ export class Upgrade {
     return this.ports.os.now();
   }
 
+  /** The settings `generation` was started with: its command, timeouts and drain signal are its own. */
+  private settingsOf(generation: Generation | undefined): MasterOptions {
+    return generation?.settings ?? this.ports.options;
+  }
+
   // ---- reload -------------------------------------------------------------
 
   /** Starts the first generation. */
@@ -142,13 +151,25 @@ export class Upgrade {
     const id = this.nextGenerationId++;
     const workers = this.ports.targetWorkers();
     const version = this.ports.versionLabel() ?? String(id);
-    const generation = new Generation(id, version, workers, this.now());
+    const config = this.ports.config();
+    const generation = new Generation(id, version, workers, this.now(), this.ports.options, config);
     this.generations.push(generation);
-    this.log.info({ gen: id, workers, version: generation.version }, 'generation starting');
+    this.log.info(
+      {
+        gen: id,
+        workers,
+        version: generation.version,
+        ...(config ? { config: config.path, hash: config.hash } : {}),
+      },
+      'generation starting',
+    );
     this.ports.report({ kind: 'generation-starting', generation: id, workers, version: generation.version });
-    const command = this.ports.resolveCommand();
+    const command = this.ports.resolveCommand(generation);
     if (command === undefined) {
-      this.failGeneration(generation, { kind: 'command-not-found', command: this.ports.options.command });
+      this.failGeneration(generation, {
+        kind: 'command-not-found',
+        command: this.settingsOf(generation).command,
+      });
       return;
     }
     for (const slot of generation.slots) this.ports.startWorker(generation, slot.index, command);
@@ -188,7 +209,7 @@ export class Upgrade {
       this.failGeneration(generation, {
         kind: 'ready-timeout',
         notReady: generation.currentWorkers.filter((w) => w.state === 'starting').map((w) => w.index),
-        timeoutMs: this.ports.options.readyTimeoutMs,
+        timeoutMs: this.settingsOf(generation).readyTimeoutMs,
       });
       return;
     }
@@ -198,7 +219,7 @@ export class Upgrade {
         gen: generation.id,
         worker: worker.index,
         pid: worker.pid,
-        readyTimeoutMs: this.ports.options.readyTimeoutMs,
+        readyTimeoutMs: this.settingsOf(generation).readyTimeoutMs,
       },
       'worker not ready in time: replacing it',
     );
@@ -216,7 +237,9 @@ export class Upgrade {
     const { handoff } = this.ports;
     if (handoff.isSwitching(generation)) return;
     const previous = this.activeGeneration;
-    const flushTimeoutMs = handoffFlushTimeoutMs(this.ports.options.drainTimeoutMs);
+    const flushTimeoutMs = handoffFlushTimeoutMs(
+      previous ? this.settingsOf(previous).drainTimeoutMs : this.ports.options.drainTimeoutMs,
+    );
     const round = previous && handoff.start('switch', previous, generation, flushTimeoutMs);
     if (!round) this.promote(generation);
     // Otherwise the round's end promotes it, or fails it (onHandoffEnded).
@@ -255,7 +278,7 @@ export class Upgrade {
         'sweep',
         old,
         generation,
-        handoffFlushTimeoutMs(this.ports.options.drainTimeoutMs),
+        handoffFlushTimeoutMs(this.settingsOf(old).drainTimeoutMs),
       );
     }
     this.afterReload();
@@ -275,7 +298,7 @@ export class Upgrade {
     );
     this.ports.report({ kind: 'reload-failed', generation: generation.id, failure, message: error.message });
     this.signalDrain(generation);
-    if (first && (this.ports.options.watch?.length ?? 0) > 0) {
+    if (first && (this.settingsOf(generation).watch?.length ?? 0) > 0) {
       // In development a broken first save is no reason to stop: the next save reloads.
       this.log.warn({ gen: generation.id }, 'waiting for a change to start again');
     } else if (first) {
@@ -317,14 +340,15 @@ export class Upgrade {
   private signalDrain(generation: Generation): void {
     generation.cancelTimers();
     generation.drainStartedAt ??= this.now();
+    const { drainSignal, drainTimeoutMs } = this.settingsOf(generation);
     for (const worker of generation.liveWorkers) {
-      if (worker.markDraining()) this.ports.kill(worker, this.ports.options.drainSignal);
+      if (worker.markDraining()) this.ports.kill(worker, drainSignal);
     }
     if (generation.liveWorkers.length === 0) {
       this.retire(generation);
       return;
     }
-    generation.drainTimer ??= this.ports.os.setTimer(this.ports.options.drainTimeoutMs, () =>
+    generation.drainTimer ??= this.ports.os.setTimer(drainTimeoutMs, () =>
       this.ports.dispatch({ type: 'drain-timeout', generation }),
     );
   }
@@ -332,10 +356,11 @@ export class Upgrade {
   /** Drains one worker (scale, replacement), with its own deadline. */
   drainWorker(worker: Worker): void {
     if (!worker.markDraining()) return;
-    this.ports.kill(worker, this.ports.options.drainSignal);
-    this.ports.os.setTimer(this.ports.options.drainTimeoutMs, () =>
-      this.ports.dispatch({ type: 'worker-kill-due', worker }),
+    const { drainSignal, drainTimeoutMs } = this.settingsOf(
+      this.generations.find((generation) => generation.id === worker.generation),
     );
+    this.ports.kill(worker, drainSignal);
+    this.ports.os.setTimer(drainTimeoutMs, () => this.ports.dispatch({ type: 'worker-kill-due', worker }));
   }
 
   onDrainTimeout(generation: Generation): void {
@@ -344,7 +369,7 @@ export class Upgrade {
       {
         gen: generation.id,
         workers: generation.liveWorkers.length,
-        drainTimeoutMs: this.ports.options.drainTimeoutMs,
+        drainTimeoutMs: this.settingsOf(generation).drainTimeoutMs,
       },
       'drain timeout: killing the workers left',
     );
@@ -425,7 +450,7 @@ export class Upgrade {
           signal: worker.signal,
           connections: worker.connections ?? worker.observedConnections,
         },
-        this.ports.options.drainSignal,
+        this.settingsOf(generation).drainSignal,
       );
     if (drainWarning)
       this.log.warn({ gen: generation.id, worker: worker.index, pid: worker.pid }, drainWarning);

@@ -131,6 +131,7 @@ describe('Upgrade against fake ports', () => {
     let failedToStart = false;
     const timer: TimerHandle = { cancel: () => {} };
     const ports: UpgradePorts = {
+      config: () => undefined,
       os: {
         spawnWorker: () => {
           throw new Error('not here');
