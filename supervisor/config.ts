@@ -169,20 +169,27 @@ function parseJson(bytes: Buffer, shown: string): unknown {
 
 /**
  * An ecosystem file is a CommonJS module (as PM2 writes it and `require`s it): read afresh each time,
- * so a SIGHUP sees the file on disk now.
+ * so a SIGHUP sees the file on disk now. An ES module is refused, as PM2 asks too: Node keeps an ES
+ * module it loaded once, so a SIGHUP would see the old file.
  */
 function loadModule(absolute: string, shown: string): unknown {
   const require = createRequire(absolute);
   delete require.cache[absolute];
+  let loaded: unknown;
   try {
-    const loaded = require(absolute) as unknown;
-    return isObject(loaded) && 'default' in loaded && isObject(loaded.default) ? loaded.default : loaded;
+    loaded = require(absolute);
   } catch (error) {
     const first = String((error as Error).message).split('\n')[0];
     throw new UsageError(`${shown}: could not be loaded: ${first}`);
   } finally {
     delete require.cache[absolute];
   }
+  if (isObject(loaded) && (loaded as { [Symbol.toStringTag]?: unknown })[Symbol.toStringTag] === 'Module') {
+    throw new UsageError(
+      `${shown}: is an ES module; write it as CommonJS (module.exports = { apps: [...] }) in a .cjs file, as PM2 asks too`,
+    );
+  }
+  return loaded;
 }
 
 /** baton's own keys, at the top of baton.json or under an ecosystem app's `baton`. */

@@ -61,7 +61,8 @@ export async function runMaster(
   const leaked = closeLeakedDescriptors(keep);
   if (leaked.length > 0) logger.debug({ fds: leaked }, 'inherited descriptors closed');
   // Fail before binding anything when the command cannot run.
-  const resolved = realOs.resolveCommand(options.command, env, cwd);
+  // Where and with what PATH the workers will run it (a config file may give both).
+  const resolved = realOs.resolveCommand(options.command, { ...env, ...options.env }, options.cwd ?? cwd);
   if (options.uid !== undefined) {
     checkExecutableBy(options.command, resolved, options.uid, options.gid ?? process.getgid?.() ?? 0);
   }
