@@ -3,8 +3,8 @@
  * (`ecosystem.config.js`/`.cjs`/`.json`, its first app), read into the same raw settings the command
  * line gives, then validated once by `parseStartOptions`. Flags override the file. SIGHUP and
  * `baton reload --config` read it again: `settingsChange` says what a running master may take from
- * it (everything a new generation is made of) and what it may not (the listeners, refused; the
- * master's own settings, kept until a restart).
+ * it (everything a new generation is made of, the listeners it adds and drops included) and what it
+ * may not (the master's own settings, kept until a restart).
  *
  * Every complaint is one line that names the file and the field: "baton.json: Expected `workers` to be
  * a whole number from 1 to 1024, got 'three'".
@@ -15,6 +15,7 @@ import { createRequire } from 'node:module';
 import { availableParallelism } from 'node:os';
 import path from 'node:path';
 import { UsageError } from './errors.js';
+import type { ReloadAnswer } from './model.js';
 import {
   formatDuration,
   type ListenSpec,
@@ -466,28 +467,36 @@ const MASTER_WIDE: ReadonlyArray<[keyof MasterOptions, string]> = [
 
 /** What a re-read file changes in a running master. */
 export type SettingsChange =
-  | { ok: true; options: MasterOptions; warnings: string[] }
+  | {
+      ok: true;
+      options: MasterOptions;
+      warnings: string[];
+      /** Listeners the file adds (to bind before the reload), and those it no longer has (to close once unused). */
+      added: ListenSpec[];
+      removed: ListenSpec[];
+    }
   | { ok: false; message: string };
 
 /**
  * What a running master takes from a re-read file: everything a new generation is made of (command,
- * arguments, environment, worker count, timeouts, readiness). A change of listeners is refused;
- * the master's own settings (MASTER_WIDE) stay as they are, with one warning each.
+ * arguments, environment, worker count, timeouts, readiness, listeners). The master's own settings
+ * (MASTER_WIDE) stay as they are, with one warning each. Listeners are refused when the master holds
+ * sockets handed over by systemd (`handedOver`), which no file describes.
  */
-export function settingsChange(before: MasterOptions, after: MasterOptions, shown: string): SettingsChange {
-  const listeners = (specs: readonly ListenSpec[]) => specs.map(listenerKey).join('\n');
-  if (listeners(before.listen) !== listeners(after.listen)) {
-    const was = new Set(before.listen.map(listenerKey));
-    const now = new Set(after.listen.map(listenerKey));
-    const added = after.listen.filter((spec) => !was.has(listenerKey(spec))).map((spec) => spec.text);
-    const removed = before.listen.filter((spec) => !now.has(listenerKey(spec))).map((spec) => spec.text);
-    const parts = [
-      ...(added.length > 0 ? [`adds ${added.join(', ')}`] : []),
-      ...(removed.length > 0 ? [`removes ${removed.join(', ')}`] : []),
-    ];
+export function settingsChange(
+  before: MasterOptions,
+  after: MasterOptions,
+  shown: string,
+  { handedOver = false } = {},
+): SettingsChange {
+  const was = new Set(before.listen.map(listenerKey));
+  const now = new Set(after.listen.map(listenerKey));
+  const added = after.listen.filter((spec) => !was.has(listenerKey(spec)));
+  const removed = before.listen.filter((spec) => !now.has(listenerKey(spec)));
+  if (handedOver && (added.length > 0 || removed.length > 0)) {
     return {
       ok: false,
-      message: `${shown}: \`listen\` ${parts.length > 0 ? parts.join(' and ') : 'reorders the listeners'}: listeners change only when the master restarts; reload refused, nothing changed`,
+      message: `${shown}: \`listen\` changed, but this master serves sockets handed over by systemd (LISTEN_FDS): its listeners change only with a restart; reload refused, nothing changed`,
     };
   }
   const options: MasterOptions = { ...after };
@@ -499,10 +508,20 @@ export function settingsChange(before: MasterOptions, after: MasterOptions, show
     );
     (options as unknown as Record<string, unknown>)[key] = before[key];
   }
-  return { ok: true, options, warnings };
+  return { ok: true, options, warnings, added, removed };
 }
 
-function listenerKey(spec: ListenSpec): string {
+/** A config reload read and checked, waiting for the listeners it adds. */
+export interface PendingConfig {
+  read: StartSettings;
+  change: Extract<SettingsChange, { ok: true }>;
+  source: string;
+  file: string;
+  reply: (answer: ReloadAnswer) => void;
+}
+
+/** Two specs of the same key ask for the same socket under the same name. */
+export function listenerKey(spec: ListenSpec): string {
   return spec.scheme === 'unix'
     ? `${spec.name}=unix:${spec.path}?${spec.mode}&${spec.owner}&${spec.group}`
     : `${spec.name}=${spec.scheme}://${spec.host}:${spec.port}`;

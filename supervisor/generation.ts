@@ -7,7 +7,7 @@ import type { ConfigLabel } from './config.js';
 import { isCrashLoop } from './decisions.js';
 import { describeStartFailure, type StartFailure } from './errors.js';
 import type { AppliedPatch } from './inject.js';
-import type { GenerationSnapshot, Replacement } from './model.js';
+import type { GenerationSnapshot, InheritedListener, Replacement } from './model.js';
 import type { MasterOptions } from './options.js';
 import type { TimerHandle } from './os.js';
 import type { Worker } from './worker.js';
@@ -57,6 +57,11 @@ export class Generation {
     readonly settings?: MasterOptions,
     /** The config file those settings came from, if any (for status). */
     readonly config?: ConfigLabel,
+    /**
+     * The listeners its workers inherit, in order: a config reload may add or remove some for the next
+     * generation; this one keeps its own. The master's own when undefined.
+     */
+    readonly listeners?: readonly InheritedListener[],
   ) {
     this.slots = Array.from({ length: size }, (_, index) => ({
       index,

@@ -12,7 +12,13 @@ import {
   type WorkerMessageKind,
   type WorkerWire,
 } from '../child/protocol.js';
-import { type ConfigLabel, describeSettings, type StartSettings, settingsChange } from './config.js';
+import {
+  type ConfigLabel,
+  describeSettings,
+  type PendingConfig,
+  type StartSettings,
+  settingsChange,
+} from './config.js';
 import { stopWait } from './decisions.js';
 import { type DryRunAnswer, DryRunner } from './dry-run.js';
 import { EXIT_CODES, type GenerationFailedError } from './errors.js';
@@ -29,7 +35,7 @@ import type {
   Progress,
   ReloadAnswer,
 } from './model.js';
-import type { MasterOptions } from './options.js';
+import type { ListenSpec, MasterOptions } from './options.js';
 import type { Os } from './os.js';
 import { Readiness } from './readiness.js';
 import { SlotKeeper } from './slots.js';
@@ -57,6 +63,8 @@ export interface MasterContext {
    * command line as at the start; throws a UsageError of one line when it does not read or validate.
    */
   readConfig?: (file: string | undefined) => StartSettings;
+  /** Binds listeners a config reload adds (each logged as at the start); rejects with one line if one cannot be. */
+  bindListeners?: (specs: ListenSpec[]) => Promise<InheritedListener[]>;
 }
 
 /**
@@ -90,6 +98,12 @@ export class Master implements ControlledMaster {
   private settings: MasterOptions;
   /** The config file they came from, if any. */
   private config: ConfigLabel | undefined;
+  /** The listeners a new generation's workers inherit, in order: the start's, until a config reload. */
+  private listeners: readonly InheritedListener[];
+  /** Every listener whose master copy is open (closed at the stop, or once a config reload left it unused). */
+  private readonly heldListeners: Set<InheritedListener>;
+  /** A config reload waits for the listeners it adds to be bound. */
+  private bindingListeners = false;
   private readonly followers = new Set<(progress: Progress) => void>();
 
   private readonly spawner: Spawner;
@@ -115,10 +129,12 @@ export class Master implements ControlledMaster {
       this.watchdog.start();
     },
     reload: (event) => {
-      const refused = event.config === undefined ? undefined : this.rereadConfig(event.config, event.source);
-      const answer = refused ?? this.upgrade.onReload(event.source);
-      event.reply?.(answer);
+      const reply = event.reply ?? (() => {});
+      if (event.config === undefined) reply(this.upgrade.onReload(event.source));
+      else this.onConfigReload(event.config, event.source, reply);
     },
+    'config-listeners-bound': (event) =>
+      this.onConfigListenersBound(event.pending, event.listeners ?? [], event.error),
     stop: (event) => this.onStop(event.fast, event.source),
     'worker-message': (event) => this.onWorkerMessage(event.worker, event.message, event.handle),
     'worker-exited': (event) => {
@@ -192,9 +208,11 @@ export class Master implements ControlledMaster {
     });
     this.settings = options;
     this.config = context.config;
+    this.listeners = context.listeners;
+    this.heldListeners = new Set(context.listeners);
     const { os, logger } = context;
-    // The rooms read the master's settings now through this getter: a config reload replaces them.
-    const current = { options: () => this.settings };
+    // The rooms read the master's settings and listeners now through these: a config reload replaces them.
+    const current = { options: () => this.settings, listeners: () => this.listeners };
     const dispatch = (event: MasterEvent) => this.dispatch(event);
     const masterState = () => this.state;
     const resolveCommand = (generation: Generation) => this.spawner.resolveCommand(generation.settings);
@@ -208,6 +226,9 @@ export class Master implements ControlledMaster {
       ...context,
       get options() {
         return current.options();
+      },
+      get listeners() {
+        return current.listeners();
       },
       dispatch,
     });
@@ -273,7 +294,10 @@ export class Master implements ControlledMaster {
         return current.options();
       },
       config: () => this.config,
-      listeners: context.listeners,
+      get listeners() {
+        return current.listeners();
+      },
+      generationEnded: () => this.closeUnusedListeners(),
       handoff: this.handoff,
       masterState,
       targetWorkers: () => this.slots.targetWorkers,
@@ -303,7 +327,9 @@ export class Master implements ControlledMaster {
       get options() {
         return current.options();
       },
-      listeners: context.listeners,
+      get listeners() {
+        return current.listeners();
+      },
       dispatch,
       ready: (worker, via) => this.upgrade.onWorkerReady(worker, via),
       generations: () => this.upgrade.generations,
@@ -385,42 +411,136 @@ export class Master implements ControlledMaster {
   // ---- config reload ------------------------------------------------------
 
   /**
-   * SIGHUP or `baton reload --config`: reads the config file again. What a new generation is made of
-   * takes effect in the reload that follows; a file that does not read or validate, or that changes the
-   * listeners, refuses the reload with one line and changes nothing. Without a config file, SIGHUP
-   * reloads with the same settings.
+   * SIGHUP or `baton reload --config`: reads the config file again, then reloads with it. What a new
+   * generation is made of takes effect in that reload; listeners the file adds are bound first (the
+   * reload waits for them), those it no longer has close once no generation uses them. A file that does
+   * not read or validate, or a listener that cannot be bound, refuses the reload with one line and
+   * changes nothing. Without a config file, SIGHUP reloads with the same settings.
    */
-  private rereadConfig(asked: true | string, source: string): ReloadAnswer | undefined {
+  private onConfigReload(asked: true | string, source: string, reply: (answer: ReloadAnswer) => void): void {
     const file = asked === true ? this.config?.path : asked;
     if (file === undefined || !this.context.readConfig) {
-      if (source === 'SIGHUP') {
-        this.log.info({ source }, 'no --config to read again: reloading with the same settings');
-        return undefined;
+      if (source !== 'SIGHUP') {
+        reply(
+          this.refuseConfig(
+            source,
+            'The master was started without --config: give the file, as baton reload --config FILE',
+          ),
+        );
+        return;
       }
-      return this.refuseConfig(
-        source,
-        'The master was started without --config: give the file, as baton reload --config FILE',
+      this.log.info({ source }, 'no --config to read again: reloading with the same settings');
+      reply(this.upgrade.onReload(source));
+      return;
+    }
+    if (this.bindingListeners) {
+      reply(
+        this.refuseConfig(source, 'A config reload is binding its listeners: try again once it has', file),
       );
+      return;
     }
     let read: StartSettings;
     try {
       read = this.context.readConfig(file);
     } catch (error) {
-      return this.refuseConfig(source, (error as Error).message, file);
+      reply(this.refuseConfig(source, (error as Error).message, file));
+      return;
     }
     const shown = read.config?.path ?? file;
-    const change = settingsChange(this.settings, read.options, shown.slice(shown.lastIndexOf('/') + 1));
-    if (!change.ok) return this.refuseConfig(source, change.message, file);
+    const change = settingsChange(this.settings, read.options, shown.slice(shown.lastIndexOf('/') + 1), {
+      handedOver: this.listeners.some(
+        (listener) => !this.settings.listen.some((spec) => spec.name === listener.name),
+      ),
+    });
+    if (!change.ok) {
+      reply(this.refuseConfig(source, change.message, file));
+      return;
+    }
+    const pending: PendingConfig = { read, change, source, file, reply };
+    const bind = this.context.bindListeners;
+    if (change.added.length === 0) {
+      this.applyConfig(pending, []);
+      return;
+    }
+    if (!bind) {
+      reply(this.refuseConfig(source, 'This master cannot bind listeners after its start', file));
+      return;
+    }
+    this.bindingListeners = true;
+    bind(change.added).then(
+      (listeners) => this.dispatch({ type: 'config-listeners-bound', pending, listeners }),
+      (error: Error) => this.dispatch({ type: 'config-listeners-bound', pending, error: error.message }),
+    );
+  }
+
+  /** The listeners a config reload added are bound (or failed to be): its reload starts now. */
+  private onConfigListenersBound(
+    pending: PendingConfig,
+    listeners: readonly InheritedListener[],
+    error: string | undefined,
+  ): void {
+    this.bindingListeners = false;
+    if (error !== undefined) {
+      pending.reply(this.refuseConfig(pending.source, error, pending.file));
+      return;
+    }
+    if (this.state === 'stopping' || this.state === 'stopped') {
+      for (const listener of listeners) listener.close();
+      pending.reply(this.upgrade.onReload(pending.source));
+      return;
+    }
+    this.applyConfig(pending, listeners);
+  }
+
+  private applyConfig(
+    { read, change, source, file, reply }: PendingConfig,
+    bound: readonly InheritedListener[],
+  ): void {
     for (const warning of [...read.warnings, ...change.warnings]) this.log.warn({ config: file }, warning);
     const workersBefore = this.settings.workers;
+    const addedNames = new Set(change.added.map((spec) => spec.name));
+    const current = new Map(this.listeners.map((listener) => [listener.name, listener]));
+    const fresh = new Map(bound.map((listener) => [listener.name, listener]));
+    for (const listener of bound) this.heldListeners.add(listener);
+    this.listeners = change.options.listen.flatMap((spec) => {
+      const listener = addedNames.has(spec.name) ? fresh.get(spec.name) : current.get(spec.name);
+      return listener ? [listener] : [];
+    });
     this.settings = change.options;
     this.config = read.config;
     this.slots.onSettingsChanged(workersBefore, change.options.workers);
     this.log.info(
-      { source, config: read.config?.path, hash: read.config?.hash, ...describeSettings(change.options) },
+      {
+        source,
+        config: read.config?.path,
+        hash: read.config?.hash,
+        ...describeSettings(change.options),
+        listeners: this.listeners.map((listener) => listener.name),
+      },
       'config read: the next generation runs with it',
     );
-    return undefined;
+    this.closeUnusedListeners();
+    reply(this.upgrade.onReload(source));
+  }
+
+  /**
+   * Closes the master's copy of each listener that a config reload removed and no generation with
+   * workers still uses: the socket closes for good once the last worker holding it exits.
+   */
+  private closeUnusedListeners(): void {
+    const used = new Set<InheritedListener>(this.listeners);
+    for (const generation of this.upgrade.generations) {
+      if (!generation.ended) for (const listener of generation.listeners ?? []) used.add(listener);
+    }
+    for (const listener of this.heldListeners) {
+      if (used.has(listener)) continue;
+      listener.close();
+      this.heldListeners.delete(listener);
+      this.log.info(
+        { listener: listener.name, address: listener.address, port: listener.port },
+        'listener closed',
+      );
+    }
   }
 
   private refuseConfig(source: string, message: string, file?: string): ReloadAnswer {
@@ -529,7 +649,7 @@ export class Master implements ControlledMaster {
     this.report({ kind: 'stopping', fast });
     this.handoff.abortAll('the master is stopping');
     // Close the master's copies: each socket closes for good when its last worker stops accepting.
-    for (const listener of this.context.listeners) listener.close();
+    for (const listener of this.heldListeners) listener.close();
     this.dryRuns.stopAll(fast);
     this.upgrade.drainAll(fast);
     this.finishIfStopped();

@@ -3,7 +3,7 @@
  * snapshot `status` shows. The control socket, the metrics and the CLI import these types from here,
  * never the master itself.
  */
-import type { ConfigLabel } from './config.js';
+import type { ConfigLabel, PendingConfig } from './config.js';
 import type { DryRunAnswer, DryRunEvent } from './dry-run.js';
 import type { StartFailure } from './errors.js';
 import type { Generation } from './generation.js';
@@ -23,6 +23,13 @@ export type MasterEvent =
        */
       config?: true | string;
       reply?: (answer: ReloadAnswer) => void;
+    }
+  /** The listeners a config reload adds are bound, or could not be (`error`, one line). */
+  | {
+      type: 'config-listeners-bound';
+      pending: PendingConfig;
+      listeners?: readonly InheritedListener[];
+      error?: string;
     }
   | { type: 'stop'; fast: boolean; source: string }
   /** An IPC message from a worker (child/protocol.ts), with the handle that came along, if any. */

@@ -67,7 +67,8 @@ export interface ReadinessPorts {
   logger: Logger;
   /** The master's settings now; a worker's generation has its own (`Generation.settings`). */
   readonly options: Pick<MasterOptions, 'ready' | 'readyTimeoutMs' | 'preload'>;
-  listeners: readonly InheritedListener[];
+  /** The master's listeners now; a worker's generation has its own (`Generation.listeners`). */
+  readonly listeners: readonly InheritedListener[];
   /** Queues an event in the master's dispatcher (timers only queue). */
   dispatch(event: MasterEvent): void;
   /** A worker is ready, seen `via` a signal its `--ready` mode counts. */
@@ -85,8 +86,16 @@ export class Readiness {
 
   /** The readiness settings of the worker's generation (a config reload changes the next one's only). */
   private settingsOf(worker: Worker): ReadinessPorts['options'] {
-    const generation = this.ports.generations().find((candidate) => candidate.id === worker.generation);
-    return generation?.settings ?? this.ports.options;
+    return this.generationOf(worker)?.settings ?? this.ports.options;
+  }
+
+  /** The listeners the worker inherited: its generation's. */
+  private listenersOf(worker: Worker): readonly InheritedListener[] {
+    return this.generationOf(worker)?.listeners ?? this.ports.listeners;
+  }
+
+  private generationOf(worker: Worker): Generation | undefined {
+    return this.ports.generations().find((candidate) => candidate.id === worker.generation);
   }
 
   /** Watches a worker just spawned from `command`: its ready deadline, and the delay or /proc probe. */
@@ -160,11 +169,12 @@ export class Readiness {
    */
   onProbe(worker: Worker): void {
     if (worker.state !== 'starting' || worker.pid === undefined) return;
-    const { os, listeners } = this.ports;
+    const { os } = this.ports;
+    const listeners = this.listenersOf(worker);
     // A worker busy serving is seldom caught waiting in accept: one that holds a connection accepted on
     // a listener serves too (a pre-forking server under load takes its share of the queue at once).
     const serves =
-      os.pollsListeners(worker.pid, this.listenerInodes) ||
+      os.pollsListeners(worker.pid, inodesOf(listeners)) ||
       (os.countConnections(worker.pid, listeners) ?? 0) > 0;
     if (serves) this.onSignal(worker, 'poll');
     else this.scheduleProbe(worker);
@@ -183,15 +193,16 @@ export class Readiness {
    * an unmodified program may close its listener on the drain signal and wait.
    */
   onSample(): void {
-    const { os, listeners, logger } = this.ports;
+    const { os, logger } = this.ports;
     for (const generation of this.ports.generations()) {
+      const listeners = generation.listeners ?? this.ports.listeners;
       for (const worker of generation.liveWorkers) {
         if (worker.connections !== undefined || worker.pid === undefined) continue;
         worker.observedConnections = os.countConnections(worker.pid, listeners);
         const idle =
           worker.state === 'draining' &&
           worker.observedConnections === 0 &&
-          !os.pollsListeners(worker.pid, this.listenerInodes);
+          !os.pollsListeners(worker.pid, inodesOf(listeners));
         worker.idleSamples = idle ? worker.idleSamples + 1 : 0;
         if (worker.idleSamples >= IDLE_DRAIN_SAMPLES) {
           logger.info(
@@ -210,10 +221,9 @@ export class Readiness {
       this.ports.dispatch({ type: 'ready-probe', worker }),
     );
   }
+}
 
-  private get listenerInodes(): Set<number> {
-    return new Set(
-      this.ports.listeners.flatMap((listener) => (listener.inode === undefined ? [] : [listener.inode])),
-    );
-  }
+/** The inodes of listeners, for what /proc shows a process polling. */
+function inodesOf(listeners: readonly InheritedListener[]): Set<number> {
+  return new Set(listeners.flatMap((listener) => (listener.inode === undefined ? [] : [listener.inode])));
 }

@@ -87,7 +87,8 @@ export interface SpawnPorts {
   logger: Logger;
   /** The master's settings now (a generation started with others keeps its own). */
   readonly options: MasterOptions;
-  listeners: readonly InheritedListener[];
+  /** The master's listeners now (a generation started with others keeps its own). */
+  readonly listeners: readonly InheritedListener[];
   /** The environment workers start from (the master's own). */
   env: Record<string, string | undefined>;
   cwd: string;
@@ -126,7 +127,7 @@ export class Spawner {
   request(command: string, generation: Generation, worker: number | undefined): SpawnRequest {
     const options = generation.settings ?? this.ports.options;
     const cwd = this.cwdOf(options);
-    const listeners = worker === undefined ? [] : this.ports.listeners;
+    const listeners = worker === undefined ? [] : (generation.listeners ?? this.ports.listeners);
     return {
       command,
       args: options.args,

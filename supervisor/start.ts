@@ -11,12 +11,12 @@ import type { ControlSettings } from './control/socket-path.js';
 import { livePids } from './control/status.js';
 import { UsageSampler } from './control/usage.js';
 import { closeLeakedDescriptors } from './descriptors.js';
-import { inheritedListeners, openListeners } from './listener.js';
+import { inheritedListeners, type Listener, openListeners } from './listener.js';
 import type { Logger } from './log.js';
 import { Master } from './master.js';
 import { MetricsServer } from './metrics.js';
 import type { MasterEvent } from './model.js';
-import type { MasterOptions } from './options.js';
+import type { ListenSpec, MasterOptions } from './options.js';
 import { realOs } from './os.js';
 import { pid1Warning } from './pid1.js';
 import { routeSignals } from './signals.js';
@@ -75,18 +75,22 @@ export async function runMaster(
   if (options.versionFile) checkVersionFile(path.resolve(cwd, options.versionFile));
   const { staleRemoved } = await prepareControlPath(control.path);
   const listeners = await openListeners(options.listen, inherited);
-  for (const listener of listeners) {
-    logger.info(
-      {
-        listener: listener.name,
-        kind: listener.kind,
-        origin: listener.origin,
-        address: listener.address,
-        port: listener.port,
-      },
-      'listener bound',
-    );
-  }
+  const logBound = (bound: readonly Listener[]) => {
+    for (const listener of bound) {
+      logger.info(
+        {
+          listener: listener.name,
+          kind: listener.kind,
+          origin: listener.origin,
+          address: listener.address,
+          port: listener.port,
+        },
+        'listener bound',
+      );
+    }
+    return bound;
+  };
+  logBound(listeners);
   const master = new Master(masterOptions, {
     os: realOs,
     logger,
@@ -96,7 +100,12 @@ export async function runMaster(
     writeStderr: (chunk) => process.stderr.write(chunk),
     versionLabel: () => readVersionLabel(options, cwd),
     ...(config ? { config } : {}),
-    ...(readConfig ? { readConfig: (file: string | undefined) => reachable(readConfig(file)) } : {}),
+    ...(readConfig
+      ? {
+          readConfig: (file: string | undefined) => reachable(readConfig(file)),
+          bindListeners: async (specs: ListenSpec[]) => [...logBound(await openListeners(specs))],
+        }
+      : {}),
   });
   const usage = new UsageSampler(() => livePids(master.snapshot()));
   const maxMemory = options.maxMemoryBytes;

@@ -17,11 +17,11 @@ import { GenerationFailedError, type StartFailure } from './errors.js';
 import { Generation } from './generation.js';
 import { type HandoffRelay, type HandoffRound, handoffFlushTimeoutMs } from './handoff.js';
 import type { Logger } from './log.js';
-import type { MasterEvent, MasterState, Progress, ReloadAnswer } from './model.js';
+import type { InheritedListener, MasterEvent, MasterState, Progress, ReloadAnswer } from './model.js';
 import type { MasterOptions } from './options.js';
 import type { Os } from './os.js';
 import type { ReadyVia } from './readiness.js';
-import { drainSignalDeathWarning, exitedAtStartHint, type ListenerDescription } from './unmodified.js';
+import { drainSignalDeathWarning, exitedAtStartHint } from './unmodified.js';
 import type { Worker, WorkerState } from './worker.js';
 
 /** How many generations that have ended the master remembers (for status). */
@@ -35,8 +35,8 @@ export interface UpgradePorts {
   readonly options: MasterOptions;
   /** The config file those settings came from, if any. */
   config(): ConfigLabel | undefined;
-  /** The master's listeners (what a worker that exits at start may have bound itself). */
-  listeners: readonly ListenerDescription[];
+  /** The master's listeners now, in order: a new generation's workers inherit them. */
+  readonly listeners: readonly InheritedListener[];
   handoff: Pick<HandoffRelay, 'isSwitching' | 'start' | 'onGenerationRetired'>;
   /** The master's own state (a stopping master starts nothing). */
   masterState(): MasterState;
@@ -52,6 +52,8 @@ export interface UpgradePorts {
   started(): void;
   /** The first generation failed: the master stops, and exits with the start failure. */
   startFailed(error: GenerationFailedError): void;
+  /** A generation has ended (retired, or failed with every worker gone): listeners it alone used may close. */
+  generationEnded(generation: Generation): void;
   /** A worker said ready (after the upgrade counted it): the other rooms' turn. */
   workerReady(worker: Worker, generation: Generation): void;
   /** A worker of the active generation exited: its slot's turn (restart, or a failed replacement). */
@@ -152,7 +154,15 @@ export class Upgrade {
     const workers = this.ports.targetWorkers();
     const version = this.ports.versionLabel() ?? String(id);
     const config = this.ports.config();
-    const generation = new Generation(id, version, workers, this.now(), this.ports.options, config);
+    const generation = new Generation(
+      id,
+      version,
+      workers,
+      this.now(),
+      this.ports.options,
+      config,
+      this.ports.listeners,
+    );
     this.generations.push(generation);
     this.log.info(
       {
@@ -404,6 +414,7 @@ export class Upgrade {
     const wasDraining = generation.state === 'draining';
     if (!generation.markRetired(this.now())) return;
     this.ports.handoff.onGenerationRetired(generation.id);
+    this.ports.generationEnded(generation);
     if (wasDraining) {
       const retiredAt = generation.retiredAt as number;
       const drainMs = retiredAt - (generation.drainStartedAt ?? retiredAt);
@@ -464,7 +475,7 @@ export class Upgrade {
         stderrTail: worker.stderr.lines().join('\n'),
         ...(stateBefore === 'ready' ? { afterReady: true } : {}),
         ...(stateBefore === 'starting'
-          ? { hint: exitedAtStartHint(worker.exitCode, this.ports.listeners) }
+          ? { hint: exitedAtStartHint(worker.exitCode, generation.listeners ?? this.ports.listeners) }
           : {}),
       });
     } else if (generation.state === 'active') {

@@ -8,8 +8,15 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, test } from '@jest/globals';
 import type { MasterStatus } from '../../supervisor/control/status.js';
-import { httpLoad, type LoadHandle, waitForVersion } from '../helpers/load.js';
-import { type AppDir, type BatonProcess, killAll, makeAppDir, startBaton } from '../helpers/processes.js';
+import { httpGetJson, httpLoad, type LoadHandle, waitForVersion } from '../helpers/load.js';
+import {
+  type AppDir,
+  type BatonProcess,
+  killAll,
+  makeAppDir,
+  REPO_ROOT,
+  startBaton,
+} from '../helpers/processes.js';
 import { reloadsUnderLoad } from '../helpers/reloads.js';
 import { waitFor } from '../helpers/wait.js';
 
@@ -66,8 +73,14 @@ async function expectNoFailure(loads: LoadHandle[]): Promise<void> {
   }
 }
 
-async function statusOf(env: Record<string, string>): Promise<MasterStatus> {
-  const run = startBaton(['status', '--json'], { env });
+/**
+ * The name of this file's masters: client commands name it, since the user's ~/.baton may hold another
+ * master that answers (a shared machine).
+ */
+const NAME = 'config-test';
+
+async function statusOf(env: Record<string, string>, name = NAME): Promise<MasterStatus> {
+  const run = startBaton(['status', '--json', '--name', name], { env });
   expect((await run.waitForExit(10_000)).exitCode).toBe(0);
   return JSON.parse(run.output) as MasterStatus;
 }
@@ -94,7 +107,7 @@ describe('config file', () => {
     const env = runtimeEnv();
     const file = join(app.dir, 'baton.json');
     writeFileSync(file, batonJson({ workers: 1, env: { STAGE: 'one' } }));
-    const { baton, port } = await startWithConfig(['--config', 'baton.json'], env);
+    const { baton, port } = await startWithConfig(['--config', 'baton.json', '--name', NAME], env);
     const before = await statusOf(env);
     const first = before.generations.find((generation) => generation.id === 1);
     expect(first?.config?.path).toBe(file);
@@ -123,7 +136,7 @@ describe('config file', () => {
     expect(serving?.config?.hash).not.toBe(first?.config?.hash);
     expect(after.workers).toBe(3);
 
-    const text = startBaton(['status'], { env });
+    const text = startBaton(['status', '--name', NAME], { env });
     expect((await text.waitForExit(10_000)).exitCode).toBe(0);
     expect(text.output).toContain(`generation 2 runs config ${file} (sha256 ${serving?.config?.hash}`);
   });
@@ -133,7 +146,7 @@ describe('config file', () => {
     const env = runtimeEnv();
     const file = join(app.dir, 'baton.json');
     writeFileSync(file, batonJson({ workers: 1 }));
-    const { baton, port } = await startWithConfig(['--config', 'baton.json'], env);
+    const { baton, port } = await startWithConfig(['--config', 'baton.json', '--name', NAME], env);
     const loads = await loadOn(port);
 
     writeFileSync(file, batonJson({ workers: 'three' }));
@@ -141,14 +154,14 @@ describe('config file', () => {
     baton.signal('SIGHUP');
     await baton.waitForLogMsg(`config refused: ${field}`, { source: 'SIGHUP' }, 10_000);
 
-    const reload = startBaton(['reload', '--config'], { env });
+    const reload = startBaton(['reload', '--config', '--name', NAME], { env });
     const exit = await reload.waitForExit(10_000);
     expect(reload.output.trim()).toBe(`baton: ${field}`);
     expect(exit.exitCode).toBe(2);
 
     const unknown = join(app.dir, 'other.json');
     writeFileSync(unknown, batonJson({ workers: 2, colour: 'blue' }));
-    const other = startBaton(['reload', '--config', unknown], { env });
+    const other = startBaton(['reload', '--config', unknown, '--name', NAME], { env });
     expect((await other.waitForExit(10_000)).exitCode).toBe(2);
     expect(other.output.trim()).toMatch(
       /^baton: other\.json: Unknown key `colour`; expected one of listen, /,
@@ -163,12 +176,18 @@ describe('config file', () => {
       'the bad JSON refused',
     );
 
-    writeFileSync(file, batonJson({ workers: 1, listen: ['http=tcp://127.0.0.1:0'] }));
-    const removed = startBaton(['reload', '--config'], { env });
-    expect((await removed.waitForExit(10_000)).exitCode).toBe(2);
-    expect(removed.output.trim()).toBe(
-      'baton: baton.json: `listen` removes game=tcp://127.0.0.1:0: listeners change only when the master restarts; reload refused, nothing changed',
+    // A listener the file adds that cannot be bound (the port is taken): refused too.
+    writeFileSync(
+      file,
+      batonJson({
+        workers: 1,
+        listen: ['http=tcp://127.0.0.1:0', 'game=tcp://127.0.0.1:0', `admin=tcp://127.0.0.1:${port}`],
+      }),
     );
+    const taken = startBaton(['reload', '--config', '--name', NAME], { env });
+    expect((await taken.waitForExit(10_000)).exitCode).toBe(2);
+    expect(taken.output.trim()).toMatch(new RegExp(`^baton: .*admin=tcp://127\\.0\\.0\\.1:${port}.*$`));
+    expect(taken.output.trim().split('\n')).toHaveLength(1);
 
     await expectNoFailure(loads);
     expect(baton.logs.some((entry) => entry.msg === 'generation starting' && entry.gen === 2)).toBe(false);
@@ -176,7 +195,7 @@ describe('config file', () => {
     expect(status.generations.find((generation) => generation.state === 'active')?.id).toBe(1);
     // And the file, fixed, goes through.
     writeFileSync(file, batonJson({ workers: 2 }));
-    const fixed = startBaton(['reload', '--config'], { env });
+    const fixed = startBaton(['reload', '--config', '--name', NAME], { env });
     expect((await fixed.waitForExit(20_000)).exitCode).toBe(0);
     expect(await baton.waitForLogMsg('generation starting', { gen: 2 })).toMatchObject({ workers: 2 });
   });
@@ -214,12 +233,54 @@ describe('config file', () => {
     });
     await baton.waitForLogMsg('generation retired', { gen: 3 }, 20_000);
     await expectNoFailure(loads);
-    const status = await statusOf(env);
+    const status = await statusOf(env, 'example');
     expect(status.name).toBe('example');
     const serving = status.generations.find((generation) => generation.state === 'active');
     expect(serving?.workers.filter((worker) => worker.state === 'ready')).toHaveLength(1);
     expect(serving?.workers.map((worker) => environOf(worker.pid as number, 'NODE_ENV'))).toEqual([
       'production',
     ]);
+  });
+
+  test('SIGHUP adds a listener (bound before the new generation starts) and removes one (closed once no generation uses it), 0 failed', async () => {
+    app = makeAppDir();
+    const env = runtimeEnv();
+    const file = join(app.dir, 'baton.json');
+    const config = (listen: string[]) =>
+      `${JSON.stringify({
+        listen,
+        workers: 2,
+        command: [process.execPath, join(REPO_ROOT, 'test', 'fixtures', 'every-listener.mjs')],
+        readyTimeout: '20s',
+        drainTimeout: '10s',
+      })}\n`;
+    writeFileSync(file, config(['http=tcp://127.0.0.1:0']));
+    const { baton, port } = await startWithConfig(['--config', 'baton.json', '--name', NAME], env);
+    const loads = await loadOn(port);
+
+    writeFileSync(file, config(['http=tcp://127.0.0.1:0', 'admin=tcp://127.0.0.1:0']));
+    baton.signal('SIGHUP');
+    const adminPort = await baton.listenPort('admin');
+    await baton.waitForLogMsg('generation active', { gen: 2 }, 20_000);
+    expect(
+      baton.logs.find((entry) => entry.msg === 'listener bound' && entry.listener === 'admin')?.time,
+    ).toBeLessThan(
+      baton.logs.find((entry) => entry.msg === 'generation starting' && entry.gen === 2)?.time as number,
+    );
+    const admin = await httpGetJson(adminPort, '/');
+    expect(admin.body).toMatchObject({ listener: 'admin', generation: 2 });
+    await baton.waitForLogMsg('generation retired', { gen: 1 }, 20_000);
+
+    writeFileSync(file, config(['http=tcp://127.0.0.1:0']));
+    baton.signal('SIGHUP');
+    await baton.waitForLogMsg('generation active', { gen: 3 }, 20_000);
+    await baton.waitForLogMsg('generation retired', { gen: 2 }, 20_000);
+    await baton.waitForLogMsg('listener closed', { listener: 'admin' }, 10_000);
+    await expect(httpGetJson(adminPort, '/')).rejects.toThrow(/ECONNREFUSED/);
+    await expectNoFailure(loads);
+    // The listener that stayed is the same socket throughout.
+    expect(
+      baton.logs.filter((entry) => entry.msg === 'listener bound' && entry.listener === 'http'),
+    ).toHaveLength(1);
   });
 });

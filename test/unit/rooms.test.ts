@@ -132,6 +132,7 @@ describe('Upgrade against fake ports', () => {
     const timer: TimerHandle = { cancel: () => {} };
     const ports: UpgradePorts = {
       config: () => undefined,
+      generationEnded: () => {},
       os: {
         spawnWorker: () => {
           throw new Error('not here');
