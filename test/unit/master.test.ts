@@ -12,6 +12,7 @@ import {
   IDLE_DRAIN_SAMPLES,
   type MasterOptions,
   POLL_READINESS_INTERVAL_MS,
+  parseListen,
   RESTART_BACKOFF_BASE_MS,
   STABLE_UPTIME_MS,
 } from '../../supervisor/options.js';
@@ -767,5 +768,66 @@ describe('config reload (SIGHUP)', () => {
     expect(answers).toMatchObject([{ outcome: 'refused', reason: 'config' }]);
     master.dispatch({ type: 'reload', source: 'SIGHUP', config: true });
     expect(os.ofGeneration(2)).toHaveLength(2);
+  });
+
+  test('a listener the file adds is bound before the reload; one it drops closes once no generation uses it', async () => {
+    const specs = (...texts: string[]) => texts.map((text, index) => parseListen(text, index));
+    const start = specs('http=tcp://127.0.0.1:8080', 'game=tcp://127.0.0.1:9000');
+    let listen = specs(
+      'http=tcp://127.0.0.1:8080',
+      'game=tcp://127.0.0.1:9000',
+      'admin=tcp://127.0.0.1:9100',
+    );
+    const bound: string[] = [];
+    const master = running(
+      { listen: start },
+      {
+        config: CONFIG,
+        readConfig: (): StartSettings => ({
+          options: { ...OPTIONS, listen },
+          raw: { command: [] },
+          config: CONFIG,
+          warnings: [],
+        }),
+        bindListeners: async (added) => {
+          bound.push(...added.map((spec) => spec.name));
+          return added.map((spec) => ({
+            name: spec.name,
+            fd: 30,
+            inode: 7003,
+            kind: 'tcp' as const,
+            port: 9100,
+            address: '127.0.0.1',
+            close: () => closedListeners.push(spec.name),
+          }));
+        },
+      },
+    );
+    master.dispatch({ type: 'reload', source: 'SIGHUP', config: true });
+    // Nothing starts until the listener is bound.
+    expect(os.ofGeneration(2)).toHaveLength(0);
+    await Promise.resolve();
+    await Promise.resolve();
+    expect(bound).toEqual(['admin']);
+    expect(os.ofGeneration(2).map((p) => p.request.listenerFds)).toEqual([
+      [20, 21, 30],
+      [20, 21, 30],
+    ]);
+    expect(os.ofGeneration(2)[0]?.request.env.LISTEN_FDNAMES).toBe('http:game:admin');
+    for (const p of os.ofGeneration(2)) p.ready();
+    // Generation 1's workers restarted meanwhile would still get its two listeners.
+    listen = specs('http=tcp://127.0.0.1:8080', 'game=tcp://127.0.0.1:9000');
+    master.dispatch({ type: 'reload', source: 'SIGHUP', config: true });
+    expect(os.ofGeneration(3).map((p) => p.request.listenerFds)).toEqual([
+      [20, 21],
+      [20, 21],
+    ]);
+    for (const p of os.ofGeneration(3)) p.ready();
+    for (const p of os.ofGeneration(1)) p.exit(0);
+    // Generation 2 still drains on admin: its master copy stays open until its last worker is gone.
+    expect(closedListeners).toEqual([]);
+    for (const p of os.ofGeneration(2)) p.exit(0);
+    expect(closedListeners).toEqual(['admin']);
+    expect(messages()).toContain('listener closed');
   });
 });
