@@ -204,6 +204,11 @@ export interface BatonStart {
   extraArgs?: string[];
   /** Added to the master's environment (undefined: removed from it), which its workers inherit. */
   env?: Record<string, string | undefined>;
+  /**
+   * A config file (in the app's folder) that holds the listeners, the worker count and the command:
+   * `baton start --config FILE` with no flag that would override it.
+   */
+  configFile?: string;
 }
 
 /** Starts a master on 127.0.0.1 port 0 and waits until generation 1 is active. */
@@ -212,6 +217,7 @@ export async function startBatonApp({
   app,
   extraArgs = [],
   env = {},
+  configFile,
 }: BatonStart): Promise<RunningBaton> {
   const listen = ['--listen', 'http=tcp://127.0.0.1:0'];
   if (app.kind === 'example') listen.push('--listen', 'game=tcp://127.0.0.1:0');
@@ -224,7 +230,9 @@ export async function startBatonApp({
   const controlDir = mkdtempSync(join(tmpdir(), 'baton-bench-control-'));
   controlDirs.add(controlDir);
   const control = ['--control', join(controlDir, 'control.sock')];
-  const args = ['start', ...listen, '--workers', String(workers), ...control, ...extraArgs, '--', ...command];
+  const args = configFile
+    ? ['start', '--config', configFile, ...control, ...extraArgs]
+    : ['start', ...listen, '--workers', String(workers), ...control, ...extraArgs, '--', ...command];
   const baton = startBaton(args, { cwd: app.kind === 'hello' ? REPO_ROOT : app.dir.dir, env });
   const httpPort = await baton.listenPort('http', START_TIMEOUT_MS);
   const gamePort = app.kind === 'example' ? await baton.listenPort('game', START_TIMEOUT_MS) : undefined;
@@ -327,16 +335,20 @@ export interface ReloadTimes {
 }
 
 /**
- * Sends SIGUSR2 for generation `gen` and waits until it is active and, if `awaitRetired`, until
- * generation `gen - 1` is retired.
+ * Sends SIGUSR2 (or `signal`: SIGHUP reads the config file again) for generation `gen` and waits until
+ * it is active and, if `awaitRetired`, until generation `gen - 1` is retired.
  */
 export async function reload(
   baton: BatonProcess,
   gen: number,
-  { awaitRetired = true, workers }: { awaitRetired?: boolean; workers: number },
+  {
+    awaitRetired = true,
+    workers,
+    signal = 'SIGUSR2',
+  }: { awaitRetired?: boolean; workers: number; signal?: NodeJS.Signals },
 ): Promise<ReloadTimes> {
   const signalAt = Date.now();
-  baton.signal('SIGUSR2');
+  baton.signal(signal);
   const starting = await baton.waitForLogMsg('generation starting', { gen }, RELOAD_TIMEOUT_MS);
   const active = await baton.waitForLogMsg('generation active', { gen }, RELOAD_TIMEOUT_MS);
   const workerReadyMs = baton.logs

@@ -14,6 +14,7 @@ import type { BenchContext } from './context.js';
 import { cleanupEverything, REPO_ROOT } from './harness.js';
 import { type RunInfo, renderMarkdown, type ScenarioError, type ScenarioOutcome } from './report.js';
 import { brokenRelease } from './scenarios/broken.js';
+import { configReload } from './scenarios/config.js';
 import { cost } from './scenarios/cost.js';
 import { frameworks } from './scenarios/frameworks.js';
 import { inFlight } from './scenarios/inflight.js';
@@ -41,6 +42,7 @@ const SCENARIOS: Array<{
   { id: 'sessions', title: '3. Long-lived sessions across reloads', run: longSessions },
   { id: 'scale', title: '7. Scale', run: scale },
   { id: 'frameworks', title: '8. Node apps as they are: reload under load', run: frameworks },
+  { id: 'config', title: '9. Config reload under load', run: configReload },
 ];
 
 const USAGE = `Usage: npm run bench [-- --quick] [-- --only ${SCENARIOS.map((scenario) => scenario.id).join(',')}]`;

@@ -2,8 +2,10 @@
  * The `baton` command line: parses arguments (yargs), runs the command, and
  * turns every BatonError into one line on stderr and its exit code.
  */
+import path from 'node:path';
 import yargs, { type Argv } from 'yargs';
 import { hideBin } from 'yargs/helpers';
+import { resolveStartSettings } from '../supervisor/config.js';
 import type { MasterTarget } from '../supervisor/control/client.js';
 import { parseName, resolveControlSettings } from '../supervisor/control/socket-path.js';
 import { BatonError, describeExitCodes, EXIT_CODES, UsageError } from '../supervisor/errors.js';
@@ -16,7 +18,7 @@ import {
   MAX_WORKERS,
   parseInteger,
   parseLogLevel,
-  parseStartOptions,
+  type RawStartArgs,
 } from '../supervisor/options.js';
 import { runMaster } from '../supervisor/start.js';
 import { batonVersion } from '../supervisor/version.js';
@@ -27,7 +29,7 @@ import { scaleCommand } from './commands/scale.js';
 import { statusCommand } from './commands/status.js';
 import { stopCommand } from './commands/stop.js';
 
-const EPILOGUE = `Signals to the master: SIGUSR2 or SIGHUP reload, SIGTERM or SIGINT drain and stop, SIGQUIT stop now.
+const EPILOGUE = `Signals to the master: SIGUSR2 reload, SIGHUP read --config again and reload with it, SIGTERM or SIGINT drain and stop, SIGQUIT stop now.
 Exit codes: ${describeExitCodes()}.
 Control socket and protocol: docs/control.md.`;
 
@@ -94,6 +96,12 @@ function startOptions(argv: Argv) {
     .usage(
       'baton start [options] -- <command> [args...]\n\nRun <command> as workers that inherit the listening sockets; SIGUSR2 upgrades them without dropping anyone.',
     )
+    .option('config', {
+      type: 'string',
+      requiresArg: true,
+      describe:
+        "Read the settings from this file: baton's JSON (every option under its camelCase name, the command as an array under `command`, `env`), or a PM2 ecosystem file (its first app). Flags given win over the file. SIGHUP reads it again and reloads with it (docs/config.md)",
+    })
     .option('listen', {
       type: 'string',
       array: true,
@@ -104,37 +112,37 @@ function startOptions(argv: Argv) {
     .option('workers', {
       type: 'string',
       requiresArg: true,
-      default: String(DEFAULTS.workers),
+      defaultDescription: JSON.stringify(String(DEFAULTS.workers)),
       describe: 'Workers per generation',
     })
     .option('ready-timeout', {
       type: 'string',
       requiresArg: true,
-      default: formatDuration(DEFAULTS.readyTimeoutMs),
+      defaultDescription: JSON.stringify(formatDuration(DEFAULTS.readyTimeoutMs)),
       describe: 'How long a new generation has to say ready before the reload fails (500ms, 30s, 5m, 2h)',
     })
     .option('drain-timeout', {
       type: 'string',
       requiresArg: true,
-      default: formatDuration(DEFAULTS.drainTimeoutMs),
+      defaultDescription: JSON.stringify(formatDuration(DEFAULTS.drainTimeoutMs)),
       describe: 'How long an old generation may drain before its workers are killed',
     })
     .option('drain-signal', {
       type: 'string',
       requiresArg: true,
-      default: DEFAULTS.drainSignal,
+      defaultDescription: JSON.stringify(DEFAULTS.drainSignal),
       describe: 'The signal that tells a worker to drain',
     })
     .option('max-draining', {
       type: 'string',
       requiresArg: true,
-      default: String(DEFAULTS.maxDraining),
+      defaultDescription: JSON.stringify(String(DEFAULTS.maxDraining)),
       describe: 'Most old generations draining at once; past it the oldest is cut short',
     })
     .option('ready', {
       type: 'string',
       requiresArg: true,
-      default: DEFAULTS.ready,
+      defaultDescription: JSON.stringify(DEFAULTS.ready),
       describe:
         "How a worker says it is ready: auto (the IPC message 'ready', or READY=1 sent to NOTIFY_SOCKET or written on the pipe in BATON_NOTIFY_FD; with the preload, a Node worker that listens on every listener; for a command that is not node, also poll), ipc (only the message 'ready', for apps that say ready after warming up, as PM2's wait_ready), notify, poll (seen in /proc: the worker or a process it forked waits on a listener), or delay:<duration>",
     })
@@ -193,19 +201,19 @@ function startOptions(argv: Argv) {
     })
     .option('preload', {
       type: 'boolean',
-      default: DEFAULTS.preload,
+      defaultDescription: String(DEFAULTS.preload),
       describe:
         "Load baton's preload into Node workers (NODE_OPTIONS --import, so also behind npm start): a listen() on one of baton's ports or on PORT gets the inherited socket, the worker is ready once it listens on all of them, and server.close() or the drain signal drains without cutting requests; --no-preload turns it off",
     })
     .option('log-level', {
       type: 'string',
       requiresArg: true,
-      default: DEFAULTS.logLevel,
+      defaultDescription: JSON.stringify(DEFAULTS.logLevel),
       describe: `One of ${LOG_LEVELS.join(', ')}`,
     })
     .option('pretty', {
       type: 'boolean',
-      default: false,
+      defaultDescription: 'false',
       describe: 'Readable logs for people instead of JSON lines',
     })
     .example(
@@ -229,7 +237,8 @@ async function main(): Promise<number> {
       'Run a command as workers under baton',
       (argv) => startOptions(argv),
       async (argv) => {
-        const options = parseStartOptions({
+        // Only what was typed: a flag left out takes the file's value, then the default.
+        const flags: RawStartArgs = {
           listen: argv.listen,
           workers: argv.workers,
           readyTimeout: argv['ready-timeout'],
@@ -246,19 +255,44 @@ async function main(): Promise<number> {
           user: argv.user,
           group: argv.group,
           preload: argv.preload,
+          name: argv.name,
+          control: argv.control,
+          logLevel: argv['log-level'],
+          pretty: argv.pretty,
           command: commandAfterDashes(argv),
-        });
+        };
+        const cwd = process.cwd();
+        const configPath = argv.config === undefined ? undefined : String(argv.config);
+        const settings = resolveStartSettings(flags, configPath, cwd);
+        const { options, raw } = settings;
+        const pretty = raw.pretty === true;
         const logger = createLogger({
-          level: parseLogLevel(String(argv['log-level'])),
-          pretty: argv.pretty === true,
+          level:
+            raw.logLevel === undefined
+              ? DEFAULTS.logLevel
+              : parseLogLevel(
+                  String(raw.logLevel),
+                  flags.logLevel === undefined ? 'logLevel' : '--log-level',
+                ),
+          pretty,
         });
+        for (const warning of settings.warnings) logger.warn({ config: settings.config?.path }, warning);
         const control = resolveControlSettings(
-          { name: argv.name, control: argv.control },
+          { name: raw.name, control: raw.control },
           [options.command, ...options.args],
           process.env,
-          process.cwd(),
+          cwd,
         );
-        exitCode = await runMaster(options, logger, control, { failureOnStderr: argv.pretty !== true });
+        exitCode = await runMaster(options, logger, control, {
+          failureOnStderr: !pretty,
+          ...(settings.config
+            ? {
+                config: settings.config,
+                readConfig: (file: string | undefined) =>
+                  resolveStartSettings(flags, file ?? settings.config?.path, cwd),
+              }
+            : {}),
+        });
       },
     )
     .command(
@@ -267,15 +301,26 @@ async function main(): Promise<number> {
       (argv) =>
         targetOptions(argv)
           .usage(
-            'baton reload [--no-wait] [--name NAME | --control PATH | --pid PID]\n\nStart a new generation from the code on disk; once all of it is ready, drain the old one. Prints progress; exits 0 when the new generation serves and the old one has drained.',
+            'baton reload [--no-wait] [--config [FILE]] [--name NAME | --control PATH | --pid PID]\n\nStart a new generation from the code on disk; once all of it is ready, drain the old one. Prints progress; exits 0 when the new generation serves and the old one has drained.',
           )
           .option('wait', {
             type: 'boolean',
             default: true,
             describe: 'Wait until the old generation has drained; --no-wait returns once the new one serves',
+          })
+          .option('config', {
+            type: 'string',
+            describe:
+              "Read the master's config file again first (as SIGHUP does), or FILE instead (from now on); a file that does not read or validate refuses the reload with one line, and nothing changes",
           }),
       async (argv) => {
-        exitCode = await reloadCommand(targetOf(argv), argv.wait !== false, process.stdout);
+        const config =
+          argv.config === undefined
+            ? undefined
+            : argv.config === ''
+              ? true
+              : path.resolve(process.cwd(), String(argv.config));
+        exitCode = await reloadCommand(targetOf(argv), argv.wait !== false, process.stdout, config);
       },
     )
     .command(

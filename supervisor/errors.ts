@@ -62,6 +62,11 @@ export class UsageError extends BatonError {
   override readonly exitCode: number = EXIT_CODES.usage;
 }
 
+/** A config file re-read for a reload does not read or validate: the reload was refused, nothing changed. */
+export class ConfigRefusedError extends BatonError {
+  override readonly exitCode: number = EXIT_CODES.usage;
+}
+
 /** A listener could not be bound (port in use, no permission, bad address). */
 export class ListenError extends BatonError {
   override readonly exitCode: number = EXIT_CODES.listenFailed;

@@ -3,10 +3,12 @@
  * starting → active → draining → retired, or starting → failed; a failed generation keeps its state
  * once its workers are gone (status shows why it failed), and is `ended` like a retired one.
  */
+import type { ConfigLabel } from './config.js';
 import { isCrashLoop } from './decisions.js';
 import { describeStartFailure, type StartFailure } from './errors.js';
 import type { AppliedPatch } from './inject.js';
-import type { GenerationSnapshot, Replacement } from './model.js';
+import type { GenerationSnapshot, InheritedListener, Replacement } from './model.js';
+import type { MasterOptions } from './options.js';
 import type { TimerHandle } from './os.js';
 import type { Worker } from './worker.js';
 
@@ -48,6 +50,18 @@ export class Generation {
     readonly version: string,
     size: number,
     readonly startedAt: number,
+    /**
+     * The settings it was started with (command, environment, timeouts, readiness): a config reload
+     * changes the next generation's, never a running one's. The master's own when undefined.
+     */
+    readonly settings?: MasterOptions,
+    /** The config file those settings came from, if any (for status). */
+    readonly config?: ConfigLabel,
+    /**
+     * The listeners its workers inherit, in order: a config reload may add or remove some for the next
+     * generation; this one keeps its own. The master's own when undefined.
+     */
+    readonly listeners?: readonly InheritedListener[],
   ) {
     this.slots = Array.from({ length: size }, (_, index) => ({
       index,
@@ -200,6 +214,7 @@ export class Generation {
       })),
       patches: [...patches],
       replacements: [...this.replacements],
+      ...(this.config ? { config: { ...this.config } } : {}),
     };
   }
 }

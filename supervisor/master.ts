@@ -12,6 +12,13 @@ import {
   type WorkerMessageKind,
   type WorkerWire,
 } from '../child/protocol.js';
+import {
+  type ConfigLabel,
+  describeSettings,
+  type PendingConfig,
+  type StartSettings,
+  settingsChange,
+} from './config.js';
 import { stopWait } from './decisions.js';
 import { type DryRunAnswer, DryRunner } from './dry-run.js';
 import { EXIT_CODES, type GenerationFailedError } from './errors.js';
@@ -26,8 +33,9 @@ import type {
   MasterSnapshot,
   MasterState,
   Progress,
+  ReloadAnswer,
 } from './model.js';
-import type { MasterOptions } from './options.js';
+import type { ListenSpec, MasterOptions } from './options.js';
 import type { Os } from './os.js';
 import { Readiness } from './readiness.js';
 import { SlotKeeper } from './slots.js';
@@ -48,6 +56,15 @@ export interface MasterContext {
   writeStderr(chunk: Buffer): void;
   /** The version label of a new generation (read anew at each reload); the generation number when undefined. */
   versionLabel?: () => string | undefined;
+  /** The config file the settings came from (`--config`), if any. */
+  config?: ConfigLabel;
+  /**
+   * Reads a config file again (`file`, or the one of `config` when undefined) and merges it with the
+   * command line as at the start; throws a UsageError of one line when it does not read or validate.
+   */
+  readConfig?: (file: string | undefined) => StartSettings;
+  /** Binds listeners a config reload adds (each logged as at the start); rejects with one line if one cannot be. */
+  bindListeners?: (specs: ListenSpec[]) => Promise<InheritedListener[]>;
 }
 
 /**
@@ -77,6 +94,16 @@ export class Master implements ControlledMaster {
   /** When the stop began (for a repeated Ctrl-C). */
   private stopStartedAt: number | undefined;
   private resolveFinished: (exitCode: number) => void = () => {};
+  /** The settings a new generation starts with: the start's, until a config reload changes them. */
+  private settings: MasterOptions;
+  /** The config file they came from, if any. */
+  private config: ConfigLabel | undefined;
+  /** The listeners a new generation's workers inherit, in order: the start's, until a config reload. */
+  private listeners: readonly InheritedListener[];
+  /** Every listener whose master copy is open (closed at the stop, or once a config reload left it unused). */
+  private readonly heldListeners: Set<InheritedListener>;
+  /** A config reload waits for the listeners it adds to be bound. */
+  private bindingListeners = false;
   private readonly followers = new Set<(progress: Progress) => void>();
 
   private readonly spawner: Spawner;
@@ -102,9 +129,12 @@ export class Master implements ControlledMaster {
       this.watchdog.start();
     },
     reload: (event) => {
-      const answer = this.upgrade.onReload(event.source);
-      event.reply?.(answer);
+      const reply = event.reply ?? (() => {});
+      if (event.config === undefined) reply(this.upgrade.onReload(event.source));
+      else this.onConfigReload(event.config, event.source, reply);
     },
+    'config-listeners-bound': (event) =>
+      this.onConfigListenersBound(event.pending, event.listeners ?? [], event.error),
     stop: (event) => this.onStop(event.fast, event.source),
     'worker-message': (event) => this.onWorkerMessage(event.worker, event.message, event.handle),
     'worker-exited': (event) => {
@@ -177,17 +207,32 @@ export class Master implements ControlledMaster {
     this.finished = new Promise((resolve) => {
       this.resolveFinished = resolve;
     });
+    this.settings = options;
+    this.config = context.config;
+    this.listeners = context.listeners;
+    this.heldListeners = new Set(context.listeners);
     const { os, logger } = context;
+    // The rooms read the master's settings and listeners now through these: a config reload replaces them.
+    const current = { options: () => this.settings, listeners: () => this.listeners };
     const dispatch = (event: MasterEvent) => this.dispatch(event);
     const masterState = () => this.state;
-    const resolveCommand = () => this.spawner.resolveCommand();
+    const resolveCommand = (generation: Generation) => this.spawner.resolveCommand(generation.settings);
     const startWorker = (generation: Generation, slotIndex: number, command: string) => {
       const worker = this.spawner.spawnWorker(generation, slotIndex, command);
       if (worker) this.readiness.watch(worker, command);
     };
     const kill = (worker: Worker, signal: NodeJS.Signals) => this.kill(worker, signal);
     const report = (progress: Progress) => this.report(progress);
-    this.spawner = new Spawner({ ...context, options, dispatch });
+    this.spawner = new Spawner({
+      ...context,
+      get options() {
+        return current.options();
+      },
+      get listeners() {
+        return current.listeners();
+      },
+      dispatch,
+    });
     this.handoff = new HandoffRelay({
       logger,
       now: () => os.now(),
@@ -223,7 +268,9 @@ export class Master implements ControlledMaster {
     this.slots = new SlotKeeper({
       os,
       logger,
-      options,
+      get options() {
+        return current.options();
+      },
       masterState,
       activeGeneration: () => this.upgrade.activeGeneration,
       resolveCommand,
@@ -244,8 +291,14 @@ export class Master implements ControlledMaster {
     this.upgrade = new Upgrade({
       os,
       logger,
-      options,
-      listeners: context.listeners,
+      get options() {
+        return current.options();
+      },
+      config: () => this.config,
+      get listeners() {
+        return current.listeners();
+      },
+      generationEnded: () => this.closeUnusedListeners(),
       handoff: this.handoff,
       masterState,
       targetWorkers: () => this.slots.targetWorkers,
@@ -272,8 +325,12 @@ export class Master implements ControlledMaster {
     this.readiness = new Readiness({
       os,
       logger,
-      options,
-      listeners: context.listeners,
+      get options() {
+        return current.options();
+      },
+      get listeners() {
+        return current.listeners();
+      },
       dispatch,
       ready: (worker, via) => this.upgrade.onWorkerReady(worker, via),
       listensElsewhere: (worker, ports) => this.upgrade.onListensElsewhere(worker, ports),
@@ -334,6 +391,7 @@ export class Master implements ControlledMaster {
       pid: process.pid,
       workers: this.slots.targetWorkers,
       reloadQueued: this.upgrade.queued,
+      ...(this.config ? { config: { ...this.config } } : {}),
       sessions: this.handoff.snapshot(),
       generations: this.upgrade.generations.map((generation) =>
         generation.snapshot(this.injections.patchesOf(generation)),
@@ -350,6 +408,146 @@ export class Master implements ControlledMaster {
     if (this.state !== 'stopping' && this.state !== 'stopped') return false;
     this.log.warn(facts, message);
     return true;
+  }
+
+  // ---- config reload ------------------------------------------------------
+
+  /**
+   * SIGHUP or `baton reload --config`: reads the config file again, then reloads with it. What a new
+   * generation is made of takes effect in that reload; listeners the file adds are bound first (the
+   * reload waits for them), those it no longer has close once no generation uses them. A file that does
+   * not read or validate, or a listener that cannot be bound, refuses the reload with one line and
+   * changes nothing. Without a config file, SIGHUP reloads with the same settings.
+   */
+  private onConfigReload(asked: true | string, source: string, reply: (answer: ReloadAnswer) => void): void {
+    const file = asked === true ? this.config?.path : asked;
+    if (file === undefined || !this.context.readConfig) {
+      if (source !== 'SIGHUP') {
+        reply(
+          this.refuseConfig(
+            source,
+            'The master was started without --config: give the file, as baton reload --config FILE',
+          ),
+        );
+        return;
+      }
+      this.log.info({ source }, 'no --config to read again: reloading with the same settings');
+      reply(this.upgrade.onReload(source));
+      return;
+    }
+    if (this.bindingListeners) {
+      reply(
+        this.refuseConfig(source, 'A config reload is binding its listeners: try again once it has', file),
+      );
+      return;
+    }
+    let read: StartSettings;
+    try {
+      read = this.context.readConfig(file);
+    } catch (error) {
+      reply(this.refuseConfig(source, (error as Error).message, file));
+      return;
+    }
+    const shown = read.config?.path ?? file;
+    const change = settingsChange(this.settings, read.options, shown.slice(shown.lastIndexOf('/') + 1), {
+      handedOver: this.listeners.some(
+        (listener) => !this.settings.listen.some((spec) => spec.name === listener.name),
+      ),
+    });
+    if (!change.ok) {
+      reply(this.refuseConfig(source, change.message, file));
+      return;
+    }
+    const pending: PendingConfig = { read, change, source, file, reply };
+    const bind = this.context.bindListeners;
+    if (change.added.length === 0) {
+      this.applyConfig(pending, []);
+      return;
+    }
+    if (!bind) {
+      reply(this.refuseConfig(source, 'This master cannot bind listeners after its start', file));
+      return;
+    }
+    this.bindingListeners = true;
+    bind(change.added).then(
+      (listeners) => this.dispatch({ type: 'config-listeners-bound', pending, listeners }),
+      (error: Error) => this.dispatch({ type: 'config-listeners-bound', pending, error: error.message }),
+    );
+  }
+
+  /** The listeners a config reload added are bound (or failed to be): its reload starts now. */
+  private onConfigListenersBound(
+    pending: PendingConfig,
+    listeners: readonly InheritedListener[],
+    error: string | undefined,
+  ): void {
+    this.bindingListeners = false;
+    if (error !== undefined) {
+      pending.reply(this.refuseConfig(pending.source, error, pending.file));
+      return;
+    }
+    if (this.state === 'stopping' || this.state === 'stopped') {
+      for (const listener of listeners) listener.close();
+      pending.reply(this.upgrade.onReload(pending.source));
+      return;
+    }
+    this.applyConfig(pending, listeners);
+  }
+
+  private applyConfig(
+    { read, change, source, file, reply }: PendingConfig,
+    bound: readonly InheritedListener[],
+  ): void {
+    for (const warning of [...read.warnings, ...change.warnings]) this.log.warn({ config: file }, warning);
+    const workersBefore = this.settings.workers;
+    const addedNames = new Set(change.added.map((spec) => spec.name));
+    const current = new Map(this.listeners.map((listener) => [listener.name, listener]));
+    const fresh = new Map(bound.map((listener) => [listener.name, listener]));
+    for (const listener of bound) this.heldListeners.add(listener);
+    this.listeners = change.options.listen.flatMap((spec) => {
+      const listener = addedNames.has(spec.name) ? fresh.get(spec.name) : current.get(spec.name);
+      return listener ? [listener] : [];
+    });
+    this.settings = change.options;
+    this.config = read.config;
+    this.slots.onSettingsChanged(workersBefore, change.options.workers);
+    this.log.info(
+      {
+        source,
+        config: read.config?.path,
+        hash: read.config?.hash,
+        ...describeSettings(change.options),
+        listeners: this.listeners.map((listener) => listener.name),
+      },
+      'config read: the next generation runs with it',
+    );
+    this.closeUnusedListeners();
+    reply(this.upgrade.onReload(source));
+  }
+
+  /**
+   * Closes the master's copy of each listener that a config reload removed and no generation with
+   * workers still uses: the socket closes for good once the last worker holding it exits.
+   */
+  private closeUnusedListeners(): void {
+    const used = new Set<InheritedListener>(this.listeners);
+    for (const generation of this.upgrade.generations) {
+      if (!generation.ended) for (const listener of generation.listeners ?? []) used.add(listener);
+    }
+    for (const listener of this.heldListeners) {
+      if (used.has(listener)) continue;
+      listener.close();
+      this.heldListeners.delete(listener);
+      this.log.info(
+        { listener: listener.name, address: listener.address, port: listener.port },
+        'listener closed',
+      );
+    }
+  }
+
+  private refuseConfig(source: string, message: string, file?: string): ReloadAnswer {
+    this.log.error({ source, ...(file === undefined ? {} : { config: file }) }, `config refused: ${message}`);
+    return { outcome: 'refused', reason: 'config', message };
   }
 
   // ---- worker messages ----------------------------------------------------
@@ -408,20 +606,22 @@ export class Master implements ControlledMaster {
       reply({ outcome: 'ignored', reason: 'stopping', message: 'The master is stopping: no dry run.' });
       return;
     }
+    const active = this.upgrade.activeGeneration;
+    const settings = active?.settings ?? this.settings;
     this.dryRuns.request(
       patch,
       source,
       {
-        generation: this.upgrade.activeGeneration,
-        command: this.options.command,
-        resolveCommand: () => this.spawner.resolveCommand(),
+        generation: active,
+        command: settings.command,
+        resolveCommand: () => this.spawner.resolveCommand(settings),
         plan: (patch, generation, command) => ({
           patch,
           earlier: this.injections.keptPatches(generation),
           generation: generation.id,
           spawn: this.spawner.request(command, generation, undefined),
-          startTimeoutMs: this.options.readyTimeoutMs,
-          stopSignal: this.options.drainSignal,
+          startTimeoutMs: settings.readyTimeoutMs,
+          stopSignal: settings.drainSignal,
         }),
       },
       reply,
@@ -451,7 +651,7 @@ export class Master implements ControlledMaster {
     this.report({ kind: 'stopping', fast });
     this.handoff.abortAll('the master is stopping');
     // Close the master's copies: each socket closes for good when its last worker stops accepting.
-    for (const listener of this.context.listeners) listener.close();
+    for (const listener of this.heldListeners) listener.close();
     this.dryRuns.stopAll(fast);
     this.upgrade.drainAll(fast);
     this.finishIfStopped();
@@ -461,7 +661,7 @@ export class Master implements ControlledMaster {
   /** A stop that takes long says what it waits for, and how to cut it short. */
   private remindOfStop(): void {
     if (this.state !== 'stopping') return;
-    const wait = stopWait(this.upgrade.generations, this.context.os.now(), this.options.drainTimeoutMs);
+    const wait = stopWait(this.upgrade.generations, this.context.os.now(), this.settings.drainTimeoutMs);
     if (!wait) return;
     this.log.info(
       { generations: wait.generations, killInMs: wait.killInMs },

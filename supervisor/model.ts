@@ -3,6 +3,7 @@
  * snapshot `status` shows. The control socket, the metrics and the CLI import these types from here,
  * never the master itself.
  */
+import type { ConfigLabel, PendingConfig } from './config.js';
 import type { DryRunAnswer, DryRunEvent } from './dry-run.js';
 import type { StartFailure } from './errors.js';
 import type { Generation } from './generation.js';
@@ -13,7 +14,23 @@ import type { Worker } from './worker.js';
 /** Everything that can happen to a master. */
 export type MasterEvent =
   | { type: 'start' }
-  | { type: 'reload'; source: string; reply?: (answer: ReloadAnswer) => void }
+  | {
+      type: 'reload';
+      source: string;
+      /**
+       * Read the config file again first (SIGHUP, `baton reload --config`): `true` the master's own,
+       * a path another one (which becomes the master's own).
+       */
+      config?: true | string;
+      reply?: (answer: ReloadAnswer) => void;
+    }
+  /** The listeners a config reload adds are bound, or could not be (`error`, one line). */
+  | {
+      type: 'config-listeners-bound';
+      pending: PendingConfig;
+      listeners?: readonly InheritedListener[];
+      error?: string;
+    }
   | { type: 'stop'; fast: boolean; source: string }
   /** An IPC message from a worker (child/protocol.ts), with the handle that came along, if any. */
   | { type: 'worker-message'; worker: Worker; message: unknown; handle?: unknown }
@@ -53,7 +70,9 @@ export type MasterEvent =
 /** What a reload request became: the generation that will carry it, or nothing while stopping. */
 export type ReloadAnswer =
   | { outcome: 'started' | 'queued' | 'joined'; generation: number }
-  | { outcome: 'ignored'; reason: 'stopping' };
+  | { outcome: 'ignored'; reason: 'stopping' }
+  /** The config file did not read or validate (or changes what a reload cannot): nothing changed. */
+  | { outcome: 'refused'; reason: 'config'; message: string };
 
 /** What the master reports as an upgrade goes, for whoever follows it (the control socket). */
 export type Progress =
@@ -105,6 +124,8 @@ export interface GenerationSnapshot {
   patches: AppliedPatch[];
   /** Serving workers replaced without a reload (`--max-memory`, `--watchdog`), the last few, oldest first. */
   replacements: Replacement[];
+  /** The config file its settings came from (`--config`), if any. */
+  config?: ConfigLabel;
 }
 
 /** A serving worker replaced without a reload. */
@@ -121,6 +142,8 @@ export interface MasterSnapshot {
   pid: number;
   workers: number;
   reloadQueued: boolean;
+  /** The config file the next generation's settings come from (`--config`), if any. */
+  config?: ConfigLabel;
   generations: GenerationSnapshot[];
   /** Live session handoff: sessions moved, kept and failed, and the last rounds (docs/handoff.md). */
   sessions: SessionsSnapshot;

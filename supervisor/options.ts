@@ -75,13 +75,13 @@ export type ReadinessMode =
   | { kind: 'delay'; ms: number };
 
 /** Parses `--ready auto|ipc|notify|poll|delay:2s`. */
-export function parseReadiness(text: string): ReadinessMode {
+export function parseReadiness(text: string, flag = '--ready'): ReadinessMode {
   const value = String(text).trim();
   if (value === 'auto' || value === 'ipc' || value === 'notify' || value === 'poll') return { kind: value };
   if (value.startsWith('delay:'))
-    return { kind: 'delay', ms: parseDuration('--ready delay', value.slice(6)) };
+    return { kind: 'delay', ms: parseDuration(`${flag} delay`, value.slice(6)) };
   throw new UsageError(
-    `Expected \`--ready\` to be auto, ipc, notify, poll or delay:<duration> like delay:2s, got '${text}'`,
+    `Expected \`${flag}\` to be auto, ipc, notify, poll or delay:<duration> like delay:2s, got '${text}'`,
   );
 }
 
@@ -143,6 +143,10 @@ export interface MasterOptions {
   watch?: string[];
   /** Whether Node workers get baton's preload (`--no-preload`: false; undefined: not either). */
   preload?: boolean;
+  /** Variables the workers get on top of the master's environment (the config file's `env`). */
+  env?: Record<string, string>;
+  /** The folder workers run in (the config file's `cwd`); the master's own when undefined. */
+  cwd?: string;
   command: string;
   args: string[];
 }
@@ -154,11 +158,11 @@ const DURATION_PATTERN = /^(\d+(?:\.\d+)?)(ms|s|m|h|d)$/;
 export const MIN_WATCHDOG_MS = 200;
 
 /** Parses `--watchdog 10s`. */
-export function parseWatchdog(text: string): number {
-  const ms = parseDuration('--watchdog', text);
+export function parseWatchdog(text: string, flag = '--watchdog'): number {
+  const ms = parseDuration(flag, text);
   if (ms < MIN_WATCHDOG_MS) {
     throw new UsageError(
-      `Expected \`--watchdog\` to be a duration of at least ${MIN_WATCHDOG_MS}ms, like 10s, got '${text}'`,
+      `Expected \`${flag}\` to be a duration of at least ${MIN_WATCHDOG_MS}ms, like 10s, got '${text}'`,
     );
   }
   return ms;
@@ -213,9 +217,8 @@ const MAX_UNIX_PATH = 107;
  * brackets) or `[name=]unix:/path.sock[?mode=660&owner=u&group=g]`; unnamed
  * listeners are called listen0, listen1, ...
  */
-export function parseListen(text: string, index: number): ListenSpec {
-  const expected =
-    'Expected `--listen` to look like http=tcp://127.0.0.1:8080, tcp://[::]:9000, udp://0.0.0.0:5353 or unix:/run/app.sock';
+export function parseListen(text: string, index: number, flag = '--listen'): ListenSpec {
+  const expected = `Expected \`${flag}\` to look like http=tcp://127.0.0.1:8080, tcp://[::]:9000, udp://0.0.0.0:5353 or unix:/run/app.sock`;
   const raw = String(text).trim();
   const eq = raw.indexOf('=');
   const hasName = eq !== -1 && !/^[a-z0-9+]+:/.test(raw.slice(0, eq));
@@ -306,10 +309,10 @@ export function parseSignal(flag: string, text: string): NodeJS.Signals {
 }
 
 /** Checks a pino log level. */
-export function parseLogLevel(text: string): LogLevel {
+export function parseLogLevel(text: string, flag = '--log-level'): LogLevel {
   const level = String(text).trim().toLowerCase();
   if (!(LOG_LEVELS as readonly string[]).includes(level)) {
-    throw new UsageError(`Expected \`--log-level\` to be one of ${LOG_LEVELS.join(', ')}, got '${text}'`);
+    throw new UsageError(`Expected \`${flag}\` to be one of ${LOG_LEVELS.join(', ')}, got '${text}'`);
   }
   return level as LogLevel;
 }
@@ -344,15 +347,31 @@ export interface RawStartArgs {
   socketsInherited?: boolean;
   /** `--no-preload` makes it false. */
   preload?: unknown;
+  /** The config file's `env`: variables for the workers. */
+  env?: Record<string, string>;
+  /** The config file's `cwd`: the folder workers run in (absolute). */
+  workerCwd?: string;
+  /** `--name`, `--control`, `--log-level`, `--pretty`: read by the CLI, not by `parseStartOptions`. */
+  name?: unknown;
+  control?: unknown;
+  logLevel?: unknown;
+  pretty?: unknown;
   command: string[];
 }
+
+/** Where each setting came from when not a flag: its name in the config file, for messages. */
+export type FieldNames = Partial<Record<keyof RawStartArgs, string>>;
 
 /** What `baton start` says when the worker's command is missing, or some of it came before `--`. */
 export const COMMAND_AFTER_DASHES =
   "Expected the worker's command after `--`, like: baton start [options] -- node server.js";
 
-/** Validates everything `baton start` was given; throws the first UsageError found. */
-export function parseStartOptions(raw: RawStartArgs): MasterOptions {
+/**
+ * Validates everything `baton start` was given; throws the first UsageError found. `fields` names
+ * the settings that came from a config file, so that a complaint names the field, not the flag.
+ */
+export function parseStartOptions(raw: RawStartArgs, fields: FieldNames = {}): MasterOptions {
+  const flag = (field: keyof RawStartArgs, cli: string) => fields[field] ?? cli;
   // First: a command typed without `--` ends up in an array option (`--listen ... node server.js`),
   // whose complaint about 'node' would hide the real mistake.
   const [command, ...args] = raw.command;
@@ -361,42 +380,59 @@ export function parseStartOptions(raw: RawStartArgs): MasterOptions {
   if (listenTexts.length === 0 && !raw.socketsInherited) {
     throw new UsageError('Expected at least one `--listen`, like --listen http=tcp://127.0.0.1:8080');
   }
-  const listen = listenTexts.map(parseListen);
+  const listen = listenTexts.map((text, index) => parseListen(text, index, flag('listen', '--listen')));
   const names = new Set<string>();
   for (const spec of listen) {
     if (names.has(spec.name))
-      throw new UsageError(`Expected each \`--listen\` name once, got '${spec.name}' twice`);
+      throw new UsageError(
+        `Expected each \`${flag('listen', '--listen')}\` name once, got '${spec.name}' twice`,
+      );
     names.add(spec.name);
   }
   return {
     listen,
     workers:
-      raw.workers === undefined ? DEFAULTS.workers : parseInteger('--workers', raw.workers, 1, MAX_WORKERS),
+      raw.workers === undefined
+        ? DEFAULTS.workers
+        : parseInteger(flag('workers', '--workers'), raw.workers, 1, MAX_WORKERS),
     readyTimeoutMs:
       raw.readyTimeout === undefined
         ? DEFAULTS.readyTimeoutMs
-        : parseDuration('--ready-timeout', String(raw.readyTimeout)),
+        : parseDuration(flag('readyTimeout', '--ready-timeout'), String(raw.readyTimeout)),
     drainTimeoutMs:
       raw.drainTimeout === undefined
         ? DEFAULTS.drainTimeoutMs
-        : parseDuration('--drain-timeout', String(raw.drainTimeout), { allowZero: true }),
+        : parseDuration(flag('drainTimeout', '--drain-timeout'), String(raw.drainTimeout), {
+            allowZero: true,
+          }),
     drainSignal:
       raw.drainSignal === undefined
         ? DEFAULTS.drainSignal
-        : parseSignal('--drain-signal', String(raw.drainSignal)),
+        : parseSignal(flag('drainSignal', '--drain-signal'), String(raw.drainSignal)),
     maxDraining:
       raw.maxDraining === undefined
         ? DEFAULTS.maxDraining
-        : parseInteger('--max-draining', raw.maxDraining, 1, 1000),
-    ready: parseReadiness(raw.ready === undefined ? DEFAULTS.ready : String(raw.ready)),
-    watch: parseWatch(raw.watch, raw.cwd ?? process.cwd()),
-    metrics: raw.metrics === undefined ? undefined : parseMetrics(String(raw.metrics)),
+        : parseInteger(flag('maxDraining', '--max-draining'), raw.maxDraining, 1, 1000),
+    ready: parseReadiness(
+      raw.ready === undefined ? DEFAULTS.ready : String(raw.ready),
+      flag('ready', '--ready'),
+    ),
+    watch: parseWatch(raw.watch, raw.cwd ?? process.cwd(), flag('watch', '--watch')),
+    metrics:
+      raw.metrics === undefined ? undefined : parseMetrics(String(raw.metrics), flag('metrics', '--metrics')),
     versionFile: raw.versionFile === undefined ? undefined : String(raw.versionFile),
     maxMemoryBytes:
-      raw.maxMemory === undefined ? undefined : parseSize('--max-memory', String(raw.maxMemory)),
-    watchdogMs: raw.watchdog === undefined ? undefined : parseWatchdog(String(raw.watchdog)),
+      raw.maxMemory === undefined
+        ? undefined
+        : parseSize(flag('maxMemory', '--max-memory'), String(raw.maxMemory)),
+    watchdogMs:
+      raw.watchdog === undefined
+        ? undefined
+        : parseWatchdog(String(raw.watchdog), flag('watchdog', '--watchdog')),
     ...parseWorkerUser(raw.user, raw.group, raw.masterUid ?? process.getuid?.() ?? 0),
     preload: raw.preload === undefined ? DEFAULTS.preload : raw.preload !== false,
+    ...(raw.env === undefined ? {} : { env: raw.env }),
+    ...(raw.workerCwd === undefined ? {} : { cwd: raw.workerCwd }),
     command,
     args,
   };
@@ -438,21 +474,21 @@ export function parseWorkerUser(
 }
 
 /** `--metrics tcp://host:port`: a TCP address of the master's own. */
-export function parseMetrics(text: string): InetListenSpec {
+export function parseMetrics(text: string, flag = '--metrics'): InetListenSpec {
   let spec: ListenSpec;
   try {
     spec = parseListen(text, 0);
   } catch {
-    throw new UsageError(`Expected \`--metrics\` to look like tcp://127.0.0.1:9100, got '${text}'`);
+    throw new UsageError(`Expected \`${flag}\` to look like tcp://127.0.0.1:9100, got '${text}'`);
   }
   if (spec.scheme !== 'tcp') {
-    throw new UsageError(`Expected \`--metrics\` to look like tcp://127.0.0.1:9100, got '${text}'`);
+    throw new UsageError(`Expected \`${flag}\` to look like tcp://127.0.0.1:9100, got '${text}'`);
   }
   return { ...spec, name: 'metrics' };
 }
 
 /** `--watch` alone watches the current folder; each path given must exist. */
-export function parseWatch(raw: unknown, cwd: string): string[] {
+export function parseWatch(raw: unknown, cwd: string, flag = '--watch'): string[] {
   if (raw === undefined || raw === false) return [];
   const given = ([] as unknown[])
     .concat(raw)
@@ -461,7 +497,7 @@ export function parseWatch(raw: unknown, cwd: string): string[] {
   const paths = (given.length === 0 ? ['.'] : given).map((text) => path.resolve(cwd, text));
   for (const [index, resolved] of paths.entries()) {
     if (!existsSync(resolved)) {
-      throw new UsageError(`Expected \`--watch\` paths to exist, got '${given[index] ?? '.'}'`);
+      throw new UsageError(`Expected \`${flag}\` paths to exist, got '${given[index] ?? '.'}'`);
     }
   }
   return paths;

@@ -76,8 +76,10 @@ export function checksOwnPorts(command: string, preload: boolean): boolean {
 export interface ReadinessPorts {
   os: Os;
   logger: Logger;
-  options: Pick<MasterOptions, 'ready' | 'readyTimeoutMs' | 'preload'>;
-  listeners: readonly InheritedListener[];
+  /** The master's settings now; a worker's generation has its own (`Generation.settings`). */
+  readonly options: Pick<MasterOptions, 'ready' | 'readyTimeoutMs' | 'preload'>;
+  /** The master's listeners now; a worker's generation has its own (`Generation.listeners`). */
+  readonly listeners: readonly InheritedListener[];
   /** Queues an event in the master's dispatcher (timers only queue). */
   dispatch(event: MasterEvent): void;
   /** A worker is ready, seen `via` a signal its `--ready` mode counts. */
@@ -98,9 +100,24 @@ export class Readiness {
 
   constructor(private readonly ports: ReadinessPorts) {}
 
+  /** The readiness settings of the worker's generation (a config reload changes the next one's only). */
+  private settingsOf(worker: Worker): ReadinessPorts['options'] {
+    return this.generationOf(worker)?.settings ?? this.ports.options;
+  }
+
+  /** The listeners the worker inherited: its generation's. */
+  private listenersOf(worker: Worker): readonly InheritedListener[] {
+    return this.generationOf(worker)?.listeners ?? this.ports.listeners;
+  }
+
+  private generationOf(worker: Worker): Generation | undefined {
+    return this.ports.generations().find((candidate) => candidate.id === worker.generation);
+  }
+
   /** Watches a worker just spawned from `command`: its ready deadline, and the delay or /proc probe. */
   watch(worker: Worker, command: string): void {
-    const { os, dispatch, options } = this.ports;
+    const { os, dispatch } = this.ports;
+    const options = this.settingsOf(worker);
     worker.readyTimer = os.setTimer(options.readyTimeoutMs, () =>
       dispatch({ type: 'ready-timeout', worker }),
     );
@@ -110,14 +127,14 @@ export class Readiness {
     } else if (probesProc(mode.kind, command, options.preload === true)) {
       this.scheduleProbe(worker);
     }
-    if (this.listenerInodes.size > 0 && checksOwnPorts(command, options.preload === true)) {
+    if (inodesOf(this.listenersOf(worker)).size > 0 && checksOwnPorts(command, options.preload === true)) {
       this.scheduleOwnPortCheck(worker);
     }
   }
 
   /** A worker said ready one way; whether that counts depends on `--ready`. */
   onSignal(worker: Worker, via: ReadyVia): void {
-    if (countsAsReady(this.ports.options.ready.kind, via)) this.ports.ready(worker, via);
+    if (countsAsReady(this.settingsOf(worker).ready.kind, via)) this.ports.ready(worker, via);
   }
 
   /**
@@ -127,7 +144,7 @@ export class Readiness {
    */
   onNotified(worker: Worker, line: string): void {
     const notice = parseNotifyLine(line);
-    const { logger, os, options, dispatch } = this.ports;
+    const { logger, os, dispatch } = this.ports;
     const facts = { gen: worker.generation, worker: worker.index, pid: worker.pid };
     switch (notice?.kind) {
       case 'ready':
@@ -154,7 +171,7 @@ export class Readiness {
         if (worker.state === 'starting') {
           worker.readyTimer?.cancel();
           worker.readyTimer = os.setTimer(
-            Math.max(notice.ms, options.readyTimeoutMs - (os.now() - worker.startedAt)),
+            Math.max(notice.ms, this.settingsOf(worker).readyTimeoutMs - (os.now() - worker.startedAt)),
             () => dispatch({ type: 'ready-timeout', worker }),
           );
           logger.info({ ...facts, extendMs: notice.ms }, 'worker extended its ready deadline');
@@ -171,7 +188,7 @@ export class Readiness {
    */
   onProbe(worker: Worker): void {
     if (worker.state !== 'starting' || worker.pid === undefined) return;
-    if (this.serves(worker.pid)) this.onSignal(worker, 'poll');
+    if (this.serves(worker)) this.onSignal(worker, 'poll');
     else this.scheduleProbe(worker);
   }
 
@@ -186,8 +203,8 @@ export class Readiness {
       return;
     }
     const { os } = this.ports;
-    const ports = os.ownListeningPorts(worker.pid, this.listenerInodes);
-    if (ports.length === 0 || this.serves(worker.pid)) {
+    const ports = os.ownListeningPorts(worker.pid, inodesOf(this.listenersOf(worker)));
+    if (ports.length === 0 || this.serves(worker)) {
       this.ownPortSince.delete(worker);
     } else {
       const since = this.ownPortSince.get(worker) ?? os.now();
@@ -214,15 +231,16 @@ export class Readiness {
    * an unmodified program may close its listener on the drain signal and wait.
    */
   onSample(): void {
-    const { os, listeners, logger } = this.ports;
+    const { os, logger } = this.ports;
     for (const generation of this.ports.generations()) {
+      const listeners = generation.listeners ?? this.ports.listeners;
       for (const worker of generation.liveWorkers) {
         if (worker.connections !== undefined || worker.pid === undefined) continue;
         worker.observedConnections = os.countConnections(worker.pid, listeners);
         const idle =
           worker.state === 'draining' &&
           worker.observedConnections === 0 &&
-          !os.pollsListeners(worker.pid, this.listenerInodes);
+          !os.pollsListeners(worker.pid, inodesOf(listeners));
         worker.idleSamples = idle ? worker.idleSamples + 1 : 0;
         if (worker.idleSamples >= IDLE_DRAIN_SAMPLES) {
           logger.info(
@@ -237,13 +255,18 @@ export class Readiness {
   }
 
   /**
-   * Whether process `pid` or one it forked waits for connections on a listener, or holds one it accepted
+   * Whether the worker's process or one it forked waits for connections on its listeners, or holds one it accepted
    * there: a worker busy serving is seldom caught waiting in accept (a pre-forking server under load
    * takes its share of the queue at once).
    */
-  private serves(pid: number): boolean {
-    const { os, listeners } = this.ports;
-    return os.pollsListeners(pid, this.listenerInodes) || (os.countConnections(pid, listeners) ?? 0) > 0;
+  private serves(worker: Worker): boolean {
+    const { os } = this.ports;
+    const listeners = this.listenersOf(worker);
+    if (worker.pid === undefined) return false;
+    return (
+      os.pollsListeners(worker.pid, inodesOf(listeners)) ||
+      (os.countConnections(worker.pid, listeners) ?? 0) > 0
+    );
   }
 
   private scheduleOwnPortCheck(worker: Worker): void {
@@ -257,10 +280,9 @@ export class Readiness {
       this.ports.dispatch({ type: 'ready-probe', worker }),
     );
   }
+}
 
-  private get listenerInodes(): Set<number> {
-    return new Set(
-      this.ports.listeners.flatMap((listener) => (listener.inode === undefined ? [] : [listener.inode])),
-    );
-  }
+/** The inodes of listeners, for what /proc shows a process polling. */
+function inodesOf(listeners: readonly InheritedListener[]): Set<number> {
+  return new Set(listeners.flatMap((listener) => (listener.inode === undefined ? [] : [listener.inode])));
 }

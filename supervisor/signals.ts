@@ -7,7 +7,8 @@ import type { MasterEvent } from './model.js';
 /** What each signal asks of the master (see the README's "Signals"). */
 export const SIGNAL_EVENTS: Partial<Record<NodeJS.Signals, MasterEvent>> = {
   SIGUSR2: { type: 'reload', source: 'SIGUSR2' },
-  SIGHUP: { type: 'reload', source: 'SIGHUP' },
+  // Read --config again, then reload with it (docs/config.md); without --config, the same as SIGUSR2.
+  SIGHUP: { type: 'reload', source: 'SIGHUP', config: true },
   SIGTERM: { type: 'stop', fast: false, source: 'SIGTERM' },
   SIGINT: { type: 'stop', fast: false, source: 'SIGINT' },
   SIGQUIT: { type: 'stop', fast: true, source: 'SIGQUIT' },

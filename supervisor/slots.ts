@@ -19,12 +19,13 @@ export const EXITED_WORKERS_KEPT = 20;
 export interface SlotPorts {
   os: Os;
   logger: Logger;
-  options: MasterOptions;
+  /** The master's settings now (a config reload changes them). */
+  readonly options: MasterOptions;
   masterState(): MasterState;
   /** The generation that serves new connections, if any. */
   activeGeneration(): Generation | undefined;
-  /** The worker's command as an absolute path now, or undefined if it is not found. */
-  resolveCommand(): string | undefined;
+  /** The worker's command of `generation` as an absolute path now, or undefined if it is not found. */
+  resolveCommand(generation: Generation): string | undefined;
   /** Starts a worker in a slot of `generation` (spawned and watched for readiness). */
   startWorker(generation: Generation, slotIndex: number, command: string): void;
   /** Drains one worker, with its own deadline. */
@@ -105,10 +106,14 @@ export class SlotKeeper {
     if (!slot || generation.state !== 'active' || this.stopping) return;
     slot.restartTimer = undefined;
     slot.restarts++;
-    const command = this.ports.resolveCommand();
+    const command = this.ports.resolveCommand(generation);
     if (command === undefined) {
       this.log.error(
-        { gen: generation.id, worker: slotIndex, command: this.ports.options.command },
+        {
+          gen: generation.id,
+          worker: slotIndex,
+          command: (generation.settings ?? this.ports.options).command,
+        },
         'worker not restarted: command not found',
       );
       this.scheduleRestart(generation, slotIndex, 0);
@@ -133,7 +138,7 @@ export class SlotKeeper {
     // An app whose baseline is over --max-memory must not be replaced in a loop; a silent watchdog
     // says the worker is stuck, however young it is.
     if (reason === 'memory' && this.ports.os.now() - worker.startedAt < STABLE_UPTIME_MS) return;
-    const command = this.ports.resolveCommand();
+    const command = this.ports.resolveCommand(generation);
     if (command === undefined) {
       this.log.error(
         { gen: generation.id, worker: worker.index, pid },
@@ -153,6 +158,14 @@ export class SlotKeeper {
     this.ports.startWorker(generation, worker.index, command);
     const replacement = generation.slots[worker.index]?.current;
     if (replacement && replacement !== worker) this.replacements.set(replacement, worker);
+  }
+
+  /**
+   * A config reload brought a worker count: a `scale` made earlier gives way to it if it differs from
+   * the count before (a file that keeps its `workers` keeps what `scale` made).
+   */
+  onSettingsChanged(workersBefore: number, workersAfter: number): void {
+    if (workersBefore !== workersAfter) this.scaledWorkers = undefined;
   }
 
   /** Changes the number of workers of the serving generation (and of the next ones), without a reload. */
@@ -176,10 +189,10 @@ export class SlotKeeper {
       if (worker) this.ports.drainWorker(worker);
     }
     if (generation.slots.length >= size) return;
-    const command = this.ports.resolveCommand();
+    const command = this.ports.resolveCommand(generation);
     if (command === undefined) {
       this.log.error(
-        { gen: generation.id, command: this.ports.options.command },
+        { gen: generation.id, command: (generation.settings ?? this.ports.options).command },
         'workers not added: command not found',
       );
       return;

@@ -85,8 +85,10 @@ export function workerEnv(settings: EnvironmentSettings, identity: WorkerIdentit
 export interface SpawnPorts {
   os: Os;
   logger: Logger;
-  options: MasterOptions;
-  listeners: readonly InheritedListener[];
+  /** The master's settings now (a generation started with others keeps its own). */
+  readonly options: MasterOptions;
+  /** The master's listeners now (a generation started with others keeps its own). */
+  readonly listeners: readonly InheritedListener[];
   /** The environment workers start from (the master's own). */
   env: Record<string, string | undefined>;
   cwd: string;
@@ -100,26 +102,38 @@ export interface SpawnPorts {
 export class Spawner {
   constructor(private readonly ports: SpawnPorts) {}
 
-  /** The worker's command as an absolute path now; undefined (the caller says why it stops) if there is none. */
-  resolveCommand(): string | undefined {
-    const { os, options, env, cwd } = this.ports;
+  /**
+   * The command of a generation's settings (the master's now by default) as an absolute path now;
+   * undefined (the caller says why it stops) if there is none.
+   */
+  resolveCommand(options: MasterOptions = this.ports.options): string | undefined {
     try {
-      return os.resolveCommand(options.command, env, cwd);
+      return this.ports.os.resolveCommand(options.command, this.envOf(options), this.cwdOf(options));
     } catch {
       return undefined;
     }
   }
 
+  /** The environment workers with these settings start from: the master's, then the config file's `env`. */
+  private envOf(options: MasterOptions): Record<string, string | undefined> {
+    return options.env ? { ...this.ports.env, ...options.env } : this.ports.env;
+  }
+
+  private cwdOf(options: MasterOptions): string {
+    return options.cwd ?? this.ports.cwd;
+  }
+
   /** The spawn request of a worker of `generation` (slot `worker`), or of a scratch worker (undefined). */
   request(command: string, generation: Generation, worker: number | undefined): SpawnRequest {
-    const { options, cwd } = this.ports;
-    const listeners = worker === undefined ? [] : this.ports.listeners;
+    const options = generation.settings ?? this.ports.options;
+    const cwd = this.cwdOf(options);
+    const listeners = worker === undefined ? [] : (generation.listeners ?? this.ports.listeners);
     return {
       command,
       args: options.args,
       env: workerEnv(
         {
-          env: this.ports.env,
+          env: this.envOf(options),
           listeners,
           drainSignal: options.drainSignal,
           drainTimeoutMs: options.drainTimeoutMs,

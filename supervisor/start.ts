@@ -4,18 +4,19 @@
  */
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
+import type { ConfigLabel, StartSettings } from './config.js';
 import { prepareControlPath } from './control/private-socket.js';
 import { ControlServer } from './control/server.js';
 import type { ControlSettings } from './control/socket-path.js';
 import { livePids } from './control/status.js';
 import { UsageSampler } from './control/usage.js';
 import { closeLeakedDescriptors } from './descriptors.js';
-import { inheritedListeners, openListeners } from './listener.js';
+import { inheritedListeners, type Listener, openListeners } from './listener.js';
 import type { Logger } from './log.js';
 import { Master } from './master.js';
 import { MetricsServer } from './metrics.js';
 import type { MasterEvent } from './model.js';
-import type { MasterOptions } from './options.js';
+import type { ListenSpec, MasterOptions } from './options.js';
 import { realOs } from './os.js';
 import { pid1Warning } from './pid1.js';
 import { routeSignals } from './signals.js';
@@ -29,8 +30,17 @@ export async function runMaster(
   options: MasterOptions,
   logger: Logger,
   control: ControlSettings,
-  /** Also say why the first generation failed as one `baton: …` line on stderr (JSON logs go to stdout). */
-  { failureOnStderr = false } = {},
+  {
+    failureOnStderr = false,
+    config,
+    readConfig,
+  }: {
+    /** Also say why the first generation failed as one `baton: …` line on stderr (JSON logs go to stdout). */
+    failureOnStderr?: boolean;
+    /** The config file the options came from, and how to read it again (SIGHUP). */
+    config?: ConfigLabel;
+    readConfig?: (file: string | undefined) => StartSettings;
+  } = {},
 ): Promise<number> {
   // Signals first: one that comes while the listeners are being opened is queued, not fatal
   // (SIGUSR2's default action would kill the master).
@@ -51,26 +61,36 @@ export async function runMaster(
   const leaked = closeLeakedDescriptors(keep);
   if (leaked.length > 0) logger.debug({ fds: leaked }, 'inherited descriptors closed');
   // Fail before binding anything when the command cannot run.
-  const resolved = realOs.resolveCommand(options.command, env, cwd);
+  // Where and with what PATH the workers will run it (a config file may give both).
+  const resolved = realOs.resolveCommand(options.command, { ...env, ...options.env }, options.cwd ?? cwd);
   if (options.uid !== undefined) {
     checkExecutableBy(options.command, resolved, options.uid, options.gid ?? process.getgid?.() ?? 0);
   }
   const masterOptions = withReachablePreload(options, logger);
+  // A re-read file goes through the same check as the start's settings.
+  const reachable = (read: StartSettings): StartSettings => ({
+    ...read,
+    options: withReachablePreload(read.options, logger),
+  });
   if (options.versionFile) checkVersionFile(path.resolve(cwd, options.versionFile));
   const { staleRemoved } = await prepareControlPath(control.path);
   const listeners = await openListeners(options.listen, inherited);
-  for (const listener of listeners) {
-    logger.info(
-      {
-        listener: listener.name,
-        kind: listener.kind,
-        origin: listener.origin,
-        address: listener.address,
-        port: listener.port,
-      },
-      'listener bound',
-    );
-  }
+  const logBound = (bound: readonly Listener[]) => {
+    for (const listener of bound) {
+      logger.info(
+        {
+          listener: listener.name,
+          kind: listener.kind,
+          origin: listener.origin,
+          address: listener.address,
+          port: listener.port,
+        },
+        'listener bound',
+      );
+    }
+    return bound;
+  };
+  logBound(listeners);
   const master = new Master(masterOptions, {
     os: realOs,
     logger,
@@ -79,6 +99,13 @@ export async function runMaster(
     cwd,
     writeStderr: (chunk) => process.stderr.write(chunk),
     versionLabel: () => readVersionLabel(options, cwd),
+    ...(config ? { config } : {}),
+    ...(readConfig
+      ? {
+          readConfig: (file: string | undefined) => reachable(readConfig(file)),
+          bindListeners: async (specs: ListenSpec[]) => [...logBound(await openListeners(specs))],
+        }
+      : {}),
   });
   const usage = new UsageSampler(() => livePids(master.snapshot()));
   const maxMemory = options.maxMemoryBytes;
@@ -94,7 +121,12 @@ export async function runMaster(
   const controlServer = await ControlServer.listen({ master, logger, ...control, staleRemoved, usage });
   const metrics = options.metrics && (await MetricsServer.listen(options.metrics, master, logger, usage));
   logger.info(
-    { masterPid: process.pid, command: options.command, workers: options.workers },
+    {
+      masterPid: process.pid,
+      command: options.command,
+      workers: options.workers,
+      ...(config ? { config: config.path, hash: config.hash } : {}),
+    },
     'master started',
   );
   const pid1 = pid1Warning(process.pid);

@@ -11,6 +11,7 @@
  * It owns the generations and their life; the master's dispatcher feeds it the events, one at a time,
  * and it reaches the rest of the master through `UpgradePorts`.
  */
+import type { ConfigLabel } from './config.js';
 import { decideReload, generationsOverDrainLimit, isGenerationReady } from './decisions.js';
 import {
   describeOwnPorts,
@@ -21,11 +22,11 @@ import {
 import { Generation } from './generation.js';
 import { type HandoffRelay, type HandoffRound, handoffFlushTimeoutMs } from './handoff.js';
 import type { Logger } from './log.js';
-import type { MasterEvent, MasterState, Progress, ReloadAnswer } from './model.js';
+import type { InheritedListener, MasterEvent, MasterState, Progress, ReloadAnswer } from './model.js';
 import { formatDuration, type MasterOptions } from './options.js';
 import type { Os } from './os.js';
 import type { ReadyVia } from './readiness.js';
-import { drainSignalDeathWarning, exitedAtStartHint, type ListenerDescription } from './unmodified.js';
+import { drainSignalDeathWarning, exitedAtStartHint } from './unmodified.js';
 import type { Worker, WorkerState } from './worker.js';
 
 /** How many generations that have ended the master remembers (for status). */
@@ -35,9 +36,12 @@ export const RETIRED_GENERATIONS_KEPT = 10;
 export interface UpgradePorts {
   os: Os;
   logger: Logger;
-  options: MasterOptions;
-  /** The master's listeners (what a worker that exits at start may have bound itself). */
-  listeners: readonly ListenerDescription[];
+  /** The master's settings now: a new generation starts with them (a config reload changes them). */
+  readonly options: MasterOptions;
+  /** The config file those settings came from, if any. */
+  config(): ConfigLabel | undefined;
+  /** The master's listeners now, in order: a new generation's workers inherit them. */
+  readonly listeners: readonly InheritedListener[];
   handoff: Pick<HandoffRelay, 'isSwitching' | 'start' | 'onGenerationRetired'>;
   /** The master's own state (a stopping master starts nothing). */
   masterState(): MasterState;
@@ -45,14 +49,16 @@ export interface UpgradePorts {
   targetWorkers(): number;
   /** The version label of a new generation; the generation number when undefined. */
   versionLabel(): string | undefined;
-  /** The worker's command as an absolute path now, or undefined if it is not found. */
-  resolveCommand(): string | undefined;
+  /** The worker's command of `generation` as an absolute path now, or undefined if it is not found. */
+  resolveCommand(generation: Generation): string | undefined;
   /** Starts a worker in a slot of `generation` (spawned and watched for readiness). */
   startWorker(generation: Generation, slotIndex: number, command: string): void;
   /** The first generation serves: the master runs. */
   started(): void;
   /** The first generation failed: the master stops, and exits with the start failure. */
   startFailed(error: GenerationFailedError): void;
+  /** A generation has ended (retired, or failed with every worker gone): listeners it alone used may close. */
+  generationEnded(generation: Generation): void;
   /** A worker said ready (after the upgrade counted it): the other rooms' turn. */
   workerReady(worker: Worker, generation: Generation): void;
   /** A worker of the active generation exited: its slot's turn (restart, or a failed replacement). */
@@ -111,6 +117,11 @@ export class Upgrade {
     return this.ports.os.now();
   }
 
+  /** The settings `generation` was started with: its command, timeouts and drain signal are its own. */
+  private settingsOf(generation: Generation | undefined): MasterOptions {
+    return generation?.settings ?? this.ports.options;
+  }
+
   // ---- reload -------------------------------------------------------------
 
   /** Starts the first generation. */
@@ -149,13 +160,33 @@ export class Upgrade {
     const id = this.nextGenerationId++;
     const workers = this.ports.targetWorkers();
     const version = this.ports.versionLabel() ?? String(id);
-    const generation = new Generation(id, version, workers, this.now());
+    const config = this.ports.config();
+    const generation = new Generation(
+      id,
+      version,
+      workers,
+      this.now(),
+      this.ports.options,
+      config,
+      this.ports.listeners,
+    );
     this.generations.push(generation);
-    this.log.info({ gen: id, workers, version: generation.version }, 'generation starting');
+    this.log.info(
+      {
+        gen: id,
+        workers,
+        version: generation.version,
+        ...(config ? { config: config.path, hash: config.hash } : {}),
+      },
+      'generation starting',
+    );
     this.ports.report({ kind: 'generation-starting', generation: id, workers, version: generation.version });
-    const command = this.ports.resolveCommand();
+    const command = this.ports.resolveCommand(generation);
     if (command === undefined) {
-      this.failGeneration(generation, { kind: 'command-not-found', command: this.ports.options.command });
+      this.failGeneration(generation, {
+        kind: 'command-not-found',
+        command: this.settingsOf(generation).command,
+      });
       return;
     }
     for (const slot of generation.slots) this.ports.startWorker(generation, slot.index, command);
@@ -201,7 +232,7 @@ export class Upgrade {
         elsewhere ?? {
           kind: 'ready-timeout',
           notReady: generation.currentWorkers.filter((w) => w.state === 'starting').map((w) => w.index),
-          timeoutMs: this.ports.options.readyTimeoutMs,
+          timeoutMs: this.settingsOf(generation).readyTimeoutMs,
         },
       );
       return;
@@ -212,7 +243,7 @@ export class Upgrade {
         gen: generation.id,
         worker: worker.index,
         pid: worker.pid,
-        readyTimeoutMs: this.ports.options.readyTimeoutMs,
+        readyTimeoutMs: this.settingsOf(generation).readyTimeoutMs,
       },
       elsewhere
         ? `worker not ready in time: replacing it; ${describeOwnPorts(elsewhere)}`
@@ -235,12 +266,17 @@ export class Upgrade {
       worker: worker.index,
       pid: worker.pid,
       ports,
-      listeners: this.ports.listeners.map(({ name, kind, port, address }) => ({ name, kind, port, address })),
+      listeners: (generation.listeners ?? this.ports.listeners).map(({ name, kind, port, address }) => ({
+        name,
+        kind,
+        port,
+        address,
+      })),
     };
     this.listeningElsewhere.set(worker, failure);
     this.log.warn(
       { gen: generation.id, worker: worker.index, pid: worker.pid, ports },
-      `${describeOwnPorts(failure)}. If that is an admin port and the worker is still starting, wait: it fails at --ready-timeout (${formatDuration(this.ports.options.readyTimeoutMs)}) only if it never accepts on baton's`,
+      `${describeOwnPorts(failure)}. If that is an admin port and the worker is still starting, wait: it fails at --ready-timeout (${formatDuration(this.settingsOf(generation).readyTimeoutMs)}) only if it never accepts on baton's`,
     );
   }
 
@@ -255,7 +291,9 @@ export class Upgrade {
     const { handoff } = this.ports;
     if (handoff.isSwitching(generation)) return;
     const previous = this.activeGeneration;
-    const flushTimeoutMs = handoffFlushTimeoutMs(this.ports.options.drainTimeoutMs);
+    const flushTimeoutMs = handoffFlushTimeoutMs(
+      previous ? this.settingsOf(previous).drainTimeoutMs : this.ports.options.drainTimeoutMs,
+    );
     const round = previous && handoff.start('switch', previous, generation, flushTimeoutMs);
     if (!round) this.promote(generation);
     // Otherwise the round's end promotes it, or fails it (onHandoffEnded).
@@ -294,7 +332,7 @@ export class Upgrade {
         'sweep',
         old,
         generation,
-        handoffFlushTimeoutMs(this.ports.options.drainTimeoutMs),
+        handoffFlushTimeoutMs(this.settingsOf(old).drainTimeoutMs),
       );
     }
     this.afterReload();
@@ -316,7 +354,7 @@ export class Upgrade {
     );
     this.ports.report({ kind: 'reload-failed', generation: generation.id, failure, message: error.message });
     this.signalDrain(generation);
-    if (first && (this.ports.options.watch?.length ?? 0) > 0) {
+    if (first && (this.settingsOf(generation).watch?.length ?? 0) > 0) {
       // In development a broken first save is no reason to stop: the next save reloads.
       this.log.warn({ gen: generation.id }, 'waiting for a change to start again');
     } else if (first) {
@@ -358,14 +396,15 @@ export class Upgrade {
   private signalDrain(generation: Generation): void {
     generation.cancelTimers();
     generation.drainStartedAt ??= this.now();
+    const { drainSignal, drainTimeoutMs } = this.settingsOf(generation);
     for (const worker of generation.liveWorkers) {
-      if (worker.markDraining()) this.ports.kill(worker, this.ports.options.drainSignal);
+      if (worker.markDraining()) this.ports.kill(worker, drainSignal);
     }
     if (generation.liveWorkers.length === 0) {
       this.retire(generation);
       return;
     }
-    generation.drainTimer ??= this.ports.os.setTimer(this.ports.options.drainTimeoutMs, () =>
+    generation.drainTimer ??= this.ports.os.setTimer(drainTimeoutMs, () =>
       this.ports.dispatch({ type: 'drain-timeout', generation }),
     );
   }
@@ -373,10 +412,11 @@ export class Upgrade {
   /** Drains one worker (scale, replacement), with its own deadline. */
   drainWorker(worker: Worker): void {
     if (!worker.markDraining()) return;
-    this.ports.kill(worker, this.ports.options.drainSignal);
-    this.ports.os.setTimer(this.ports.options.drainTimeoutMs, () =>
-      this.ports.dispatch({ type: 'worker-kill-due', worker }),
+    const { drainSignal, drainTimeoutMs } = this.settingsOf(
+      this.generations.find((generation) => generation.id === worker.generation),
     );
+    this.ports.kill(worker, drainSignal);
+    this.ports.os.setTimer(drainTimeoutMs, () => this.ports.dispatch({ type: 'worker-kill-due', worker }));
   }
 
   onDrainTimeout(generation: Generation): void {
@@ -385,7 +425,7 @@ export class Upgrade {
       {
         gen: generation.id,
         workers: generation.liveWorkers.length,
-        drainTimeoutMs: this.ports.options.drainTimeoutMs,
+        drainTimeoutMs: this.settingsOf(generation).drainTimeoutMs,
       },
       'drain timeout: killing the workers left',
     );
@@ -420,6 +460,7 @@ export class Upgrade {
     const wasDraining = generation.state === 'draining';
     if (!generation.markRetired(this.now())) return;
     this.ports.handoff.onGenerationRetired(generation.id);
+    this.ports.generationEnded(generation);
     if (wasDraining) {
       const retiredAt = generation.retiredAt as number;
       const drainMs = retiredAt - (generation.drainStartedAt ?? retiredAt);
@@ -466,7 +507,7 @@ export class Upgrade {
           signal: worker.signal,
           connections: worker.connections ?? worker.observedConnections,
         },
-        this.ports.options.drainSignal,
+        this.settingsOf(generation).drainSignal,
       );
     if (drainWarning)
       this.log.warn({ gen: generation.id, worker: worker.index, pid: worker.pid }, drainWarning);
@@ -480,7 +521,7 @@ export class Upgrade {
         stderrTail: worker.stderr.lines().join('\n'),
         ...(stateBefore === 'ready' ? { afterReady: true } : {}),
         ...(stateBefore === 'starting'
-          ? { hint: exitedAtStartHint(worker.exitCode, this.ports.listeners) }
+          ? { hint: exitedAtStartHint(worker.exitCode, generation.listeners ?? this.ports.listeners) }
           : {}),
       });
     } else if (generation.state === 'active') {

@@ -9,6 +9,7 @@ import type { ReloadAccepted, ReloadResult } from '../../supervisor/control/relo
 import type { MasterStatus } from '../../supervisor/control/status.js';
 import type { StartFailure } from '../../supervisor/errors.js';
 import {
+  ConfigRefusedError,
   ControlProtocolError,
   DrainForcedError,
   EXIT_CODES,
@@ -29,11 +30,22 @@ export interface Output {
 }
 
 /** Sends a reload and follows it; resolves with 0, or throws the BatonError that says how it failed. */
-export async function reloadCommand(target: MasterTarget, wait: boolean, out: Output): Promise<number> {
+export async function reloadCommand(
+  target: MasterTarget,
+  wait: boolean,
+  out: Output,
+  /** `--config`: read the master's config file again (true), or this one (an absolute path). */
+  config?: true | string,
+): Promise<number> {
   const client = await connectToMaster(target);
   const view = out.isTTY ? new LiveReloadView(out, client.path) : new PlainReloadView(out);
   try {
-    for await (const line of client.request({ kind: 'reload', until: wait ? 'drained' : 'active' })) {
+    const request = {
+      kind: 'reload',
+      until: wait ? 'drained' : 'active',
+      ...(config === undefined ? {} : { config }),
+    };
+    for await (const line of client.request(request)) {
       if ('progress' in line) view.progress(line.progress as Progress | ReloadAccepted);
       else if (line.ok) {
         view.end();
@@ -79,6 +91,8 @@ export function reloadError(answer: ErrorAnswer): Error {
       return new DrainForcedError(generation, (answer.error.forced as number[]) ?? []);
     case 'stopping':
       return new MasterStoppingError(message);
+    case 'config-refused':
+      return new ConfigRefusedError(message);
     default:
       return new ControlProtocolError(code, `The master refused the reload: ${message}`);
   }

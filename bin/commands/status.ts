@@ -76,6 +76,7 @@ export function formatStatus(status: MasterStatus): string {
     }
   }
   lines.push(...(workers.length > 1 ? alignColumns(workers) : ['(no workers)']));
+  lines.push(...configLines(status));
   lines.push(...sessionLines(status));
   lines.push(...crashLoopLines(status));
   lines.push(...notifiedStatusLines(status));
@@ -101,6 +102,28 @@ export function formatStatus(status: MasterStatus): string {
     lines.push('', ...alignColumns(reloads));
   }
   return `${lines.join('\n')}\n`;
+}
+
+/**
+ * Which config file each generation still serving runs (`--config`: path, sha256 prefix, when it was
+ * read), and the file the next reload starts from if that is another one.
+ */
+function configLines(status: MasterStatus): string[] {
+  const describe = (config: NonNullable<MasterStatus['config']>) =>
+    `${config.path} (sha256 ${config.hash}, read ${new Date(config.loadedAt).toTimeString().slice(0, 8)})`;
+  const shown = status.generations.filter(
+    (generation) => SHOWN_STATES.has(generation.state) && generation.config,
+  );
+  const lines = shown.map(
+    (generation) =>
+      `generation ${generation.id} runs config ${describe(generation.config as NonNullable<MasterStatus['config']>)}`,
+  );
+  const next = status.config;
+  const active = shown.find((generation) => generation.state === 'active')?.config;
+  if (next && (next.path !== active?.path || next.hash !== active?.hash)) {
+    lines.push(`the next reload starts from config ${describe(next)}`);
+  }
+  return lines;
 }
 
 /** One line when sessions have moved between generations (live session handoff). */

@@ -46,6 +46,8 @@ export type ErrorCode =
   | 'drain-forced'
   /** The master is stopping, so the reload (or inject, or dry run) was not carried out or not to its end. */
   | 'stopping'
+  /** Reload with `config`: the file does not read or validate, or a listener it adds cannot be bound; nothing changed. */
+  | 'config-refused'
   /** Inject: no live worker matches the target (no active generation, an unknown generation or pid). */
   | 'no-workers';
 

@@ -1,5 +1,6 @@
 /**
- * `{ "kind": "reload", "until"?: "drained" | "active" }`: queues a reload, then
+ * `{ "kind": "reload", "until"?: "drained" | "active", "config"?: true | "/path" }`: queues a reload
+ * (after reading the config file again, with `config`; a file that does not validate is refused), then
  * streams its progress until the generation that carries it is active and every
  * generation it replaced has retired (or, with `until: "active"`, until it is
  * active), or until it failed. A reload asked while one runs joins the queued one.
@@ -17,6 +18,8 @@ export type ReloadUntil = 'drained' | 'active';
 export interface ReloadRequest {
   kind: 'reload';
   until: ReloadUntil;
+  /** Read the config file again first: `true` the master's own, a path (absolute) another one. */
+  config?: true | string;
 }
 
 /** The first progress line of a reload: what the request became. */
@@ -69,6 +72,9 @@ export class ReloadWatch {
 
   /** The master's answer to the reload event. */
   answered(answer: ReloadAnswer): ReloadStep[] {
+    if (answer.outcome === 'refused') {
+      return this.end({ ok: false, error: { code: 'config-refused', message: answer.message } });
+    }
     if (answer.outcome === 'ignored') {
       return this.end({
         ok: false,
@@ -165,7 +171,7 @@ function servingGeneration(master: Pick<ControlledMaster, 'snapshot'>): number |
 /** `reload`: queues the reload event and reports as the master's progress reports come. */
 export const reload: RequestKind<ReloadRequest> = {
   check(fields) {
-    const unknown = unknownField(fields, ['until']);
+    const unknown = unknownField(fields, ['until', 'config']);
     if (unknown) return { ok: false, message: unknown };
     const until = fields.until ?? 'drained';
     if (until !== 'drained' && until !== 'active') {
@@ -174,7 +180,14 @@ export const reload: RequestKind<ReloadRequest> = {
         message: `Expected \`until\` to be "drained" or "active", got ${JSON.stringify(until)}`,
       };
     }
-    return { ok: true, request: { kind: 'reload', until } };
+    const config = fields.config;
+    if (config !== undefined && config !== true && !(typeof config === 'string' && config.startsWith('/'))) {
+      return {
+        ok: false,
+        message: `Expected \`config\` to be true or an absolute path, got ${JSON.stringify(config)}`,
+      };
+    }
+    return { ok: true, request: { kind: 'reload', until, ...(config === undefined ? {} : { config }) } };
   },
   handle(request, exchange, { master }) {
     const watch = new ReloadWatch(request.until);
@@ -187,6 +200,11 @@ export const reload: RequestKind<ReloadRequest> = {
     };
     // Subscribe before the event is queued: the first reports come while the master handles it.
     exchange.onEnd(master.follow((progress) => apply(watch.see(progress))));
-    master.dispatch({ type: 'reload', source: 'control', reply: (answer) => apply(watch.answered(answer)) });
+    master.dispatch({
+      type: 'reload',
+      source: 'control',
+      ...(request.config === undefined ? {} : { config: request.config }),
+      reply: (answer) => apply(watch.answered(answer)),
+    });
   },
 };

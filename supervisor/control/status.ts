@@ -42,6 +42,8 @@ export interface MasterStatus {
   /** Workers per generation. */
   workers: number;
   reloadQueued: boolean;
+  /** The config file the next generation's settings come from (`--config`); each generation has its own. */
+  config?: MasterSnapshot['config'];
   /** An active generation has every one of its workers ready (what `status --check` tests). */
   healthy: boolean;
   /** Why it is or is not healthy, in a few words. */
@@ -92,6 +94,7 @@ export function buildStatus(context: ControlContext): MasterStatus {
     now: context.now(),
     workers: snapshot.workers,
     reloadQueued: snapshot.reloadQueued,
+    ...(snapshot.config ? { config: snapshot.config } : {}),
     ...health(snapshot),
     cpu: own?.cpu,
     memory: own?.memory,

@@ -4,8 +4,9 @@
  */
 import { afterEach, beforeEach, describe, expect, jest, test } from '@jest/globals';
 import { pino } from 'pino';
-import { CommandNotFoundError, EXIT_CODES } from '../../supervisor/errors.js';
-import { Master } from '../../supervisor/master.js';
+import type { StartSettings } from '../../supervisor/config.js';
+import { CommandNotFoundError, EXIT_CODES, UsageError } from '../../supervisor/errors.js';
+import { Master, type MasterContext } from '../../supervisor/master.js';
 import {
   CONNECTION_SAMPLE_INTERVAL_MS,
   IDLE_DRAIN_SAMPLES,
@@ -13,6 +14,7 @@ import {
   OWN_PORT_CHECK_INTERVAL_MS,
   OWN_PORT_GRACE_MS,
   POLL_READINESS_INTERVAL_MS,
+  parseListen,
   RESTART_BACKOFF_BASE_MS,
   STABLE_UPTIME_MS,
 } from '../../supervisor/options.js';
@@ -105,7 +107,7 @@ let os: FakeOs;
 let logs: Array<Record<string, unknown>>;
 let closedListeners: string[];
 
-function makeMaster(options: Partial<MasterOptions> = {}): Master {
+function makeMaster(options: Partial<MasterOptions> = {}, context: Partial<MasterContext> = {}): Master {
   const logger = pino({ level: 'debug' }, { write: (line: string) => logs.push(JSON.parse(line)) });
   return new Master(
     { ...OPTIONS, ...options },
@@ -135,6 +137,7 @@ function makeMaster(options: Partial<MasterOptions> = {}): Master {
       env: { PATH: '/usr/bin', LISTEN_PID: '1', HOME: '/root' },
       cwd: '/srv',
       writeStderr: () => {},
+      ...context,
     },
   );
 }
@@ -144,8 +147,8 @@ function messages(): string[] {
 }
 
 /** Starts a master and brings generation 1 up. */
-function running(options: Partial<MasterOptions> = {}): Master {
-  const master = makeMaster(options);
+function running(options: Partial<MasterOptions> = {}, context: Partial<MasterContext> = {}): Master {
+  const master = makeMaster(options, context);
   master.dispatch({ type: 'start' });
   for (const p of os.ofGeneration(1)) p.ready();
   return master;
@@ -738,5 +741,156 @@ describe('apps as they are (the preload, issue #15)', () => {
     os.ofGeneration(3)[0]?.ready();
     os.ofGeneration(2)[0]?.exit(null, 'SIGTERM');
     expect(messages().some((msg) => msg.includes('does not drain'))).toBe(false);
+  });
+});
+
+describe('config reload (SIGHUP)', () => {
+  const CONFIG = { path: '/srv/baton.json', hash: 'aaaaaaaaaaaa', loadedAt: 0, format: 'baton' as const };
+  /** A master started from a config file whose next read `next` decides. */
+  function fromConfig(next: () => Partial<MasterOptions>) {
+    const reads: Array<string | undefined> = [];
+    const master = running(
+      {},
+      {
+        config: CONFIG,
+        readConfig: (file): StartSettings => {
+          reads.push(file);
+          const options = { ...OPTIONS, ...next() };
+          return { options, raw: { command: [] }, config: { ...CONFIG, hash: 'bbbbbbbbbbbb' }, warnings: [] };
+        },
+      },
+    );
+    return { master, reads };
+  }
+
+  test('the new generation runs the file read again; the old one drains with its own settings', () => {
+    const { master, reads } = fromConfig(() => ({
+      workers: 3,
+      env: { STAGE: 'two' },
+      drainSignal: 'SIGINT',
+      args: ['next.js'],
+    }));
+    master.dispatch({ type: 'reload', source: 'SIGHUP', config: true });
+    expect(reads).toEqual(['/srv/baton.json']);
+    const fresh = os.ofGeneration(2);
+    expect(fresh).toHaveLength(3);
+    expect(fresh[0]?.request.args).toEqual(['next.js']);
+    expect(fresh[0]?.request.env.STAGE).toBe('two');
+    // A worker of generation 1 that crashes meanwhile comes back with generation 1's command.
+    os.ofGeneration(1)[0]?.exit(1);
+    jest.advanceTimersByTime(RESTART_BACKOFF_BASE_MS);
+    expect(os.ofGeneration(1)[2]?.request.args).toEqual(['app.js']);
+    expect(os.ofGeneration(1)[2]?.request.env.STAGE).toBeUndefined();
+    os.ofGeneration(1)[2]?.ready();
+    for (const p of fresh) p.ready();
+    expect(master.activeGeneration?.id).toBe(2);
+    // Generation 1 drains with its own signal, not the file's new one.
+    expect(os.ofGeneration(1)[1]?.signals).toEqual(['SIGTERM']);
+    expect(master.snapshot().generations.find((g) => g.id === 2)?.config?.hash).toBe('bbbbbbbbbbbb');
+    expect(master.snapshot().generations.find((g) => g.id === 1)?.config?.hash).toBe('aaaaaaaaaaaa');
+    // SIGUSR2 reloads with the same (new) settings.
+    master.dispatch({ type: 'reload', source: 'SIGUSR2' });
+    expect(reads).toHaveLength(1);
+    expect(os.ofGeneration(3)).toHaveLength(3);
+  });
+
+  test('a file that does not validate refuses the reload in one line, and nothing changes', () => {
+    const { master } = fromConfig(() => {
+      throw new UsageError("baton.json: Expected `workers` to be a whole number from 1 to 1024, got 'three'");
+    });
+    const answers: unknown[] = [];
+    master.dispatch({
+      type: 'reload',
+      source: 'control',
+      config: true,
+      reply: (answer) => answers.push(answer),
+    });
+    expect(answers).toEqual([
+      {
+        outcome: 'refused',
+        reason: 'config',
+        message: "baton.json: Expected `workers` to be a whole number from 1 to 1024, got 'three'",
+      },
+    ]);
+    expect(os.ofGeneration(2)).toHaveLength(0);
+    expect(messages()).toContain(
+      "config refused: baton.json: Expected `workers` to be a whole number from 1 to 1024, got 'three'",
+    );
+    expect(master.activeGeneration?.id).toBe(1);
+  });
+
+  test('without a config file, SIGHUP reloads with the same settings; reload --config is refused', () => {
+    const master = running();
+    const answers: unknown[] = [];
+    master.dispatch({
+      type: 'reload',
+      source: 'control',
+      config: true,
+      reply: (answer) => answers.push(answer),
+    });
+    expect(answers).toMatchObject([{ outcome: 'refused', reason: 'config' }]);
+    master.dispatch({ type: 'reload', source: 'SIGHUP', config: true });
+    expect(os.ofGeneration(2)).toHaveLength(2);
+  });
+
+  test('a listener the file adds is bound before the reload; one it drops closes once no generation uses it', async () => {
+    const specs = (...texts: string[]) => texts.map((text, index) => parseListen(text, index));
+    const start = specs('http=tcp://127.0.0.1:8080', 'game=tcp://127.0.0.1:9000');
+    let listen = specs(
+      'http=tcp://127.0.0.1:8080',
+      'game=tcp://127.0.0.1:9000',
+      'admin=tcp://127.0.0.1:9100',
+    );
+    const bound: string[] = [];
+    const master = running(
+      { listen: start },
+      {
+        config: CONFIG,
+        readConfig: (): StartSettings => ({
+          options: { ...OPTIONS, listen },
+          raw: { command: [] },
+          config: CONFIG,
+          warnings: [],
+        }),
+        bindListeners: async (added) => {
+          bound.push(...added.map((spec) => spec.name));
+          return added.map((spec) => ({
+            name: spec.name,
+            fd: 30,
+            inode: 7003,
+            kind: 'tcp' as const,
+            port: 9100,
+            address: '127.0.0.1',
+            close: () => closedListeners.push(spec.name),
+          }));
+        },
+      },
+    );
+    master.dispatch({ type: 'reload', source: 'SIGHUP', config: true });
+    // Nothing starts until the listener is bound.
+    expect(os.ofGeneration(2)).toHaveLength(0);
+    await Promise.resolve();
+    await Promise.resolve();
+    expect(bound).toEqual(['admin']);
+    expect(os.ofGeneration(2).map((p) => p.request.listenerFds)).toEqual([
+      [20, 21, 30],
+      [20, 21, 30],
+    ]);
+    expect(os.ofGeneration(2)[0]?.request.env.LISTEN_FDNAMES).toBe('http:game:admin');
+    for (const p of os.ofGeneration(2)) p.ready();
+    // Generation 1's workers restarted meanwhile would still get its two listeners.
+    listen = specs('http=tcp://127.0.0.1:8080', 'game=tcp://127.0.0.1:9000');
+    master.dispatch({ type: 'reload', source: 'SIGHUP', config: true });
+    expect(os.ofGeneration(3).map((p) => p.request.listenerFds)).toEqual([
+      [20, 21],
+      [20, 21],
+    ]);
+    for (const p of os.ofGeneration(3)) p.ready();
+    for (const p of os.ofGeneration(1)) p.exit(0);
+    // Generation 2 still drains on admin: its master copy stays open until its last worker is gone.
+    expect(closedListeners).toEqual([]);
+    for (const p of os.ofGeneration(2)) p.exit(0);
+    expect(closedListeners).toEqual(['admin']);
+    expect(messages()).toContain('listener closed');
   });
 });

@@ -131,6 +131,8 @@ describe('Upgrade against fake ports', () => {
     let failedToStart = false;
     const timer: TimerHandle = { cancel: () => {} };
     const ports: UpgradePorts = {
+      config: () => undefined,
+      generationEnded: () => {},
       os: {
         spawnWorker: () => {
           throw new Error('not here');
