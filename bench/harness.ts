@@ -31,7 +31,7 @@ import type {
   ToClient,
 } from './clients/protocol.js';
 
-export { type AppDir, type BatonProcess, REPO_ROOT, waitFor, withDeadline };
+export { type AppDir, type BatonProcess, REPO_ROOT, startNode, waitFor, withDeadline };
 
 /** The Node running the bench (Node 24 from the project); workers and apps run on the same one. */
 export const NODE = process.execPath;
@@ -39,6 +39,8 @@ export const NODE = process.execPath;
 /** The bench's own test apps (plain JavaScript, run from the source tree). */
 export const HELLO_APP = join(REPO_ROOT, 'bench', 'apps', 'hello.js');
 export const CLUSTER_APP = join(REPO_ROOT, 'bench', 'apps', 'cluster.js');
+/** hello.js without the child API: it never reports its connections (run with `--no-preload`). */
+export const PLAIN_APP = join(REPO_ROOT, 'bench', 'apps', 'plain.js');
 /**
  * The WebSocket game of the handoff tests (`ws` 8, sessions handed off live), run as it is so that the
  * bench measures the app the tests check. It reads ./VERSION from its working directory.
@@ -191,9 +193,14 @@ export interface BatonStart {
   workers: number;
   /**
    * `example`: a copy of app/ (http and game listeners); `hello`: bench/apps/hello.js (http only);
-   * `ws-game`: test/fixtures/ws-game.mjs (http only, WebSocket upgrades), run in `dir` for its VERSION.
+   * `ws-game`: test/fixtures/ws-game.mjs (http only, WebSocket upgrades), run in `dir` for its VERSION;
+   * `plain`: bench/apps/plain.js (http only, no child API: it does not report its connections).
    */
-  app: { kind: 'example'; dir: AppDir } | { kind: 'hello' } | { kind: 'ws-game'; dir: AppDir };
+  app:
+    | { kind: 'example'; dir: AppDir }
+    | { kind: 'hello' }
+    | { kind: 'plain' }
+    | { kind: 'ws-game'; dir: AppDir };
   extraArgs?: string[];
   /** Added to the master's environment, which its workers inherit. */
   env?: Record<string, string>;
@@ -208,16 +215,19 @@ export async function startBatonApp({
 }: BatonStart): Promise<RunningBaton> {
   const listen = ['--listen', 'http=tcp://127.0.0.1:0'];
   if (app.kind === 'example') listen.push('--listen', 'game=tcp://127.0.0.1:0');
-  const command = { example: [NODE, 'server.js'], hello: [NODE, HELLO_APP], 'ws-game': [NODE, WS_GAME_APP] }[
-    app.kind
-  ];
+  const command = {
+    example: [NODE, 'server.js'],
+    hello: [NODE, HELLO_APP],
+    plain: [NODE, PLAIN_APP],
+    'ws-game': [NODE, WS_GAME_APP],
+  }[app.kind];
   // Each master its own control socket (mkdtemp makes the folder 0700, as baton requires): masters of
   // the same app would otherwise share one by name, and a second one refuses to start.
   const controlDir = mkdtempSync(join(tmpdir(), 'baton-bench-control-'));
   controlDirs.add(controlDir);
   const control = ['--control', join(controlDir, 'control.sock')];
   const args = ['start', ...listen, '--workers', String(workers), ...control, ...extraArgs, '--', ...command];
-  const baton = startBaton(args, { cwd: app.kind === 'hello' ? REPO_ROOT : app.dir.dir, env });
+  const baton = startBaton(args, { cwd: 'dir' in app ? app.dir.dir : REPO_ROOT, env });
   const httpPort = await baton.listenPort('http', START_TIMEOUT_MS);
   const gamePort = app.kind === 'example' ? await baton.listenPort('game', START_TIMEOUT_MS) : undefined;
   await baton.waitForLogMsg('generation active', { gen: 1 }, START_TIMEOUT_MS);
@@ -305,6 +315,8 @@ export async function reload(
 export interface ProcUsage {
   cpuMs: number;
   rssBytes: number;
+  /** The peak RSS of the process's life so far (VmHWM). */
+  peakRssBytes: number;
 }
 
 /** Clock ticks per second for /proc/<pid>/stat (`getconf CLK_TCK`; 100 on Linux everywhere). */
@@ -317,8 +329,13 @@ export function procUsage(pid: number): ProcUsage {
   const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
   const ticks = Number(fields[11]) + Number(fields[12]);
   const status = readFileSync(`/proc/${pid}/status`, 'utf8');
-  const rssKb = Number(/^VmRSS:\s+(\d+) kB/m.exec(status)?.[1] ?? Number.NaN);
-  return { cpuMs: (ticks * 1000) / CLOCK_TICKS_PER_SECOND, rssBytes: rssKb * 1024 };
+  const kb = (field: string) =>
+    Number(new RegExp(`^${field}:\\s+(\\d+) kB`, 'm').exec(status)?.[1] ?? Number.NaN);
+  return {
+    cpuMs: (ticks * 1000) / CLOCK_TICKS_PER_SECOND,
+    rssBytes: kb('VmRSS') * 1024,
+    peakRssBytes: kb('VmHWM') * 1024,
+  };
 }
 
 /**

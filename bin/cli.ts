@@ -1,13 +1,15 @@
 /**
  * The `baton` command line: parses arguments (yargs), runs the command, and
  * turns every BatonError into one line on stderr and its exit code.
+ *
+ * Each command's code is imported when that command runs: a master (`start`) stays the whole life of
+ * a server and never loads the client commands, and a client never loads the master.
  */
 import yargs, { type Argv } from 'yargs';
 import { hideBin } from 'yargs/helpers';
 import type { MasterTarget } from '../supervisor/control/client.js';
 import { parseName, resolveControlSettings } from '../supervisor/control/socket-path.js';
 import { BatonError, describeExitCodes, EXIT_CODES, UsageError } from '../supervisor/errors.js';
-import { createLogger } from '../supervisor/log.js';
 import {
   COMMAND_AFTER_DASHES,
   DEFAULTS,
@@ -18,14 +20,8 @@ import {
   parseLogLevel,
   parseStartOptions,
 } from '../supervisor/options.js';
-import { runMaster } from '../supervisor/start.js';
 import { batonVersion } from '../supervisor/version.js';
-import { type InjectDestination, injectCommand } from './commands/inject.js';
-import { listCommand } from './commands/list.js';
-import { reloadCommand } from './commands/reload.js';
-import { scaleCommand } from './commands/scale.js';
-import { statusCommand } from './commands/status.js';
-import { stopCommand } from './commands/stop.js';
+import type { InjectDestination } from './commands/inject.js';
 
 const EPILOGUE = `Signals to the master: SIGUSR2 or SIGHUP reload, SIGTERM or SIGINT drain and stop, SIGQUIT stop now.
 Exit codes: ${describeExitCodes()}.
@@ -248,7 +244,11 @@ async function main(): Promise<number> {
           preload: argv.preload,
           command: commandAfterDashes(argv),
         });
-        const logger = createLogger({
+        const [{ createLogger }, { runMaster }] = await Promise.all([
+          import('../supervisor/log.js'),
+          import('../supervisor/start.js'),
+        ]);
+        const logger = await createLogger({
           level: parseLogLevel(String(argv['log-level'])),
           pretty: argv.pretty === true,
         });
@@ -275,6 +275,7 @@ async function main(): Promise<number> {
             describe: 'Wait until the old generation has drained; --no-wait returns once the new one serves',
           }),
       async (argv) => {
+        const { reloadCommand } = await import('./commands/reload.js');
         exitCode = await reloadCommand(targetOf(argv), argv.wait !== false, process.stdout);
       },
     )
@@ -294,6 +295,7 @@ async function main(): Promise<number> {
               'Exit 0 only if an active generation has every worker ready, else 9 (for health checks)',
           }),
       async (argv) => {
+        const { statusCommand } = await import('./commands/status.js');
         exitCode = await statusCommand(
           targetOf(argv),
           { json: argv.json === true, check: argv.check === true },
@@ -311,6 +313,7 @@ async function main(): Promise<number> {
           )
           .positional('workers', { type: 'string', describe: 'How many workers from now on' }),
       async (argv) => {
+        const { scaleCommand } = await import('./commands/scale.js');
         exitCode = await scaleCommand(
           targetOf(argv),
           parseInteger('workers', argv.workers, 1, MAX_WORKERS),
@@ -350,6 +353,7 @@ async function main(): Promise<number> {
           .conflicts('generation', ['worker', 'dry-run'])
           .conflicts('worker', 'dry-run'),
       async (argv) => {
+        const { injectCommand } = await import('./commands/inject.js');
         exitCode = await injectCommand(
           targetOf(argv),
           String(argv.patch),
@@ -368,6 +372,7 @@ async function main(): Promise<number> {
           )
           .option('json', { type: 'boolean', default: false, describe: 'Print the masters as JSON' }),
       async (argv) => {
+        const { listCommand } = await import('./commands/list.js');
         exitCode = await listCommand({ json: argv.json === true }, process.stdout);
       },
     )
@@ -385,6 +390,7 @@ async function main(): Promise<number> {
             describe: 'Kill every worker now instead of letting them drain',
           }),
       async (argv) => {
+        const { stopCommand } = await import('./commands/stop.js');
         exitCode = await stopCommand(targetOf(argv), argv.fast === true, process.stdout);
       },
     )

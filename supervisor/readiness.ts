@@ -80,6 +80,9 @@ export interface ReadinessPorts {
 
 /** The master's readiness watch over each starting worker, and its /proc sample of every worker. */
 export class Readiness {
+  /** Whether the fallback of the connection count to /proc/net/tcp was logged (once per master). */
+  private fallbackLogged = false;
+
   constructor(private readonly ports: ReadinessPorts) {}
 
   /** Watches a worker just spawned from `command`: its ready deadline, and the delay or /proc probe. */
@@ -152,12 +155,11 @@ export class Readiness {
    */
   onProbe(worker: Worker): void {
     if (worker.state !== 'starting' || worker.pid === undefined) return;
-    const { os, listeners } = this.ports;
+    const { os } = this.ports;
     // A worker busy serving is seldom caught waiting in accept: one that holds a connection accepted on
     // a listener serves too (a pre-forking server under load takes its share of the queue at once).
     const serves =
-      os.pollsListeners(worker.pid, this.listenerInodes) ||
-      (os.countConnections(worker.pid, listeners) ?? 0) > 0;
+      os.pollsListeners(worker.pid, this.listenerInodes) || (this.countConnections(worker.pid) ?? 0) > 0;
     if (serves) this.onSignal(worker, 'poll');
     else this.scheduleProbe(worker);
   }
@@ -175,11 +177,11 @@ export class Readiness {
    * an unmodified program may close its listener on the drain signal and wait.
    */
   onSample(): void {
-    const { os, listeners, logger } = this.ports;
+    const { os, logger } = this.ports;
     for (const generation of this.ports.generations()) {
       for (const worker of generation.liveWorkers) {
         if (worker.connections !== undefined || worker.pid === undefined) continue;
-        worker.observedConnections = os.countConnections(worker.pid, listeners);
+        worker.observedConnections = this.countConnections(worker.pid);
         const idle =
           worker.state === 'draining' &&
           worker.observedConnections === 0 &&
@@ -195,6 +197,21 @@ export class Readiness {
       }
     }
     this.startSampling();
+  }
+
+  /** The connections process `pid` holds on the listeners, from /proc and netlink (proc.ts). */
+  private countConnections(pid: number): number | undefined {
+    const { os, listeners, logger } = this.ports;
+    const count = os.countConnections(pid, listeners);
+    const fallback = this.fallbackLogged ? undefined : os.connectionCountFallback?.();
+    if (fallback !== undefined) {
+      this.fallbackLogged = true;
+      logger.warn(
+        { reason: fallback },
+        'counting connections from /proc/net/tcp: netlink sock_diag is unavailable (slower on a host with many sockets)',
+      );
+    }
+    return count;
   }
 
   private scheduleProbe(worker: Worker): void {
