@@ -194,12 +194,13 @@ export interface BatonStart {
   /**
    * `example`: a copy of app/ (http and game listeners); `hello`: bench/apps/hello.js (http only);
    * `ws-game`: test/fixtures/ws-game.mjs (http only, WebSocket upgrades), run in `dir` for its VERSION;
-   * `plain`: bench/apps/plain.js (http only, no child API: it does not report its connections).
+   * `plain`: bench/apps/plain.js (http only, no child API: it does not report its connections), run in
+   * `dir` for its VERSION when given.
    */
   app:
     | { kind: 'example'; dir: AppDir }
     | { kind: 'hello' }
-    | { kind: 'plain' }
+    | { kind: 'plain'; dir?: AppDir }
     | { kind: 'ws-game'; dir: AppDir };
   extraArgs?: string[];
   /** Added to the master's environment, which its workers inherit. */
@@ -227,7 +228,7 @@ export async function startBatonApp({
   controlDirs.add(controlDir);
   const control = ['--control', join(controlDir, 'control.sock')];
   const args = ['start', ...listen, '--workers', String(workers), ...control, ...extraArgs, '--', ...command];
-  const baton = startBaton(args, { cwd: 'dir' in app ? app.dir.dir : REPO_ROOT, env });
+  const baton = startBaton(args, { cwd: 'dir' in app && app.dir ? app.dir.dir : REPO_ROOT, env });
   const httpPort = await baton.listenPort('http', START_TIMEOUT_MS);
   const gamePort = app.kind === 'example' ? await baton.listenPort('game', START_TIMEOUT_MS) : undefined;
   await baton.waitForLogMsg('generation active', { gen: 1 }, START_TIMEOUT_MS);

@@ -5,9 +5,19 @@
  * SIGTERM. It never reports its connections, so baton's master counts them itself (as it does for
  * Python, Go, or any program written for systemd): the cost scenario measures what that costs.
  */
+import { readFileSync } from 'node:fs';
 import http from 'node:http';
 
-const VERSION = process.env.BATON_GENERATION ?? 'plain';
+/** The first line of ./VERSION where there is one (a copy of the example app), else the generation. */
+function version() {
+  try {
+    return readFileSync('VERSION', 'utf8').split('\n')[0]?.trim() || 'plain';
+  } catch {
+    return process.env.BATON_GENERATION ?? 'plain';
+  }
+}
+
+const VERSION = version();
 const body = `${JSON.stringify({ version: VERSION, pid: process.pid })}\n`;
 const server = http.createServer((_request, response) => {
   response.writeHead(200, { 'Content-Type': 'application/json' }).end(body);
