@@ -228,7 +228,7 @@ function summarize(
           `Memory in brackets: a ratio to an idle Node ${process.version} in the same run (${megabytes(idleNode.rssBytes)} RSS, peak ${megabytes(idleNode.peakRssBytes)}). ` +
           `The lone app's own RSS after load: ${megabytes(median(alone.rssBytes))}. ` +
           `"Idle" is with no client, over ${ms(idleMs)} (CPU is counted in 10 ms ticks), while the machine held ${count(tcpSockets)} TCP sockets ` +
-          "(TIME_WAIT included): baton's master reads /proc/net/tcp only while some worker does not report its connection count (these use the child API, which does).",
+          "(TIME_WAIT included). baton's master counts the connections of workers that do not report theirs (plain.js): their descriptors in /proc, and the sockets established on the listener's port from netlink sock_diag (the kernel filters by state and port), not the whole of /proc/net/tcp.",
       },
     ],
     checks: [],
