@@ -33,7 +33,7 @@ import type {
   ToClient,
 } from './clients/protocol.js';
 
-export { type AppDir, type BatonProcess, REPO_ROOT, waitFor, withDeadline };
+export { type AppDir, type BatonProcess, REPO_ROOT, startNode, waitFor, withDeadline };
 
 /** The Node running the bench (Node 24 from the project); workers and apps run on the same one. */
 export const NODE = process.execPath;
@@ -41,6 +41,8 @@ export const NODE = process.execPath;
 /** The bench's own test apps (plain JavaScript, run from the source tree). */
 export const HELLO_APP = join(REPO_ROOT, 'bench', 'apps', 'hello.js');
 export const CLUSTER_APP = join(REPO_ROOT, 'bench', 'apps', 'cluster.js');
+/** hello.js without the child API: it never reports its connections (run with `--no-preload`). */
+export const PLAIN_APP = join(REPO_ROOT, 'bench', 'apps', 'plain.js');
 /**
  * The WebSocket game of the handoff tests (`ws` 8, sessions handed off live), run as it is so that the
  * bench measures the app the tests check. It reads ./VERSION from its working directory.
@@ -195,10 +197,13 @@ export interface BatonStart {
    * `example`: a copy of app/ (http and game listeners); `hello`: bench/apps/hello.js (http only);
    * `ws-game`: test/fixtures/ws-game.mjs (http only, WebSocket upgrades), run in `dir` for its VERSION;
    * `command`: any command (an app as it is, `npm start`), run in `dir` (http only).
+   * `plain`: bench/apps/plain.js (http only, no child API: it does not report its connections), run in
+   * `dir` for its VERSION when given.
    */
   app:
     | { kind: 'example'; dir: AppDir }
     | { kind: 'hello' }
+    | { kind: 'plain'; dir?: AppDir }
     | { kind: 'ws-game'; dir: AppDir }
     | { kind: 'command'; command: string[]; dir: AppDir };
   extraArgs?: string[];
@@ -224,7 +229,12 @@ export async function startBatonApp({
   const command =
     app.kind === 'command'
       ? app.command
-      : { example: [NODE, 'server.js'], hello: [NODE, HELLO_APP], 'ws-game': [NODE, WS_GAME_APP] }[app.kind];
+      : {
+          example: [NODE, 'server.js'],
+          hello: [NODE, HELLO_APP],
+          plain: [NODE, PLAIN_APP],
+          'ws-game': [NODE, WS_GAME_APP],
+        }[app.kind];
   // Each master its own control socket (mkdtemp makes the folder 0700, as baton requires): masters of
   // the same app would otherwise share one by name, and a second one refuses to start.
   const controlDir = mkdtempSync(join(tmpdir(), 'baton-bench-control-'));
@@ -233,7 +243,7 @@ export async function startBatonApp({
   const args = configFile
     ? ['start', '--config', configFile, ...control, ...extraArgs]
     : ['start', ...listen, '--workers', String(workers), ...control, ...extraArgs, '--', ...command];
-  const baton = startBaton(args, { cwd: app.kind === 'hello' ? REPO_ROOT : app.dir.dir, env });
+  const baton = startBaton(args, { cwd: 'dir' in app && app.dir ? app.dir.dir : REPO_ROOT, env });
   const httpPort = await baton.listenPort('http', START_TIMEOUT_MS);
   const gamePort = app.kind === 'example' ? await baton.listenPort('game', START_TIMEOUT_MS) : undefined;
   await baton.waitForLogMsg('generation active', { gen: 1 }, START_TIMEOUT_MS);
@@ -371,6 +381,8 @@ export async function reload(
 export interface ProcUsage {
   cpuMs: number;
   rssBytes: number;
+  /** The peak RSS of the process's life so far (VmHWM). */
+  peakRssBytes: number;
 }
 
 /** Clock ticks per second for /proc/<pid>/stat (`getconf CLK_TCK`; 100 on Linux everywhere). */
@@ -383,8 +395,13 @@ export function procUsage(pid: number): ProcUsage {
   const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
   const ticks = Number(fields[11]) + Number(fields[12]);
   const status = readFileSync(`/proc/${pid}/status`, 'utf8');
-  const rssKb = Number(/^VmRSS:\s+(\d+) kB/m.exec(status)?.[1] ?? Number.NaN);
-  return { cpuMs: (ticks * 1000) / CLOCK_TICKS_PER_SECOND, rssBytes: rssKb * 1024 };
+  const kb = (field: string) =>
+    Number(new RegExp(`^${field}:\\s+(\\d+) kB`, 'm').exec(status)?.[1] ?? Number.NaN);
+  return {
+    cpuMs: (ticks * 1000) / CLOCK_TICKS_PER_SECOND,
+    rssBytes: kb('VmRSS') * 1024,
+    peakRssBytes: kb('VmHWM') * 1024,
+  };
 }
 
 /**

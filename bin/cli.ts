@@ -1,6 +1,9 @@
 /**
  * The `baton` command line: parses arguments (yargs), runs the command, and
  * turns every BatonError into one line on stderr and its exit code.
+ *
+ * Each command's code is imported when that command runs: a master (`start`) stays the whole life of
+ * a server and never loads the client commands, and a client never loads the master.
  */
 import path from 'node:path';
 import yargs, { type Argv } from 'yargs';
@@ -9,7 +12,6 @@ import { resolveStartSettings } from '../supervisor/config.js';
 import type { MasterTarget } from '../supervisor/control/client.js';
 import { parseName, resolveControlSettings } from '../supervisor/control/socket-path.js';
 import { BatonError, describeExitCodes, EXIT_CODES, UsageError } from '../supervisor/errors.js';
-import { createLogger } from '../supervisor/log.js';
 import {
   COMMAND_AFTER_DASHES,
   DEFAULTS,
@@ -20,14 +22,8 @@ import {
   parseLogLevel,
   type RawStartArgs,
 } from '../supervisor/options.js';
-import { runMaster } from '../supervisor/start.js';
 import { batonVersion } from '../supervisor/version.js';
-import { type InjectDestination, injectCommand } from './commands/inject.js';
-import { listCommand } from './commands/list.js';
-import { reloadCommand } from './commands/reload.js';
-import { scaleCommand } from './commands/scale.js';
-import { statusCommand } from './commands/status.js';
-import { stopCommand } from './commands/stop.js';
+import type { InjectDestination } from './commands/inject.js';
 
 const EPILOGUE = `Signals to the master: SIGUSR2 reload, SIGHUP read --config again and reload with it, SIGTERM or SIGINT drain and stop, SIGQUIT stop now.
 Exit codes: ${describeExitCodes()}.
@@ -266,7 +262,11 @@ async function main(): Promise<number> {
         const settings = resolveStartSettings(flags, configPath, cwd);
         const { options, raw } = settings;
         const pretty = raw.pretty === true;
-        const logger = createLogger({
+        const [{ createLogger }, { runMaster }] = await Promise.all([
+          import('../supervisor/log.js'),
+          import('../supervisor/start.js'),
+        ]);
+        const logger = await createLogger({
           level:
             raw.logLevel === undefined
               ? DEFAULTS.logLevel
@@ -320,6 +320,7 @@ async function main(): Promise<number> {
             : argv.config === ''
               ? true
               : path.resolve(process.cwd(), String(argv.config));
+        const { reloadCommand } = await import('./commands/reload.js');
         exitCode = await reloadCommand(targetOf(argv), argv.wait !== false, process.stdout, config);
       },
     )
@@ -339,6 +340,7 @@ async function main(): Promise<number> {
               'Exit 0 only if an active generation has every worker ready, else 9 (for health checks)',
           }),
       async (argv) => {
+        const { statusCommand } = await import('./commands/status.js');
         exitCode = await statusCommand(
           targetOf(argv),
           { json: argv.json === true, check: argv.check === true },
@@ -356,6 +358,7 @@ async function main(): Promise<number> {
           )
           .positional('workers', { type: 'string', describe: 'How many workers from now on' }),
       async (argv) => {
+        const { scaleCommand } = await import('./commands/scale.js');
         exitCode = await scaleCommand(
           targetOf(argv),
           parseInteger('workers', argv.workers, 1, MAX_WORKERS),
@@ -395,6 +398,7 @@ async function main(): Promise<number> {
           .conflicts('generation', ['worker', 'dry-run'])
           .conflicts('worker', 'dry-run'),
       async (argv) => {
+        const { injectCommand } = await import('./commands/inject.js');
         exitCode = await injectCommand(
           targetOf(argv),
           String(argv.patch),
@@ -413,6 +417,7 @@ async function main(): Promise<number> {
           )
           .option('json', { type: 'boolean', default: false, describe: 'Print the masters as JSON' }),
       async (argv) => {
+        const { listCommand } = await import('./commands/list.js');
         exitCode = await listCommand({ json: argv.json === true }, process.stdout);
       },
     )
@@ -430,6 +435,7 @@ async function main(): Promise<number> {
             describe: 'Kill every worker now instead of letting them drain',
           }),
       async (argv) => {
+        const { stopCommand } = await import('./commands/stop.js');
         exitCode = await stopCommand(targetOf(argv), argv.fast === true, process.stdout);
       },
     )

@@ -3,10 +3,11 @@
  * and keeps for its whole life. Workers inherit it; the master itself never
  * polls it.
  */
+
+import { spawn } from 'node:child_process';
 import { chmodSync, chownSync, closeSync, existsSync, lstatSync, unlinkSync } from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
-import { execa } from 'execa';
 import { ListenError } from './errors.js';
 import {
   type BoundSocket,
@@ -150,18 +151,7 @@ export async function openListeners(specs: ListenSpec[], inherited: Listener[] =
     }
     const streams = listeners.filter((listener) => listener.isStream);
     if (streams.length > 0) {
-      const result = await execa(
-        process.execPath,
-        ['-e', LISTEN_HELPER, String(streams.length), String(LISTEN_BACKLOG)],
-        {
-          stdio: inheritFds(
-            ['ignore', 'ignore', 'pipe'],
-            streams.map((listener) => listener.fd),
-          ),
-          reject: false,
-          env: { NODE_OPTIONS: '' },
-        },
-      );
+      const result = await runListenHelper(streams.map((listener) => listener.fd));
       if (result.exitCode !== 0) {
         // Only the helper's own `index:code` line: Node may warn on stderr before it (a broken NODE_EXTRA_CA_CERTS).
         const [, index, code] = /^(\d+):(\S+)$/m.exec(String(result.stderr)) ?? [];
@@ -181,6 +171,34 @@ export async function openListeners(specs: ListenSpec[], inherited: Listener[] =
     for (const listener of listeners) if (listener.origin === 'bound') listener.close();
     throw error;
   }
+}
+
+/**
+ * Runs LISTEN_HELPER with these descriptors at 3, 4, ...: its exit code (null if it could not run or
+ * was killed) and what it wrote on stderr. Plain child_process: one short-lived helper needs none of
+ * execa, which would add about 20 MB to every master.
+ */
+function runListenHelper(fds: number[]): Promise<{ exitCode: number | null; stderr: string }> {
+  return new Promise((resolve) => {
+    const helper = spawn(
+      process.execPath,
+      ['-e', LISTEN_HELPER, String(fds.length), String(LISTEN_BACKLOG)],
+      {
+        stdio: inheritFds(['ignore', 'ignore', 'pipe'], fds),
+        env: { ...process.env, NODE_OPTIONS: '' },
+      },
+    );
+    const stderr: Buffer[] = [];
+    helper.stderr?.on('data', (chunk: Buffer) => stderr.push(chunk));
+    let settled = false;
+    const settle = (exitCode: number | null, error?: Error) => {
+      if (settled) return;
+      settled = true;
+      resolve({ exitCode, stderr: error ? error.message : Buffer.concat(stderr).toString('utf8') });
+    };
+    helper.on('error', (error) => settle(null, error));
+    helper.on('close', (exitCode) => settle(exitCode));
+  });
 }
 
 async function bindListener(spec: ListenSpec): Promise<Listener> {

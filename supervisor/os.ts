@@ -3,15 +3,21 @@
  * the clock and timers) goes through `Os`, so its logic runs against fakes in
  * unit tests and against the real OS in integration tests.
  */
+import { spawn } from 'node:child_process';
 import { accessSync, constants as fsConstants, statSync } from 'node:fs';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
-import { execa } from 'execa';
 import { CommandNotFoundError } from './errors.js';
 import { SignalTarget } from './main-pid.js';
 import { type RawSocketHandle, sendRawHandle } from './node-internals.js';
 import { type NotifyChannel, NotifySockets } from './notify-socket.js';
-import { countConnections, type ListenerAddress, ownListeningPorts, pollsListeners } from './proc.js';
+import {
+  connectionCountFallback,
+  countConnections,
+  type ListenerAddress,
+  ownListeningPorts,
+  pollsListeners,
+} from './proc.js';
 
 /** What the master asks for when it starts a worker. */
 export interface SpawnRequest {
@@ -77,6 +83,8 @@ export interface Os {
   countConnections(pid: number, listeners: readonly ListenerAddress[]): number | undefined;
   /** The TCP ports process `pid` and its descendants listen on, besides the sockets with these inodes (see proc.ts). */
   ownListeningPorts(pid: number, except: ReadonlySet<number>): number[];
+  /** Why connections are counted the slow way (all of /proc/net/tcp), once netlink failed; else undefined. */
+  connectionCountFallback?(): string | undefined;
   now(): number;
   setTimer(ms: number, fn: () => void): TimerHandle;
 }
@@ -165,53 +173,52 @@ export const realOs: Os = {
       callbacks.onNotify(line);
     };
     const notifyChannel = openNotifyChannel(request, callbacks, notified);
-    const subprocess = execa('/bin/sh', trampolineArgs(request), {
+    // Node's child_process, not execa: a master spawns workers all its life and needs nothing execa
+    // adds, while importing execa costs about 20 MB of the master's memory (bench scenario 5).
+    const child = spawn('/bin/sh', trampolineArgs(request), {
       cwd: request.cwd,
       env: notifyChannel ? { ...request.env, NOTIFY_SOCKET: notifyChannel.path } : request.env,
-      extendEnv: false,
       stdio: [
         ...inheritFds(['ignore', 'inherit', 'pipe'], request.listenerFds),
         ...(request.notifyPipe === false ? [] : (['pipe'] as const)),
+        'ipc',
       ],
-      ipc: true,
       serialization: 'json',
-      buffer: false,
-      reject: false,
-      // The master decides when a worker is killed: never execa's default 5 s after a SIGTERM.
-      forceKillAfterDelay: false,
       // Own process group: a terminal's Ctrl-C reaches the master only, which drains the workers.
       detached: true,
       // libuv drops supplementary groups when it changes them (setgroups before setgid/setuid).
       ...(request.uid === undefined ? {} : { uid: request.uid }),
       ...(request.gid === undefined ? {} : { gid: request.gid }),
     });
-    subprocess.stderr?.on('data', (chunk: Buffer) => callbacks.onStderr(chunk));
-    const signals = new SignalTarget(subprocess.pid);
+    child.stderr?.on('data', (chunk: Buffer) => callbacks.onStderr(chunk));
+    const signals = new SignalTarget(child.pid);
     target = signals;
     const notify =
       request.notifyPipe === false
         ? undefined
-        : (subprocess.stdio[notifyFd(request.listenerFds.length)] as Readable | null | undefined);
+        : (child.stdio[notifyFd(request.listenerFds.length)] as Readable | null | undefined);
     if (notify) {
       readNotifyLines(notify, { ...callbacks, onNotify: notified });
     }
-    // Node's own event, not execa's message reading: execa drops handles, and a handed-off connection
-    // comes with one. Each message arrives here once, in the order the worker sent it.
-    const child = subprocess.nodeChildProcess;
+    // Each message arrives here once, in the order the worker sent it, with its handle if any (a
+    // handed-off connection).
     child.on('message', (message: unknown, handle: unknown) => callbacks.onMessage(message, handle));
-    subprocess.then(
-      (result) => {
-        notifyChannel?.close();
-        // What is left of the worker's group (a child that let go of stdio) goes with it, as systemd's
-        // KillMode=control-group does: nothing of a worker outlives it.
-        if (subprocess.pid !== undefined) killLeftovers(subprocess.pid);
-        callbacks.onExit(result.exitCode ?? null, (result.signal as NodeJS.Signals | undefined) ?? null);
-      },
-      () => {
-        notifyChannel?.close();
-        callbacks.onExit(null, null);
-      },
-    );
+    let exited = false;
+    const onExit = (exitCode: number | null, signal: NodeJS.Signals | null) => {
+      if (exited) return;
+      exited = true;
+      notifyChannel?.close();
+      // What is left of the worker's group (a child that let go of stdio) goes with it, as systemd's
+      // KillMode=control-group does: nothing of a worker outlives it.
+      if (child.pid !== undefined) killLeftovers(child.pid);
+      callbacks.onExit(exitCode, signal);
+    };
+    // 'close': the process exited and its stdio is read to the end (its last notify line included).
+    child.on('close', onExit);
+    // It could not be spawned at all (or not signalled: then 'close' still comes).
+    child.on('error', () => {
+      if (child.pid === undefined) onExit(null, null);
+    });
     return {
       get pid() {
         return signals.pid;
@@ -219,7 +226,7 @@ export const realOs: Os = {
       kill: (signal) =>
         signals.kill(signal, (toSpawned) => {
           try {
-            return subprocess.kill(toSpawned);
+            return child.kill(toSpawned);
           } catch {
             return false;
           }
@@ -258,6 +265,7 @@ export const realOs: Os = {
   pollsListeners,
   countConnections,
   ownListeningPorts,
+  connectionCountFallback,
 
   now: () => Date.now(),
 
@@ -276,15 +284,12 @@ function killLeftovers(pid: number): void {
   }
 }
 
-/**
- * A stdio array that passes `fds` on at 3, 4, ... execa's types admit only the
- * literals 3 to 9 as inherited descriptors; any descriptor works at run time.
- */
-export function inheritFds<const T extends readonly [StdioName, StdioName, StdioName]>(
-  standard: T,
-  fds: number[],
-): T {
-  return [...standard, ...fds] as unknown as T;
+/** A stdio array that passes `fds` on at 3, 4, ... */
+export function inheritFds(
+  standard: readonly [StdioName, StdioName, StdioName],
+  fds: readonly number[],
+): Array<StdioName | number> {
+  return [...standard, ...fds];
 }
 
 type StdioName = 'ignore' | 'inherit' | 'pipe';

@@ -5,6 +5,7 @@
  * control socket).
  */
 import { closeSync, openSync, readdirSync, readFileSync, readlinkSync, readSync } from 'node:fs';
+import { establishedTcpInodes } from './linux.js';
 
 /** Linux system call numbers that wait on descriptors, per architecture (/proc/<pid>/syscall shows the number). */
 const SYSCALLS: Record<string, { accept: number[]; poll: number[]; ppoll: number[]; select: number[] }> = {
@@ -306,9 +307,9 @@ const UNIX_CONNECTED = '03';
 
 /**
  * How many connections accepted on these listeners process `pid` and its descendants hold open:
- * their socket descriptors that /proc/net shows established on a listener's
- * local port (TCP) or connected under a listener's path (Unix). Undefined when
- * it cannot tell.
+ * their socket descriptors that the kernel shows established on a listener's local port (TCP, asked
+ * through netlink: linux.ts) or connected under a listener's path (Unix, /proc/net/unix). Undefined
+ * when it cannot tell.
  */
 export function countConnections(pid: number, listeners: readonly ListenerAddress[]): number | undefined {
   const descriptors = descriptorsOf(pid);
@@ -322,48 +323,77 @@ export function countConnections(pid: number, listeners: readonly ListenerAddres
         .map((member) => descriptorsOf(member) ?? []),
     ].flatMap((list) => list.flatMap(({ link }) => inodeOf(link) ?? [])),
   );
-  const ports = new Set(listeners.filter((l) => l.kind === 'tcp').map((l) => l.port));
+  const ports = [...new Set(listeners.filter((l) => l.kind === 'tcp').map((l) => l.port))];
   const paths = new Set(listeners.filter((l) => l.kind === 'unix').map((l) => l.address));
-  const tables = connectionTables();
+  const { tcp, unix } = connectionsOn(ports, paths.size > 0);
   let count = 0;
-  for (const connection of tables.tcp)
-    if (held.has(connection.inode) && ports.has(connection.localPort)) count++;
-  for (const connection of tables.unix) {
+  for (const inode of held) if (tcp.has(inode)) count++;
+  for (const connection of unix) {
     if (connection.path !== undefined && held.has(connection.inode) && paths.has(connection.path)) count++;
   }
   return count;
 }
 
-/** Established TCP connections and connected Unix sockets of the machine, by inode. */
-interface ConnectionTables {
+/** Established TCP connections on the listeners' ports, and connected Unix sockets of the machine, by inode. */
+interface Connections {
   readAt: number;
-  tcp: Array<{ inode: number; localPort: number }>;
+  key: string;
+  tcp: ReadonlySet<number>;
   unix: Array<{ inode: number; path: string | undefined }>;
 }
 
-/** How long parsed /proc/net tables are reused: one read serves every worker counted in the same sample. */
-const TABLES_REUSE_MS = 100;
-let cachedTables: ConnectionTables | undefined;
+/** How long the machine's connections are reused: one read serves every worker counted in the same sample. */
+const CONNECTIONS_REUSE_MS = 100;
+let cached: Connections | undefined;
+
+/** Why TCP connections are counted from /proc/net/tcp instead of netlink, once netlink failed. */
+let netlinkFailure: string | undefined;
 
 /**
- * /proc/net/tcp lists every socket of the machine (megabytes with tens of
- * thousands of connections): read and parse it once per sample, not once per
- * worker.
+ * Why the connection count reads /proc/net/tcp (the whole table of the machine's sockets) instead of
+ * asking the kernel for the listeners' ports over netlink; undefined while netlink works.
  */
-function connectionTables(): ConnectionTables {
+export function connectionCountFallback(): string | undefined {
+  return netlinkFailure;
+}
+
+function connectionsOn(ports: readonly number[], withUnix: boolean): Connections {
   const now = Date.now();
-  if (cachedTables && now - cachedTables.readAt < TABLES_REUSE_MS) return cachedTables;
-  const tables: ConnectionTables = { readAt: now, tcp: [], unix: [] };
+  const key = `${ports.join(',')}${withUnix ? '+unix' : ''}`;
+  if (cached && cached.key === key && now - cached.readAt < CONNECTIONS_REUSE_MS) return cached;
+  const connections: Connections = {
+    readAt: now,
+    key,
+    tcp: ports.length === 0 ? new Set() : establishedOn(ports),
+    unix: [],
+  };
+  if (withUnix) {
+    for (const fields of netTableRows('unix')) {
+      if (fields[5] === UNIX_CONNECTED) connections.unix.push({ inode: Number(fields[6]), path: fields[7] });
+    }
+  }
+  cached = connections;
+  return connections;
+}
+
+/** The inodes of established TCP sockets on these local ports: netlink, else /proc/net/tcp{,6}. */
+function establishedOn(ports: readonly number[]): Set<number> {
+  if (netlinkFailure === undefined) {
+    try {
+      return establishedTcpInodes(ports);
+    } catch (error) {
+      netlinkFailure = error instanceof Error ? error.message : String(error);
+    }
+  }
+  // /proc/net/tcp lists every socket of the machine (megabytes with tens of thousands of connections).
+  const wanted = new Set(ports);
+  const inodes = new Set<number>();
   for (const fields of [...netTableRows('tcp'), ...netTableRows('tcp6')]) {
     if (fields[3] !== TCP_ESTABLISHED) continue;
     const localPort = Number.parseInt((fields[1] ?? '').split(':')[1] ?? '', 16);
-    tables.tcp.push({ inode: Number(fields[9]), localPort });
+    if (wanted.has(localPort)) inodes.add(Number(fields[9]));
   }
-  for (const fields of netTableRows('unix')) {
-    if (fields[5] === UNIX_CONNECTED) tables.unix.push({ inode: Number(fields[6]), path: fields[7] });
-  }
-  cachedTables = tables;
-  return tables;
+  return inodes;
 }
 
 /** The rows of a /proc/net table (tcp, tcp6, udp, udp6, unix), split into fields; none when it cannot be read. */

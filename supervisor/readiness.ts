@@ -97,6 +97,8 @@ export interface ReadinessPorts {
 export class Readiness {
   /** Since when each starting worker has been seen listening on a port of its own and on none of baton's. */
   private readonly ownPortSince = new WeakMap<Worker, number>();
+  /** Whether the fallback of the connection count to /proc/net/tcp was logged (once per master). */
+  private fallbackLogged = false;
 
   constructor(private readonly ports: ReadinessPorts) {}
 
@@ -236,7 +238,7 @@ export class Readiness {
       const listeners = generation.listeners ?? this.ports.listeners;
       for (const worker of generation.liveWorkers) {
         if (worker.connections !== undefined || worker.pid === undefined) continue;
-        worker.observedConnections = os.countConnections(worker.pid, listeners);
+        worker.observedConnections = this.countConnections(worker.pid, listeners);
         const idle =
           worker.state === 'draining' &&
           worker.observedConnections === 0 &&
@@ -265,7 +267,7 @@ export class Readiness {
     if (worker.pid === undefined) return false;
     return (
       os.pollsListeners(worker.pid, inodesOf(listeners)) ||
-      (os.countConnections(worker.pid, listeners) ?? 0) > 0
+      (this.countConnections(worker.pid, listeners) ?? 0) > 0
     );
   }
 
@@ -273,6 +275,21 @@ export class Readiness {
     this.ports.os.setTimer(OWN_PORT_CHECK_INTERVAL_MS, () =>
       this.ports.dispatch({ type: 'own-port-check', worker }),
     );
+  }
+
+  /** The connections process `pid` holds on the listeners, from /proc and netlink (proc.ts). */
+  private countConnections(pid: number, listeners: readonly InheritedListener[]): number | undefined {
+    const { os, logger } = this.ports;
+    const count = os.countConnections(pid, listeners);
+    const fallback = this.fallbackLogged ? undefined : os.connectionCountFallback?.();
+    if (fallback !== undefined) {
+      this.fallbackLogged = true;
+      logger.warn(
+        { reason: fallback },
+        'counting connections from /proc/net/tcp: netlink sock_diag is unavailable (slower on a host with many sockets)',
+      );
+    }
+    return count;
   }
 
   private scheduleProbe(worker: Worker): void {

@@ -14,7 +14,6 @@ import { closeLeakedDescriptors } from './descriptors.js';
 import { inheritedListeners, type Listener, openListeners } from './listener.js';
 import type { Logger } from './log.js';
 import { Master } from './master.js';
-import { MetricsServer } from './metrics.js';
 import type { MasterEvent } from './model.js';
 import type { ListenSpec, MasterOptions } from './options.js';
 import { realOs } from './os.js';
@@ -119,7 +118,10 @@ export async function runMaster(
     };
   }
   const controlServer = await ControlServer.listen({ master, logger, ...control, staleRemoved, usage });
-  const metrics = options.metrics && (await MetricsServer.listen(options.metrics, master, logger, usage));
+  // prom-client weighs about 20 MB: loaded only by a master that serves metrics.
+  const metrics =
+    options.metrics &&
+    (await (await import('./metrics.js')).MetricsServer.listen(options.metrics, master, logger, usage));
   logger.info(
     {
       masterPid: process.pid,

@@ -1,9 +1,10 @@
 /**
  * Scenario 5, cost: steady throughput with no reload, for the same minimal app run alone, under baton
- * with 1 and 2 workers, and under a textbook `node:cluster` primary with 2 workers, with short
- * connections and with keep-alive. The set-ups take turns in short runs, round after round, and each
- * figure is the median over the rounds, given as a ratio to the lone app. Also the supervisor's own CPU and
- * memory, idle and under load.
+ * with 1 and 2 workers (and 2 workers that do not report their connections, so that the master counts
+ * them), and under a textbook `node:cluster` primary with 2 workers, with short connections and with
+ * keep-alive. The set-ups take turns in short runs, round after round, and each figure is the median
+ * over the rounds, given as a ratio to the lone app. Also the supervisor's own CPU and memory (RSS idle,
+ * after load, and its peak, VmHWM), memory as a ratio to an idle Node of the same version in the same run.
  */
 import { countLoad, median, throughput } from '../analysis.js';
 import { type BenchContext, pick } from '../context.js';
@@ -16,6 +17,7 @@ import {
   sleep,
   startBatonApp,
   startHttpLoad,
+  startNode,
   startPlainApp,
   stopProcess,
   tcpSocketsOnMachine,
@@ -52,6 +54,17 @@ const VARIANTS: Variant[] = [
     },
   })),
   {
+    name: 'baton, 2 workers that do not report',
+    start: async () => {
+      const { baton, httpPort } = await startBatonApp({
+        workers: 2,
+        app: { kind: 'plain' },
+        extraArgs: ['--no-preload'],
+      });
+      return { port: httpPort, watchedPid: baton.pid, tree: baton };
+    },
+  },
+  {
     name: 'node:cluster, 2 workers',
     start: async () => {
       const primary = await startPlainApp(CLUSTER_APP, { listeners: 2, env: { BENCH_WORKERS: '2' } });
@@ -68,8 +81,15 @@ interface VariantFigures {
   /** The watched process (supervisor, or the lone app): CPU share of one core, RSS. */
   idleCpuShare: number[];
   loadCpuShare: Record<Mode, number[]>;
+  /** RSS with no client (after the idle CPU measure), and after the load. */
+  idleRssBytes: number[];
   rssBytes: number[];
+  /** The peak RSS of the process's whole life (VmHWM), read at the end. */
+  peakRssBytes: number[];
 }
+
+/** An idle Node of the same version as the supervisors: the yardstick of their memory. */
+const IDLE_NODE_SCRIPT = 'console.log(JSON.stringify({ msg: "idle" })); setInterval(() => {}, 1 << 30);';
 
 /** Runs scenario 5. */
 export async function cost(context: BenchContext): Promise<ScenarioOutcome> {
@@ -83,21 +103,28 @@ export async function cost(context: BenchContext): Promise<ScenarioOutcome> {
       failed: 0,
       idleCpuShare: [],
       loadCpuShare: { 'new connection': [], 'keep-alive': [] },
+      idleRssBytes: [],
       rssBytes: [],
+      peakRssBytes: [],
     }),
   );
+  const idleNode = { rssBytes: 0, peakRssBytes: 0 };
   context.progress(`scenario 5, cost: ${VARIANTS.length} set-ups, ${rounds} rounds`);
   // All set-ups run side by side (idle ones cost nothing) and take turns, so that whatever else the
   // shared machine is doing spreads over all of them instead of landing on one.
   const running: Array<Awaited<ReturnType<Variant['start']>>> = [];
   let tcpSockets = 0;
+  const idle = startNode(['-e', IDLE_NODE_SCRIPT]);
   try {
+    await idle.waitForLogMsg('idle');
     for (const variant of VARIANTS) running.push(await variant.start());
     tcpSockets = tcpSocketsOnMachine();
     for (const [index, { watchedPid }] of running.entries()) {
-      const idle = await measureCpu(watchedPid, () => sleep(idleMs));
-      (figures[index] as VariantFigures).idleCpuShare.push(idle.cpuShare);
+      const measured = await measureCpu(watchedPid, () => sleep(idleMs));
+      (figures[index] as VariantFigures).idleCpuShare.push(measured.cpuShare);
+      (figures[index] as VariantFigures).idleRssBytes.push(measured.rssBytes);
     }
+    Object.assign(idleNode, procUsage(idle.pid));
     for (let round = 0; round < rounds; round++) {
       for (let offset = 0; offset < VARIANTS.length; offset++) {
         const index = (offset + round) % VARIANTS.length;
@@ -124,16 +151,20 @@ export async function cost(context: BenchContext): Promise<ScenarioOutcome> {
       }
     }
     for (const [index, { watchedPid }] of running.entries()) {
-      (figures[index] as VariantFigures).rssBytes.push(procUsage(watchedPid).rssBytes);
+      const usage = procUsage(watchedPid);
+      (figures[index] as VariantFigures).rssBytes.push(usage.rssBytes);
+      (figures[index] as VariantFigures).peakRssBytes.push(usage.peakRssBytes);
     }
   } finally {
     for (const { tree } of running) await stopProcess(tree);
+    await stopProcess(idle);
   }
-  return summarize(figures, rounds, measureMs, idleMs, tcpSockets);
+  return summarize(figures, idleNode, rounds, measureMs, idleMs, tcpSockets);
 }
 
 function summarize(
   figures: VariantFigures[],
+  idleNode: { rssBytes: number; peakRssBytes: number },
   rounds: number,
   measureMs: number,
   idleMs: number,
@@ -146,7 +177,15 @@ function summarize(
   return {
     id: 'cost',
     title: '5. Cost: throughput with no reload',
-    data: { rounds, measureMs, concurrency: CONCURRENCY, tcpSocketsWhileIdle: tcpSockets, variants: figures },
+    data: {
+      rounds,
+      measureMs,
+      concurrency: CONCURRENCY,
+      tcpSocketsWhileIdle: tcpSockets,
+      idleNode,
+      nodeVersion: process.version,
+      variants: figures,
+    },
     sections: [
       {
         title: 'Throughput, as a ratio to the app alone (first row: requests per second)',
@@ -167,19 +206,29 @@ function summarize(
       },
       {
         title: 'The supervisor itself (baton master, cluster primary), CPU in % of one core',
-        header: ['', 'CPU idle', 'CPU, new connections', 'CPU, keep-alive', 'RSS', 'RSS / lone app RSS'],
+        header: [
+          '',
+          'CPU idle',
+          'CPU, new connections',
+          'CPU, keep-alive',
+          'RSS idle',
+          'RSS after load',
+          'peak RSS (VmHWM)',
+        ],
         rows: supervisors.map((figure) => [
           figure.name,
           percent(median(figure.idleCpuShare)),
           percent(median(figure.loadCpuShare['new connection'])),
           percent(median(figure.loadCpuShare['keep-alive'])),
-          megabytes(median(figure.rssBytes)),
-          ratio(median(figure.rssBytes) / median(alone.rssBytes)),
+          ...[figure.idleRssBytes, figure.rssBytes, figure.peakRssBytes].map(
+            (bytes) => `${megabytes(median(bytes))} (×${(median(bytes) / idleNode.rssBytes).toFixed(2)})`,
+          ),
         ]),
         note:
+          `Memory in brackets: a ratio to an idle Node ${process.version} in the same run (${megabytes(idleNode.rssBytes)} RSS, peak ${megabytes(idleNode.peakRssBytes)}). ` +
           `The lone app's own RSS after load: ${megabytes(median(alone.rssBytes))}. ` +
           `"Idle" is with no client, over ${ms(idleMs)} (CPU is counted in 10 ms ticks), while the machine held ${count(tcpSockets)} TCP sockets ` +
-          "(TIME_WAIT included): baton's master reads /proc/net/tcp only while some worker does not report its connection count (these use the child API, which does).",
+          "(TIME_WAIT included). baton's master counts the connections of workers that do not report theirs (plain.js): their descriptors in /proc, and the sockets established on the listener's port from netlink sock_diag (the kernel filters by state and port), not the whole of /proc/net/tcp.",
       },
     ],
     checks: [],

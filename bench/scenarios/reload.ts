@@ -48,9 +48,26 @@ const BUCKET_MS = 100;
 /** How connections are used. */
 export type ConnectionMode = 'keep-alive' | 'new connection';
 
+/** A run of the scenario: how clients connect, and whether the workers report their connections. */
+interface RunKind {
+  mode: ConnectionMode;
+  /** bench/apps/plain.js with --no-preload instead of the example app: the master counts connections itself. */
+  unreported: boolean;
+}
+
+/** The runs, in order; the last is the case issue 17 measured (Python, Go, any server written for systemd). */
+const RUNS: RunKind[] = [
+  { mode: 'keep-alive', unreported: false },
+  { mode: 'new connection', unreported: false },
+  { mode: 'new connection', unreported: true },
+];
+
+const runLabel = (run: RunKind) => (run.unreported ? `${run.mode}, workers that do not report` : run.mode);
+
 /** One mode's run, as stored in latest.json. */
 export interface ReloadRun {
   mode: ConnectionMode;
+  label: string;
   reloads: number;
   counts: LoadCounts;
   duringReloads: LatencySummary;
@@ -133,13 +150,15 @@ export function newVersionOnlyMs(result: HttpLoadResult, times: ReloadTimes[]): 
   );
 }
 
-async function runMode(
-  context: BenchContext,
-  mode: ConnectionMode,
-): Promise<{ run: ReloadRun; panel: ChartPanel }> {
+async function runMode(context: BenchContext, kind: RunKind): Promise<{ run: ReloadRun; panel: ChartPanel }> {
+  const { mode } = kind;
   const app = exampleAppCopy();
   app.setVersion(versionOf(0));
-  const { baton, httpPort } = await startBatonApp({ workers: WORKERS, app: { kind: 'example', dir: app } });
+  const { baton, httpPort } = await startBatonApp({
+    workers: WORKERS,
+    app: kind.unreported ? { kind: 'plain', dir: app } : { kind: 'example', dir: app },
+    extraArgs: kind.unreported ? ['--no-preload'] : [],
+  });
   try {
     const { result, times, loadStartedAt } = await loadAcrossReloads({
       context,
@@ -150,7 +169,7 @@ async function runMode(
       reloads: pick(context, 3, 10),
       setVersion: (version) => app.setVersion(version),
     });
-    return analyse(mode, result, times, loadStartedAt);
+    return analyse(kind, result, times, loadStartedAt);
   } finally {
     await stopProcess(baton);
     removeAppCopy(app);
@@ -158,7 +177,7 @@ async function runMode(
 }
 
 function analyse(
-  mode: ConnectionMode,
+  kind: RunKind,
   result: HttpLoadResult,
   times: ReloadTimes[],
   loadStartedAt: number,
@@ -166,7 +185,8 @@ function analyse(
   const windows = times.map((step) => ({ from: step.signalAt, to: step.retiredAt ?? step.activeAt }));
   const { during, without } = latencyDuringAndWithout(result, windows, loadStartedAt + WARM_UP_MS);
   const run: ReloadRun = {
-    mode,
+    mode: kind.mode,
+    label: runLabel(kind),
     reloads: times.length,
     counts: countLoad(result),
     duringReloads: during,
@@ -184,7 +204,7 @@ function analyse(
   const chartFrom = origin - CHART_BEFORE_MS;
   const chartTo = origin + Math.floor((endOf + CHART_AFTER_MS - origin) / BUCKET_MS) * BUCKET_MS;
   const panel: ChartPanel = {
-    title: `${mode}: reload ${times.length} of ${times.length}; the whole run: ${count(run.counts.requests)} requests, ${run.counts.failed} failed`,
+    title: `${run.label}: reload ${times.length} of ${times.length}; the whole run: ${count(run.counts.requests)} requests, ${run.counts.failed} failed`,
     buckets: buckets(result, { origin, from: chartFrom, to: chartTo, bucketMs: BUCKET_MS }),
     marks: [
       { t: 0, label: 'SIGUSR2' },
@@ -208,9 +228,9 @@ export async function reloadUnderLoad(
 ): Promise<ScenarioOutcome & { panels: ChartPanel[] }> {
   const runs: ReloadRun[] = [];
   const panels: ChartPanel[] = [];
-  for (const mode of ['keep-alive', 'new connection'] as const) {
-    context.progress(`scenario 1, reload under load: ${mode}`);
-    const { run, panel } = await runMode(context, mode);
+  for (const kind of RUNS) {
+    context.progress(`scenario 1, reload under load: ${runLabel(kind)}`);
+    const { run, panel } = await runMode(context, kind);
     runs.push(run);
     panels.push(panel);
   }
@@ -223,7 +243,7 @@ export async function reloadUnderLoad(
     sections: [
       {
         title: '',
-        header: ['', ...runs.map((run) => run.mode)],
+        header: ['', ...runs.map((run) => run.label)],
         rows: [
           row('reloads, each with a new version', (run) => count(run.reloads)),
           row('requests', (run) => count(run.counts.requests)),
@@ -244,11 +264,11 @@ export async function reloadUnderLoad(
           ),
           row('signal → old generation retired', (run) => medianAndMax(run.signalToRetiredMs)),
         ],
-        note: `${WORKERS} workers of the example app, ${CONCURRENCY} client loops. "During reloads" is from each signal until the old generation retired; "without" is the rest of the same run. Times are medians over the reloads.`,
+        note: `${WORKERS} workers of the example app (the last column: bench/apps/plain.js, a plain node:http server on fd 3 that says ready with process.send('ready') and never reports its connections, under --no-preload), ${CONCURRENCY} client loops. "During reloads" is from each signal until the old generation retired; "without" is the rest of the same run. Times are medians over the reloads.`,
       },
     ],
     checks: runs.map((run) => ({
-      what: `${run.mode}: 0 failed in ${count(run.counts.requests)} requests over ${run.reloads} reloads`,
+      what: `${run.label}: 0 failed in ${count(run.counts.requests)} requests over ${run.reloads} reloads`,
       ok: run.counts.failed === 0,
     })),
   };

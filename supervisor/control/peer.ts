@@ -6,7 +6,6 @@
  * 0700 directory), but which of them called is what the injection log records.
  */
 import type net from 'node:net';
-import { execa } from 'execa';
 import type { Logger } from '../log.js';
 import { connectionFd } from '../node-internals.js';
 import { realUidOf, socketInode } from '../proc.js';
@@ -132,6 +131,8 @@ const SS_MISSING = 'ss (iproute2) is not installed';
 
 /** `ss -xpn`: connected Unix sockets, numeric, with the processes that hold them. No shell. */
 async function runSs(): Promise<string> {
+  // execa is loaded here, when a caller is first looked up (a hot patch), not by every master.
+  const { execa } = await import('execa');
   const { stdout } = await execa('ss', ['-xpn'], { timeout: SS_TIMEOUT_MS, stdin: 'ignore' });
   return stdout;
 }

@@ -3,12 +3,18 @@
  * sockets built on them (supervisor/notify-socket.ts). If this fails after a koffi or libc change,
  * servers written for systemd (gunicorn) are no longer seen ready through NOTIFY_SOCKET.
  */
-import { mkdtempSync, rmSync, statSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
 import { createRequire } from 'node:module';
+import net from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterAll, describe, expect, test } from '@jest/globals';
-import { bindDatagramSocket, SystemCallError } from '../../supervisor/linux.js';
+import {
+  bindDatagramSocket,
+  establishedTcpInodes,
+  portFilterRefused,
+  SystemCallError,
+} from '../../supervisor/linux.js';
 import { NotifySockets } from '../../supervisor/notify-socket.js';
 import { parseNotifyLine } from '../../supervisor/sd-notify.js';
 import { waitFor } from '../helpers/wait.js';
@@ -61,6 +67,80 @@ describe('bindDatagramSocket (koffi → libc)', () => {
       first.close();
     }
     expect(() => bindDatagramSocket(join(dir, 'x'.repeat(120)))).toThrow(/ENAMETOOLONG/);
+  });
+});
+
+/** The inodes of established TCP sockets on these local ports, the way baton read them before netlink. */
+function establishedInProcNet(ports: readonly number[]): Set<number> {
+  const inodes = new Set<number>();
+  for (const file of ['/proc/net/tcp', '/proc/net/tcp6']) {
+    for (const line of readFileSync(file, 'utf8').split('\n').slice(1)) {
+      const fields = line.trim().split(/\s+/);
+      const port = Number.parseInt((fields[1] ?? '').split(':')[1] ?? '', 16);
+      if (fields[3] === '01' && ports.includes(port)) inodes.add(Number(fields[9]));
+    }
+  }
+  return inodes;
+}
+
+describe('establishedTcpInodes (netlink sock_diag through koffi)', () => {
+  const servers: net.Server[] = [];
+  const sockets: net.Socket[] = [];
+  afterAll(async () => {
+    for (const socket of sockets) socket.destroy();
+    await Promise.all(servers.map((server) => new Promise((resolve) => server.close(resolve))));
+  });
+
+  async function listen(host: string): Promise<number> {
+    const server = net.createServer((socket) => sockets.push(socket));
+    servers.push(server);
+    await new Promise<void>((resolve) => server.listen(0, host, resolve));
+    return (server.address() as net.AddressInfo).port;
+  }
+
+  async function connect(port: number, host: string, count: number): Promise<void> {
+    for (let i = 0; i < count; i++) {
+      const socket = net.connect(port, host);
+      sockets.push(socket);
+      await new Promise((resolve) => socket.once('connect', resolve));
+    }
+  }
+
+  test('finds exactly the connections accepted on the asked ports, IPv4 and IPv6, as /proc/net/tcp shows them', async () => {
+    const v4 = await listen('127.0.0.1');
+    const v6 = await listen('::1');
+    const other = await listen('127.0.0.1');
+    await connect(v4, '127.0.0.1', 3);
+    await connect(v6, '::1', 2);
+    await connect(other, '127.0.0.1', 4);
+    // Each accepted socket is established as soon as the client's connect() returns.
+    await waitFor(() => establishedInProcNet([v4, v6, other]).size === 9, {
+      timeoutMs: 2000,
+      what: '9 accepted connections in /proc/net/tcp',
+    });
+    expect(establishedTcpInodes([v4, v6])).toEqual(establishedInProcNet([v4, v6]));
+    expect(establishedTcpInodes([v4, v6]).size).toBe(5);
+    expect(establishedTcpInodes([v4])).toEqual(establishedInProcNet([v4]));
+    expect(establishedTcpInodes([other])).toEqual(establishedInProcNet([other]));
+    // Past the kernel filter's port count, the ports are picked here: the same answer.
+    const manyPorts = [...Array.from({ length: 70 }, (_, i) => 1024 + i), v6];
+    expect(establishedTcpInodes(manyPorts)).toEqual(establishedInProcNet([v6]));
+    // The kernel took the bytecode filter (else every established socket of the machine comes back).
+    expect(portFilterRefused()).toBe(false);
+    expect(establishedTcpInodes([])).toEqual(new Set());
+  });
+
+  test('a closed connection and a listening socket are not counted', async () => {
+    const port = await listen('127.0.0.1');
+    await connect(port, '127.0.0.1', 2);
+    await waitFor(() => establishedTcpInodes([port]).size === 2, { timeoutMs: 2000, what: '2 connections' });
+    const client = sockets.at(-1) as net.Socket;
+    client.destroy();
+    await waitFor(() => establishedTcpInodes([port]).size === 1, {
+      timeoutMs: 2000,
+      what: 'the closed connection to leave the count',
+    });
+    expect(establishedTcpInodes([port])).toEqual(establishedInProcNet([port]));
   });
 });
 

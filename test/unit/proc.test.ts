@@ -2,7 +2,14 @@
 import net from 'node:net';
 import { describe, expect, test } from '@jest/globals';
 import { bindTcpWithoutListening, bindUdpWithoutReading } from '../../supervisor/node-internals.js';
-import { describeSocket, ownListeningPorts, pollsListeners, socketInode } from '../../supervisor/proc.js';
+import {
+  connectionCountFallback,
+  countConnections,
+  describeSocket,
+  ownListeningPorts,
+  pollsListeners,
+  socketInode,
+} from '../../supervisor/proc.js';
 import { waitFor } from '../helpers/wait.js';
 
 describe('describeSocket', () => {
@@ -98,5 +105,40 @@ describe('ownListeningPorts', () => {
 
   test('a process that is gone listens on nothing', () => {
     expect(ownListeningPorts(2 ** 22 + 12345, new Set())).toEqual([]);
+  });
+});
+
+describe('countConnections', () => {
+  test('counts the connections this process accepted on a listener (its client ends and other ports are not)', async () => {
+    const accepted: net.Socket[] = [];
+    const clients: net.Socket[] = [];
+    const server = net.createServer((socket) => accepted.push(socket));
+    const other = net.createServer((socket) => accepted.push(socket));
+    try {
+      await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+      await new Promise<void>((resolve) => other.listen(0, '127.0.0.1', resolve));
+      const port = (server.address() as net.AddressInfo).port;
+      const otherPort = (other.address() as net.AddressInfo).port;
+      for (const target of [port, port, port, otherPort]) {
+        const client = net.connect(target, '127.0.0.1');
+        clients.push(client);
+        await new Promise((resolve) => client.once('connect', resolve));
+      }
+      await waitFor(() => accepted.length === 4, { timeoutMs: 2000, what: '4 connections accepted' });
+      const listener = { kind: 'tcp' as const, port, address: '127.0.0.1' };
+      // Counts are reused for 100 ms: a fresh count once the closed one has left.
+      expect(countConnections(process.pid, [listener])).toBe(3);
+      clients[0]?.destroy();
+      await waitFor(() => countConnections(process.pid, [listener]) === 2, {
+        timeoutMs: 2000,
+        what: 'the closed connection to leave the count',
+      });
+      // Where netlink works (here), the count never read /proc/net/tcp.
+      expect(connectionCountFallback()).toBeUndefined();
+    } finally {
+      for (const socket of [...accepted, ...clients]) socket.destroy();
+      server.close();
+      other.close();
+    }
   });
 });
