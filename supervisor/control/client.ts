@@ -232,18 +232,23 @@ function cwdOf(pid: number): string | undefined {
   }
 }
 
-/** The one master that answers in the default directories (or the one of them running in `cwd`). */
+/**
+ * The master that answers in the default directories: the only one; else the only one running in
+ * `cwd`; else the only one of the nearest directory where any answers (they are searched in order,
+ * as PATH is: with XDG_RUNTIME_DIR set, its masters shadow those of ~/.baton and ./.baton).
+ */
 async function onlyLiveMaster(directories: string[], cwd: string): Promise<string> {
-  const candidates = directories.flatMap((directory) => socketsIn(directory));
   const probes = await Promise.all(
-    candidates.map(async (path) => ({ path, probe: await probeMaster(path) })),
+    directories.flatMap((directory) =>
+      socketsIn(directory).map(async (path) => ({ directory, path, probe: await probeMaster(path) })),
+    ),
   );
-  const live = probes.filter(({ probe }) => probe.live).map(({ path }) => path);
-  if (live.length === 1) return live[0] as string;
+  const live = probes.flatMap(({ directory, path, probe }) =>
+    probe.live ? [{ directory, path, pid: probe.pid }] : [],
+  );
+  if (live.length === 1) return (live[0] as { path: string }).path;
   // Several masters of this user: the one that runs in this folder, if exactly one does.
-  const here = probes.filter(
-    ({ probe }) => probe.live && probe.pid !== undefined && cwdOf(probe.pid) === cwd,
-  );
+  const here = live.filter(({ pid }) => pid !== undefined && cwdOf(pid) === cwd);
   if (here.length === 1) return (here[0] as { path: string }).path;
   if (live.length === 0) {
     throw new NoMasterError(
@@ -251,8 +256,10 @@ async function onlyLiveMaster(directories: string[], cwd: string): Promise<strin
       `No baton master found: no live control socket in ${directories.join(' or ')} (start one with 'baton start', or say where with --name, --control or --pid).`,
     );
   }
+  const nearest = live.filter(({ directory }) => directory === live[0]?.directory);
+  if (nearest.length === 1) return (nearest[0] as { path: string }).path;
   throw new UsageError(
-    `Several masters answer here (${live.join(', ')}); choose one with --name, --control or --pid ('baton list' shows them)`,
+    `Several masters answer here (${nearest.map(({ path }) => path).join(', ')}); choose one with --name, --control or --pid ('baton list' shows them)`,
   );
 }
 

@@ -350,6 +350,48 @@ describe('baton reload', () => {
 });
 
 describe('baton status', () => {
+  test('with no --name, the masters of $XDG_RUNTIME_DIR/baton come before those of ~/.baton (searched in order, as PATH is); several in the nearest folder: exit 2 naming them', async () => {
+    const runtime = mkdtempSync(join(tmpdir(), 'baton-xdg-'));
+    scratch.push(runtime);
+    const elsewhere = mkdtempSync(join(tmpdir(), 'baton-cwd-'));
+    scratch.push(elsewhere);
+    const inHome = await startMaster(['--name', 'in-home']);
+    const xdgEnv = { XDG_RUNTIME_DIR: runtime, HOME };
+    const startInRuntime = async (name: string) => {
+      const baton = startBaton(
+        [
+          'start',
+          '--name',
+          name,
+          '--listen',
+          'http=tcp://127.0.0.1:0',
+          '--listen',
+          'game=tcp://127.0.0.1:0',
+          '--',
+          NODE,
+          'server.js',
+        ],
+        { cwd: app.dir, env: xdgEnv },
+      );
+      const listening = await baton.waitForLogMsg('control socket listening');
+      await baton.waitForLogMsg('generation active', { gen: 1 }, 15_000);
+      return { baton, path: listening.path as string };
+    };
+    const first = await startInRuntime('first');
+    expect(first.path).toBe(join(runtime, 'baton', 'first.sock'));
+    expect(inHome.socketPath).toBe(join(CONTROL_DIR, 'in-home.sock'));
+    const found = await cli(['status', '--json'], elsewhere, xdgEnv).done;
+    expect(found).toMatchObject({ exitCode: 0, stderr: '' });
+    expect(JSON.parse(found.stdout)).toMatchObject({ pid: first.baton.pid });
+
+    const second = await startInRuntime('second');
+    const ambiguous = await cli(['status'], elsewhere, xdgEnv).done;
+    expect(ambiguous.exitCode).toBe(2);
+    expect(ambiguous.stderr).toBe(
+      `baton: Several masters answer here (${first.path}, ${second.path}); choose one with --name, --control or --pid ('baton list' shows them) (see 'baton --help')\n`,
+    );
+  });
+
   test('the table and --json list every worker with its generation, connections, CPU and memory; --check is 0 when healthy; --pid and --control find the master', async () => {
     const { baton, gamePort, socketPath } = await startMaster(['--workers', '2']);
     const player = gameSession(gamePort);
