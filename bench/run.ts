@@ -15,6 +15,7 @@ import { cleanupEverything, REPO_ROOT } from './harness.js';
 import { type RunInfo, renderMarkdown, type ScenarioError, type ScenarioOutcome } from './report.js';
 import { brokenRelease } from './scenarios/broken.js';
 import { cost } from './scenarios/cost.js';
+import { descriptors } from './scenarios/descriptors.js';
 import { inFlight } from './scenarios/inflight.js';
 import { reloadOverhead } from './scenarios/overhead.js';
 import { reloadUnderLoad } from './scenarios/reload.js';
@@ -39,6 +40,7 @@ const SCENARIOS: Array<{
   { id: 'overhead', title: '6. Overhead of a reload', run: reloadOverhead },
   { id: 'sessions', title: '3. Long-lived sessions across reloads', run: longSessions },
   { id: 'scale', title: '7. Scale', run: scale },
+  { id: 'descriptors', title: '8. Descriptors per second', run: descriptors },
 ];
 
 const USAGE = `Usage: npm run bench [-- --quick] [-- --only ${SCENARIOS.map((scenario) => scenario.id).join(',')}]`;

@@ -330,3 +330,112 @@ export class FdChannel {
     }
   }
 }
+
+/**
+ * The batches that arrived on a channel and that nobody claimed yet, by id. The sender announces
+ * each batch on the IPC channel once it is in the kernel; `take` then finds it here.
+ */
+export class BatchInbox {
+  private readonly waiting = new Map<number, Batch>();
+
+  constructor(readonly channel: FdChannel) {}
+
+  /**
+   * Batch `id` with its descriptors, now this process's: reads what waits first. Undefined when it
+   * did not come (the channel failed; its descriptors are closed): its connections stay where they were.
+   */
+  take(id: number): Batch | undefined {
+    if (!this.channel.failed) {
+      try {
+        for (const batch of this.channel.receive()) {
+          const stale = this.waiting.get(batch.id);
+          if (stale) for (const fd of stale.fds) closeDescriptor(fd);
+          this.waiting.set(batch.id, batch);
+        }
+      } catch {
+        // The channel failed (FdChannelError): only what came whole before that is here.
+      }
+    }
+    const batch = this.waiting.get(id);
+    this.waiting.delete(id);
+    return batch;
+  }
+
+  /** Closes the channel and every descriptor of the batches nobody claimed. */
+  close(): void {
+    for (const batch of this.waiting.values()) for (const fd of batch.fds) closeDescriptor(fd);
+    this.waiting.clear();
+    this.channel.close();
+  }
+}
+
+/** One entry waiting for its batch: what it says (in the payload) and its descriptor. */
+interface Queued<Entry> {
+  entry: Entry;
+  fd: number;
+  resolve(): void;
+  reject(error: Error): void;
+}
+
+/**
+ * Sends entries, each with one descriptor, in batches of up to DESCRIPTORS_PER_MESSAGE_MAX: what is
+ * queued in one turn of the event loop goes out together, the entries as the JSON payload, then
+ * `announce` tells the peer the batch is there.
+ */
+export class BatchOutbox<Entry> {
+  private queued: Array<Queued<Entry>> = [];
+  private scheduled = false;
+  private nextBatch = 1;
+
+  constructor(
+    private readonly channel: FdChannel,
+    private readonly announce: (batch: number, entries: Entry[]) => Promise<void>,
+  ) {}
+
+  /**
+   * Sends `entry` with a copy of `fd` in the next batch; resolves once the batch is in the kernel and
+   * announced (this process's copy may be closed from then on), rejects if either failed.
+   */
+  send(entry: Entry, fd: number): Promise<void> {
+    return new Promise((resolve, reject) => {
+      this.queued.push({ entry, fd, resolve, reject });
+      if (this.scheduled) return;
+      this.scheduled = true;
+      setImmediate(() => void this.flush());
+    });
+  }
+
+  private async flush(): Promise<void> {
+    this.scheduled = false;
+    const queued = this.queued;
+    this.queued = [];
+    for (let start = 0; start < queued.length; start += DESCRIPTORS_PER_MESSAGE_MAX) {
+      const slice = queued.slice(start, start + DESCRIPTORS_PER_MESSAGE_MAX);
+      const batch = this.nextBatch;
+      this.nextBatch = this.nextBatch >= 0xffff_ffff ? 1 : this.nextBatch + 1;
+      const entries = slice.map((item) => item.entry);
+      try {
+        await this.channel.send(
+          batch,
+          slice.map((item) => item.fd),
+          Buffer.from(JSON.stringify(entries)),
+        );
+        await this.announce(batch, entries);
+        for (const item of slice) item.resolve();
+      } catch (error) {
+        const failure = error instanceof Error ? error : new Error(String(error));
+        for (const item of slice) item.reject(failure);
+      }
+    }
+  }
+}
+
+/** The entries of a batch's payload (a JSON array, one entry per descriptor); undefined if it is not one. */
+export function batchEntries(batch: Batch): unknown[] | undefined {
+  try {
+    const entries: unknown = JSON.parse(batch.payload.toString('utf8'));
+    return Array.isArray(entries) && entries.length === batch.fds.length ? entries : undefined;
+  } catch {
+    return undefined;
+  }
+}
