@@ -181,8 +181,13 @@ interface MessageHeader {
 
 /** The part of koffi's API the descriptor calls use. */
 interface KoffiStructs {
-  load(path: string): { func(signature: string): unknown };
-  struct(name: string, fields: Record<string, string>): unknown;
+  load(path: string): {
+    func(signature: string): unknown;
+    func(name: string, result: string, parameters: unknown[]): unknown;
+  };
+  struct(fields: Record<string, unknown>): unknown;
+  pointer(type: unknown): unknown;
+  inout(type: unknown): unknown;
   errno(): number;
 }
 
@@ -192,26 +197,30 @@ function loadDescriptorCalls(): DescriptorCalls {
   if (descriptorCalls) return descriptorCalls;
   const koffi = createRequire(import.meta.url)('koffi') as KoffiStructs;
   const lib = koffi.load('libc.so.6');
-  koffi.struct('baton_iovec', { base: 'void *', length: 'size_t' });
-  koffi.struct('baton_msghdr', {
-    name: 'void *',
-    namelen: 'uint32_t',
-    iov: 'baton_iovec *',
-    iovlen: 'size_t',
-    control: 'void *',
-    controllen: 'size_t',
-    flags: 'int',
-  });
+  // Anonymous types: a named one is registered once per process, and a module loaded twice (test
+  // runners isolate modules, koffi's registry is native) would find its name taken.
+  const iovec = koffi.struct({ base: 'void *', length: 'size_t' });
+  const msghdr = koffi.pointer(
+    koffi.struct({
+      name: 'void *',
+      namelen: 'uint32_t',
+      iov: koffi.pointer(iovec),
+      iovlen: 'size_t',
+      control: 'void *',
+      controllen: 'size_t',
+      flags: 'int',
+    }),
+  );
   descriptorCalls = {
     socketpair: lib.func(
       'int socketpair(int domain, int type, int protocol, _Out_ int *pair)',
     ) as DescriptorCalls['socketpair'],
-    sendmsg: lib.func(
-      'intptr_t sendmsg(int fd, const baton_msghdr *message, int flags)',
-    ) as DescriptorCalls['sendmsg'],
-    recvmsg: lib.func(
-      'intptr_t recvmsg(int fd, _Inout_ baton_msghdr *message, int flags)',
-    ) as DescriptorCalls['recvmsg'],
+    sendmsg: lib.func('sendmsg', 'intptr_t', ['int', msghdr, 'int']) as DescriptorCalls['sendmsg'],
+    recvmsg: lib.func('recvmsg', 'intptr_t', [
+      'int',
+      koffi.inout(msghdr),
+      'int',
+    ]) as DescriptorCalls['recvmsg'],
     fcntl: lib.func('int fcntl(int fd, int command, ...)') as DescriptorCalls['fcntl'],
     close: lib.func('int close(int fd)') as DescriptorCalls['close'],
     errno: () => koffi.errno(),

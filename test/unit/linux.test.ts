@@ -120,6 +120,20 @@ describe('the descriptor calls (koffi → socketpair, sendmsg/recvmsg with SCM_R
     expect(() => isCloseOnExec(left)).toThrow(/EBADF/);
   });
 
+  test('a second copy of the module binds the calls again (a test runner loads it once per file)', async () => {
+    const again = (await import(
+      `../../supervisor/linux.js?copy=${Date.now()}`
+    )) as typeof import('../../supervisor/linux.js');
+    const [left, right] = again.unixStreamPair();
+    try {
+      expect(again.sendWithDescriptors(left, Buffer.from('x'), [])).toBe(1);
+      expect(again.receiveWithDescriptors(right, Buffer.alloc(4))?.bytes.toString()).toBe('x');
+    } finally {
+      again.closeDescriptor(left);
+      again.closeDescriptor(right);
+    }
+  });
+
   test('a send to a closed peer is a SystemCallError (EPIPE), not a signal', () => {
     const [left, right] = unixStreamPair();
     closeDescriptor(right);
