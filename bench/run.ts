@@ -16,6 +16,7 @@ import { type RunInfo, renderMarkdown, type ScenarioError, type ScenarioOutcome 
 import { brokenRelease } from './scenarios/broken.js';
 import { configReload } from './scenarios/config.js';
 import { cost } from './scenarios/cost.js';
+import { descriptors } from './scenarios/descriptors.js';
 import { frameworks } from './scenarios/frameworks.js';
 import { inFlight } from './scenarios/inflight.js';
 import { reloadOverhead } from './scenarios/overhead.js';
@@ -43,6 +44,7 @@ const SCENARIOS: Array<{
   { id: 'scale', title: '7. Scale', run: scale },
   { id: 'frameworks', title: '8. Node apps as they are: reload under load', run: frameworks },
   { id: 'config', title: '9. Config reload under load', run: configReload },
+  { id: 'descriptors', title: '10. Descriptors per second', run: descriptors },
 ];
 
 const USAGE = `Usage: npm run bench [-- --quick] [-- --only ${SCENARIOS.map((scenario) => scenario.id).join(',')}]`;

@@ -7,12 +7,15 @@
  * the master commit: the new worker lets the connection go, the old one closes its copy. If anything
  * fails before that, the new worker drops its copies and the old one reads on from where it stopped.
  */
+import { fstatSync } from 'node:fs';
 import type net from 'node:net';
+import type { BatchInbox, BatchOutbox } from '../supervisor/fd-channel.js';
 import { onMasterMessage, sendToMaster } from './channel.js';
 import {
   type HeldSocket,
   hasUndecodedBytes,
   heldByHttpParser,
+  holdSocketFromFd,
   holdSocketFromHandle,
   isStreamHandle,
   resumeReading,
@@ -63,17 +66,48 @@ export interface ConnectionBook {
 export const QUIET_POLL_INTERVAL_MS = 5;
 /** How many connections of one worker wait for their writes to flush at a time. */
 export const MOVES_AT_ONCE = 32;
+/**
+ * The same over the descriptor channel: as many as one batch carries (Linux's 253 per sendmsg), so that
+ * connections that are quiet at once leave together.
+ */
+export const MOVES_AT_ONCE_BATCHED = 253;
+
+/** A connection in a batch the old worker sends on its descriptor channel. */
+interface OutgoingEntry {
+  id: number;
+  listener: string;
+  state: unknown;
+}
+
+/**
+ * This worker's descriptor channel (BATON_FD_CHANNEL), loaded only by a worker that takes part in a
+ * handoff: batches of connections out, batches of relays in.
+ */
+interface DescriptorLink {
+  outbox: BatchOutbox<OutgoingEntry>;
+  inbox: BatchInbox;
+  entriesOf: typeof import('../supervisor/fd-channel.js').batchEntries;
+  closeDescriptor(fd: number): void;
+}
 
 /** A connection sent to the master; `settled` resolves once the round decided what became of it. */
 interface Sent {
   settled: Promise<void>;
 }
 
+/** This worker's copy of a relayed connection, as it came: a libuv handle over IPC, or a bare descriptor. */
+interface HeldCopy {
+  /** Wraps it in a net.Socket that reads nothing until released. */
+  wrap(): HeldSocket;
+  /** Closes this copy only; the connection stays open in its old worker. */
+  close(): void;
+}
+
 /** A connection the master relayed, held here until the round commits or aborts. */
 interface Held {
   readonly listener: string;
   readonly state: unknown;
-  readonly handle: StreamHandle;
+  readonly copy: HeldCopy;
   /** Set once the app adopted it (its reads and writes still held back). */
   adopted?: HeldSocket;
 }
@@ -95,6 +129,9 @@ export class SessionMover {
   readonly #held = new Map<number, Held>();
   #nextId = 1;
   #listening = false;
+  /** The descriptor channel once loaded; until then (or without one) connections travel over IPC. */
+  #link: DescriptorLink | undefined;
+  #linkAsked = false;
 
   constructor(
     private readonly book: ConnectionBook,
@@ -123,6 +160,7 @@ export class SessionMover {
       this.#listening = true;
       onMasterMessage('handoff', (request) => void this.#handOff(request));
       onMasterMessage('adopt', (request, handle) => this.#hold(request, handle));
+      onMasterMessage('adopt-batch', (notice) => this.#holdBatch(notice));
       onMasterMessage('handoff-commit', (notice) => void this.#adoptHeld(relaysOf(notice)));
       onMasterMessage('handoff-go', (notice) => this.#go(relaysOf(notice)));
       onMasterMessage('handoff-abort', (notice) => this.#drop(relaysOf(notice)));
@@ -137,11 +175,61 @@ export class SessionMover {
         this.#drop([...this.#held.keys()]);
       });
     }
+    if (!this.#linkAsked) {
+      this.#linkAsked = true;
+      // Announced again once the channel is open: from then on the master relays over it.
+      void this.#openLink().then((opened) => {
+        if (opened) this.#announce();
+      });
+    }
     sendToMaster({
       baton: 'handoff-hooks',
       handsOff: [...this.#handoffHooks.keys()],
       adopts: [...this.#adoptHooks.keys()],
+      ...(this.#link ? { fdChannel: true } : {}),
     });
+  }
+
+  /**
+   * Opens the descriptor channel the master passed (BATON_FD_CHANNEL): loaded here, by a worker that
+   * uses handoff, and by no other. False where there is none or it cannot be used (a wrapper such as
+   * npm passes only fds 0-2 on; no koffi): connections then travel over IPC, one per message.
+   */
+  async #openLink(): Promise<boolean> {
+    const fd = Number(process.env.BATON_FD_CHANNEL);
+    if (!Number.isInteger(fd) || fd < 3) return false;
+    try {
+      if (!fstatSync(fd).isSocket()) return false;
+      const [channels, linux] = await Promise.all([
+        import('../supervisor/fd-channel.js'),
+        import('../supervisor/linux.js'),
+      ]);
+      // What this worker spawns must not hold the channel open after it is gone.
+      linux.setCloseOnExec(fd, true);
+      const channel = new channels.FdChannel(fd);
+      this.#link = {
+        inbox: new channels.BatchInbox(channel),
+        outbox: new channels.BatchOutbox<OutgoingEntry>(
+          channel,
+          (batch, entries) =>
+            new Promise((resolve, reject) => {
+              const notice: WorkerWire['handoff-batch'] = {
+                baton: 'handoff-batch',
+                batch,
+                ids: entries.map((entry) => entry.id),
+              };
+              if (!sendToMaster(notice, (error) => (error ? reject(error) : resolve()))) {
+                reject(new Error('no IPC channel to the master'));
+              }
+            }),
+        ),
+        entriesOf: channels.batchEntries,
+        closeDescriptor: linux.closeDescriptor,
+      };
+      return true;
+    } catch {
+      return false;
+    }
   }
 
   /**
@@ -187,7 +275,7 @@ export class SessionMover {
       }
     };
     try {
-      await Promise.all(Array.from({ length: MOVES_AT_ONCE }, mover));
+      await Promise.all(Array.from({ length: this.#link ? MOVES_AT_ONCE_BATCHED : MOVES_AT_ONCE }, mover));
       await new Promise<void>((resolve) => {
         if (!sendToMaster({ baton: 'handoff-finished', ...counts }, () => resolve())) resolve();
       });
@@ -236,8 +324,16 @@ export class SessionMover {
     const id = this.#nextId++;
     const adopted = new Promise<boolean>((resolve) => this.#settling.set(id, resolve));
     try {
-      const message: WorkerWire['handoff-connection'] = { baton: 'handoff-connection', id, listener, state };
-      await sendWithHandle(message, stopped.handle);
+      if (this.#link) await this.#link.outbox.send({ id, listener, state }, stopped.handle.fd);
+      else {
+        const message: WorkerWire['handoff-connection'] = {
+          baton: 'handoff-connection',
+          id,
+          listener,
+          state,
+        };
+        await sendWithHandle(message, stopped.handle);
+      }
     } catch {
       this.#settling.delete(id);
       socket.uncork();
@@ -259,18 +355,59 @@ export class SessionMover {
 
   /** Holds a connection the master relayed, reading nothing, until the round asks to adopt it. */
   #hold(request: AdoptRequest, handle: unknown): void {
-    const refuse = (reason: string) => sendToMaster({ baton: 'adopt-refused', relay: request.relay, reason });
     if (!isStreamHandle(handle)) {
-      refuse('no connection came with the message');
+      sendToMaster({
+        baton: 'adopt-refused',
+        relay: request.relay,
+        reason: 'no connection came with the message',
+      });
       return;
     }
-    if (!this.#adoptHooks.has(request.listener) || this.book.draining) {
+    this.#keep(request.relay, request.listener, request.state, {
+      wrap: () => holdSocketFromHandle(handle),
+      close: () => closeQuietly(handle),
+    });
+  }
+
+  /** Holds the connections of a batch the master announced on the descriptor channel. */
+  #holdBatch(notice: MasterWire['adopt-batch']): void {
+    const link = this.#link;
+    const batch = link?.inbox.take(Number(notice.batch));
+    const entries = batch && link?.entriesOf(batch);
+    const byRelay = new Map<number, { fd: number; listener: string; state: unknown }>();
+    for (const [index, raw] of (entries ?? []).entries()) {
+      const entry = raw as { relay?: unknown; listener?: unknown; state?: unknown };
+      const fd = batch?.fds[index] as number;
+      if (Number.isInteger(entry?.relay) && typeof entry.listener === 'string') {
+        byRelay.set(entry.relay as number, { fd, listener: entry.listener, state: entry.state });
+      } else link?.closeDescriptor(fd);
+    }
+    if (batch && !entries) for (const fd of batch.fds) link?.closeDescriptor(fd);
+    for (const relay of relaysOf(notice)) {
+      const entry = byRelay.get(relay);
+      byRelay.delete(relay);
+      if (!entry || !link) {
+        sendToMaster({ baton: 'adopt-refused', relay, reason: 'the connection never arrived' });
+        continue;
+      }
+      this.#keep(relay, entry.listener, entry.state, {
+        wrap: () => holdSocketFromFd(entry.fd),
+        close: () => link.closeDescriptor(entry.fd),
+      });
+    }
+    for (const stray of byRelay.values()) link?.closeDescriptor(stray.fd);
+  }
+
+  /** Keeps `copy` of relay `relay` until the round decides, or refuses it now (no hook, or draining). */
+  #keep(relay: number, listener: string, state: unknown, copy: HeldCopy): void {
+    if (!this.#adoptHooks.has(listener) || this.book.draining) {
       // Closing this copy leaves the connection open: the old worker still holds its own.
-      closeQuietly(handle);
-      refuse(this.book.draining ? 'this worker drains' : `no onAdopt hook for '${request.listener}'`);
+      copy.close();
+      const reason = this.book.draining ? 'this worker drains' : `no onAdopt hook for '${listener}'`;
+      sendToMaster({ baton: 'adopt-refused', relay, reason });
       return;
     }
-    this.#held.set(request.relay, { listener: request.listener, state: request.state, handle });
+    this.#held.set(relay, { listener, state, copy });
   }
 
   /** Runs the app's hook for each connection held, its reads and writes held back; answers the master. */
@@ -290,11 +427,11 @@ export class SessionMover {
     const held = this.#held.get(relay);
     const hook = held && this.#adoptHooks.get(held.listener);
     if (!held || !hook || held.adopted) return held ? 'no onAdopt hook' : 'the connection never arrived';
-    const wrapped = holdSocketFromHandle(held.handle);
-    // Written only once the round commits: until then the session may still go on in its old worker.
-    wrapped.socket.cork();
-    held.adopted = wrapped;
     try {
+      const wrapped = held.copy.wrap();
+      // Written only once the round commits: until then the session may still go on in its old worker.
+      wrapped.socket.cork();
+      held.adopted = wrapped;
       const answer: unknown = await hook(wrapped.socket, held.state);
       if (answer === false) {
         this.#drop([relay]);
@@ -328,7 +465,7 @@ export class SessionMover {
       this.#held.delete(relay);
       // destroy() drops the held-back writes and closes only this copy of the connection.
       if (held?.adopted) held.adopted.socket.destroy();
-      else if (held) closeQuietly(held.handle);
+      else if (held) held.copy.close();
     }
   }
 }

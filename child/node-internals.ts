@@ -143,3 +143,31 @@ export function holdSocketFromHandle(handle: StreamHandle): HeldSocket {
     },
   };
 }
+
+/**
+ * The same for a connection's descriptor received on the descriptor channel (supervisor/fd-channel.ts):
+ * a net.Socket over `fd` that reads nothing until `release()`. Throws if `fd` is not a stream socket.
+ *
+ * Why internal: `manualStart` keeps the constructor from reading, and `handle.reading = true` keeps
+ * anything the app does from starting reads, as in holdSocketFromHandle.
+ */
+export function holdSocketFromFd(fd: number): HeldSocket {
+  const socket = new net.Socket({
+    fd,
+    readable: true,
+    writable: true,
+    manualStart: true,
+  } as unknown as net.SocketConstructorOpts);
+  const handle = streamHandleOf(socket);
+  if (!handle) {
+    socket.destroy();
+    throw new Error(`descriptor ${fd} is not a stream socket`);
+  }
+  handle.reading = true;
+  return {
+    socket,
+    release: () => {
+      if (!socket.destroyed) handle.readStart();
+    },
+  };
+}

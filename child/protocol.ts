@@ -48,10 +48,18 @@ export interface WorkerWire {
   exposed: { baton: 'exposed'; names: string[] };
   /** How applying patch `id` went in the worker. */
   injected: { baton: 'injected'; id: number; ok: boolean; error?: { message: string; stack?: string } };
-  /** The listeners this worker hands off (old side) and adopts (new side). */
-  'handoff-hooks': { baton: 'handoff-hooks'; handsOff: string[]; adopts: string[] };
+  /**
+   * The listeners this worker hands off (old side) and adopts (new side); `fdChannel` when it reads and
+   * writes connections on its descriptor channel (BATON_FD_CHANNEL) too.
+   */
+  'handoff-hooks': { baton: 'handoff-hooks'; handsOff: string[]; adopts: string[]; fdChannel?: boolean };
   /** A connection handed off, with its raw handle alongside. */
   'handoff-connection': { baton: 'handoff-connection'; id: number; listener: string; state: unknown };
+  /**
+   * Connections `ids` handed off in `batch` of the descriptor channel, which is written already (its
+   * payload: one `{ id, listener, state }` per descriptor).
+   */
+  'handoff-batch': { baton: 'handoff-batch'; batch: number; ids: number[] };
   /** The old worker sent all it could. */
   'handoff-finished': { baton: 'handoff-finished' } & HandoffCounts;
   /** The new worker turned down a relayed connection as it arrived (no hook, or it drains). */
@@ -68,6 +76,11 @@ export interface MasterWire {
   handoff: { baton: 'handoff'; listeners: string[]; flushTimeoutMs: number; stopAccepting: boolean };
   /** A relayed connection, with its raw handle alongside: hold it until asked to adopt. */
   adopt: { baton: 'adopt'; relay: number; listener: string; state: unknown };
+  /**
+   * Relays `relays` are in `batch` of the descriptor channel, written already (its payload: one
+   * `{ relay, listener, state }` per descriptor): hold them until asked to adopt.
+   */
+  'adopt-batch': { baton: 'adopt-batch'; batch: number; relays: number[] };
   /** Adopt what you hold of these relays, and answer with `adoptions`. */
   'handoff-commit': { baton: 'handoff-commit'; relays: number[] };
   /** The round committed: these connections are yours. */
@@ -95,6 +108,7 @@ const WORKER_GUARDS: Guards<Omit<WorkerWire, 'ready'>> = {
   injected: (m) => Number.isInteger(m.id) && typeof m.ok === 'boolean',
   'handoff-hooks': (m) => isStringArray(m.handsOff) && isStringArray(m.adopts),
   'handoff-connection': (m) => isCount(m.id) && typeof m.listener === 'string',
+  'handoff-batch': (m) => isCount(m.batch) && Array.isArray(m.ids) && m.ids.every(isCount),
   'handoff-finished': (m) => isCount(m.offered) && isCount(m.sent) && isCount(m.kept),
   'adopt-refused': (m) => isCount(m.relay),
   adoptions: (m) =>
@@ -118,6 +132,7 @@ const MASTER_GUARDS: Guards<MasterWire> = {
   inject: (m) => Number.isInteger(m.id),
   handoff: () => true,
   adopt: () => true,
+  'adopt-batch': (m) => Number.isInteger(m.batch),
   'handoff-commit': () => true,
   'handoff-go': () => true,
   'handoff-abort': () => true,

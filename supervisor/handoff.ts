@@ -14,7 +14,9 @@
  * (messages, handles, exits, the send callbacks, deadlines) one at a time, from its dispatcher.
  */
 import { type HandoffCounts, type MasterWire, type Refusal, readWorkerMessage } from '../child/protocol.js';
+import { type Batch, batchEntries } from './fd-channel.js';
 import type { Generation } from './generation.js';
+import { closeDescriptor } from './linux.js';
 import type { Logger } from './log.js';
 import { asRawSocketHandle, closeRawHandle, type RawSocketHandle } from './node-internals.js';
 import type { TimerHandle } from './os.js';
@@ -50,6 +52,16 @@ export function handoffFlushTimeoutMs(drainTimeoutMs: number): number {
 export interface HandoffHooks {
   handsOff: ReadonlySet<string>;
   adopts: ReadonlySet<string>;
+  /** The worker reads and writes connections on its descriptor channel (supervisor/fd-channel.ts). */
+  fdChannel?: boolean;
+}
+
+/** A connection that came in a batch of a worker's descriptor channel: its descriptor, and what it said. */
+export interface ConnectionInBatch {
+  handle: RawSocketHandle;
+  id: number;
+  listener: string;
+  state: unknown;
 }
 
 /** The handoff messages a worker may send (child/handoff.ts), by kind. */
@@ -67,7 +79,11 @@ export function parseHandoffMessage(raw: unknown): HandoffMessage | undefined {
     case 'handoff-hooks':
       return {
         kind: 'hooks',
-        hooks: { handsOff: new Set(read.message.handsOff), adopts: new Set(read.message.adopts) },
+        hooks: {
+          handsOff: new Set(read.message.handsOff),
+          adopts: new Set(read.message.adopts),
+          ...(read.message.fdChannel === true ? { fdChannel: true } : {}),
+        },
       };
     case 'handoff-connection': {
       const { id, listener, state } = read.message;
@@ -88,6 +104,47 @@ export function parseHandoffMessage(raw: unknown): HandoffMessage | undefined {
     default:
       return undefined;
   }
+}
+
+/**
+ * The connections a batch of an old worker's descriptor channel brought: each descriptor with the
+ * `{ id, listener, state }` the payload gives it. Undefined, every descriptor closed, when the payload
+ * does not say that (the worker's copies are intact: those connections stay with it).
+ */
+export function connectionsInBatch(batch: Batch): ConnectionInBatch[] | undefined {
+  const entries = batchEntries(batch);
+  const valid = entries?.every(
+    (entry) =>
+      typeof entry === 'object' &&
+      entry !== null &&
+      Number.isInteger((entry as { id?: unknown }).id) &&
+      typeof (entry as { listener?: unknown }).listener === 'string',
+  );
+  if (!entries || !valid) {
+    for (const fd of batch.fds) closeDescriptor(fd);
+    return undefined;
+  }
+  return entries.map((raw, index) => {
+    const entry = raw as { id: number; listener: string; state?: unknown };
+    return {
+      handle: descriptorHandle(batch.fds[index] as number),
+      id: entry.id,
+      listener: entry.listener,
+      state: entry.state,
+    };
+  });
+}
+
+/** A descriptor received on the channel, as the relay holds connections: closed once, by `close`. */
+function descriptorHandle(fd: number): RawSocketHandle {
+  let open = true;
+  return {
+    fd,
+    close: () => {
+      if (open) closeDescriptor(fd);
+      open = false;
+    },
+  };
 }
 
 /** The listeners whose connections can move: handed off by some old worker and adopted by some new one. */
@@ -356,22 +413,59 @@ export class HandoffRelay {
     return round;
   }
 
+  /** Whether `worker` takes connections on its descriptor channel (it said so with its hooks). */
+  usesFdChannel(worker: Worker): boolean {
+    return this.hooks.get(worker)?.fdChannel === true;
+  }
+
   /** An old worker sent a connection with `rawHandle`: passes it to the least loaded adopter, or keeps it. */
   onConnection(from: Worker, id: number, listener: string, state: unknown, rawHandle: unknown): void {
-    const round = this.rounds.find(
-      (candidate) => candidate.state === 'sending' && candidate.waitingFor.has(from),
-    );
     const handle = asRawSocketHandle(rawHandle);
-    const facts = { gen: from.generation, worker: from.index, pid: from.pid, listener };
     if (!handle) {
       // The message arrived without its handle (or with a net.Socket, which has started reading):
       // nothing to pass on. The old worker's copy is intact.
       if (rawHandle !== undefined) destroyForeign(rawHandle);
-      this.ports.logger.warn(facts, 'handoff: a connection arrived without a raw socket handle');
+      this.ports.logger.warn(
+        { gen: from.generation, worker: from.index, pid: from.pid, listener },
+        'handoff: a connection arrived without a raw socket handle',
+      );
       this.settle(from, id, false);
+      const round = this.sendingRound(from);
       if (round) this.count(round, 'failed');
       return;
     }
+    this.pass(from, id, listener, state, handle);
+  }
+
+  /**
+   * An old worker announced connections `ids` in a batch of its descriptor channel; `connections` is
+   * what the batch brought (undefined if it never came). Each is passed on like one sent alone; an id
+   * without its descriptor stays in its old worker.
+   */
+  onBatch(from: Worker, ids: readonly number[], connections: readonly ConnectionInBatch[] | undefined): void {
+    const byId = new Map((connections ?? []).map((connection) => [connection.id, connection]));
+    for (const id of ids) {
+      const connection = byId.get(id);
+      byId.delete(id);
+      if (connection) this.pass(from, id, connection.listener, connection.state, connection.handle);
+      else {
+        this.settle(from, id, false);
+        const round = this.sendingRound(from);
+        if (round) this.count(round, 'failed');
+      }
+    }
+    // Descriptors the announcement did not name belong to nothing: closed here.
+    for (const stray of byId.values()) closeRawHandle(stray.handle);
+  }
+
+  private sendingRound(from: Worker): HandoffRound | undefined {
+    return this.rounds.find((candidate) => candidate.state === 'sending' && candidate.waitingFor.has(from));
+  }
+
+  /** Passes a connection `from` sent on to the least loaded adopter, or keeps it in `from`. */
+  private pass(from: Worker, id: number, listener: string, state: unknown, handle: RawSocketHandle): void {
+    const round = this.sendingRound(from);
+    const facts = { gen: from.generation, worker: from.index, pid: from.pid, listener };
     const adopter =
       round &&
       chooseAdopter(

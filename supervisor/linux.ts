@@ -328,3 +328,236 @@ function writeOp(filter: Buffer, at: number, code: number, yes: number, no: numb
   filter.writeUInt8(yes, at + 1);
   filter.writeUInt16LE(no, at + 2);
 }
+
+// ---- The descriptor channel (issue 17) ------------------------------------------------------------
+//
+// An AF_UNIX stream socketpair between the master and each worker, carrying many descriptors per
+// sendmsg(2) (SCM_RIGHTS) under baton's own framing (supervisor/fd-channel.ts). Bound on first use
+// through koffi, apart from the calls above.
+
+const SOCK_STREAM = 1;
+const MSG_CTRUNC = 0x8;
+const MSG_NOSIGNAL = 0x4000;
+const MSG_CMSG_CLOEXEC = 0x40000000;
+const SOL_SOCKET = 1;
+const SCM_RIGHTS = 1;
+const F_GETFD = 1;
+const F_SETFD = 2;
+const FD_CLOEXEC = 1;
+/** sizeof(struct cmsghdr) on LP64 Linux: cmsg_len (size_t), cmsg_level, cmsg_type (int each). */
+const CMSG_HEADER = 16;
+
+/**
+ * The most descriptors Linux passes in one sendmsg (SCM_MAX_FD): more fail with EINVAL. HAProxy hands
+ * its listeners over 253 at a time for the same reason.
+ */
+export const DESCRIPTORS_PER_MESSAGE_MAX = 253;
+
+/** The descriptor-passing calls, bound once. */
+interface DescriptorCalls {
+  socketpair(domain: number, type: number, protocol: number, pair: Int32Array): number;
+  sendmsg(fd: number, message: MessageHeader, flags: number): number | bigint;
+  recvmsg(fd: number, message: MessageHeader, flags: number): number | bigint;
+  fcntl(fd: number, command: number, ...rest: unknown[]): number;
+  close(fd: number): number;
+  errno(): number;
+}
+
+/** `struct msghdr`, as koffi marshals it: the Buffers are passed in place, so the kernel writes into them. */
+interface MessageHeader {
+  name: null;
+  namelen: number;
+  iov: { base: Buffer; length: number };
+  iovlen: number;
+  control: Buffer | null;
+  controllen: number;
+  flags: number;
+}
+
+/** The part of koffi's API the descriptor calls use. */
+interface KoffiStructs {
+  load(path: string): {
+    func(signature: string): unknown;
+    func(name: string, result: string, parameters: unknown[]): unknown;
+  };
+  struct(fields: Record<string, unknown>): unknown;
+  pointer(type: unknown): unknown;
+  inout(type: unknown): unknown;
+  errno(): number;
+}
+
+let descriptorCalls: DescriptorCalls | undefined;
+
+function loadDescriptorCalls(): DescriptorCalls {
+  if (descriptorCalls) return descriptorCalls;
+  const koffi = createRequire(import.meta.url)('koffi') as KoffiStructs;
+  const lib = koffi.load('libc.so.6');
+  // Anonymous types: a named one is registered once per process, and a module loaded twice (test
+  // runners isolate modules, koffi's registry is native) would find its name taken.
+  const iovec = koffi.struct({ base: 'void *', length: 'size_t' });
+  const msghdr = koffi.pointer(
+    koffi.struct({
+      name: 'void *',
+      namelen: 'uint32_t',
+      iov: koffi.pointer(iovec),
+      iovlen: 'size_t',
+      control: 'void *',
+      controllen: 'size_t',
+      flags: 'int',
+    }),
+  );
+  descriptorCalls = {
+    socketpair: lib.func(
+      'int socketpair(int domain, int type, int protocol, _Out_ int *pair)',
+    ) as DescriptorCalls['socketpair'],
+    sendmsg: lib.func('sendmsg', 'intptr_t', ['int', msghdr, 'int']) as DescriptorCalls['sendmsg'],
+    recvmsg: lib.func('recvmsg', 'intptr_t', [
+      'int',
+      koffi.inout(msghdr),
+      'int',
+    ]) as DescriptorCalls['recvmsg'],
+    fcntl: lib.func('int fcntl(int fd, int command, ...)') as DescriptorCalls['fcntl'],
+    close: lib.func('int close(int fd)') as DescriptorCalls['close'],
+    errno: () => koffi.errno(),
+  };
+  return descriptorCalls;
+}
+
+/**
+ * A connected pair of AF_UNIX stream sockets, non-blocking and close-on-exec (a worker gets its end
+ * only where the master passes it on). Throws a SystemCallError when the pair cannot be made.
+ */
+export function unixStreamPair(): [number, number] {
+  const c = loadDescriptorCalls();
+  const pair = new Int32Array(2);
+  if (c.socketpair(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0, pair) !== 0) {
+    throw new SystemCallError('socketpair', c.errno(), 'AF_UNIX stream');
+  }
+  return [pair[0] as number, pair[1] as number];
+}
+
+/**
+ * Sends `bytes` with `fds` attached (SCM_RIGHTS) in one sendmsg, without blocking. Returns how many
+ * bytes the kernel took: the descriptors went with the first of them, and with any count above 0 they
+ * all went; 0 when the socket is full (EAGAIN) and nothing went. Never raises SIGPIPE: a peer that is
+ * gone is a SystemCallError (EPIPE, ECONNRESET).
+ */
+export function sendWithDescriptors(fd: number, bytes: Buffer, fds: readonly number[]): number {
+  if (fds.length > DESCRIPTORS_PER_MESSAGE_MAX) {
+    throw new RangeError(`at most ${DESCRIPTORS_PER_MESSAGE_MAX} descriptors per message, got ${fds.length}`);
+  }
+  if (bytes.length === 0) throw new RangeError('descriptors travel with at least one byte');
+  const c = loadDescriptorCalls();
+  let control: Buffer | null = null;
+  if (fds.length > 0) {
+    control = Buffer.alloc(CMSG_HEADER + align8(fds.length * 4));
+    control.writeBigUInt64LE(BigInt(CMSG_HEADER + fds.length * 4), 0);
+    control.writeInt32LE(SOL_SOCKET, 8);
+    control.writeInt32LE(SCM_RIGHTS, 12);
+    for (const [index, descriptor] of fds.entries())
+      control.writeInt32LE(descriptor, CMSG_HEADER + 4 * index);
+  }
+  const message: MessageHeader = {
+    name: null,
+    namelen: 0,
+    iov: { base: bytes, length: bytes.length },
+    iovlen: 1,
+    control,
+    controllen: control?.length ?? 0,
+    flags: 0,
+  };
+  const sent = Number(c.sendmsg(fd, message, MSG_DONTWAIT | MSG_NOSIGNAL));
+  if (sent >= 0) return sent;
+  const errno = c.errno();
+  if (errno === EAGAIN) return 0;
+  throw new SystemCallError('sendmsg', errno, `${fds.length} descriptor(s)`);
+}
+
+/** What one recvmsg brought: bytes (0 at end of stream), and descriptors, close-on-exec. */
+export interface ReceivedChunk {
+  bytes: Buffer;
+  fds: number[];
+  /** The kernel dropped descriptors that did not fit (MSG_CTRUNC): the open-file limit, say. */
+  truncated: boolean;
+  /** The peer closed its end and everything was read. */
+  ended: boolean;
+}
+
+/**
+ * Reads what waits on `fd` into `buffer` (up to its length, with up to DESCRIPTORS_PER_MESSAGE_MAX
+ * descriptors), without blocking; undefined when nothing waits (EAGAIN). Descriptors arrive
+ * close-on-exec (MSG_CMSG_CLOEXEC), so none leaks into a process this one spawns before it owns them.
+ * Linux never hands one recvmsg the descriptors of two sendmsg calls, but it may split or merge their
+ * bytes: the framing is the caller's.
+ */
+export function receiveWithDescriptors(fd: number, buffer: Buffer): ReceivedChunk | undefined {
+  const c = loadDescriptorCalls();
+  const control = Buffer.alloc(CMSG_HEADER + align8(DESCRIPTORS_PER_MESSAGE_MAX * 4));
+  const message: MessageHeader = {
+    name: null,
+    namelen: 0,
+    iov: { base: buffer, length: buffer.length },
+    iovlen: 1,
+    control,
+    controllen: control.length,
+    flags: 0,
+  };
+  const received = Number(c.recvmsg(fd, message, MSG_DONTWAIT | MSG_CMSG_CLOEXEC));
+  if (received < 0) {
+    const errno = c.errno();
+    if (errno === EAGAIN) return undefined;
+    throw new SystemCallError('recvmsg', errno, 'descriptor channel');
+  }
+  return {
+    bytes: Buffer.from(buffer.subarray(0, received)),
+    fds: descriptorsIn(control, message.controllen),
+    truncated: (message.flags & MSG_CTRUNC) !== 0,
+    ended: received === 0,
+  };
+}
+
+/** Every descriptor of the SCM_RIGHTS messages in a received control buffer. */
+function descriptorsIn(control: Buffer, length: number): number[] {
+  const fds: number[] = [];
+  for (let offset = 0; offset + CMSG_HEADER <= length; ) {
+    const cmsgLength = Number(control.readBigUInt64LE(offset));
+    if (cmsgLength < CMSG_HEADER) break;
+    if (control.readInt32LE(offset + 8) === SOL_SOCKET && control.readInt32LE(offset + 12) === SCM_RIGHTS) {
+      for (let at = offset + CMSG_HEADER; at + 4 <= offset + cmsgLength; at += 4)
+        fds.push(control.readInt32LE(at));
+    }
+    offset += align8(cmsgLength);
+  }
+  return fds;
+}
+
+/**
+ * Sets or clears close-on-exec on `fd`. Cleared, the descriptor survives an execve(2) (the master's
+ * re-exec keeps each worker's channel that way); Node opens every descriptor close-on-exec.
+ */
+export function setCloseOnExec(fd: number, closeOnExec: boolean): void {
+  const c = loadDescriptorCalls();
+  const flags = c.fcntl(fd, F_GETFD);
+  if (flags < 0) throw new SystemCallError('fcntl', c.errno(), `F_GETFD ${fd}`);
+  const wanted = closeOnExec ? flags | FD_CLOEXEC : flags & ~FD_CLOEXEC;
+  if (wanted !== flags && c.fcntl(fd, F_SETFD, 'int', wanted) < 0) {
+    throw new SystemCallError('fcntl', c.errno(), `F_SETFD ${fd}`);
+  }
+}
+
+/** Whether `fd` is close-on-exec. */
+export function isCloseOnExec(fd: number): boolean {
+  const c = loadDescriptorCalls();
+  const flags = c.fcntl(fd, F_GETFD);
+  if (flags < 0) throw new SystemCallError('fcntl', c.errno(), `F_GETFD ${fd}`);
+  return (flags & FD_CLOEXEC) !== 0;
+}
+
+/** Closes a descriptor this process owns (one received, or an end of a pair); EBADF is ignored. */
+export function closeDescriptor(fd: number): void {
+  loadDescriptorCalls().close(fd);
+}
+
+function align8(length: number): number {
+  return (length + 7) & ~7;
+}

@@ -23,7 +23,7 @@ import { stopWait } from './decisions.js';
 import { type DryRunAnswer, DryRunner } from './dry-run.js';
 import { EXIT_CODES, type GenerationFailedError } from './errors.js';
 import type { Generation } from './generation.js';
-import { HandoffRelay, parseHandoffMessage } from './handoff.js';
+import { connectionsInBatch, HandoffRelay, parseHandoffMessage } from './handoff.js';
 import { type InjectAnswer, InjectRelay, type InjectTarget, type PatchSource } from './inject.js';
 import type { Logger } from './log.js';
 import type {
@@ -195,6 +195,21 @@ export class Master implements ControlledMaster {
     'handoff-connection': (worker, message, handle) => {
       if (handle !== undefined) this.handoff.onHandle(worker, message, handle);
     },
+    'handoff-batch': (worker, message) => {
+      const batch = worker.process?.descriptors?.take(message.batch);
+      this.log.debug(
+        {
+          gen: worker.generation,
+          worker: worker.index,
+          pid: worker.pid,
+          batch: message.batch,
+          connections: batch?.fds.length ?? 0,
+          announced: message.ids.length,
+        },
+        'handoff batch received',
+      );
+      this.handoff.onBatch(worker, message.ids, batch && connectionsInBatch(batch));
+    },
     'handoff-finished': (worker, message) => this.toHandoff(worker, message),
     'adopt-refused': (worker, message) => this.toHandoff(worker, message),
     adoptions: (worker, message) => this.toHandoff(worker, message),
@@ -238,6 +253,16 @@ export class Master implements ControlledMaster {
       now: () => os.now(),
       send: (worker, message, handle, onSent) => {
         if (!worker.alive || !worker.process?.send) return false;
+        const link = worker.process.descriptors;
+        if (handle && message.baton === 'adopt' && link && this.handoff.usesFdChannel(worker)) {
+          // In a batch of the worker's descriptor channel, with the others relayed in this turn.
+          const { relay, listener, state } = message;
+          link.send({ relay, listener, state }, handle.fd).then(
+            () => onSent(null),
+            (error: Error) => onSent(error),
+          );
+          return true;
+        }
         worker.process.send(message, handle, onSent);
         return true;
       },

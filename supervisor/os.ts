@@ -8,6 +8,8 @@ import { accessSync, constants as fsConstants, statSync } from 'node:fs';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
 import { CommandNotFoundError } from './errors.js';
+import { type Batch, BatchInbox, BatchOutbox, FD_CHANNEL_ENV, FdChannel } from './fd-channel.js';
+import { closeDescriptor } from './linux.js';
 import { SignalTarget } from './main-pid.js';
 import { type RawSocketHandle, sendRawHandle } from './node-internals.js';
 import { type NotifyChannel, NotifySockets } from './notify-socket.js';
@@ -26,9 +28,15 @@ export interface SpawnRequest {
   args: string[];
   /** The complete environment of the worker. */
   env: Record<string, string>;
-  /** Inherited at fds 3, 4, ... in this order; then the notify pipe (BATON_NOTIFY_FD), then the IPC channel. */
+  /**
+   * Inherited at fds 3, 4, ... in this order; then the notify pipe (BATON_NOTIFY_FD), the descriptor
+   * channel (BATON_FD_CHANNEL), then the IPC channel.
+   */
   listenerFds: number[];
-  /** False: no notify pipe, the IPC channel right after stdio (the scratch worker of `inject --dry-run`). */
+  /**
+   * False: no notify pipe and no descriptor channel, the IPC channel right after stdio (the scratch
+   * worker of `inject --dry-run`).
+   */
   notifyPipe?: boolean;
   cwd: string;
   /** What the kernel sends the worker if the master dies (the drain signal). */
@@ -66,6 +74,26 @@ export interface WorkerProcess {
    * it is written, or with the error. Absent where a worker cannot take part in a handoff.
    */
   send?(message: object, handle: RawSocketHandle | undefined, onSent: (error: Error | null) => void): void;
+  /** The master's end of the worker's descriptor channel, where it has one (supervisor/fd-channel.ts). */
+  readonly descriptors?: DescriptorLink;
+}
+
+/** A relayed connection as it travels in a batch of the descriptor channel, next to its descriptor. */
+export interface AdoptEntry {
+  relay: number;
+  listener: string;
+  state: unknown;
+}
+
+/** What the master does with a worker's descriptor channel. */
+export interface DescriptorLink {
+  /** Batch `id`, which the worker announced, with its descriptors (now the master's); undefined if it never came. */
+  take(id: number): Batch | undefined;
+  /**
+   * Sends `entry` with a copy of `fd` in the next batch and announces the batch to the worker
+   * (`adopt-batch`); resolves once announced (the master's copy may then be closed).
+   */
+  send(entry: AdoptEntry, fd: number): Promise<void>;
 }
 
 /** A timer the master can cancel. */
@@ -163,6 +191,26 @@ function openNotifyChannel(
   }
 }
 
+/**
+ * A descriptor channel for a worker that gets a notify pipe (supervisor/fd-channel.ts): the master's
+ * end, and the worker's end to pass on at fdChannelFd. Undefined, with a warning, where it cannot be
+ * made (no koffi, or not Linux): handoff then goes over IPC alone.
+ */
+function openFdChannel(
+  request: SpawnRequest,
+  callbacks: WorkerCallbacks,
+): { channel: FdChannel; peerFd: number } | undefined {
+  if (request.notifyPipe === false) return undefined;
+  try {
+    return FdChannel.pair();
+  } catch (error) {
+    callbacks.onWarning?.(
+      `no descriptor channel for this worker (${error instanceof Error ? error.message : String(error)}): live handoff moves its connections over IPC, one at a time`,
+    );
+    return undefined;
+  }
+}
+
 /** The real operating system. */
 export const realOs: Os = {
   spawnWorker(request, callbacks) {
@@ -173,14 +221,22 @@ export const realOs: Os = {
       callbacks.onNotify(line);
     };
     const notifyChannel = openNotifyChannel(request, callbacks, notified);
+    const fdChannel = openFdChannel(request, callbacks);
+    const channelFd = fdChannelFd(request.listenerFds.length);
     // Node's child_process, not execa: a master spawns workers all its life and needs nothing execa
     // adds, while importing execa costs about 20 MB of the master's memory (bench scenario 5).
     const child = spawn('/bin/sh', trampolineArgs(request), {
       cwd: request.cwd,
-      env: notifyChannel ? { ...request.env, NOTIFY_SOCKET: notifyChannel.path } : request.env,
+      env: {
+        ...request.env,
+        ...(notifyChannel ? { NOTIFY_SOCKET: notifyChannel.path } : {}),
+        ...(fdChannel ? { [FD_CHANNEL_ENV]: String(channelFd) } : {}),
+      },
       stdio: [
         ...inheritFds(['ignore', 'inherit', 'pipe'], request.listenerFds),
         ...(request.notifyPipe === false ? [] : (['pipe'] as const)),
+        // The descriptor channel's worker end, inherited like the listeners, right after the notify pipe.
+        ...(fdChannel ? [fdChannel.peerFd] : []),
         'ipc',
       ],
       serialization: 'json',
@@ -190,6 +246,8 @@ export const realOs: Os = {
       ...(request.uid === undefined ? {} : { uid: request.uid }),
       ...(request.gid === undefined ? {} : { gid: request.gid }),
     });
+    // The worker has its own copy now (or the spawn failed): the master keeps only its end.
+    if (fdChannel) closeDescriptor(fdChannel.peerFd);
     child.stderr?.on('data', (chunk: Buffer) => callbacks.onStderr(chunk));
     const signals = new SignalTarget(child.pid);
     target = signals;
@@ -203,10 +261,26 @@ export const realOs: Os = {
     // Each message arrives here once, in the order the worker sent it, with its handle if any (a
     // handed-off connection).
     child.on('message', (message: unknown, handle: unknown) => callbacks.onMessage(message, handle));
+    const inbox = fdChannel && new BatchInbox(fdChannel.channel);
+    const outbox =
+      fdChannel &&
+      new BatchOutbox<AdoptEntry>(
+        fdChannel.channel,
+        (batch, entries) =>
+          new Promise((resolve, reject) => {
+            const notice = { baton: 'adopt-batch', batch, relays: entries.map((entry) => entry.relay) };
+            try {
+              child.send(notice, (error) => (error ? reject(error) : resolve()));
+            } catch (error) {
+              reject(error);
+            }
+          }),
+      );
     let exited = false;
     const onExit = (exitCode: number | null, signal: NodeJS.Signals | null) => {
       if (exited) return;
       exited = true;
+      inbox?.close();
       notifyChannel?.close();
       // What is left of the worker's group (a child that let go of stdio) goes with it, as systemd's
       // KillMode=control-group does: nothing of a worker outlives it.
@@ -223,6 +297,14 @@ export const realOs: Os = {
       get pid() {
         return signals.pid;
       },
+      ...(inbox && outbox
+        ? {
+            descriptors: {
+              take: (id: number) => inbox.take(id),
+              send: (entry: AdoptEntry, fd: number) => outbox.send(entry, fd),
+            },
+          }
+        : {}),
       kill: (signal) =>
         signals.kill(signal, (toSpawned) => {
           try {
@@ -297,6 +379,11 @@ type StdioName = 'ignore' | 'inherit' | 'pipe';
 /** The index of the notify pipe in a worker's descriptors: right after its listeners. */
 export function notifyFd(listenerCount: number): number {
   return 3 + listenerCount;
+}
+
+/** The index of the descriptor channel in a worker's descriptors: right after its notify pipe. */
+export function fdChannelFd(listenerCount: number): number {
+  return notifyFd(listenerCount) + 1;
 }
 
 /** The longest notify line kept; a worker that writes more without a newline is cut off. */

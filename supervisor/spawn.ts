@@ -24,6 +24,8 @@ export const ENV_NOT_INHERITED = [
   'NOTIFY_SOCKET',
   'WATCHDOG_PID',
   'WATCHDOG_USEC',
+  // The master's own descriptor channel, if it runs under a baton itself: the worker gets its own.
+  'BATON_FD_CHANNEL',
 ];
 
 /** Who a worker is: its generation, and its slot (none for a scratch worker, which serves nothing). */

@@ -248,6 +248,7 @@ describe('what a worker inherits from the environment', () => {
       [
         'BATON_DRAIN_SIGNAL',
         'BATON_DRAIN_TIMEOUT_MS',
+        'BATON_FD_CHANNEL',
         'BATON_GENERATION',
         'BATON_LISTENERS',
         'BATON_NOTIFY_FD',

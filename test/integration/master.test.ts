@@ -406,13 +406,13 @@ describe('bad input gets one clear line and a non-zero exit', () => {
 });
 
 describe('what a worker gets', () => {
-  test('exactly its standard streams, the listeners at fd 3.., the notify pipe and the IPC channel; LISTEN_PID is its own pid; arguments arrive verbatim', async () => {
+  test('exactly its standard streams, the listeners at fd 3.., the notify pipe, the descriptor channel and the IPC channel; LISTEN_PID is its own pid; arguments arrive verbatim', async () => {
     // The worker lists its descriptors with readlink only: listing must not open any.
     const script = [
       'import os, sys, time',
       "fds = [n for n in range(256) if os.path.lexists('/proc/self/fd/%d' % n)]",
       "for n in fds: print('fd', n, os.readlink('/proc/self/fd/%d' % n), file=sys.stderr)",
-      "print('pid', os.getpid(), 'listen_pid', os.environ['LISTEN_PID'], 'fds', os.environ['LISTEN_FDS'], 'names', os.environ['LISTEN_FDNAMES'], 'notify', os.environ['BATON_NOTIFY_FD'], 'args', '|'.join(sys.argv[1:]), file=sys.stderr, flush=True)",
+      "print('pid', os.getpid(), 'listen_pid', os.environ['LISTEN_PID'], 'fds', os.environ['LISTEN_FDS'], 'names', os.environ['LISTEN_FDNAMES'], 'notify', os.environ['BATON_NOTIFY_FD'], 'channel', os.environ['BATON_FD_CHANNEL'], 'args', '|'.join(sys.argv[1:]), file=sys.stderr, flush=True)",
       'time.sleep(30)',
     ].join('\n');
     const baton = startBaton([
@@ -433,20 +433,23 @@ describe('what a worker gets', () => {
       what: 'the worker describing itself',
     });
     const fds = [...baton.output.matchAll(/^fd (\d+) (.*)$/gm)].map((match) => [Number(match[1]), match[2]]);
-    // 0-2 standard streams, 3-4 the listeners, 5 the notify pipe (BATON_NOTIFY_FD), 6 the IPC channel.
-    expect(fds.map(([fd]) => fd)).toEqual([0, 1, 2, 3, 4, 5, 6]);
+    // 0-2 standard streams, 3-4 the listeners, 5 the notify pipe (BATON_NOTIFY_FD), 6 the descriptor
+    // channel (BATON_FD_CHANNEL), 7 the IPC channel.
+    expect(fds.map(([fd]) => fd)).toEqual([0, 1, 2, 3, 4, 5, 6, 7]);
     expect(fds[0]?.[1]).toBe('/dev/null');
     expect(fds.slice(3).map(([, target]) => String(target).replace(/\[\d+\]/, ''))).toEqual([
       'socket:',
       'socket:',
       'socket:',
       'socket:',
+      'socket:',
     ]);
-    const identity = /^pid (\d+) listen_pid (\d+) fds (\d+) names (\S+) notify (\d+) args (.*)$/m.exec(
-      baton.output,
-    );
+    const identity =
+      /^pid (\d+) listen_pid (\d+) fds (\d+) names (\S+) notify (\d+) channel (\d+) args (.*)$/m.exec(
+        baton.output,
+      );
     expect(identity?.[1]).toBe(identity?.[2]);
-    expect(identity?.slice(3)).toEqual(['2', 'a:b', '5', "it's $(not run) `either`|two words"]);
+    expect(identity?.slice(3)).toEqual(['2', 'a:b', '5', '6', "it's $(not run) `either`|two words"]);
   });
 });
 

@@ -3,9 +3,11 @@
  * worker, how long to wait), the relay's bookkeeping against fake ports, the master's wiring against a
  * fake OS, and the old worker's wait for a connection to be quiet under fake timers.
  */
+import { fstatSync, openSync } from 'node:fs';
 import { afterEach, beforeEach, describe, expect, jest, test } from '@jest/globals';
 import { pino } from 'pino';
 import { isQuiet, QUIET_POLL_INTERVAL_MS, waitQuiet } from '../../child/handoff.js';
+import type { Batch } from '../../supervisor/fd-channel.js';
 import { Generation, type Slot } from '../../supervisor/generation.js';
 import {
   chooseAdopter,
@@ -21,7 +23,14 @@ import {
 } from '../../supervisor/handoff.js';
 import { Master } from '../../supervisor/master.js';
 import { type MasterOptions, parseStartOptions } from '../../supervisor/options.js';
-import type { Os, SpawnRequest, WorkerCallbacks, WorkerProcess } from '../../supervisor/os.js';
+import type {
+  AdoptEntry,
+  DescriptorLink,
+  Os,
+  SpawnRequest,
+  WorkerCallbacks,
+  WorkerProcess,
+} from '../../supervisor/os.js';
 import { Worker } from '../../supervisor/worker.js';
 
 /** A connection handle as the master receives one: a bare object with an fd, never a net.Socket. */
@@ -467,6 +476,23 @@ describe('the master runs a handoff when a new generation becomes active', () =>
     }
   }
 
+  /** A worker with a descriptor channel: batches it is given to take, and what the master sends on it. */
+  class ChannelProcess extends FakeProcess {
+    readonly waiting = new Map<number, Batch>();
+    readonly sentOnChannel: Array<{ entry: AdoptEntry; fd: number }> = [];
+    readonly descriptors: DescriptorLink = {
+      take: (id) => {
+        const batch = this.waiting.get(id);
+        this.waiting.delete(id);
+        return batch;
+      },
+      send: (entry, fd) => {
+        this.sentOnChannel.push({ entry, fd });
+        return Promise.resolve();
+      },
+    };
+  }
+
   const OPTIONS: MasterOptions = parseStartOptions({
     listen: 'game=tcp://127.0.0.1:0',
     workers: 2,
@@ -481,11 +507,15 @@ describe('the master runs a handoff when a new generation becomes active', () =>
     jest.useRealTimers();
   });
 
-  function startMaster() {
+  function startMaster({ channel = false } = {}) {
     const processes: FakeProcess[] = [];
     const os: Os = {
       spawnWorker(request, callbacks) {
-        const process = new FakeProcess(1000 + processes.length, request, callbacks);
+        const process = new (channel ? ChannelProcess : FakeProcess)(
+          1000 + processes.length,
+          request,
+          callbacks,
+        );
         processes.push(process);
         return process;
       },
@@ -510,7 +540,12 @@ describe('the master runs a handoff when a new generation becomes active', () =>
     });
     const ofGeneration = (gen: number) =>
       processes.filter((p) => p.request.env.BATON_GENERATION === String(gen));
-    const both = { baton: 'handoff-hooks', handsOff: ['game'], adopts: ['game'] };
+    const both = {
+      baton: 'handoff-hooks',
+      handsOff: ['game'],
+      adopts: ['game'],
+      ...(channel ? { fdChannel: true } : {}),
+    };
     master.dispatch({ type: 'start' });
     for (const p of ofGeneration(1)) {
       p.say(both);
@@ -525,6 +560,51 @@ describe('the master runs a handoff when a new generation becomes active', () =>
     const state = (gen: number) => master.snapshot().generations.find((g) => g.id === gen)?.state;
     return { master, logs, ofGeneration, oldA, oldB, state };
   }
+
+  test("over the descriptor channel: a batch is relayed on the adopters' channels, an announced id that did not come stays, and every descriptor of the master is closed", async () => {
+    const { ofGeneration, oldA, oldB, state } = startMaster({ channel: true });
+    const fds = [openSync('/dev/null', 'r'), openSync('/dev/null', 'r')];
+    (oldA as ChannelProcess).waiting.set(7, {
+      id: 7,
+      fds,
+      payload: Buffer.from(
+        JSON.stringify([
+          { id: 1, listener: 'game', state: { coins: 2 } },
+          { id: 2, listener: 'game', state: { coins: 4 } },
+        ]),
+      ),
+    });
+    oldA.say({ baton: 'handoff-batch', batch: 7, ids: [1, 2, 3] });
+    // Id 3 never came: its connection goes on in its old worker.
+    expect(oldA.messages.map((m) => m.message)).toContainEqual({
+      baton: 'handoff-settled',
+      id: 3,
+      adopted: false,
+    });
+    const adopters = ofGeneration(2) as ChannelProcess[];
+    const relayed = adopters.flatMap((p) => p.sentOnChannel);
+    expect(relayed.map(({ entry }) => entry.state)).toEqual([{ coins: 2 }, { coins: 4 }]);
+    expect(relayed.map(({ fd }) => fd).sort()).toEqual([...fds].sort());
+    // Nothing went over IPC with a handle.
+    expect(adopters.flatMap((p) => p.messages).filter((m) => m.handle !== undefined)).toEqual([]);
+    await jest.advanceTimersByTimeAsync(1);
+    oldA.say({ baton: 'handoff-finished', offered: 3, sent: 3, kept: 0 });
+    oldB.say({ baton: 'handoff-finished', offered: 0, sent: 0, kept: 0 });
+    for (const adopter of adopters) {
+      const commit = adopter.messages.at(-1)?.message as { baton: string; relays: number[] } | undefined;
+      if (commit?.baton === 'handoff-commit')
+        adopter.say({ baton: 'adoptions', adopted: commit.relays, refused: [] });
+    }
+    expect([state(1), state(2)]).toEqual(['draining', 'active']);
+    expect(oldA.messages.map((m) => m.message)).toEqual(
+      expect.arrayContaining([
+        { baton: 'handoff-settled', id: 1, adopted: true },
+        { baton: 'handoff-settled', id: 2, adopted: true },
+      ]),
+    );
+    // The master's copies are closed: the numbers are free again.
+    for (const fd of fds) expect(() => fstatSync(fd)).toThrow(/EBADF/);
+  });
 
   test('the new generation takes over only once the old workers handed their sessions over; status counts them', () => {
     const { master, logs, ofGeneration, oldA, oldB, state } = startMaster();

@@ -1,9 +1,10 @@
 /**
  * Guards the Linux calls baton makes through koffi (supervisor/linux.ts), and systemd's notification
  * sockets built on them (supervisor/notify-socket.ts). If this fails after a koffi or libc change,
- * servers written for systemd (gunicorn) are no longer seen ready through NOTIFY_SOCKET.
+ * servers written for systemd (gunicorn) are no longer seen ready through NOTIFY_SOCKET, or the
+ * descriptor channel (supervisor/fd-channel.ts) no longer moves descriptors.
  */
-import { mkdtempSync, readFileSync, rmSync, statSync } from 'node:fs';
+import { closeSync, mkdtempSync, openSync, readFileSync, readlinkSync, rmSync, statSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
@@ -11,9 +12,16 @@ import { join } from 'node:path';
 import { afterAll, describe, expect, test } from '@jest/globals';
 import {
   bindDatagramSocket,
+  closeDescriptor,
+  DESCRIPTORS_PER_MESSAGE_MAX,
   establishedTcpInodes,
+  isCloseOnExec,
   portFilterRefused,
+  receiveWithDescriptors,
   SystemCallError,
+  sendWithDescriptors,
+  setCloseOnExec,
+  unixStreamPair,
 } from '../../supervisor/linux.js';
 import { NotifySockets } from '../../supervisor/notify-socket.js';
 import { parseNotifyLine } from '../../supervisor/sd-notify.js';
@@ -141,6 +149,76 @@ describe('establishedTcpInodes (netlink sock_diag through koffi)', () => {
       what: 'the closed connection to leave the count',
     });
     expect(establishedTcpInodes([port])).toEqual(establishedInProcNet([port]));
+  });
+});
+
+describe('the descriptor calls (koffi → socketpair, sendmsg/recvmsg with SCM_RIGHTS, fcntl, close)', () => {
+  test('253 descriptors travel in one sendmsg and arrive close-on-exec as new descriptors of the same files', () => {
+    const [left, right] = unixStreamPair();
+    const sent = Array.from({ length: DESCRIPTORS_PER_MESSAGE_MAX }, () => openSync('/dev/null', 'r'));
+    try {
+      expect(isCloseOnExec(left)).toBe(true);
+      expect(receiveWithDescriptors(right, Buffer.alloc(16))).toBeUndefined();
+      expect(sendWithDescriptors(left, Buffer.from('batch'), sent)).toBe(5);
+      const chunk = receiveWithDescriptors(right, Buffer.alloc(16));
+      expect(chunk?.bytes.toString()).toBe('batch');
+      expect(chunk?.truncated).toBe(false);
+      expect(chunk?.ended).toBe(false);
+      expect(chunk?.fds).toHaveLength(DESCRIPTORS_PER_MESSAGE_MAX);
+      for (const fd of chunk?.fds ?? []) {
+        expect(sent).not.toContain(fd);
+        expect(readlinkSync(`/proc/self/fd/${fd}`)).toBe('/dev/null');
+        expect(isCloseOnExec(fd)).toBe(true);
+        closeDescriptor(fd);
+      }
+      expect(() => sendWithDescriptors(left, Buffer.from('x'), [...sent, sent[0] as number])).toThrow(
+        RangeError,
+      );
+    } finally {
+      for (const fd of sent) closeSync(fd);
+      closeDescriptor(left);
+    }
+    // The peer's end closed: the stream ends, and writing to it is an error, never a SIGPIPE.
+    expect(receiveWithDescriptors(right, Buffer.alloc(16))?.ended).toBe(true);
+    closeDescriptor(right);
+  });
+
+  test('close-on-exec can be cleared and set again (what keeps a channel across execve)', () => {
+    const [left, right] = unixStreamPair();
+    try {
+      setCloseOnExec(left, false);
+      expect(isCloseOnExec(left)).toBe(false);
+      setCloseOnExec(left, true);
+      expect(isCloseOnExec(left)).toBe(true);
+    } finally {
+      closeDescriptor(left);
+      closeDescriptor(right);
+    }
+    expect(() => isCloseOnExec(left)).toThrow(/EBADF/);
+  });
+
+  test('a second copy of the module binds the calls again (a test runner loads it once per file)', async () => {
+    const again = (await import(
+      `../../supervisor/linux.js?copy=${Date.now()}`
+    )) as typeof import('../../supervisor/linux.js');
+    const [left, right] = again.unixStreamPair();
+    try {
+      expect(again.sendWithDescriptors(left, Buffer.from('x'), [])).toBe(1);
+      expect(again.receiveWithDescriptors(right, Buffer.alloc(4))?.bytes.toString()).toBe('x');
+    } finally {
+      again.closeDescriptor(left);
+      again.closeDescriptor(right);
+    }
+  });
+
+  test('a send to a closed peer is a SystemCallError (EPIPE), not a signal', () => {
+    const [left, right] = unixStreamPair();
+    closeDescriptor(right);
+    try {
+      expect(() => sendWithDescriptors(left, Buffer.from('x'), [])).toThrow(/sendmsg failed: EPIPE/);
+    } finally {
+      closeDescriptor(left);
+    }
   });
 });
 

@@ -14,10 +14,12 @@ import { describe, expect, test } from '@jest/globals';
 import {
   hasUndecodedBytes,
   heldByHttpParser,
+  holdSocketFromFd,
   holdSocketFromHandle,
   resumeReading,
   stopReading,
 } from '../../child/node-internals.js';
+import { FdChannel } from '../../supervisor/fd-channel.js';
 import {
   asRawSocketHandle,
   bindTcpWithoutListening,
@@ -262,6 +264,45 @@ describe('live session handoff: reads stopped at the handle, raw handles over IP
         what: 'the data both ways once released',
       });
     } finally {
+      pair.close();
+    }
+  });
+
+  test('holdSocketFromFd: a descriptor from the descriptor channel is held the same way until release', async () => {
+    const pair = await connectedPair();
+    const { channel, peerFd } = FdChannel.pair();
+    const receiver = new FdChannel(peerFd);
+    try {
+      const stopped = stopReading(pair.accepted);
+      expect(stopped).toBeDefined();
+      await channel.send(1, [(stopped as NonNullable<typeof stopped>).handle.fd]);
+      const [batch] = receiver.receive();
+      const held = holdSocketFromFd(batch?.fds[0] as number);
+      let text = '';
+      held.socket.setEncoding('utf8').on('data', (chunk: string) => {
+        text += chunk;
+      });
+      held.socket.resume();
+      held.socket.cork();
+      held.socket.write('held back');
+      let answer = '';
+      pair.client.setEncoding('utf8').on('data', (chunk: string) => {
+        answer += chunk;
+      });
+      pair.client.write('waiting');
+      await quietFor(100); // nothing may be read while held
+      expect(held.socket.bytesRead).toBe(0);
+      expect(answer).toBe('');
+      held.socket.uncork();
+      held.release();
+      await waitFor(() => text === 'waiting' && answer === 'held back', {
+        timeoutMs: 5_000,
+        what: 'the data both ways once released',
+      });
+      held.socket.destroy();
+    } finally {
+      channel.close();
+      receiver.close();
       pair.close();
     }
   });
