@@ -69,7 +69,15 @@ async function fiveReloadsUnderLoad(baton: BatonProcess, port: number) {
       throw new Error(`${(error as Error).message}\n--- baton output ---\n${baton.output.slice(-6000)}`);
     }
   }
-  return Promise.all([keepAlive.stop(), fresh.stop()]);
+  const reports = await Promise.all([keepAlive.stop(), fresh.stop()]);
+  const errors = reports.flatMap((report) => report.errors);
+  if (errors.length > 0) {
+    // A request lost across a reload: say what the master saw around it (once seen: a 10 s timeout).
+    throw new Error(
+      `${errors.length} request(s) failed: ${errors.slice(0, 5).join('; ')}\n--- baton output ---\n${baton.output.slice(-8000)}`,
+    );
+  }
+  return reports;
 }
 
 function python(): string[] {
