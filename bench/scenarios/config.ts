@@ -39,10 +39,10 @@ function configText(workers: number, stage: string): string {
   });
 }
 
-/** Runs scenario 8. */
+/** Runs scenario 9. */
 export async function configReload(context: BenchContext): Promise<ScenarioOutcome> {
   const pairs = pick(context, 2, 5);
-  context.progress(`scenario 8, config reload: ${pairs} SIGUSR2 and ${pairs} SIGHUP reloads under load`);
+  context.progress(`scenario 9, config reload: ${pairs} SIGUSR2 and ${pairs} SIGHUP reloads under load`);
   const app = exampleAppCopy();
   const file = join(app.dir, 'baton.json');
   writeFileSync(file, configText(2, 'stage-0'));

@@ -100,12 +100,12 @@ async function passOverChannel(
   return performance.now() - start;
 }
 
-/** Runs scenario 8. */
+/** Runs scenario 10. */
 export async function descriptors(context: BenchContext): Promise<ScenarioOutcome> {
   const connections = pick(context, 1_000, 5_000);
   const rounds = pick(context, 3, 5);
   context.progress(
-    `scenario 8, descriptors per second: ${connections} connections, ${rounds} passes each way`,
+    `scenario 10, descriptors per second: ${connections} connections, ${rounds} passes each way`,
   );
   const { accepted, close } = await openConnections(connections);
   const { channel, peerFd } = FdChannel.pair();
