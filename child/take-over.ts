@@ -221,7 +221,10 @@ function passSocketsOn(): void {
       const extra = Number.isInteger(notifyFd) ? [notifyFd] : [];
       options.stdio = [...stdio.standard, ...inherited, ...extra, ...stdio.ipc];
       options.envPairs = [
-        ...(options.envPairs ?? []).filter((pair) => !pair.startsWith('LISTEN_PID=')),
+        // The descriptor channel stays with the worker: at its number the child may get its own IPC.
+        ...(options.envPairs ?? []).filter(
+          (pair) => !pair.startsWith('LISTEN_PID=') && !pair.startsWith('BATON_FD_CHANNEL='),
+        ),
         `BATON_HANDED_OVER=${process.pid}`,
       ];
     }

@@ -156,6 +156,7 @@ const NLM_F_DUMP = 0x300;
 const NLMSG_ERROR = 2;
 const NLMSG_DONE = 3;
 const TCP_ESTABLISHED = 1;
+const TCP_LISTEN = 10;
 const INET_DIAG_REQ_BYTECODE = 1;
 const INET_DIAG_BC_NOP = 0;
 const INET_DIAG_BC_JMP = 1;
@@ -207,6 +208,22 @@ export function establishedTcpInodes(ports: readonly number[]): Set<number> {
   return inodes;
 }
 
+/**
+ * The machine's TCP sockets (IPv4 and IPv6) in the LISTEN state, inode → local port, asked of the kernel
+ * with a state filter only: a host has few listening sockets, however many connections it holds.
+ * Throws a SystemCallError where netlink cannot be used.
+ */
+export function listeningTcpPorts(): Map<number, number> {
+  const c = loadLibc();
+  const ports = new Map<number, number>();
+  for (const family of [AF_INET, AF_INET6]) {
+    dumpSockets(c, family, 1 << TCP_LISTEN, undefined, (message) => {
+      ports.set(message.readUInt32LE(DIAG_MSG_INODE), message.readUInt16BE(DIAG_MSG_SPORT));
+    });
+  }
+  return ports;
+}
+
 /** Whether the kernel refused the port filter (then ports are picked here, from every established socket). */
 export function portFilterRefused(): boolean {
   return filterRefused;
@@ -220,8 +237,22 @@ function dumpEstablished(
   onInode: (inode: number) => void,
   wanted: ReadonlySet<number>,
 ): void {
+  dumpSockets(c, family, 1 << TCP_ESTABLISHED, filter, (message) => {
+    // The filter already kept only these ports; checked again where there was none.
+    if (wanted.has(message.readUInt16BE(DIAG_MSG_SPORT))) onInode(message.readUInt32LE(DIAG_MSG_INODE));
+  });
+}
+
+/** Dumps the TCP sockets of `family` in the `states` (a bit per TCP state), each `inet_diag_msg` to `onSocket`. */
+function dumpSockets(
+  c: Libc,
+  family: number,
+  states: number,
+  filter: Buffer | undefined,
+  onSocket: (message: Buffer) => void,
+): void {
   const fd = openNetlink(c);
-  const request = diagRequest(family, filter, ++netlinkSequence);
+  const request = diagRequest(family, states, filter, ++netlinkSequence);
   const sent = Number(c.send(fd, request, request.length, 0));
   if (sent !== request.length) {
     const errno = c.errno();
@@ -229,9 +260,7 @@ function dumpEstablished(
     throw new SystemCallError('send', errno, 'NETLINK_SOCK_DIAG request');
   }
   readDump(c, fd, (message) => {
-    if (message.length < DIAG_MSG_SIZE) return;
-    // The filter already kept only these ports; checked again where there was none.
-    if (wanted.has(message.readUInt16BE(DIAG_MSG_SPORT))) onInode(message.readUInt32LE(DIAG_MSG_INODE));
+    if (message.length >= DIAG_MSG_SIZE) onSocket(message);
   });
 }
 
@@ -277,10 +306,10 @@ function readDump(c: Libc, fd: number, onMessage: (payload: Buffer) => void): vo
 }
 
 /**
- * `nlmsghdr` + `inet_diag_req_v2` asking every established TCP socket of `family`, and the bytecode
+ * `nlmsghdr` + `inet_diag_req_v2` asking every TCP socket of `family` in `states`, and the bytecode
  * filter as an INET_DIAG_REQ_BYTECODE attribute.
  */
-function diagRequest(family: number, filter: Buffer | undefined, sequence: number): Buffer {
+function diagRequest(family: number, states: number, filter: Buffer | undefined, sequence: number): Buffer {
   const attribute = filter ? RTATTR_HEADER + filter.length : 0;
   const request = Buffer.alloc(NLMSG_HEADER + DIAG_REQUEST + attribute);
   request.writeUInt32LE(request.length, 0);
@@ -289,7 +318,7 @@ function diagRequest(family: number, filter: Buffer | undefined, sequence: numbe
   request.writeUInt32LE(sequence, 8);
   request.writeUInt8(family, NLMSG_HEADER);
   request.writeUInt8(IPPROTO_TCP, NLMSG_HEADER + 1);
-  request.writeUInt32LE(1 << TCP_ESTABLISHED, NLMSG_HEADER + 4);
+  request.writeUInt32LE(states, NLMSG_HEADER + 4);
   if (filter) {
     const at = NLMSG_HEADER + DIAG_REQUEST;
     request.writeUInt16LE(attribute, at);

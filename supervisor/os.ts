@@ -3,7 +3,7 @@
  * the clock and timers) goes through `Os`, so its logic runs against fakes in
  * unit tests and against the real OS in integration tests.
  */
-import { spawn } from 'node:child_process';
+import { type ChildProcess, spawn } from 'node:child_process';
 import { accessSync, constants as fsConstants, statSync } from 'node:fs';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
@@ -211,6 +211,20 @@ function openFdChannel(
   }
 }
 
+/** A worker whose spawn threw: it says why on its stderr and exits (null, null) once the caller has it. */
+function notStarted(error: unknown, callbacks: WorkerCallbacks): WorkerProcess {
+  const reason = error instanceof Error ? error.message : String(error);
+  queueMicrotask(() => {
+    callbacks.onStderr(Buffer.from(`baton: the worker could not be started: ${reason}\n`));
+    callbacks.onExit(null, null);
+  });
+  return {
+    pid: undefined,
+    kill: () => false,
+    send: (_message, _handle, onSent) => onSent(new Error(`the worker was never started: ${reason}`)),
+  };
+}
+
 /** The real operating system. */
 export const realOs: Os = {
   spawnWorker(request, callbacks) {
@@ -225,27 +239,39 @@ export const realOs: Os = {
     const channelFd = fdChannelFd(request.listenerFds.length);
     // Node's child_process, not execa: a master spawns workers all its life and needs nothing execa
     // adds, while importing execa costs about 20 MB of the master's memory (bench scenario 5).
-    const child = spawn('/bin/sh', trampolineArgs(request), {
-      cwd: request.cwd,
-      env: {
-        ...request.env,
-        ...(notifyChannel ? { NOTIFY_SOCKET: notifyChannel.path } : {}),
-        ...(fdChannel ? { [FD_CHANNEL_ENV]: String(channelFd) } : {}),
-      },
-      stdio: [
-        ...inheritFds(['ignore', 'inherit', 'pipe'], request.listenerFds),
-        ...(request.notifyPipe === false ? [] : (['pipe'] as const)),
-        // The descriptor channel's worker end, inherited like the listeners, right after the notify pipe.
-        ...(fdChannel ? [fdChannel.peerFd] : []),
-        'ipc',
-      ],
-      serialization: 'json',
-      // Own process group: a terminal's Ctrl-C reaches the master only, which drains the workers.
-      detached: true,
-      // libuv drops supplementary groups when it changes them (setgroups before setgid/setuid).
-      ...(request.uid === undefined ? {} : { uid: request.uid }),
-      ...(request.gid === undefined ? {} : { gid: request.gid }),
-    });
+    let child: ChildProcess;
+    try {
+      child = spawn('/bin/sh', trampolineArgs(request), {
+        cwd: request.cwd,
+        env: {
+          ...request.env,
+          ...(notifyChannel ? { NOTIFY_SOCKET: notifyChannel.path } : {}),
+          ...(fdChannel ? { [FD_CHANNEL_ENV]: String(channelFd) } : {}),
+        },
+        stdio: [
+          ...inheritFds(['ignore', 'inherit', 'pipe'], request.listenerFds),
+          ...(request.notifyPipe === false ? [] : (['pipe'] as const)),
+          // The descriptor channel's worker end, inherited like the listeners, right after the notify pipe.
+          ...(fdChannel ? [fdChannel.peerFd] : []),
+          'ipc',
+        ],
+        serialization: 'json',
+        // Own process group: a terminal's Ctrl-C reaches the master only, which drains the workers.
+        detached: true,
+        // libuv drops supplementary groups when it changes them (setgroups before setgid/setuid).
+        ...(request.uid === undefined ? {} : { uid: request.uid }),
+        ...(request.gid === undefined ? {} : { gid: request.gid }),
+      });
+    } catch (error) {
+      // spawn(2) refused at once (EPERM from the uid switch, E2BIG, ...): nothing started. The worker
+      // exits like one that could not start, its reason on its stderr, and nothing it was given leaks.
+      if (fdChannel) {
+        closeDescriptor(fdChannel.peerFd);
+        fdChannel.channel.close();
+      }
+      notifyChannel?.close();
+      return notStarted(error, callbacks);
+    }
     // The worker has its own copy now (or the spawn failed): the master keeps only its end.
     if (fdChannel) closeDescriptor(fdChannel.peerFd);
     child.stderr?.on('data', (chunk: Buffer) => callbacks.onStderr(chunk));
@@ -254,7 +280,7 @@ export const realOs: Os = {
     const notify =
       request.notifyPipe === false
         ? undefined
-        : (child.stdio[notifyFd(request.listenerFds.length)] as Readable | null | undefined);
+        : (child.stdio?.[notifyFd(request.listenerFds.length)] as Readable | null | undefined);
     if (notify) {
       readNotifyLines(notify, { ...callbacks, onNotify: notified });
     }

@@ -5,7 +5,7 @@
  * control socket).
  */
 import { closeSync, openSync, readdirSync, readFileSync, readlinkSync, readSync } from 'node:fs';
-import { establishedTcpInodes } from './linux.js';
+import { establishedTcpInodes, listeningTcpPorts } from './linux.js';
 
 /** Linux system call numbers that wait on descriptors, per architecture (/proc/<pid>/syscall shows the number). */
 const SYSCALLS: Record<string, { accept: number[]; poll: number[]; ppoll: number[]; select: number[] }> = {
@@ -270,6 +270,9 @@ function decodeAddress(hex: string): string {
   return groups.join(':').replace(/(^|:)0(:0)+(:|$)/, '::');
 }
 
+/** Why TCP sockets are read from /proc/net/tcp (the whole table) instead of netlink, once netlink failed. */
+let netlinkFailure: string | undefined;
+
 /**
  * The ports of the TCP sockets that process `pid` and its descendants hold in the LISTEN state, other
  * than the sockets with the inodes in `except` (baton's own listeners, which every worker inherits):
@@ -284,9 +287,17 @@ export function ownListeningPorts(pid: number, except: ReadonlySet<number>): num
       }),
     ),
   );
-  // Most probes find no socket of the worker's own: /proc/net, which lists the whole machine, stays unread.
   if (held.size === 0) return [];
   const ports = new Set<number>();
+  if (netlinkFailure === undefined) {
+    // The kernel lists its listening sockets only (few, however many connections the host holds).
+    try {
+      for (const [inode, port] of listeningTcpPorts()) if (held.has(inode)) ports.add(port);
+      return [...ports].sort((a, b) => a - b);
+    } catch (error) {
+      netlinkFailure = error instanceof Error ? error.message : String(error);
+    }
+  }
   for (const fields of [...netTableRows('tcp'), ...netTableRows('tcp6')]) {
     if (fields[3] !== TCP_LISTEN || !held.has(Number(fields[9]))) continue;
     ports.add(Number.parseInt((fields[1] ?? '').split(':')[1] ?? '', 16));
@@ -345,9 +356,6 @@ interface Connections {
 /** How long the machine's connections are reused: one read serves every worker counted in the same sample. */
 const CONNECTIONS_REUSE_MS = 100;
 let cached: Connections | undefined;
-
-/** Why TCP connections are counted from /proc/net/tcp instead of netlink, once netlink failed. */
-let netlinkFailure: string | undefined;
 
 /**
  * Why the connection count reads /proc/net/tcp (the whole table of the machine's sockets) instead of

@@ -5,7 +5,7 @@
  * the master, and in TypeScript behind `npx tsx`; and the one-line diagnostics for apps that baton
  * cannot serve, with the preload and without it.
  */
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, test } from '@jest/globals';
@@ -94,6 +94,12 @@ describe('a PM2 wait_ready app: listen(PORT), warm up, then process.send("ready"
 });
 
 /** The descendants of `pid`, once there are at least `count` of them (/proc is read, not waited on). */
+/** The parent of process `pid`, from /proc. */
+function parentOf(pid: number): number {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  return Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+}
+
 function treeOf(pid: number, count: number): Promise<number[]> {
   let last: number[] = [];
   return waitFor(
@@ -181,6 +187,14 @@ describe('an Express app in TypeScript as `npx tsx server.ts`', () => {
     expect(ready.map((entry) => entry.via)).toEqual(['notify', 'notify']);
     // npm exec, the shell it starts, tsx and the node that runs server.ts, for each of the two workers.
     const tree = await treeOf(baton.pid, 8);
+    // The descriptor channel is the worker's (npm's) alone: where tsx gives node an IPC channel, that
+    // would sit at the number BATON_FD_CHANNEL names.
+    const withChannel = tree.filter((pid) =>
+      readFileSync(`/proc/${pid}/environ`, 'utf8')
+        .split('\0')
+        .some((pair) => pair.startsWith('BATON_FD_CHANNEL=')),
+    );
+    expect(withChannel.sort()).toEqual(tree.filter((pid) => parentOf(pid) === baton.pid).sort());
     const { reports, retiredAt } = await reloadsUnderLoad(baton, port, versionFile, 3);
     for (const report of reports) {
       expect(report.errors).toEqual([]);

@@ -16,6 +16,7 @@ import {
   DESCRIPTORS_PER_MESSAGE_MAX,
   establishedTcpInodes,
   isCloseOnExec,
+  listeningTcpPorts,
   portFilterRefused,
   receiveWithDescriptors,
   SystemCallError,
@@ -149,6 +150,50 @@ describe('establishedTcpInodes (netlink sock_diag through koffi)', () => {
       what: 'the closed connection to leave the count',
     });
     expect(establishedTcpInodes([port])).toEqual(establishedInProcNet([port]));
+  });
+});
+
+describe('listeningTcpPorts (netlink sock_diag, LISTEN sockets only)', () => {
+  test('lists every listening socket of /proc/net/tcp and tcp6 with its port, and no connection', async () => {
+    const server = net.createServer();
+    const server6 = net.createServer();
+    const client = new net.Socket();
+    try {
+      await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+      await new Promise<void>((resolve) => server6.listen(0, '::1', resolve));
+      await new Promise<void>((resolve) =>
+        client.connect((server.address() as net.AddressInfo).port, '127.0.0.1', resolve),
+      );
+      const listening = listeningTcpPorts();
+      const expected = new Map<number, number>();
+      for (const file of ['/proc/net/tcp', '/proc/net/tcp6']) {
+        for (const line of readFileSync(file, 'utf8').split('\n').slice(1)) {
+          const fields = line.trim().split(/\s+/);
+          if (fields[3] === '0A')
+            expected.set(Number(fields[9]), Number.parseInt((fields[1] ?? '').split(':')[1] ?? '', 16));
+        }
+      }
+      // Sockets of other processes may come and go between the two reads: ours must be in both.
+      const ours = [(server.address() as net.AddressInfo).port, (server6.address() as net.AddressInfo).port];
+      for (const port of ours) {
+        expect([...listening.values()]).toContain(port);
+        expect([...expected.values()]).toContain(port);
+      }
+      for (const [inode, port] of listening) if (ours.includes(port)) expect(expected.get(inode)).toBe(port);
+      expect(
+        listening.has(
+          Number(
+            /\d+/.exec(
+              readlinkSync(`/proc/self/fd/${(client as unknown as { _handle: { fd: number } })._handle.fd}`),
+            )?.[0],
+          ),
+        ),
+      ).toBe(false);
+    } finally {
+      client.destroy();
+      server.close();
+      server6.close();
+    }
   });
 });
 
