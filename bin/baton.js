@@ -10,11 +10,18 @@ if (major < 22 || (major === 22 && minor < 12)) {
 }
 // A reload signal that comes while the modules load must not kill a master that is starting
 // (SIGUSR2's default action is to terminate); the master routes signals once it can.
-if (process.argv[2] === 'start') {
+if (process.argv[2] === 'start' || process.argv[2] === '__resume') {
   for (const signal of ['SIGUSR2', 'SIGHUP']) process.on(signal, () => {});
 }
 try {
-  await import('../dist/bin/cli.js');
+  if (process.argv[2] === '__resume' || process.argv[2] === '__reexec-try') {
+    // `baton reexec` (docs/reexec.md): this program resumes a master, or is tried for it, from a state file.
+    const { resumeMaster, tryState } = await import('../dist/supervisor/resume.js');
+    const run = process.argv[2] === '__resume' ? resumeMaster : tryState;
+    process.exit(await run(process.argv[3] ?? ''));
+  } else {
+    await import('../dist/bin/cli.js');
+  }
 } catch (error) {
   if (error?.code === 'ERR_MODULE_NOT_FOUND' && String(error.message).includes('dist/bin/cli.js')) {
     process.stderr.write(

@@ -285,6 +285,16 @@ async function main(): Promise<number> {
         );
         exitCode = await runMaster(options, logger, control, {
           failureOnStderr: !pretty,
+          // What `baton reexec` carries to the new program, to read the config file again as this one does.
+          start: {
+            flags: { ...flags },
+            ...(configPath === undefined ? {} : { configPath }),
+            cwd,
+            logLevel: String(raw.logLevel ?? DEFAULTS.logLevel),
+            pretty,
+            failureOnStderr: !pretty,
+            control,
+          },
           ...(settings.config
             ? {
                 config: settings.config,
@@ -439,6 +449,26 @@ async function main(): Promise<number> {
         exitCode = await stopCommand(targetOf(argv), argv.fast === true, process.stdout);
       },
     )
+    .command(
+      'reexec',
+      "Replace the master's own program with the baton on disk: same pid, same sockets, same workers",
+      (argv) =>
+        targetOptions(argv)
+          .usage(
+            'baton reexec [--program PATH] [--name NAME | --control PATH | --pid PID]\n\nUpgrade baton itself without closing a port: the new baton is tried in a separate process first, then the master executes it (same pid), keeping its listeners, its control socket and its workers with their connections. Prints each step; exits 0 once the new program has adopted the workers, 12 with one line if it was refused (nothing changed). docs/reexec.md',
+          )
+          .option('program', {
+            type: 'string',
+            describe:
+              "The new baton's entry point (its bin/baton.js) [default: the one the master runs, as it is on disk now]",
+          }),
+      async (argv) => {
+        const { reexecCommand } = await import('./commands/reexec.js');
+        const program =
+          argv.program === undefined ? undefined : path.resolve(process.cwd(), String(argv.program));
+        exitCode = await reexecCommand(targetOf(argv), program, process.stdout);
+      },
+    )
     .demandCommand(1, "Expected a command, like 'baton start'")
     .strict()
     .epilogue(EPILOGUE)
@@ -464,7 +494,7 @@ function commandAfterDashes(argv: { _: (string | number)[]; '--'?: (string | num
 }
 
 /** The commands `baton` knows, for a mistyped one. */
-const COMMANDS = ['start', 'reload', 'status', 'scale', 'inject', 'list', 'stop'];
+const COMMANDS = ['start', 'reload', 'status', 'scale', 'inject', 'list', 'stop', 'reexec'];
 
 /** yargs' "Unknown argument: worker" with the nearest known option or command: "did you mean --workers?". */
 function withSuggestion(message: string, cli: Argv): string {

@@ -17,6 +17,7 @@ export const EXIT_CODES = {
   notHealthy: 9,
   masterStopping: 10,
   injectFailed: 11,
+  reexecRefused: 12,
   commandNotExecutable: 126,
   commandNotFound: 127,
 } as const;
@@ -35,6 +36,7 @@ const EXIT_CODE_MEANINGS: Record<keyof typeof EXIT_CODES, string> = {
   notHealthy: 'status --check: not healthy',
   masterStopping: 'the master is stopping',
   injectFailed: 'inject: the patch failed on a worker or in its dry run',
+  reexecRefused: 'reexec: the new baton was refused (the master runs on, unchanged)',
   commandNotExecutable: 'the --user cannot execute the command',
   commandNotFound: 'command not found',
 };
@@ -65,6 +67,11 @@ export class UsageError extends BatonError {
 /** A config file re-read for a reload does not read or validate: the reload was refused, nothing changed. */
 export class ConfigRefusedError extends BatonError {
   override readonly exitCode: number = EXIT_CODES.usage;
+}
+
+/** `baton reexec` was refused: the new program does not take the state, or something is under way. */
+export class ReexecRefusedError extends BatonError {
+  override readonly exitCode: number = EXIT_CODES.reexecRefused;
 }
 
 /** A listener could not be bound (port in use, no permission, bad address). */

@@ -72,6 +72,48 @@ export class Generation {
     }));
   }
 
+  /**
+   * A generation the previous program of this master ran (a re-exec, supervisor/reexec.ts), in the
+   * state it had there; its workers are added by the caller.
+   */
+  static adopted(
+    carried: {
+      id: number;
+      version: string;
+      startedAt: number;
+      state: GenerationState;
+      activeAt?: number;
+      drainStartedAt?: number;
+      forced?: boolean;
+      slots: Array<{ restarts: number; consecutiveCrashes: number }>;
+      replacements?: Replacement[];
+    },
+    settings: MasterOptions | undefined,
+    config: ConfigLabel | undefined,
+    listeners: readonly InheritedListener[] | undefined,
+  ): Generation {
+    const generation = new Generation(
+      carried.id,
+      carried.version,
+      carried.slots.length,
+      carried.startedAt,
+      settings,
+      config,
+      listeners,
+    );
+    generation.#state = carried.state;
+    generation.#activeAt = carried.activeAt;
+    generation.drainStartedAt = carried.drainStartedAt;
+    generation.forced = carried.forced === true;
+    carried.slots.forEach((slot, index) => {
+      const mine = generation.slots[index] as Slot;
+      mine.restarts = slot.restarts;
+      mine.consecutiveCrashes = slot.consecutiveCrashes;
+    });
+    generation.replacements.push(...(carried.replacements ?? []));
+    return generation;
+  }
+
   get state(): GenerationState {
     return this.#state;
   }

@@ -64,6 +64,13 @@ export interface ConnectionInBatch {
   state: unknown;
 }
 
+/** A worker's handoff hooks as plain data: the listeners it hands off and adopts. */
+export interface CarriedHooks {
+  handsOff: string[];
+  adopts: string[];
+  fdChannel?: boolean;
+}
+
 /** The handoff messages a worker may send (child/handoff.ts), by kind. */
 export type HandoffMessage =
   | { kind: 'hooks'; hooks: HandoffHooks }
@@ -411,6 +418,43 @@ export class HandoffRelay {
     round.timer = this.ports.deadline(round, flushTimeoutMs + HANDOFF_SEND_GRACE_MS);
     this.advance(round);
     return round;
+  }
+
+  /** Whether a round is under way (a re-exec of the master waits for none). */
+  get busy(): boolean {
+    return this.rounds.some((round) => round.state !== 'finished') || this.inFlight.size > 0;
+  }
+
+  /** What `worker` said it hands off and adopts, as plain data (carried by a re-exec). */
+  hooksOf(worker: Worker): CarriedHooks | undefined {
+    const hooks = this.hooks.get(worker);
+    if (!hooks) return undefined;
+    return {
+      handsOff: [...hooks.handsOff],
+      adopts: [...hooks.adopts],
+      ...(hooks.fdChannel ? { fdChannel: true } : {}),
+    };
+  }
+
+  /** A worker adopted after a re-exec, with the hooks it had said it has. */
+  adoptHooks(worker: Worker, hooks: CarriedHooks): void {
+    this.hooks.set(worker, {
+      handsOff: new Set(hooks.handsOff),
+      adopts: new Set(hooks.adopts),
+      ...(hooks.fdChannel ? { fdChannel: true } : {}),
+    });
+  }
+
+  /** The totals of sessions moved, kept and failed (carried by a re-exec). */
+  get counts(): { moved: number; kept: number; failed: number } {
+    return { ...this.totals };
+  }
+
+  /** Counts carried from the previous program of this master. */
+  adoptCounts(counts: { moved: number; kept: number; failed: number }): void {
+    this.totals.moved += counts.moved;
+    this.totals.kept += counts.kept;
+    this.totals.failed += counts.failed;
   }
 
   /** Whether `worker` takes connections on its descriptor channel (it said so with its hooks). */

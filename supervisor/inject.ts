@@ -42,6 +42,12 @@ export function callerFacts(patch: PatchSource): { uid: number } | { uidUnknown:
   return patch.uid === undefined ? { uidUnknown: patch.uidUnknown ?? 'unknown' } : { uid: patch.uid };
 }
 
+/** A patch applied to a generation, with the source that restarted workers get again. */
+export interface CarriedPatch {
+  applied: AppliedPatch;
+  source?: PatchSource;
+}
+
 /** A patch a generation keeps, as `status` lists it. */
 export interface AppliedPatch {
   file: string;
@@ -144,6 +150,34 @@ export class InjectRelay {
   /** A worker said which names it exposes: it takes patches. */
   onExposed(worker: Worker, names: readonly string[]): void {
     this.exposed.set(worker, names);
+  }
+
+  /** Whether a patch round is under way (a re-exec of the master waits for none). */
+  get busy(): boolean {
+    return this.rounds.size > 0;
+  }
+
+  /** The names `worker` exposes, if it said so (carried by a re-exec). */
+  exposedBy(worker: Worker): readonly string[] | undefined {
+    return this.exposed.get(worker);
+  }
+
+  /** The patches of `generation` with their source, as plain data (carried by a re-exec). */
+  carry(generation: Generation): CarriedPatch[] {
+    return this.patchesOf(generation).map((applied) => {
+      const source = this.sources.get(applied);
+      return { applied: { ...applied }, ...(source ? { source: { ...source } } : {}) };
+    });
+  }
+
+  /** What the previous program of this master knew: the patches of an adopted generation, a worker's names. */
+  adopt(generation: Generation, patches: readonly CarriedPatch[]): void {
+    const applied = patches.map((patch) => {
+      const copy = { ...patch.applied };
+      if (patch.source) this.sources.set(copy, patch.source);
+      return copy;
+    });
+    if (applied.length > 0) this.patches.set(generation, applied);
   }
 
   /** The patches generation `generation` keeps, oldest first. */

@@ -6,6 +6,7 @@
  * koffi is loaded on first use only, so that a master that never needs these calls pays nothing.
  */
 import { createRequire } from 'node:module';
+import { constants as osConstants } from 'node:os';
 import { getSystemErrorName } from 'node:util';
 
 const AF_UNIX = 1;
@@ -79,6 +80,7 @@ function errnoName(errno: number): string {
 
 /** A bound AF_UNIX datagram socket that this process reads without blocking. */
 export interface DatagramSocket {
+  readonly fd: number;
   readonly path: string;
   /** The next datagram waiting, or undefined when none is. Never blocks. */
   receive(): Buffer | undefined;
@@ -100,9 +102,19 @@ export function bindDatagramSocket(path: string): DatagramSocket {
     c.close(fd);
     throw new SystemCallError('bind', errno, path);
   }
+  return datagramSocketAt(fd, path);
+}
+
+/**
+ * The datagram socket this process already holds at `fd`, bound at `path`: one a master carried across
+ * its re-exec (supervisor/reexec.ts).
+ */
+export function datagramSocketAt(fd: number, path: string): DatagramSocket {
+  const c = loadLibc();
   let open = true;
   const buffer = Buffer.alloc(DATAGRAM_MAX);
   return {
+    fd,
     path,
     receive() {
       if (!open) return undefined;
@@ -589,4 +601,50 @@ export function closeDescriptor(fd: number): void {
 
 function align8(length: number): number {
   return (length + 7) & ~7;
+}
+
+// ─── Children this process did not spawn: waitpid ─────────────────────────────────────────────────
+
+const WNOHANG = 1;
+const ECHILD = 10;
+
+/** How a child ended, as waitpid(2) reports it. */
+export interface ChildEnd {
+  exitCode: number | null;
+  signal: NodeJS.Signals | null;
+}
+
+let waitpidCall: ((pid: number, status: Int32Array, options: number) => number) | undefined;
+let waitErrno: (() => number) | undefined;
+
+/**
+ * Reaps child `pid` if it has ended, without blocking: how it ended, undefined while it runs, or
+ * 'not-a-child' (ECHILD: reaped already, or never this process's child). libuv reaps only the pids it
+ * spawned; a master re-executed by supervisor/reexec.ts reaps the workers it adopted with this.
+ */
+export function reapChild(pid: number): ChildEnd | undefined | 'not-a-child' {
+  if (!waitpidCall) {
+    const koffi = createRequire(import.meta.url)('koffi') as KoffiModule;
+    waitpidCall = koffi
+      .load('libc.so.6')
+      .func('int waitpid(int pid, _Out_ int *status, int options)') as typeof waitpidCall;
+    waitErrno = () => koffi.errno();
+  }
+  const status = new Int32Array(1);
+  const reaped = (waitpidCall as NonNullable<typeof waitpidCall>)(pid, status, WNOHANG);
+  if (reaped === 0) return undefined;
+  if (reaped < 0) {
+    const errno = (waitErrno as () => number)();
+    if (errno === ECHILD) return 'not-a-child';
+    throw new SystemCallError('waitpid', errno, String(pid));
+  }
+  return decodeWaitStatus(status[0] ?? 0);
+}
+
+/** A wait status (WIFEXITED, WEXITSTATUS, WTERMSIG) as Node's 'exit' event gives it. */
+export function decodeWaitStatus(status: number): ChildEnd {
+  const termSignal = status & 0x7f;
+  if (termSignal === 0) return { exitCode: (status >> 8) & 0xff, signal: null };
+  const name = Object.entries(osConstants.signals).find(([, number]) => number === termSignal)?.[0];
+  return { exitCode: null, signal: (name ?? 'SIGKILL') as NodeJS.Signals };
 }

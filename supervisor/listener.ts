@@ -29,6 +29,18 @@ export type ListenerKind = 'tcp' | 'udp' | 'unix';
 /** How long a stale-socket check waits for an answer on an existing Unix socket file. */
 const STALE_SOCKET_CHECK_MS = 1000;
 
+/** A listener as a re-exec of the master carries it: its descriptor and what it is. */
+export interface CarriedListener {
+  name: string;
+  kind: ListenerKind;
+  fd: number;
+  address: string;
+  port: number;
+  origin: 'bound' | 'inherited';
+  unixPath?: string;
+  anonymous?: boolean;
+}
+
 /** One named socket owned by the master. */
 export class Listener {
   state: ListenerState = 'bound';
@@ -51,6 +63,41 @@ export class Listener {
     readonly anonymous = false,
   ) {
     this.inode = socketInode(socket.fd);
+  }
+
+  /** What a re-exec of the master carries of this listener (supervisor/reexec.ts). */
+  carry(): CarriedListener {
+    return {
+      name: this.name,
+      kind: this.kind,
+      fd: this.fd,
+      address: this.address,
+      port: this.port,
+      origin: this.origin,
+      ...(this.unixPath ? { unixPath: this.unixPath } : {}),
+      ...(this.anonymous ? { anonymous: true } : {}),
+    };
+  }
+
+  /** A listener the previous program of this master held, at the same descriptor. */
+  static adopted(carried: CarriedListener): Listener {
+    const { fd } = carried;
+    const socket: BoundSocket = {
+      fd,
+      address: carried.address,
+      port: carried.port,
+      close: () => closeSync(fd),
+    };
+    const listener = new Listener(
+      carried.name,
+      carried.kind,
+      socket,
+      carried.origin,
+      carried.unixPath,
+      carried.anonymous === true,
+    );
+    listener.state = 'listening';
+    return listener;
   }
 
   /** This inherited socket under the name a `--listen` with its address gives it. */

@@ -11,8 +11,21 @@ import { readFileSync } from 'node:fs';
 export class SignalTarget {
   #mainPid: number | undefined;
 
-  /** `spawnedPid` leads its own process group (workers are spawned detached). */
-  constructor(readonly spawnedPid: number | undefined) {}
+  /**
+   * `spawnedPid` leads its own process group (workers are spawned detached); `mainPid`, what MAINPID=
+   * named before a re-exec of the master.
+   */
+  constructor(
+    readonly spawnedPid: number | undefined,
+    mainPid?: number,
+  ) {
+    this.#mainPid = mainPid;
+  }
+
+  /** The process MAINPID= named, if any. */
+  get mainPid(): number | undefined {
+    return this.#mainPid;
+  }
 
   /** The process that serves: the one MAINPID named, else the spawned one. */
   get pid(): number | undefined {

@@ -22,7 +22,7 @@ import {
 import { stopWait } from './decisions.js';
 import { type DryRunAnswer, DryRunner } from './dry-run.js';
 import { EXIT_CODES, type GenerationFailedError } from './errors.js';
-import type { Generation } from './generation.js';
+import { Generation } from './generation.js';
 import { connectionsInBatch, HandoffRelay, parseHandoffMessage } from './handoff.js';
 import { type InjectAnswer, InjectRelay, type InjectTarget, type PatchSource } from './inject.js';
 import type { Logger } from './log.js';
@@ -33,16 +33,26 @@ import type {
   MasterSnapshot,
   MasterState,
   Progress,
+  ReexecAnswer,
+  ReexecStep,
   ReloadAnswer,
 } from './model.js';
 import type { ListenSpec, MasterOptions } from './options.js';
 import type { Os } from './os.js';
 import { Readiness } from './readiness.js';
+import type {
+  BatonProgram,
+  CarriedConnection,
+  CarriedGeneration,
+  CarriedMaster,
+  CarriedWorker,
+  Trial,
+} from './reexec.js';
 import { SlotKeeper } from './slots.js';
 import { Spawner } from './spawn.js';
 import { Upgrade } from './upgrade.js';
 import { Watchdog } from './watchdog.js';
-import type { Worker } from './worker.js';
+import { Worker } from './worker.js';
 
 /** What a master needs from the world around it. */
 export interface MasterContext {
@@ -65,7 +75,27 @@ export interface MasterContext {
   readConfig?: (file: string | undefined) => StartSettings;
   /** Binds listeners a config reload adds (each logged as at the start); rejects with one line if one cannot be. */
   bindListeners?: (specs: ListenSpec[]) => Promise<InheritedListener[]>;
+  /** `baton reexec` (supervisor/reexec.ts); a master without it refuses one. */
+  reexec?: ReexecPorts;
 }
+
+/** What a re-exec needs beyond the master: the trial, the exec, and the program that runs now. */
+export interface ReexecPorts {
+  /** Tries `program` on the master's state now: its version, or a rejection with one line. */
+  tryProgram(program: string, master: CarriedMaster): Promise<Trial>;
+  /** Replaces the master's program (never returns), or throws with one line and changes nothing. */
+  execute(program: string, master: CarriedMaster, connections: CarriedConnection[]): never;
+  /** The program the master runs now, when the master started, and how many re-execs came before. */
+  program(): BatonProgram & { masterStartedAt: number; reexecs: number };
+  /** The entry point a re-exec runs for `asked` (an empty string: the one the master runs, as on disk now). */
+  resolveProgram(asked: string): string;
+}
+
+/** How long a re-exec waits for the messages sent to workers to be written. */
+export const REEXEC_FLUSH_MS = 2_000;
+
+type ReexecEvent = Extract<MasterEvent, { type: 'reexec' }>;
+type ReloadEvent = Extract<MasterEvent, { type: 'reload' }>;
 
 /**
  * A SIGINT this soon after the one that started the stop is the same Ctrl-C again (the terminal sends
@@ -105,6 +135,10 @@ export class Master implements ControlledMaster {
   /** A config reload waits for the listeners it adds to be bound. */
   private bindingListeners = false;
   private readonly followers = new Set<(progress: Progress) => void>();
+  /** The re-exec under way, if any. */
+  private reexecution: ReexecEvent | undefined;
+  /** Reloads asked during a re-exec: they wait for it. */
+  private readonly reloadsWaiting: ReloadEvent[] = [];
 
   private readonly spawner: Spawner;
   private readonly readiness: Readiness;
@@ -129,6 +163,11 @@ export class Master implements ControlledMaster {
       this.watchdog.start();
     },
     reload: (event) => {
+      if (this.reexecution) {
+        this.log.info({ source: event.source }, 'reload waits for the reexec under way');
+        this.reloadsWaiting.push(event);
+        return;
+      }
       const reply = event.reply ?? (() => {});
       if (event.config === undefined) reply(this.upgrade.onReload(event.source));
       else this.onConfigReload(event.config, event.source, reply);
@@ -178,6 +217,9 @@ export class Master implements ControlledMaster {
       this.dryRuns.on(event.event);
       this.finishIfStopped();
     },
+    reexec: (event) => this.onReexec(event),
+    'reexec-tried': (event) => this.onReexecTried(event.trial, event.error),
+    'reexec-flushed': () => this.onReexecFlushed(),
   };
 
   /** The IPC messages from workers (child/protocol.ts), each kind and the room that takes it. */
@@ -418,10 +460,16 @@ export class Master implements ControlledMaster {
       reloadQueued: this.upgrade.queued,
       ...(this.config ? { config: { ...this.config } } : {}),
       sessions: this.handoff.snapshot(),
+      ...(this.context.reexec ? { baton: this.batonProgram() } : {}),
       generations: this.upgrade.generations.map((generation) =>
         generation.snapshot(this.injections.patchesOf(generation)),
       ),
     };
+  }
+
+  private batonProgram(): NonNullable<MasterSnapshot['baton']> {
+    const { version, since, masterStartedAt, reexecs } = (this.context.reexec as ReexecPorts).program();
+    return { version, since, masterStartedAt, reexecs };
   }
 
   private kill(worker: Worker, signal: NodeJS.Signals): void {
@@ -651,6 +699,265 @@ export class Master implements ControlledMaster {
       },
       reply,
     );
+  }
+
+  // ---- reexec -------------------------------------------------------------
+
+  /**
+   * `baton reexec`: tries the new program on the state now; if it takes it, waits until every message
+   * sent to the workers is written, then carries the state and executes it (supervisor/reexec.ts).
+   * Refused, with one line, while anything is under way that cannot be carried: nothing changes.
+   */
+  private onReexec(event: ReexecEvent): void {
+    const ports = this.context.reexec;
+    const refused = ports
+      ? this.reexecution
+        ? 'a reexec is under way already'
+        : this.reexecBlocked()
+      : 'this master cannot re-execute itself';
+    if (refused !== undefined) {
+      this.log.warn({ source: event.source, program: event.program }, `reexec refused: ${refused}`);
+      event.reply?.({ outcome: 'refused', message: refused });
+      return;
+    }
+    const program = (ports as ReexecPorts).resolveProgram(event.program);
+    this.reexecution = { ...event, program };
+    const from = (ports as ReexecPorts).program().version;
+    this.log.info({ source: event.source, program, from }, 'reexec: trying the new program');
+    this.reexecStep({ step: 'trying', program, from });
+    let carried: CarriedMaster;
+    try {
+      carried = this.carry();
+    } catch (error) {
+      this.endReexec((error as Error).message);
+      return;
+    }
+    (ports as ReexecPorts).tryProgram(program, carried).then(
+      (trial) => this.dispatch({ type: 'reexec-tried', trial }),
+      (error: Error) => this.dispatch({ type: 'reexec-tried', error: error.message }),
+    );
+  }
+
+  private onReexecTried(trial: Trial | undefined, error: string | undefined): void {
+    if (!this.reexecution) return;
+    if (error !== undefined || !trial) {
+      this.endReexec(error ?? 'the new program said nothing');
+      return;
+    }
+    this.log.info({ version: trial.version, node: trial.node }, 'reexec: the new program takes the state');
+    this.reexecStep({ step: 'tried', version: trial.version, node: trial.node });
+    const blocked = this.reexecBlocked();
+    if (blocked !== undefined) {
+      this.endReexec(blocked);
+      return;
+    }
+    const written = this.upgrade.generations.flatMap((generation) =>
+      generation.liveWorkers.map((worker) => worker.process?.flushed?.() ?? Promise.resolve()),
+    );
+    const deadline = new Promise<void>((resolve) => this.context.os.setTimer(REEXEC_FLUSH_MS, resolve));
+    void Promise.race([Promise.all(written), deadline]).then(() => this.dispatch({ type: 'reexec-flushed' }));
+  }
+
+  private onReexecFlushed(): void {
+    const asked = this.reexecution;
+    if (!asked) return;
+    const blocked = this.reexecBlocked();
+    if (blocked !== undefined) {
+      this.endReexec(blocked);
+      return;
+    }
+    let carried: CarriedMaster;
+    const connections: CarriedConnection[] = [];
+    try {
+      carried = this.carry();
+      const own = asked.carry?.();
+      if (own) connections.push(own);
+      for (const waiting of this.reloadsWaiting) {
+        const connection = waiting.carry?.();
+        if (connection) connections.push(connection);
+        else carried.reloadsWaiting.push(waiting.source);
+      }
+    } catch (error) {
+      this.endReexec((error as Error).message);
+      return;
+    }
+    const workers = carried.generations.reduce((sum, generation) => sum + generation.workers.length, 0);
+    this.reexecStep({
+      step: 'executing',
+      workers,
+      listeners: carried.listeners.length,
+      connections: connections.length,
+    });
+    this.log.info(
+      { program: asked.program, workers, listeners: carried.listeners.length },
+      'reexec: state carried, executing the new program',
+    );
+    try {
+      (this.context.reexec as ReexecPorts).execute(asked.program, carried, connections);
+    } catch (error) {
+      this.endReexec((error as Error).message);
+    }
+  }
+
+  private reexecStep(step: ReexecStep): void {
+    this.reexecution?.progress?.(step);
+  }
+
+  /** The re-exec is over in this program (refused): the reloads that waited run now. */
+  private endReexec(refused: string): void {
+    const asked = this.reexecution;
+    this.reexecution = undefined;
+    this.log.warn({ program: asked?.program }, `reexec refused: ${refused}`);
+    asked?.reply?.({ outcome: 'refused', message: refused } satisfies ReexecAnswer);
+    for (const waiting of this.reloadsWaiting.splice(0)) this.dispatch(waiting);
+  }
+
+  /** Why a re-exec cannot be carried now (one line), or undefined when it can. */
+  private reexecBlocked(): string | undefined {
+    if (this.state !== 'running') return `the master is ${this.state}`;
+    const generations = this.upgrade.generations.filter((generation) => !generation.ended);
+    if (generations.some((generation) => generation.state === 'starting')) {
+      return 'a reload is under way: try again once it is over';
+    }
+    if (generations.some((generation) => generation.state === 'failed')) {
+      return 'a failed generation is still stopping: try again once its workers are gone';
+    }
+    if (this.bindingListeners) return 'a config reload is binding its listeners: try again once it has';
+    if (this.handoff.busy) return 'sessions are being handed off: try again once they are';
+    if (this.injections.busy) return 'a patch is being injected: try again once it is';
+    if (this.dryRuns.running) return 'a patch dry run is running: try again once it is over';
+    for (const generation of generations) {
+      for (const slot of generation.slots) {
+        if (generation.state === 'active' && !slot.current?.alive) {
+          return `worker ${slot.index} of generation ${generation.id} is being restarted: try again once it serves`;
+        }
+      }
+      for (const worker of generation.liveWorkers) {
+        if (worker.state === 'starting') {
+          return `worker ${worker.index} of generation ${generation.id} is starting: try again once it is ready`;
+        }
+        if (!worker.process?.carry?.()) {
+          return `worker ${worker.index} of generation ${generation.id} (pid ${worker.pid}) cannot be carried: it has no IPC channel`;
+        }
+      }
+    }
+    return undefined;
+  }
+
+  /** What the new program needs of this master's state (supervisor/reexec.ts). */
+  private carry(): CarriedMaster {
+    const listeners = [...this.heldListeners];
+    const indexOf = (listener: InheritedListener) => {
+      const index = listeners.indexOf(listener);
+      if (index < 0) throw new Error(`listener ${listener.name} is not held by the master any more`);
+      return index;
+    };
+    const generations = this.upgrade.generations
+      .filter(
+        (generation) =>
+          !generation.ended && (generation.state === 'active' || generation.state === 'draining'),
+      )
+      .map((generation): CarriedGeneration => {
+        const live = generation.liveWorkers;
+        const workers = live.map((worker): CarriedWorker => {
+          const process = worker.process?.carry?.();
+          if (!process) throw new Error(`worker ${worker.index} (pid ${worker.pid}) cannot be carried`);
+          const hooks = this.handoff.hooksOf(worker);
+          const exposed = this.injections.exposedBy(worker);
+          return {
+            index: worker.index,
+            state: worker.state === 'draining' ? 'draining' : 'ready',
+            startedAt: worker.startedAt,
+            ...(worker.readyAt === undefined ? {} : { readyAt: worker.readyAt }),
+            ...(worker.connections === undefined ? {} : { connections: worker.connections }),
+            ...(worker.lastWatchdogAt === undefined ? {} : { lastWatchdogAt: worker.lastWatchdogAt }),
+            ...(worker.status === undefined ? {} : { status: worker.status }),
+            process,
+            ...(hooks ? { hooks } : {}),
+            ...(exposed ? { exposed: [...exposed] } : {}),
+          };
+        });
+        return {
+          id: generation.id,
+          version: generation.version,
+          state: generation.state === 'draining' ? 'draining' : 'active',
+          startedAt: generation.startedAt,
+          ...(generation.activeAt === undefined ? {} : { activeAt: generation.activeAt }),
+          ...(generation.drainStartedAt === undefined ? {} : { drainStartedAt: generation.drainStartedAt }),
+          ...(generation.forced ? { forced: true } : {}),
+          ...(generation.settings ? { settings: generation.settings } : {}),
+          ...(generation.config ? { config: generation.config } : {}),
+          listeners: (generation.listeners ?? this.listeners).map(indexOf),
+          slots: generation.slots.map((slot) => {
+            const current = slot.current ? live.indexOf(slot.current) : -1;
+            return {
+              restarts: slot.restarts,
+              consecutiveCrashes: slot.consecutiveCrashes,
+              ...(current >= 0 ? { current } : {}),
+            };
+          }),
+          workers,
+          replacements: [...generation.replacements],
+          patches: this.injections.carry(generation),
+        };
+      });
+    return {
+      options: this.settings,
+      ...(this.config ? { config: this.config } : {}),
+      listeners: listeners.map((listener) => {
+        if (!listener.carry) throw new Error(`listener ${listener.name} cannot be carried`);
+        return listener.carry();
+      }),
+      current: this.listeners.map(indexOf),
+      generations,
+      nextGenerationId: this.upgrade.nextId,
+      ...(this.slots.scaled === undefined ? {} : { scaledWorkers: this.slots.scaled }),
+      sessions: this.handoff.counts,
+      reloadsWaiting: [],
+    };
+  }
+
+  /**
+   * Starts as the master the previous program was (a re-exec): its generations and workers adopted,
+   * `listeners` the carried ones opened again, in the carried order. Instead of the `start` event.
+   */
+  adopt(carried: CarriedMaster, listeners: readonly InheritedListener[]): void {
+    this.heldListeners.clear();
+    for (const listener of listeners) this.heldListeners.add(listener);
+    const at = (index: number) => listeners[index] as InheritedListener;
+    const generations = carried.generations.map((entry) => {
+      const generation = Generation.adopted(entry, entry.settings, entry.config, entry.listeners.map(at));
+      for (const carriedWorker of entry.workers) {
+        const worker = new Worker(generation.id, carriedWorker.index, carriedWorker.startedAt);
+        worker.state = carriedWorker.state;
+        worker.readyAt = carriedWorker.readyAt;
+        worker.connections = carriedWorker.connections;
+        worker.lastWatchdogAt = carriedWorker.lastWatchdogAt;
+        worker.status = carriedWorker.status;
+        generation.workers.push(worker);
+        this.spawner.adoptWorker(worker, carriedWorker.process);
+        if (carriedWorker.hooks) this.handoff.adoptHooks(worker, carriedWorker.hooks);
+        if (carriedWorker.exposed) this.injections.onExposed(worker, carriedWorker.exposed);
+      }
+      entry.slots.forEach((slot, index) => {
+        const mine = generation.slots[index];
+        if (mine && slot.current !== undefined) mine.current = generation.workers[slot.current];
+      });
+      this.injections.adopt(generation, entry.patches);
+      return generation;
+    });
+    this.upgrade.adopt(generations, carried.nextGenerationId);
+    if (carried.scaledWorkers !== undefined) this.slots.adoptScale(carried.scaledWorkers);
+    this.handoff.adoptCounts(carried.sessions);
+    this.state = 'running';
+    this.readiness.startSampling();
+    this.watchdog.start();
+    const workers = generations.reduce((sum, generation) => sum + generation.liveWorkers.length, 0);
+    this.log.info(
+      { generations: generations.map((generation) => generation.id), workers },
+      'reexec: workers adopted',
+    );
+    for (const source of carried.reloadsWaiting) this.dispatch({ type: 'reload', source });
   }
 
   // ---- stop ---------------------------------------------------------------

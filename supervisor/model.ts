@@ -9,6 +9,8 @@ import type { StartFailure } from './errors.js';
 import type { Generation } from './generation.js';
 import type { HandoffRound, SessionsMovedProgress, SessionsSnapshot } from './handoff.js';
 import type { AppliedPatch, InjectAnswer, InjectTarget, PatchSource } from './inject.js';
+import type { CarriedListener } from './listener.js';
+import type { CarriedConnection, Trial } from './reexec.js';
 import type { Worker } from './worker.js';
 
 /** Everything that can happen to a master. */
@@ -23,6 +25,8 @@ export type MasterEvent =
        */
       config?: true | string;
       reply?: (answer: ReloadAnswer) => void;
+      /** Where the asker is, should a re-exec of the master come first (the control client's connection). */
+      carry?: () => CarriedConnection | undefined;
     }
   /** The listeners a config reload adds are bound, or could not be (`error`, one line). */
   | {
@@ -65,7 +69,30 @@ export type MasterEvent =
     }
   | { type: 'inject-timeout'; round: number }
   | { type: 'inject-dry-run'; patch: PatchSource; source: string; reply?: (answer: DryRunAnswer) => void }
-  | { type: 'dry-run'; event: DryRunEvent };
+  | { type: 'dry-run'; event: DryRunEvent }
+  /** `baton reexec`: replace the master's program with `program` (supervisor/reexec.ts). */
+  | {
+      type: 'reexec';
+      program: string;
+      source: string;
+      progress?: (step: ReexecStep) => void;
+      reply?: (answer: ReexecAnswer) => void;
+      /** The asker's connection, for the new program to answer (the control client). */
+      carry?: () => CarriedConnection | undefined;
+    }
+  /** The new program's trial is over: what it said, or why it refused (one line). */
+  | { type: 'reexec-tried'; trial?: Trial; error?: string }
+  /** Every IPC message sent to a worker is written: the re-exec may go on. */
+  | { type: 'reexec-flushed' };
+
+/** A step of a re-exec, as `baton reexec` prints it. */
+export type ReexecStep =
+  | { step: 'trying'; program: string; from: string }
+  | { step: 'tried'; version: string; node: string }
+  | { step: 'executing'; workers: number; listeners: number; connections: number };
+
+/** How a re-exec ended, in the program that began it: refused (nothing changed). */
+export type ReexecAnswer = { outcome: 'refused'; message: string };
 
 /** What a reload request became: the generation that will carry it, or nothing while stopping. */
 export type ReloadAnswer =
@@ -147,6 +174,8 @@ export interface MasterSnapshot {
   generations: GenerationSnapshot[];
   /** Live session handoff: sessions moved, kept and failed, and the last rounds (docs/handoff.md). */
   sessions: SessionsSnapshot;
+  /** The baton this master runs, since when, and how many times it re-executed (`baton reexec`). */
+  baton?: { version: string; since: number; masterStartedAt: number; reexecs: number };
 }
 
 /** What a scale request became. */
@@ -170,6 +199,8 @@ export interface InheritedListener {
   /** Handed over without a name (systemd-socket-activate without --fdname): see `Listener.anonymous`. */
   readonly anonymous?: boolean;
   close(): void;
+  /** Its descriptor and what it is, for a re-exec of the master to carry (supervisor/reexec.ts). */
+  carry?(): CarriedListener;
 }
 
 /** The part of the master that the control socket and the metrics may touch. */

@@ -216,3 +216,79 @@ export function connectionFd(socket: net.Socket): number | undefined {
   const fd = handle?.fd;
   return typeof fd === 'number' && fd >= 0 ? fd : undefined;
 }
+
+/**
+ * The descriptor of a stream this process reads or writes (a child's stderr pipe, a server's socket),
+ * or undefined: what a re-exec of the master keeps open across execve (supervisor/reexec.ts).
+ *
+ * Why internal: as for `connectionFd`, the libuv handle behind a stream or server is the only place
+ * its descriptor is written.
+ */
+export function streamFd(stream: unknown): number | undefined {
+  return connectionFd(stream as net.Socket);
+}
+
+/** The longest IPC line kept while it is incomplete: longer ones are a stream out of step, dropped. */
+const IPC_LINE_MAX = 1024 * 1024;
+
+/**
+ * A worker's Node IPC channel (`serialization: 'json'`) that a re-executed master inherited as a bare
+ * descriptor: one JSON text per line each way, the format Node itself writes and reads. The worker's
+ * Node never sees the master change; the master keeps sending and receiving plain messages.
+ *
+ * Why internal: Node cannot reopen an inherited descriptor as a parent's IPC channel (only a child's,
+ * through NODE_CHANNEL_FD, at its start), so this speaks the wire format of
+ * lib/internal/child_process/serialization.js (json) directly. Node's own messages (`cmd: 'NODE_…'`,
+ * handles and their acknowledgements) are not spoken: a handle sent by the worker is dropped by the
+ * kernel here, so the master never asks an adopted worker for one (handoff goes on the descriptor
+ * channel). A line cut by the exec (the previous program had read its head) is not JSON and is dropped.
+ */
+export class InheritedIpcChannel {
+  private readonly socket: net.Socket;
+  private partial = '';
+
+  constructor(
+    readonly fd: number,
+    onMessage: (message: unknown) => void,
+    onClose: () => void,
+  ) {
+    this.socket = new net.Socket({ fd, readable: true, writable: true });
+    this.socket.setEncoding('utf8');
+    this.socket.on('data', (chunk: string) => {
+      const lines = (this.partial + chunk).split('\n');
+      this.partial = lines.pop() ?? '';
+      if (this.partial.length > IPC_LINE_MAX) this.partial = '';
+      for (const line of lines) {
+        let message: unknown;
+        try {
+          message = JSON.parse(line);
+        } catch {
+          continue;
+        }
+        const cmd = (message as { cmd?: unknown } | null)?.cmd;
+        if (typeof cmd === 'string' && cmd.startsWith('NODE_')) continue;
+        onMessage(message);
+      }
+    });
+    this.socket.on('error', () => {});
+    this.socket.on('close', onClose);
+  }
+
+  /** Sends one message; `onSent` runs once it is written, or with the error. */
+  send(message: object, onSent: (error: Error | null) => void): void {
+    if (this.socket.destroyed || !this.socket.writable) {
+      onSent(new Error('the IPC channel is closed'));
+      return;
+    }
+    this.socket.write(`${JSON.stringify(message)}\n`, (error) => onSent(error ?? null));
+  }
+
+  /** Bytes written and not yet in the kernel. */
+  get pendingBytes(): number {
+    return this.socket.writableLength;
+  }
+
+  close(): void {
+    this.socket.destroy();
+  }
+}

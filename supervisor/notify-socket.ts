@@ -12,7 +12,7 @@
 import { chmodSync, chownSync, mkdtempSync, rmSync, unlinkSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
-import { bindDatagramSocket, type DatagramSocket, UNIX_PATH_MAX } from './linux.js';
+import { bindDatagramSocket, type DatagramSocket, datagramSocketAt, UNIX_PATH_MAX } from './linux.js';
 
 /** How often the socket of a worker that has not said READY=1 yet is read, in its first EAGER_WINDOW_MS. */
 export const FAST_READ_MS = 20;
@@ -29,6 +29,8 @@ export const SLOW_READ_MS = 250;
 export interface NotifyChannel {
   /** The socket's path, for the worker's NOTIFY_SOCKET. */
   readonly path: string;
+  /** The socket's descriptor in the master (carried across a re-exec, supervisor/reexec.ts). */
+  readonly fd: number;
   /** Reads what is waiting now, then closes the socket and removes its file. */
   close(): void;
 }
@@ -74,14 +76,44 @@ export class NotifySockets {
       socket.close();
       throw error;
     }
+    return this.watch(socket, onLine, Date.now() + EAGER_WINDOW_MS, owner.watchdogMs);
+  }
+
+  /**
+   * The channel of a worker that a re-executed master adopts: its socket, still bound at `socketPath`
+   * in the previous program's folder (which this one now owns and removes at its exit).
+   */
+  adoptChannel(
+    fd: number,
+    socketPath: string,
+    watchdogMs: number | undefined,
+    onLine: (line: string) => void,
+  ): NotifyChannel {
+    if (!this.folder) {
+      this.folder = path.dirname(socketPath);
+      process.once('exit', () => this.closeAll());
+    }
+    const id = Number(path.basename(socketPath));
+    if (Number.isInteger(id) && id >= this.nextId) this.nextId = id + 1;
+    return this.watch(datagramSocketAt(fd, socketPath), onLine, 0, watchdogMs);
+  }
+
+  private watch(
+    socket: DatagramSocket,
+    onLine: (line: string) => void,
+    eagerUntil: number,
+    watchdogMs: number | undefined,
+  ): NotifyChannel {
+    const socketPath = socket.path;
     this.open.set(socket, {
       onLine,
-      eagerUntil: Date.now() + EAGER_WINDOW_MS,
-      slowMs: Math.max(FAST_READ_MS, Math.min(SLOW_READ_MS, Math.floor((owner.watchdogMs ?? Infinity) / 4))),
+      eagerUntil,
+      slowMs: Math.max(FAST_READ_MS, Math.min(SLOW_READ_MS, Math.floor((watchdogMs ?? Infinity) / 4))),
     });
     this.schedule();
     return {
       path: socketPath,
+      fd: socket.fd,
       close: () => {
         if (!this.open.has(socket)) return;
         this.read(socket);

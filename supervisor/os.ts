@@ -5,13 +5,14 @@
  */
 import { type ChildProcess, spawn } from 'node:child_process';
 import { accessSync, constants as fsConstants, statSync } from 'node:fs';
+import net from 'node:net';
 import path from 'node:path';
 import type { Readable } from 'node:stream';
 import { CommandNotFoundError } from './errors.js';
 import { type Batch, BatchInbox, BatchOutbox, FD_CHANNEL_ENV, FdChannel } from './fd-channel.js';
-import { closeDescriptor } from './linux.js';
+import { type ChildEnd, closeDescriptor, reapChild } from './linux.js';
 import { SignalTarget } from './main-pid.js';
-import { type RawSocketHandle, sendRawHandle } from './node-internals.js';
+import { InheritedIpcChannel, type RawSocketHandle, sendRawHandle, streamFd } from './node-internals.js';
 import { type NotifyChannel, NotifySockets } from './notify-socket.js';
 import {
   connectionCountFallback,
@@ -76,6 +77,27 @@ export interface WorkerProcess {
   send?(message: object, handle: RawSocketHandle | undefined, onSent: (error: Error | null) => void): void;
   /** The master's end of the worker's descriptor channel, where it has one (supervisor/fd-channel.ts). */
   readonly descriptors?: DescriptorLink;
+  /**
+   * The pids and the master's descriptors of this worker, for a re-exec of the master to carry
+   * (supervisor/reexec.ts); undefined once it is gone or where it cannot be carried (no IPC channel).
+   */
+  carry?(): CarriedProcess | undefined;
+  /** Resolves once every IPC message sent so far is written (a re-exec must not cut one in half). */
+  flushed?(): Promise<void>;
+}
+
+/** A worker's process as a re-exec of the master carries it: pids, and the master's descriptors. */
+export interface CarriedProcess {
+  /** The pid the master spawned: the master's child, leader of the worker's process group. */
+  pid: number;
+  /** The process that serves, where MAINPID= named another (a server behind a wrapper). */
+  mainPid?: number;
+  /** The master's end of the worker's Node IPC channel (json serialization). */
+  ipcFd: number;
+  stderrFd?: number;
+  notifyPipeFd?: number;
+  notifySocket?: { fd: number; path: string; watchdogMs?: number };
+  fdChannelFd?: number;
 }
 
 /** A relayed connection as it travels in a batch of the descriptor channel, next to its descriptor. */
@@ -104,6 +126,11 @@ export interface TimerHandle {
 /** The master's whole view of the operating system. */
 export interface Os {
   spawnWorker(request: SpawnRequest, callbacks: WorkerCallbacks): WorkerProcess;
+  /**
+   * A worker the previous program of this master spawned (a re-exec, supervisor/reexec.ts): its
+   * descriptors are this process's now; its exit is reaped here, since libuv waits only for its own.
+   */
+  adoptWorker?(carried: CarriedProcess, callbacks: WorkerCallbacks): WorkerProcess;
   resolveCommand(command: string, env: Record<string, string | undefined>, cwd: string): string;
   /** Whether process `pid` waits for connections on a socket with one of these inodes (see proc.ts). */
   pollsListeners(pid: number, inodes: ReadonlySet<number>): boolean;
@@ -287,6 +314,7 @@ export const realOs: Os = {
     // Each message arrives here once, in the order the worker sent it, with its handle if any (a
     // handed-off connection).
     child.on('message', (message: unknown, handle: unknown) => callbacks.onMessage(message, handle));
+    const sends = new PendingSends();
     const inbox = fdChannel && new BatchInbox(fdChannel.channel);
     const outbox =
       fdChannel &&
@@ -295,10 +323,11 @@ export const realOs: Os = {
         (batch, entries) =>
           new Promise((resolve, reject) => {
             const notice = { baton: 'adopt-batch', batch, relays: entries.map((entry) => entry.relay) };
+            const done = sends.add((error) => (error ? reject(error) : resolve()));
             try {
-              child.send(notice, (error) => (error ? reject(error) : resolve()));
+              child.send(notice, done);
             } catch (error) {
-              reject(error);
+              done(error instanceof Error ? error : new Error(String(error)));
             }
           }),
       );
@@ -340,15 +369,162 @@ export const realOs: Os = {
           }
         }),
       send: (message, handle, onSent) => {
+        const done = sends.add(onSent);
         if (handle) {
-          sendRawHandle(child, message, handle, onSent);
+          sendRawHandle(child, message, handle, done);
           return;
         }
         try {
-          child.send(message, onSent);
+          child.send(message, done);
         } catch (error) {
-          onSent(error instanceof Error ? error : new Error(String(error)));
+          done(error instanceof Error ? error : new Error(String(error)));
         }
+      },
+      flushed: () => sends.flushed(),
+      carry: () => {
+        const ipcFd = (child.channel as { fd?: number } | null | undefined)?.fd;
+        if (exited || child.pid === undefined || ipcFd === undefined) return undefined;
+        const stderrFd = streamFd(child.stderr);
+        const notifyPipeFd = notify ? streamFd(notify) : undefined;
+        const watchdogUs = Number(request.env.WATCHDOG_USEC);
+        return {
+          pid: child.pid,
+          ...(signals.mainPid === undefined ? {} : { mainPid: signals.mainPid }),
+          ipcFd,
+          ...(stderrFd === undefined ? {} : { stderrFd }),
+          ...(notifyPipeFd === undefined ? {} : { notifyPipeFd }),
+          ...(notifyChannel
+            ? {
+                notifySocket: {
+                  fd: notifyChannel.fd,
+                  path: notifyChannel.path,
+                  ...(watchdogUs > 0 ? { watchdogMs: watchdogUs / 1000 } : {}),
+                },
+              }
+            : {}),
+          ...(fdChannel ? { fdChannelFd: fdChannel.channel.fd } : {}),
+        };
+      },
+    };
+  },
+
+  adoptWorker(carried, callbacks) {
+    const signals = new SignalTarget(carried.pid, carried.mainPid);
+    const notified = (line: string) => {
+      signals.onNotify(line);
+      callbacks.onNotify(line);
+    };
+    const sends = new PendingSends();
+    const ipc = new InheritedIpcChannel(
+      carried.ipcFd,
+      (message) => callbacks.onMessage(message),
+      () => {},
+    );
+    // The streams still open: the exit is reported once they have been read to the end, as 'close' is.
+    const streams: net.Socket[] = [];
+    const stderr = carried.stderrFd === undefined ? undefined : readOnlySocket(carried.stderrFd);
+    if (stderr) {
+      stderr.on('data', (chunk: Buffer) => callbacks.onStderr(chunk));
+      streams.push(stderr);
+    }
+    const notify = carried.notifyPipeFd === undefined ? undefined : readOnlySocket(carried.notifyPipeFd);
+    if (notify) {
+      readNotifyLines(notify, { ...callbacks, onNotify: notified });
+      streams.push(notify);
+    }
+    const socket = carried.notifySocket;
+    const notifyChannel =
+      socket && notifySockets.adoptChannel(socket.fd, socket.path, socket.watchdogMs, notified);
+    const channel = carried.fdChannelFd === undefined ? undefined : new FdChannel(carried.fdChannelFd);
+    const inbox = channel && new BatchInbox(channel);
+    const outbox =
+      channel &&
+      new BatchOutbox<AdoptEntry>(
+        channel,
+        (batch, entries) =>
+          new Promise((resolve, reject) => {
+            const notice = { baton: 'adopt-batch', batch, relays: entries.map((entry) => entry.relay) };
+            ipc.send(
+              notice,
+              sends.add((error) => (error ? reject(error) : resolve())),
+            );
+          }),
+      );
+    let exited = false;
+    const finish = (end: ChildEnd) => {
+      if (exited) return;
+      exited = true;
+      inbox?.close();
+      notifyChannel?.close();
+      ipc.close();
+      for (const stream of streams) stream.destroy();
+      killLeftovers(carried.pid);
+      callbacks.onExit(end.exitCode, end.signal);
+    };
+    adoptedChildren.watch(carried.pid, (end) => {
+      // Its last stderr and notify lines first, as 'close' waits for them; a grandchild holding a pipe
+      // open does not hold the exit back for more than a moment.
+      const open = streams.filter((stream) => !stream.closed);
+      if (open.length === 0) {
+        finish(end);
+        return;
+      }
+      const grace = setTimeout(() => finish(end), STREAM_END_GRACE_MS);
+      let left = open.length;
+      for (const stream of open) {
+        stream.once('close', () => {
+          left--;
+          if (left === 0) {
+            clearTimeout(grace);
+            finish(end);
+          }
+        });
+      }
+    });
+    return {
+      get pid() {
+        return signals.pid;
+      },
+      ...(inbox && outbox
+        ? {
+            descriptors: {
+              take: (id: number) => inbox.take(id),
+              send: (entry: AdoptEntry, fd: number) => outbox.send(entry, fd),
+            },
+          }
+        : {}),
+      kill: (signal) =>
+        signals.kill(signal, (toSpawned) => {
+          if (exited) return false;
+          try {
+            process.kill(carried.pid, toSpawned);
+            return true;
+          } catch {
+            return false;
+          }
+        }),
+      send: (message, handle, onSent) => {
+        if (handle) {
+          // Node's handle messages are not spoken on an inherited channel (node-internals.ts).
+          onSent(new Error('an adopted worker takes connections on its descriptor channel only'));
+          return;
+        }
+        ipc.send(message, sends.add(onSent));
+      },
+      flushed: () => sends.flushed(),
+      carry: () => {
+        if (exited) return undefined;
+        const stderrFd = stderr && !stderr.closed ? streamFd(stderr) : undefined;
+        const notifyPipeFd = notify && !notify.closed ? streamFd(notify) : undefined;
+        return {
+          pid: carried.pid,
+          ...(signals.mainPid === undefined ? {} : { mainPid: signals.mainPid }),
+          ipcFd: carried.ipcFd,
+          ...(stderrFd === undefined ? {} : { stderrFd }),
+          ...(notifyPipeFd === undefined ? {} : { notifyPipeFd }),
+          ...(socket && notifyChannel ? { notifySocket: socket } : {}),
+          ...(channel && !channel.failed ? { fdChannelFd: channel.fd } : {}),
+        };
       },
     };
   },
@@ -382,6 +558,85 @@ export const realOs: Os = {
     return { cancel: () => clearTimeout(timer) };
   },
 };
+
+/** How long an adopted worker's exit waits for its stderr and notify pipe to end. */
+const STREAM_END_GRACE_MS = 1_000;
+
+/** A pipe this process only reads, inherited as a bare descriptor. */
+function readOnlySocket(fd: number): net.Socket {
+  const socket = new net.Socket({ fd, readable: true, writable: false });
+  socket.on('error', () => {});
+  return socket;
+}
+
+/** IPC messages handed to Node and not yet written: a re-exec waits for none to be left. */
+class PendingSends {
+  private count = 0;
+  private waiting: Array<() => void> = [];
+
+  /** `onSent`, counted until it runs. */
+  add(onSent: (error: Error | null) => void): (error: Error | null) => void {
+    this.count++;
+    let called = false;
+    return (error) => {
+      if (called) return;
+      called = true;
+      this.count--;
+      if (this.count === 0) for (const resolve of this.waiting.splice(0)) resolve();
+      onSent(error);
+    };
+  }
+
+  flushed(): Promise<void> {
+    if (this.count === 0) return Promise.resolve();
+    return new Promise((resolve) => this.waiting.push(resolve));
+  }
+}
+
+/**
+ * The workers this master adopted and must reap itself (libuv reaps only what it spawned): waitpid on
+ * each at every SIGCHLD, and on a slow timer in case a signal was merged or came before the handler.
+ */
+class AdoptedChildren {
+  private readonly watched = new Map<number, (end: ChildEnd) => void>();
+  private timer: NodeJS.Timeout | undefined;
+  private readonly onSignal = () => this.reap();
+
+  watch(pid: number, onEnd: (end: ChildEnd) => void): void {
+    this.watched.set(pid, onEnd);
+    if (!this.timer) {
+      process.on('SIGCHLD', this.onSignal);
+      this.timer = setInterval(() => this.reap(), ADOPTED_REAP_MS);
+      this.timer.unref();
+    }
+    // It may have exited while the master was re-executing: reaped now.
+    queueMicrotask(() => this.reap());
+  }
+
+  private reap(): void {
+    for (const [pid, onEnd] of [...this.watched]) {
+      let end: ChildEnd | undefined | 'not-a-child';
+      try {
+        end = reapChild(pid);
+      } catch {
+        continue;
+      }
+      if (end === undefined) continue;
+      this.watched.delete(pid);
+      onEnd(end === 'not-a-child' ? { exitCode: null, signal: null } : end);
+    }
+    if (this.watched.size === 0 && this.timer) {
+      clearInterval(this.timer);
+      this.timer = undefined;
+      process.off('SIGCHLD', this.onSignal);
+    }
+  }
+}
+
+/** How often adopted workers are checked for an exit besides SIGCHLD. */
+const ADOPTED_REAP_MS = 500;
+
+const adoptedChildren = new AdoptedChildren();
 
 /** SIGKILL to what is left of an exited worker's process group, if anything is. */
 function killLeftovers(pid: number): void {

@@ -48,6 +48,16 @@ export class SlotKeeper {
     return this.scaledWorkers ?? this.ports.options.workers;
   }
 
+  /** Workers per generation as `scale` set it, if it did (carried by a re-exec). */
+  get scaled(): number | undefined {
+    return this.scaledWorkers;
+  }
+
+  /** The scale the previous program of this master had set. */
+  adoptScale(workers: number): void {
+    this.scaledWorkers = workers;
+  }
+
   private get log(): Logger {
     return this.ports.logger;
   }

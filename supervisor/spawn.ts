@@ -8,7 +8,7 @@ import type { Generation } from './generation.js';
 import type { Logger } from './log.js';
 import type { InheritedListener, MasterEvent } from './model.js';
 import type { MasterOptions } from './options.js';
-import { notifyFd, type Os, type SpawnRequest } from './os.js';
+import { type CarriedProcess, notifyFd, type Os, type SpawnRequest, type WorkerCallbacks } from './os.js';
 import { type ListenerDescription, preloadEnv } from './unmodified.js';
 import { Worker } from './worker.js';
 
@@ -157,22 +157,39 @@ export class Spawner {
   spawnWorker(generation: Generation, slotIndex: number, command: string): Worker | undefined {
     const slot = generation.slots[slotIndex];
     if (!slot) return undefined;
-    const { os, dispatch } = this.ports;
+    const { os } = this.ports;
     const worker = new Worker(generation.id, slotIndex, os.now());
     slot.current = worker;
     generation.workers.push(worker);
-    worker.process = os.spawnWorker(this.request(command, generation, slotIndex), {
+    worker.process = os.spawnWorker(this.request(command, generation, slotIndex), this.callbacksOf(worker));
+    this.ports.logger.debug({ gen: generation.id, worker: slotIndex, pid: worker.pid }, 'worker spawned');
+    return worker;
+  }
+
+  /**
+   * Takes on `worker`, which the previous program of this master spawned (a re-exec,
+   * supervisor/reexec.ts): its process is adopted with the descriptors carried, its events wired as a
+   * spawned worker's. False when this OS cannot adopt.
+   */
+  adoptWorker(worker: Worker, carried: CarriedProcess): boolean {
+    const { os } = this.ports;
+    if (!os.adoptWorker) return false;
+    worker.process = os.adoptWorker(carried, this.callbacksOf(worker));
+    return true;
+  }
+
+  private callbacksOf(worker: Worker): WorkerCallbacks {
+    const { dispatch } = this.ports;
+    return {
       onMessage: (message, handle) => dispatch({ type: 'worker-message', worker, message, handle }),
       onNotify: (line) => dispatch({ type: 'worker-notified', worker, line }),
       onWarning: (message) =>
-        this.ports.logger.warn({ gen: generation.id, worker: slotIndex, pid: worker.pid }, message),
+        this.ports.logger.warn({ gen: worker.generation, worker: worker.index, pid: worker.pid }, message),
       onStderr: (chunk) => {
         worker.stderr.push(chunk);
         this.ports.writeStderr(chunk);
       },
       onExit: (exitCode, signal) => dispatch({ type: 'worker-exited', worker, exitCode, signal }),
-    });
-    this.ports.logger.debug({ gen: generation.id, worker: slotIndex, pid: worker.pid }, 'worker spawned');
-    return worker;
+    };
   }
 }

@@ -2,6 +2,7 @@
  * `baton start`: bind the listeners, start the master, route signals and the
  * control socket to it, and return the exit code once it has stopped.
  */
+import { rmSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { ConfigLabel, StartSettings } from './config.js';
@@ -11,13 +12,26 @@ import type { ControlSettings } from './control/socket-path.js';
 import { livePids } from './control/status.js';
 import { UsageSampler } from './control/usage.js';
 import { closeLeakedDescriptors } from './descriptors.js';
-import { inheritedListeners, type Listener, openListeners } from './listener.js';
+import { inheritedListeners, Listener, openListeners } from './listener.js';
 import type { Logger } from './log.js';
-import { Master } from './master.js';
+import { Master, type ReexecPorts } from './master.js';
 import type { MasterEvent } from './model.js';
 import type { ListenSpec, MasterOptions } from './options.js';
 import { realOs } from './os.js';
 import { pid1Warning } from './pid1.js';
+import {
+  type BatonProgram,
+  type CarriedConnection,
+  type CarriedMaster,
+  type CarriedState,
+  carriedDescriptors,
+  executeProgram,
+  ownEntry,
+  ownVersion,
+  STATE_FORMAT,
+  tryProgram,
+  writeState,
+} from './reexec.js';
 import { routeSignals } from './signals.js';
 import { PRELOAD_URL } from './unmodified.js';
 import { checkExecutableBy, findAccessBlock } from './users.js';
@@ -33,12 +47,18 @@ export async function runMaster(
     failureOnStderr = false,
     config,
     readConfig,
+    start,
+    carried,
   }: {
     /** Also say why the first generation failed as one `baton: …` line on stderr (JSON logs go to stdout). */
     failureOnStderr?: boolean;
     /** The config file the options came from, and how to read it again (SIGHUP). */
     config?: ConfigLabel;
     readConfig?: (file: string | undefined) => StartSettings;
+    /** How the master was started, for `baton reexec` to carry; a master without it cannot re-execute. */
+    start?: CarriedState['start'];
+    /** The state the previous program of this master carried (`baton reexec`): resumed, not started. */
+    carried?: CarriedState;
   } = {},
 ): Promise<number> {
   // Signals first: one that comes while the listeners are being opened is queued, not fatal
@@ -50,30 +70,36 @@ export async function runMaster(
   const unrouteSignals = routeSignals((event) => dispatch(event));
   const env = process.env;
   const cwd = process.cwd();
-  const ipcFd = (process.channel as { fd?: number } | undefined)?.fd;
-  // Sockets handed over by systemd (LISTEN_FDS) are kept and served; anything else inherited is closed.
-  const inherited = inheritedListeners(env, process.pid);
-  const keep = new Set([
-    ...inherited.map((listener) => listener.fd),
-    ...(ipcFd === undefined ? [] : [ipcFd]),
-  ]);
-  const leaked = closeLeakedDescriptors(keep);
-  if (leaked.length > 0) logger.debug({ fds: leaked }, 'inherited descriptors closed');
-  // Fail before binding anything when the command cannot run.
-  // Where and with what PATH the workers will run it (a config file may give both).
-  const resolved = realOs.resolveCommand(options.command, { ...env, ...options.env }, options.cwd ?? cwd);
-  if (options.uid !== undefined) {
-    checkExecutableBy(options.command, resolved, options.uid, options.gid ?? process.getgid?.() ?? 0);
+  if (!carried) {
+    const ipcFd = (process.channel as { fd?: number } | undefined)?.fd;
+    // Sockets handed over by systemd (LISTEN_FDS) are kept and served; anything else inherited is closed.
+    const inherited = inheritedListeners(env, process.pid);
+    const keep = new Set([
+      ...inherited.map((listener) => listener.fd),
+      ...(ipcFd === undefined ? [] : [ipcFd]),
+    ]);
+    const leaked = closeLeakedDescriptors(keep);
+    if (leaked.length > 0) logger.debug({ fds: leaked }, 'inherited descriptors closed');
+    // Fail before binding anything when the command cannot run.
+    // Where and with what PATH the workers will run it (a config file may give both).
+    const resolved = realOs.resolveCommand(options.command, { ...env, ...options.env }, options.cwd ?? cwd);
+    if (options.uid !== undefined) {
+      checkExecutableBy(options.command, resolved, options.uid, options.gid ?? process.getgid?.() ?? 0);
+    }
+    if (options.versionFile) checkVersionFile(path.resolve(cwd, options.versionFile));
   }
-  const masterOptions = withReachablePreload(options, logger);
+  // A resumed master checked all of this in its first program, and must not fail now: it serves.
+  const masterOptions = carried ? options : withReachablePreload(options, logger);
   // A re-read file goes through the same check as the start's settings.
   const reachable = (read: StartSettings): StartSettings => ({
     ...read,
     options: withReachablePreload(read.options, logger),
   });
-  if (options.versionFile) checkVersionFile(path.resolve(cwd, options.versionFile));
-  const { staleRemoved } = await prepareControlPath(control.path);
-  const listeners = await openListeners(options.listen, inherited);
+  const { staleRemoved } = carried ? { staleRemoved: false } : await prepareControlPath(control.path);
+  const held = carried?.master.listeners.map((listener) => Listener.adopted(listener));
+  const listeners = held
+    ? (carried as CarriedState).master.current.map((index) => held[index] as Listener)
+    : await openListeners(options.listen, inheritedListeners(env, process.pid));
   const logBound = (bound: readonly Listener[]) => {
     for (const listener of bound) {
       logger.info(
@@ -89,8 +115,51 @@ export async function runMaster(
     }
     return bound;
   };
-  logBound(listeners);
+  if (!carried) logBound(listeners);
+  const programs: BatonProgram[] = [
+    ...(carried?.programs ?? []),
+    { version: ownVersion(), entry: ownEntry(), since: Date.now() },
+  ];
+  const masterStartedAt = carried?.masterStartedAt ?? Date.now();
+  let controlServer: ControlServer | undefined;
+  const stateOf = (master: CarriedMaster, connections: CarriedConnection[]): CarriedState => {
+    const controlFd = controlServer?.fd;
+    if (!start || controlFd === undefined) throw new Error('this master cannot carry its control socket');
+    return {
+      format: STATE_FORMAT,
+      pid: process.pid,
+      masterStartedAt,
+      programs,
+      start,
+      master,
+      controlFd,
+      history: controlServer?.historyRecords() ?? [],
+      connections,
+    };
+  };
+  const stateFile = () => `${control.path}.reexec-${Date.now()}.json`;
+  const reexec: ReexecPorts = {
+    program: () => ({ ...(programs.at(-1) as BatonProgram), masterStartedAt, reexecs: programs.length - 1 }),
+    resolveProgram: programPath,
+    async tryProgram(program, carriedMaster) {
+      const file = stateFile();
+      writeState(file, stateOf(carriedMaster, []));
+      try {
+        return await tryProgram(program, file);
+      } finally {
+        rmSync(file, { force: true });
+      }
+    },
+    execute(program, carriedMaster, connections) {
+      const state = stateOf(carriedMaster, connections);
+      const file = stateFile();
+      writeState(file, state);
+      logger.flush?.();
+      return executeProgram(program, file, carriedDescriptors(state));
+    },
+  };
   const master = new Master(masterOptions, {
+    ...(start ? { reexec } : {}),
     os: realOs,
     logger,
     listeners,
@@ -117,23 +186,54 @@ export async function runMaster(
       }
     };
   }
-  const controlServer = await ControlServer.listen({ master, logger, ...control, staleRemoved, usage });
+  controlServer = await ControlServer.listen({
+    master,
+    logger,
+    ...control,
+    staleRemoved,
+    usage,
+    ...(carried
+      ? {
+          fd: carried.controlFd,
+          resumed: { from: carried.programs.at(-1)?.version ?? 'unknown' },
+          adoptHistory: (history) =>
+            history.adopt(
+              carried.history,
+              new Set(
+                carried.master.generations
+                  .filter((generation) => generation.state === 'draining')
+                  .map((generation) => generation.id),
+              ),
+              carried.master.generations.find((generation) => generation.state === 'active')?.id,
+            ),
+        }
+      : {}),
+  });
   // prom-client weighs about 20 MB: loaded only by a master that serves metrics.
   const metrics =
     options.metrics &&
     (await (await import('./metrics.js')).MetricsServer.listen(options.metrics, master, logger, usage));
-  logger.info(
-    {
-      masterPid: process.pid,
-      command: options.command,
-      workers: options.workers,
-      ...(config ? { config: config.path, hash: config.hash } : {}),
-    },
-    'master started',
-  );
+  if (!carried) {
+    logger.info(
+      {
+        masterPid: process.pid,
+        command: options.command,
+        workers: options.workers,
+        ...(config ? { config: config.path, hash: config.hash } : {}),
+      },
+      'master started',
+    );
+  }
   const pid1 = pid1Warning(process.pid);
   if (pid1) logger.warn({ masterPid: process.pid }, pid1);
-  master.dispatch({ type: 'start' });
+  if (carried) {
+    const from = carried.programs.at(-1)?.version ?? 'unknown';
+    logger.info({ masterPid: process.pid, from, version: ownVersion() }, 'reexec: the new program runs');
+    master.adopt(carried.master, held as Listener[]);
+    for (const connection of carried.connections) controlServer.resume(connection);
+  } else {
+    master.dispatch({ type: 'start' });
+  }
   dispatch = (event) => master.dispatch(event);
   for (const event of early.splice(0)) master.dispatch(event);
   const watched = options.watch ?? [];
@@ -152,13 +252,18 @@ export async function runMaster(
   const exitCode = await master.finished;
   stopWatching();
   unrouteSignals();
-  await controlServer.close();
+  await controlServer?.close();
   await metrics?.close();
   if (master.startError) {
     logger.error({ exitCode }, master.startError.message);
     if (failureOnStderr) process.stderr.write(`baton: ${master.startError.message}\n`);
   }
   return exitCode;
+}
+
+/** The program a re-exec runs: the one named, else the entry this master runs now (the baton on disk). */
+function programPath(program: string): string {
+  return program === '' ? path.resolve(process.argv[1] ?? ownEntry()) : program;
 }
 
 /**

@@ -156,6 +156,33 @@ export class Upgrade {
     return { outcome: decision === 'queue' ? 'queued' : 'joined', generation: this.nextGenerationId };
   }
 
+  /** The id the next generation gets. */
+  get nextId(): number {
+    return this.nextGenerationId;
+  }
+
+  /**
+   * Takes on the generations the previous program of this master ran (a re-exec,
+   * supervisor/reexec.ts), their workers adopted: each draining one gets what is left of its drain
+   * deadline; the next generation is numbered on from theirs.
+   */
+  adopt(generations: readonly Generation[], nextId: number): void {
+    this.generations.push(...generations);
+    this.nextGenerationId = Math.max(nextId, ...generations.map((generation) => generation.id + 1));
+    for (const generation of generations) {
+      if (generation.state !== 'draining') continue;
+      if (generation.liveWorkers.length === 0) {
+        this.retire(generation);
+        continue;
+      }
+      const { drainTimeoutMs } = this.settingsOf(generation);
+      const left = Math.max(0, drainTimeoutMs - (this.now() - (generation.drainStartedAt ?? this.now())));
+      generation.drainTimer = this.ports.os.setTimer(left, () =>
+        this.ports.dispatch({ type: 'drain-timeout', generation }),
+      );
+    }
+  }
+
   private startGeneration(): void {
     const id = this.nextGenerationId++;
     const workers = this.ports.targetWorkers();

@@ -45,12 +45,23 @@ export async function statusCommand(
 /** The generations that still matter: those with workers alive. */
 const SHOWN_STATES = new Set(['starting', 'active', 'draining']);
 
+/** Which baton the master runs, and since when: its start, or its last `baton reexec`. */
+function batonLine(baton: NonNullable<MasterStatus['baton']>, now: number): string {
+  const since = new Date(baton.since)
+    .toISOString()
+    .replace('T', ' ')
+    .replace(/\.\d+Z$/, ' UTC');
+  const execs = baton.reexecs === 0 ? 'since the start' : `since its reexec (${baton.reexecs} so far)`;
+  return `baton ${baton.version}, running for ${formatUptime(now - baton.since)} ${execs}, at ${since}`;
+}
+
 /** The table `baton status` prints. */
 export function formatStatus(status: MasterStatus): string {
   const queued = status.reloadQueued ? '; a reload is queued' : '';
   const lines = [
     `master ${status.name} (pid ${status.pid}): ${status.state}; ${status.health}${queued}`,
     `control socket ${status.control}; master cpu ${percent(status.cpu)}, memory ${bytes(status.memory)}`,
+    ...(status.baton ? [batonLine(status.baton, status.now)] : []),
     '',
   ];
   const workers: string[][] = [

@@ -6,6 +6,7 @@
  */
 import type { Logger } from '../log.js';
 import type { ControlledMaster } from '../model.js';
+import type { CarriedConnection } from '../reexec.js';
 import type { ReloadHistory } from './history.js';
 import type { Caller } from './peer.js';
 import type { ControlErrorBody } from './protocol.js';
@@ -18,6 +19,8 @@ export interface ControlContext {
   master: ControlledMaster;
   usage: Pick<UsageSampler, 'of' | 'sampledAt' | 'intervalMs'>;
   history: Pick<ReloadHistory, 'records'>;
+  /** Requests a re-executed master resumes (`resumed: true`) see what the previous program reported. */
+  resumed?: { from: string };
   /** The master's name and the path of its control socket, for `status`. */
   name: string;
   path: string;
@@ -37,6 +40,12 @@ export interface Exchange {
   onEnd(cleanup: () => void): void;
   /** Who sent the request: its uid, or why the master cannot tell. Never rejects. */
   caller(): Promise<Caller>;
+  /**
+   * The client's connection, for a re-exec of the master to carry: the new program reads `resumeAs`
+   * (a request of this connection's) first on it. Undefined if the client is gone. The exchange goes
+   * on here as before until the exec.
+   */
+  carry?(resumeAs: object): CarriedConnection | undefined;
 }
 
 /** A request's fields checked: the request, or what is wrong with it (one sentence). */

@@ -105,6 +105,22 @@ export class ReloadHistory {
     }
   }
 
+  /**
+   * The records the previous program of this master kept (a re-exec): a record still draining waits
+   * for the generations it replaced that are still `draining`.
+   */
+  adopt(records: readonly ReloadRecord[], draining: ReadonlySet<number>, active: number | undefined): void {
+    this.active = active;
+    for (const record of records) {
+      const copy = { ...record, replaced: [...record.replaced] };
+      this.add(copy);
+      if (copy.state !== 'draining') continue;
+      const waiting = new Set(copy.replaced.filter((generation) => draining.has(generation)));
+      if (waiting.size > 0) this.stillDraining.set(copy, waiting);
+      else copy.state = 'done';
+    }
+  }
+
   private find(generation: number): ReloadRecord | undefined {
     return this.kept.find((record) => record.generation === generation);
   }

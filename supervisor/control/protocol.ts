@@ -44,6 +44,8 @@ export type ErrorCode =
   | 'handoff-failed'
   /** Reload: the new generation serves, but an old one was killed at `--drain-timeout`. */
   | 'drain-forced'
+  /** Reexec: the new program does not load or take the state, or something under way cannot be carried; nothing changed. */
+  | 'reexec-refused'
   /** The master is stopping, so the reload (or inject, or dry run) was not carried out or not to its end. */
   | 'stopping'
   /** Reload with `config`: the file does not read or validate, or a listener it adds cannot be bound; nothing changed. */

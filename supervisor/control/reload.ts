@@ -205,6 +205,8 @@ export const reload: RequestKind<ReloadRequest> = {
       source: 'control',
       ...(request.config === undefined ? {} : { config: request.config }),
       reply: (answer) => apply(watch.answered(answer)),
+      // A reload asked during a re-exec waits for it, and the new program answers it.
+      ...(exchange.carry ? { carry: () => exchange.carry?.(request) } : {}),
     });
   },
 };

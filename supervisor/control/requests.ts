@@ -5,13 +5,14 @@
 import type { RequestKind } from './context.js';
 import { inject } from './inject.js';
 import { type ControlErrorBody, MAX_REQUEST_ID_LENGTH, type RequestId } from './protocol.js';
+import { reexec } from './reexec.js';
 import { reload } from './reload.js';
 import { scale } from './scale.js';
 import { status } from './status.js';
 import { stop } from './stop.js';
 
 /** Every request the control socket answers, by kind. */
-export const REQUESTS = { status, reload, stop, scale, inject } as const satisfies Record<
+export const REQUESTS = { status, reload, stop, scale, inject, reexec } as const satisfies Record<
   string,
   RequestKind<unknown>
 >;

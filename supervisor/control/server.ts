@@ -6,10 +6,12 @@
  * bound the client is dropped), idle connections are closed, and a client that
  * leaves mid-answer stops following the master at once.
  */
-import { chmodSync } from 'node:fs';
+import { chmodSync, rmSync } from 'node:fs';
 import net from 'node:net';
 import { ControlSocketError } from '../errors.js';
 import type { Logger } from '../log.js';
+import { streamFd } from '../node-internals.js';
+import type { CarriedConnection } from '../reexec.js';
 import type { ControlContext, ControlledMaster, Exchange } from './context.js';
 import { ReloadHistory } from './history.js';
 import { LineBuffer } from './lines.js';
@@ -42,6 +44,15 @@ export interface ControlSocketOptions {
   staleRemoved: boolean;
   /** CPU and memory sampler to share (with the metrics endpoint); one is made when not given. */
   usage?: UsageSampler;
+  /**
+   * The listening socket the previous program of this master held (a re-exec), at this descriptor:
+   * opened again instead of bound.
+   */
+  fd?: number;
+  /** The reload history the previous program kept (a re-exec). */
+  adoptHistory?: (history: ReloadHistory) => void;
+  /** The version the previous program ran (a re-exec), for the answer to `baton reexec`. */
+  resumed?: { from: string };
 }
 
 /** A listening control socket, with the usage sampler and reload history that `status` reads. */
@@ -53,6 +64,8 @@ export class ControlServer {
     private readonly server: net.Server,
     private readonly context: ControlContext,
     private readonly usage: UsageSampler,
+    /** Opened from a descriptor: libuv does not know its path, so closing it removes the file here. */
+    private readonly adopted: boolean,
     private readonly unfollow: () => void,
   ) {
     this.callers = new CallerLookup(context.logger);
@@ -62,15 +75,26 @@ export class ControlServer {
   static async listen(options: ControlSocketOptions): Promise<ControlServer> {
     const { master, logger, name, path, staleRemoved } = options;
     const history = new ReloadHistory(Date.now);
+    options.adoptHistory?.(history);
     const usage = options.usage ?? new UsageSampler(() => livePids(master.snapshot()));
-    const context: ControlContext = { master, usage, history, name, path, logger, now: Date.now };
+    const context: ControlContext = {
+      master,
+      usage,
+      history,
+      name,
+      path,
+      logger,
+      now: Date.now,
+      ...(options.resumed ? { resumed: options.resumed } : {}),
+    };
     // allowHalfOpen: a client may send its requests and shut its side (`nc -N`), then read the answers.
     const server = net.createServer({ allowHalfOpen: true, pauseOnConnect: false });
     server.maxConnections = MAX_CONTROL_CONNECTIONS;
     await new Promise<void>((resolve, reject) => {
       server.once('error', (error: NodeJS.ErrnoException) => reject(cannotListen(path, error)));
       // A backlog as deep as the connection limit: a burst of clients queues instead of failing with EAGAIN.
-      server.listen({ path, backlog: MAX_CONTROL_CONNECTIONS }, () => {
+      const where = options.fd === undefined ? { path } : { fd: options.fd };
+      server.listen({ ...where, backlog: MAX_CONTROL_CONNECTIONS }, () => {
         server.removeAllListeners('error');
         resolve();
       });
@@ -81,6 +105,7 @@ export class ControlServer {
       server,
       context,
       usage,
+      options.fd !== undefined,
       master.follow((progress) => {
         history.see(progress);
         if (progress.kind === 'generation-active') usage.refresh();
@@ -116,15 +141,33 @@ export class ControlServer {
     }, CONTROL_CLOSE_GRACE_MS);
     await closed; // libuv removes the socket file when the server closes
     clearTimeout(grace);
+    if (this.adopted) rmSync(this.context.path, { force: true });
     await this.usage.stop();
     this.context.logger.info({ path: this.context.path }, 'control socket closed');
   }
 
-  private accept(socket: net.Socket): void {
+  /** The reload history, as `status` shows it (carried by a re-exec). */
+  historyRecords(): ReturnType<ReloadHistory['records']> {
+    return this.context.history.records();
+  }
+
+  /** The listening socket's descriptor (carried by a re-exec). */
+  get fd(): number | undefined {
+    return streamFd(this.server);
+  }
+
+  /** A client of the previous program (a re-exec): its connection, with `line` read first. */
+  resume(carried: CarriedConnection): void {
+    const socket = new net.Socket({ fd: carried.fd, readable: true, writable: true, allowHalfOpen: true });
+    this.accept(socket).resume(carried.line);
+  }
+
+  private accept(socket: net.Socket): ControlConnection {
     const connection = new ControlConnection(socket, this.context, this.callers, () =>
       this.connections.delete(connection),
     );
     this.connections.add(connection);
+    return connection;
   }
 }
 
@@ -169,6 +212,17 @@ class ControlConnection {
       return;
     }
     if (this.socket.writableLength > MAX_UNREAD_ANSWER_BYTES) this.drop('not reading its answers', 'warn');
+  }
+
+  /** Runs `line` as this connection's first request (a client carried across a re-exec). */
+  resume(line: string): void {
+    this.pending.push(line);
+    this.pump();
+  }
+
+  /** The connection's descriptor, for a re-exec to carry; undefined once it is gone. */
+  get fd(): number | undefined {
+    return this.state === 'open' ? streamFd(this.socket) : undefined;
   }
 
   /** Who is at the other end of this connection (the same for every request on it). */
@@ -303,6 +357,12 @@ class SocketExchange implements Exchange {
 
   caller(): Promise<Caller> {
     return this.connection.caller();
+  }
+
+  carry(resumeAs: object): CarriedConnection | undefined {
+    const fd = this.connection.fd;
+    if (this.ended || fd === undefined) return undefined;
+    return { fd, line: JSON.stringify({ ...resumeAs, ...idField(this.id) }) };
   }
 
   /** The client is gone: stop whatever followed the master for it. */

@@ -44,6 +44,8 @@ export interface MasterStatus {
   reloadQueued: boolean;
   /** The config file the next generation's settings come from (`--config`); each generation has its own. */
   config?: MasterSnapshot['config'];
+  /** The baton the master runs, since when (its start, or its last `baton reexec`), and how many re-execs. */
+  baton?: MasterSnapshot['baton'];
   /** An active generation has every one of its workers ready (what `status --check` tests). */
   healthy: boolean;
   /** Why it is or is not healthy, in a few words. */
@@ -95,6 +97,7 @@ export function buildStatus(context: ControlContext): MasterStatus {
     workers: snapshot.workers,
     reloadQueued: snapshot.reloadQueued,
     ...(snapshot.config ? { config: snapshot.config } : {}),
+    ...(snapshot.baton ? { baton: snapshot.baton } : {}),
     ...health(snapshot),
     cpu: own?.cpu,
     memory: own?.memory,

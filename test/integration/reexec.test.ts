@@ -1,0 +1,226 @@
+/**
+ * `baton reexec` (docs/reexec.md): the master replaces its own program with another baton on disk,
+ * under keep-alive and new-connection load with open game sessions, keeping its pid, its sockets and
+ * its workers; a broken new baton is refused and nothing changes.
+ */
+import { cpSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { afterEach, describe, expect, test } from '@jest/globals';
+import type { MasterStatus } from '../../supervisor/control/status.js';
+import { type GameSession, gameSession, httpLoad, type LoadHandle } from '../helpers/load.js';
+import {
+  type AppDir,
+  type BatonProcess,
+  killAll,
+  makeAppDir,
+  REPO_ROOT,
+  startBaton,
+} from '../helpers/processes.js';
+import { waitFor } from '../helpers/wait.js';
+
+const NODE = process.execPath;
+/** This file's masters, named: the user's ~/.baton may hold another master. */
+const NAME = 'reexec-test';
+/** Open game sessions across the re-execs. */
+const SESSIONS = 50;
+
+let app: AppDir | undefined;
+const folders: string[] = [];
+
+afterEach(async () => {
+  await killAll();
+  app?.cleanup();
+  app = undefined;
+  for (const folder of folders.splice(0)) rmSync(folder, { recursive: true, force: true });
+});
+
+function tempFolder(prefix: string): string {
+  const folder = mkdtempSync(join(tmpdir(), prefix));
+  folders.push(folder);
+  return folder;
+}
+
+/**
+ * A copy of this baton (bin/, dist/, package.json; node_modules linked) that says `version`, with
+ * `edit` applied to its files: the "new baton on disk" of an upgrade. Returns its entry point.
+ */
+function batonCopy(version: string, edit: (root: string) => void = () => {}): string {
+  const root = tempFolder('baton-copy-');
+  cpSync(join(REPO_ROOT, 'bin'), join(root, 'bin'), { recursive: true });
+  cpSync(join(REPO_ROOT, 'dist'), join(root, 'dist'), { recursive: true });
+  symlinkSync(join(REPO_ROOT, 'node_modules'), join(root, 'node_modules'));
+  const manifest = JSON.parse(readFileSync(join(REPO_ROOT, 'package.json'), 'utf8')) as Record<
+    string,
+    unknown
+  >;
+  writeFileSync(join(root, 'package.json'), JSON.stringify({ ...manifest, version }));
+  edit(root);
+  return join(root, 'bin', 'baton.js');
+}
+
+async function statusOf(env: Record<string, string>): Promise<MasterStatus> {
+  const run = startBaton(['status', '--json', '--name', NAME], { env });
+  expect((await run.waitForExit(10_000)).exitCode).toBe(0);
+  return JSON.parse(run.output) as MasterStatus;
+}
+
+/** The live workers' pids, generation by generation. */
+function workerPids(status: MasterStatus): number[] {
+  return status.generations.flatMap((generation) =>
+    generation.workers.filter((worker) => worker.state !== 'exited').map((worker) => worker.pid as number),
+  );
+}
+
+async function startApp(
+  env: Record<string, string>,
+): Promise<{ baton: BatonProcess; http: number; game: number }> {
+  app = makeAppDir();
+  const baton = startBaton(
+    [
+      'start',
+      '--name',
+      NAME,
+      '--listen',
+      'http=tcp://127.0.0.1:0',
+      '--listen',
+      'game=tcp://127.0.0.1:0',
+      '--workers',
+      '2',
+      '--ready-timeout',
+      '20s',
+      '--',
+      NODE,
+      'server.js',
+    ],
+    { cwd: app.dir, env },
+  );
+  const http = await baton.listenPort('http');
+  const game = await baton.listenPort('game');
+  await baton.waitForLogMsg('generation active', { gen: 1 }, 20_000);
+  return { baton, http, game };
+}
+
+/** Keep-alive and new-connection load, flowing. */
+async function loadOn(port: number): Promise<LoadHandle[]> {
+  const load = (keepAlive: boolean) =>
+    httpLoad({ port, keepAlive, concurrency: 2, maxRequests: 200_000, maxDurationMs: 180_000 });
+  const loads = [load(true), load(false)];
+  await waitFor(() => loads.every((each) => each.snapshot().ok > 20) || undefined, {
+    timeoutMs: 10_000,
+    what: 'load flowing',
+  });
+  return loads;
+}
+
+async function expectNoFailure(loads: LoadHandle[]): Promise<void> {
+  const reports = await Promise.all(loads.map((each) => each.stop()));
+  for (const report of reports) {
+    expect(report.errors).toEqual([]);
+    expect(report.failed).toBe(0);
+    expect(report.ok).toBeGreaterThan(0);
+  }
+}
+
+/** Game sessions, each answering a numbered ping in turn: a session cut or confused fails here. */
+class Players {
+  private readonly sessions: GameSession[] = [];
+  private sent = 0;
+
+  async open(port: number, count: number): Promise<void> {
+    for (let i = 0; i < count; i++) this.sessions.push(gameSession(port));
+    await Promise.all(this.sessions.map((session) => session.welcome));
+  }
+
+  /** One more ping on every session; each must answer its own number. */
+  async round(): Promise<void> {
+    this.sent++;
+    const n = this.sent;
+    const answers = await Promise.all(this.sessions.map((session) => session.request(`ping ${n}`)));
+    expect(answers).toEqual(this.sessions.map(() => `pong ${n}`));
+  }
+}
+
+async function reexec(
+  env: Record<string, string>,
+  program?: string,
+): Promise<{ exitCode: number | null; output: string }> {
+  const run = startBaton(['reexec', '--name', NAME, ...(program ? ['--program', program] : [])], { env });
+  const exit = await run.waitForExit(60_000);
+  return { exitCode: exit.exitCode, output: run.output };
+}
+
+describe('baton reexec', () => {
+  test('three re-execs into a new baton under load with 50 game sessions: same master pid, same workers, 0 failed, 0 cut; then a reload replaces the adopted workers', async () => {
+    const env = { XDG_RUNTIME_DIR: tempFolder('baton-run-') };
+    const { baton, http, game } = await startApp(env);
+    const loads = await loadOn(http);
+    const players = new Players();
+    await players.open(game, SESSIONS);
+    await players.round();
+    const before = await statusOf(env);
+    expect(before.pid).toBe(baton.pid);
+    const pids = workerPids(before);
+    expect(pids).toHaveLength(2);
+
+    for (let i = 1; i <= 3; i++) {
+      const version = `9.${i}.0-reexec`;
+      const run = await reexec(env, batonCopy(version));
+      expect(run.output).toContain('tried: baton');
+      expect(run.output).toContain(`master ${baton.pid} runs baton ${version}`);
+      expect(run.exitCode).toBe(0);
+      const after = await statusOf(env);
+      expect(after.pid).toBe(baton.pid);
+      expect(after.baton?.version).toBe(version);
+      expect(after.baton?.reexecs).toBe(i);
+      expect(workerPids(after)).toEqual(pids);
+      await players.round();
+    }
+    await baton.waitForLogMsg('reexec: workers adopted', {}, 10_000);
+
+    const reload = startBaton(['reload', '--name', NAME], { env });
+    expect((await reload.waitForExit(60_000)).exitCode).toBe(0);
+    const reloaded = await statusOf(env);
+    expect(reloaded.pid).toBe(baton.pid);
+    const fresh = workerPids(reloaded);
+    expect(fresh).toHaveLength(2);
+    for (const pid of fresh) expect(pids).not.toContain(pid);
+    // The sessions were handed off from the adopted workers to the new ones, still answering in turn.
+    await players.round();
+    expect(reloaded.sessions.moved).toBeGreaterThanOrEqual(SESSIONS);
+    await expectNoFailure(loads);
+  }, 240_000);
+
+  test('a new baton with a syntax error in its entry point, or one that reads another state format, is refused: one line, exit 12, and the master serves on unchanged', async () => {
+    const env = { XDG_RUNTIME_DIR: tempFolder('baton-run-') };
+    const { baton, http } = await startApp(env);
+    const loads = await loadOn(http);
+    const before = await statusOf(env);
+
+    const broken = batonCopy('9.9.9-broken', (root) => {
+      const entry = join(root, 'bin', 'baton.js');
+      writeFileSync(entry, `${readFileSync(entry, 'utf8')}\nconst = ;\n`);
+    });
+    const syntax = await reexec(env, broken);
+    expect(syntax.exitCode).toBe(12);
+    expect(syntax.output).toMatch(/^baton: baton reexec refused, nothing changed: .*SyntaxError.*$/m);
+
+    const otherFormat = batonCopy('9.9.9-format', (root) => {
+      const file = join(root, 'dist', 'supervisor', 'reexec.js');
+      writeFileSync(file, readFileSync(file, 'utf8').replace(/STATE_FORMAT = 1;/, 'STATE_FORMAT = 2;'));
+    });
+    const format = await reexec(env, otherFormat);
+    expect(format.exitCode).toBe(12);
+    expect(format.output).toMatch(/refused, nothing changed: .*format 1.*reads format 2/);
+
+    const missing = await reexec(env, join(tempFolder('baton-none-'), 'bin', 'baton.js'));
+    expect(missing.exitCode).toBe(12);
+
+    const after = await statusOf(env);
+    expect(after.pid).toBe(baton.pid);
+    expect(after.baton?.version).toBe(before.baton?.version);
+    expect(after.baton?.reexecs).toBe(0);
+    expect(workerPids(after)).toEqual(workerPids(before));
+    await expectNoFailure(loads);
+  }, 120_000);
+});
