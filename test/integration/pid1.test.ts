@@ -8,6 +8,7 @@ import { accessSync, constants, mkdirSync, readdirSync, readFileSync } from 'nod
 import { delimiter, dirname, join } from 'node:path';
 import { afterEach, beforeEach, describe, expect, test } from '@jest/globals';
 import { execa } from 'execa';
+import type { MasterStatus } from '../../supervisor/control/status.js';
 import { PID1_WARNING } from '../../supervisor/pid1.js';
 import { readDockerfile } from '../helpers/dockerfile.js';
 import { gameSession, httpGetJson, httpLoad } from '../helpers/load.js';
@@ -324,6 +325,44 @@ describeAsRoot.each<[string, Entrypoint]>([
     const reload = await batonExec(['reload']);
     expect({ exitCode: reload.exitCode, stderr: reload.stderr }).toEqual({ exitCode: 0, stderr: '' });
     expect((await httpGetJson(httpPort)).body).toMatchObject({ version: '3.0.0', generation: 2 });
+  });
+
+  test('baton reexec (docker exec) under load: the same master and workers, 0 failed; once the adopted workers exit, no zombie is left', async () => {
+    const { namespace, httpPort } = await startImage(entrypoint);
+    const loads = [true, false].map((keepAlive) =>
+      httpLoad({ port: httpPort, keepAlive, concurrency: 2, maxRequests: 100_000, maxDurationMs: 90_000 }),
+    );
+    await waitFor(() => loads.every((load) => load.snapshot().ok > 20) || undefined, {
+      timeoutMs: 10_000,
+      what: 'load flowing',
+    });
+    const statusNow = async () => JSON.parse((await batonExec(['status', '--json'])).stdout) as MasterStatus;
+    const livePids = (status: MasterStatus) =>
+      status.generations.flatMap((generation) =>
+        generation.workers.filter((worker) => worker.state !== 'exited').map((worker) => worker.pid),
+      );
+    const before = await statusNow();
+    const reexec = await batonExec(['reexec']);
+    expect({ exitCode: reexec.exitCode, stderr: reexec.stderr }).toEqual({ exitCode: 0, stderr: '' });
+    expect(reexec.stdout).toContain('2 worker(s) adopted');
+    const after = await statusNow();
+    expect(after.pid).toBe(before.pid);
+    expect(after.baton?.reexecs).toBe(1);
+    expect(livePids(after)).toEqual(livePids(before));
+    app.setVersion('4.0.0');
+    const reload = await batonExec(['reload']);
+    expect({ exitCode: reload.exitCode, stderr: reload.stderr }).toEqual({ exitCode: 0, stderr: '' });
+    await namespace.unshare.waitForLogMsg('generation retired', { gen: 1 }, 20_000);
+    // The adopted workers were reaped by the master itself: libuv never knew them.
+    await waitFor(async () => ((await namespace.zombieCount()) === 0 ? true : undefined), {
+      timeoutMs: 10_000,
+      what: 'no zombie in the namespace',
+    });
+    const reports = await Promise.all(loads.map((load) => load.stop()));
+    for (const report of reports) {
+      expect(report.errors).toEqual([]);
+      expect(report.failed).toBe(0);
+    }
   });
 
   test('a first release that cannot start: baton exits 4 and PID 1 passes the status on', async () => {
