@@ -191,6 +191,49 @@ describe('baton reexec', () => {
     await expectNoFailure(loads);
   }, 240_000);
 
+  test('reloads asked during a reexec (SIGUSR2, baton reload) wait for it; the new program carries them out and answers the client', async () => {
+    const env = { XDG_RUNTIME_DIR: tempFolder('baton-run-') };
+    const { baton, http } = await startApp(env);
+    const loads = await loadOn(http);
+    // The new baton's trial waits for the test's word, so that the reloads come while it runs.
+    const gate = join(tempFolder('baton-gate-'), 'go');
+    const gated = batonCopy('9.8.0-reexec', (root) => {
+      const file = join(root, 'dist', 'supervisor', 'resume.js');
+      const source = readFileSync(file, 'utf8');
+      const entry = 'export async function tryState(file) {';
+      expect(source).toContain(entry);
+      writeFileSync(
+        file,
+        source.replace(
+          entry,
+          `${entry}\n  const { existsSync } = await import('node:fs');\n  while (!existsSync(${JSON.stringify(gate)})) await new Promise((resolve) => setTimeout(resolve, 20));`,
+        ),
+      );
+    });
+    const running = startBaton(['reexec', '--name', NAME, '--program', gated], { env });
+    await baton.waitForLogMsg('reexec: trying the new program', {}, 20_000);
+    baton.signal('SIGUSR2');
+    const reload = startBaton(['reload', '--name', NAME], { env });
+    await waitFor(
+      () =>
+        baton.logs.filter((entry) => entry.msg === 'reload waits for the reexec under way').length === 2 ||
+        undefined,
+      { timeoutMs: 20_000, what: 'both reloads waiting' },
+    );
+    writeFileSync(gate, '');
+    expect((await running.waitForExit(60_000)).exitCode).toBe(0);
+    const answered = await reload.waitForExit(60_000);
+    // The new program starts the SIGUSR2's reload as it adopts the workers (generation 2), then reads
+    // the client's, which queues behind it (generation 3), as two reloads in a row always do.
+    expect(reload.output).toContain('reload done: generation 3 serves');
+    expect(answered.exitCode).toBe(0);
+    const status = await statusOf(env);
+    expect(status.pid).toBe(baton.pid);
+    expect(status.baton?.version).toBe('9.8.0-reexec');
+    expect(status.generations.find((generation) => generation.state === 'active')?.id).toBe(3);
+    await expectNoFailure(loads);
+  }, 120_000);
+
   test('a new baton with a syntax error in its entry point, or one that reads another state format, is refused: one line, exit 12, and the master serves on unchanged', async () => {
     const env = { XDG_RUNTIME_DIR: tempFolder('baton-run-') };
     const { baton, http } = await startApp(env);

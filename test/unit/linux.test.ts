@@ -4,6 +4,8 @@
  * servers written for systemd (gunicorn) are no longer seen ready through NOTIFY_SOCKET, or the
  * descriptor channel (supervisor/fd-channel.ts) no longer moves descriptors.
  */
+
+import { spawn } from 'node:child_process';
 import { closeSync, mkdtempSync, openSync, readFileSync, readlinkSync, rmSync, statSync } from 'node:fs';
 import { createRequire } from 'node:module';
 import net from 'node:net';
@@ -14,6 +16,8 @@ import {
   bindDatagramSocket,
   closeDescriptor,
   DESCRIPTORS_PER_MESSAGE_MAX,
+  datagramSocketAt,
+  decodeWaitStatus,
   establishedTcpInodes,
   isCloseOnExec,
   listeningTcpPorts,
@@ -264,6 +268,80 @@ describe('the descriptor calls (koffi → socketpair, sendmsg/recvmsg with SCM_R
     } finally {
       closeDescriptor(left);
     }
+  });
+});
+
+describe('reapChild (koffi → waitpid, for children libuv did not spawn)', () => {
+  // What a re-executed master does with the workers it adopted: libuv reaps only the pids it spawned.
+  test('a process that re-executed itself (execve) reaps the child it had spawned: its exit code or signal, undefined while it runs, then not-a-child', async () => {
+    // The scenario of a re-executed master: the child was spawned by the previous program image, so the
+    // new image's libuv does not know it; only waitpid (koffi) reaps it.
+    const linux = new URL('../../supervisor/linux.js', import.meta.url).href;
+    const reaper = `
+      const { spawn } = require('node:child_process');
+      const [phase, list] = process.argv.slice(1);
+      if (phase === 'spawn') {
+        const codes = ['process.exit(7)', "process.kill(process.pid, 'SIGTERM')"];
+        const pids = codes.map((code) => spawn(process.execPath, ['-e', 'setTimeout(() => { ' + code + ' }, 500)'], { stdio: 'ignore' }).pid);
+        process.execve(process.execPath, [process.execPath, '-e', process.env.REAPER, 'reap', pids.join(',')], process.env);
+      }
+      import(${JSON.stringify(linux)}).then(({ reapChild }) => {
+        const pids = list.split(',').map(Number);
+        const seen = { running: pids.map((pid) => reapChild(pid)), ends: [] };
+        const poll = setInterval(() => {
+          for (const pid of pids) {
+            if (seen.ends.some((end) => end.pid === pid)) continue;
+            const end = reapChild(pid);
+            if (end !== undefined) seen.ends.push({ pid, end, again: reapChild(pid) });
+          }
+          if (seen.ends.length === pids.length) {
+            clearInterval(poll);
+            process.stdout.write(JSON.stringify({ pids, ...seen }));
+          }
+        }, 50);
+      });
+    `;
+    const child = spawn(process.execPath, ['-e', reaper, 'spawn'], {
+      env: { ...process.env, REAPER: reaper },
+      stdio: ['ignore', 'pipe', 'inherit'],
+    });
+    let out = '';
+    child.stdout?.setEncoding('utf8').on('data', (chunk: string) => {
+      out += chunk;
+    });
+    await new Promise((resolve) => child.once('close', resolve));
+    const report = JSON.parse(out) as {
+      pids: number[];
+      running: unknown[];
+      ends: Array<{ pid: number; end: unknown; again: unknown }>;
+    };
+    // JSON has no undefined: a child still running reads as null here.
+    expect(report.running).toEqual([null, null]);
+    const byPid = new Map(report.ends.map((entry) => [entry.pid, entry]));
+    expect(byPid.get(report.pids[0] as number)).toMatchObject({
+      end: { exitCode: 7, signal: null },
+      again: 'not-a-child',
+    });
+    expect(byPid.get(report.pids[1] as number)).toMatchObject({
+      end: { exitCode: null, signal: 'SIGTERM' },
+      again: 'not-a-child',
+    });
+  }, 20_000);
+
+  test('decodes wait statuses as Node reports exits: a code, or the signal by name', () => {
+    expect(decodeWaitStatus(0)).toEqual({ exitCode: 0, signal: null });
+    expect(decodeWaitStatus(3 << 8)).toEqual({ exitCode: 3, signal: null });
+    expect(decodeWaitStatus(9)).toEqual({ exitCode: null, signal: 'SIGKILL' });
+    expect(decodeWaitStatus(15 | 0x80)).toEqual({ exitCode: null, signal: 'SIGTERM' });
+  });
+
+  test('datagramSocketAt reads a bound socket this process already holds, by descriptor', () => {
+    const path = join(dir, 'adopted.sock');
+    const bound = bindDatagramSocket(path);
+    const adopted = datagramSocketAt(bound.fd, path);
+    sendDatagram(path, 'READY=1');
+    expect(adopted.receive()?.toString()).toBe('READY=1');
+    adopted.close();
   });
 });
 

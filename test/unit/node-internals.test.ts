@@ -4,7 +4,7 @@
  * cannot tell the uid of who called on the control socket.
  * The last block guards the ones live session handoff relies on (child/node-internals.ts too).
  */
-import { type ChildProcess, fork } from 'node:child_process';
+import { type ChildProcess, fork, spawn } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import http from 'node:http';
 import net from 'node:net';
@@ -20,12 +20,15 @@ import {
   stopReading,
 } from '../../child/node-internals.js';
 import { FdChannel } from '../../supervisor/fd-channel.js';
+import { closeDescriptor, unixStreamPair } from '../../supervisor/linux.js';
 import {
   asRawSocketHandle,
   bindTcpWithoutListening,
   closeRawHandle,
   connectionFd,
+  InheritedIpcChannel,
   sendRawHandle,
+  streamFd,
 } from '../../supervisor/node-internals.js';
 import { socketInode } from '../../supervisor/proc.js';
 import { REPO_ROOT } from '../helpers/processes.js';
@@ -347,5 +350,75 @@ describe('live session handoff: reads stopped at the handle, raw handles over IP
     const pair = await connectedPair();
     expect(heldByHttpParser(pair.accepted)).toBe(false);
     pair.close();
+  });
+});
+
+describe("InheritedIpcChannel (Node's json IPC wire on a bare descriptor, for workers a re-exec adopts)", () => {
+  test("a Node child's process.send and 'message' work against it, as against its real parent", async () => {
+    // The child's Node opens its end as its IPC channel (NODE_CHANNEL_FD), as a spawned worker's does;
+    // this process holds the other end as a bare descriptor, as a re-executed master does.
+    const [mine, theirs] = unixStreamPair();
+    const child = spawn(
+      process.execPath,
+      [
+        '-e',
+        "process.on('message', (m) => process.send({ echo: m }, () => { if (m.last) process.disconnect(); })); process.send({ hello: process.pid });",
+      ],
+      {
+        stdio: ['ignore', 'ignore', 'inherit', theirs],
+        env: { ...process.env, NODE_CHANNEL_FD: '3', NODE_CHANNEL_SERIALIZATION_MODE: 'json' },
+      },
+    );
+    closeDescriptor(theirs);
+    const received: unknown[] = [];
+    let closed = false;
+    const channel = new InheritedIpcChannel(
+      mine,
+      (message) => received.push(message),
+      () => {
+        closed = true;
+      },
+    );
+    try {
+      await waitFor(() => received.length === 1 || undefined, { timeoutMs: 10_000, what: 'hello' });
+      expect(received[0]).toEqual({ hello: child.pid });
+      const sent = await new Promise<Error | null>((resolve) =>
+        channel.send({ baton: 'drain', text: 'é\nline' }, resolve),
+      );
+      expect(sent).toBeNull();
+      channel.send({ last: true }, () => {});
+      await waitFor(() => closed || undefined, {
+        timeoutMs: 10_000,
+        what: 'the child to let go of the channel',
+      });
+      expect(received.slice(1)).toEqual([
+        { echo: { baton: 'drain', text: 'é\nline' } },
+        { echo: { last: true } },
+      ]);
+    } finally {
+      channel.close();
+      child.kill('SIGKILL');
+    }
+  });
+
+  test("drops a line cut by the exec (its head read by the previous program) and Node's own NODE_ messages", async () => {
+    const [mine, theirs] = unixStreamPair();
+    const received: unknown[] = [];
+    const channel = new InheritedIpcChannel(
+      mine,
+      (message) => received.push(message),
+      () => {},
+    );
+    const peer = new net.Socket({ fd: theirs, readable: true, writable: true });
+    try {
+      peer.write('tail of a message"}\n{"a":1}\n{"cmd":"NODE_HANDLE_ACK"}\n{"b":');
+      peer.write('2}\n');
+      await waitFor(() => received.length === 2 || undefined, { timeoutMs: 5_000, what: 'two messages' });
+      expect(received).toEqual([{ a: 1 }, { b: 2 }]);
+      expect(streamFd(peer)).toBe(theirs);
+    } finally {
+      channel.close();
+      peer.destroy();
+    }
   });
 });
