@@ -17,6 +17,7 @@ import {
   REPO_ROOT,
   startBaton,
 } from '../helpers/processes.js';
+import { pythonServers } from '../helpers/python.js';
 import { waitFor } from '../helpers/wait.js';
 
 const NODE = process.execPath;
@@ -24,6 +25,10 @@ const NODE = process.execPath;
 const NAME = 'reexec-test';
 /** Open game sessions across the re-execs. */
 const SESSIONS = 50;
+/** Servers nobody here wrote: an Express app as its authors wrote it, gunicorn from PyPI (pinned). */
+const UNMODIFIED = join(REPO_ROOT, 'test', 'fixtures', 'unmodified');
+const PYTHON_FIXTURES = join(REPO_ROOT, 'test', 'fixtures', 'python');
+const servers = pythonServers();
 
 let app: AppDir | undefined;
 const folders: string[] = [];
@@ -149,6 +154,84 @@ async function reexec(
   const exit = await run.waitForExit(60_000);
   return { exitCode: exit.exitCode, output: run.output };
 }
+
+/**
+ * A third-party server under baton: reexec under keep-alive and new-connection load (the workers are
+ * the same processes, so nothing may fail), then a reload with a new version: the adopted workers
+ * drain the way the server drains.
+ */
+async function reexecThirdParty(
+  command: string[],
+  cwd: string,
+  { resetsByServer = false } = {},
+): Promise<void> {
+  const env = { XDG_RUNTIME_DIR: tempFolder('baton-run-') };
+  const folder = tempFolder('baton-app-');
+  const versionFile = join(folder, 'VERSION');
+  writeFileSync(versionFile, '1');
+  const baton = startBaton(
+    ['start', '--name', NAME, '--listen', 'http=tcp://127.0.0.1:0', '--workers', '2', '--', ...command],
+    { cwd, env: { ...env, APP_VERSION_FILE: versionFile } },
+  );
+  const port = await baton.listenPort('http');
+  await baton.waitForLogMsg('generation active', { gen: 1 }, 30_000);
+  const loads = await loadOn(port);
+  const before = await statusOf(env);
+  const run = await reexec(env, batonCopy('9.7.0-reexec'));
+  expect(run.output).toContain('runs baton 9.7.0-reexec');
+  expect(run.exitCode).toBe(0);
+  expect(workerPids(await statusOf(env))).toEqual(workerPids(before));
+  const duringReexec = await Promise.all(loads.map((load) => load.stop()));
+  for (const report of duringReexec) {
+    expect(report.errors).toEqual([]);
+    expect(report.failed).toBe(0);
+  }
+  const again = await loadOn(port);
+  writeFileSync(versionFile, '2');
+  const reload = startBaton(['reload', '--name', NAME], { env });
+  expect((await reload.waitForExit(60_000)).exitCode).toBe(0);
+  await waitFor(async () => ((await statusOf(env)).generations.length === 2 ? true : undefined), {
+    timeoutMs: 10_000,
+    what: 'generation 2',
+  });
+  const afterReload = await Promise.all(again.map((load) => load.stop()));
+  for (const report of afterReload) {
+    expect(report.ok).toBeGreaterThan(0);
+    expect(report.versions['2']).toBeGreaterThan(0);
+    if (resetsByServer)
+      expect({ ...report.failures, reset: 0 }).toEqual({
+        refused: 0,
+        reset: 0,
+        timeout: 0,
+        http5xx: 0,
+        other: 0,
+      });
+    else expect(report.failed).toBe(0);
+  }
+}
+
+describe('baton reexec with servers nobody here wrote', () => {
+  test('an Express 5 app as its authors wrote it (the preload gives it the socket): reexec under load, 0 failed; then a reload, 0 failed', async () => {
+    await reexecThirdParty([NODE, join(UNMODIFIED, 'express', 'server.js')], UNMODIFIED);
+  }, 120_000);
+
+  (servers.bin ? test : test.skip)(
+    `gunicorn with 2 workers of its own (LISTEN_FDS, NOTIFY_SOCKET): reexec under load, 0 failed; then a reload, no request refused or timed out${servers.skip ? ` [skipped: ${servers.skip}]` : ''}`,
+    async () => {
+      // gunicorn's own shutdown resets keep-alive connections it holds (test/integration/python-servers.test.ts).
+      const gunicorn = [
+        join(servers.bin ?? '', 'gunicorn'),
+        '--workers',
+        '2',
+        '--graceful-timeout',
+        '20',
+        'wsgi_app:app',
+      ];
+      await reexecThirdParty(gunicorn, PYTHON_FIXTURES, { resetsByServer: true });
+    },
+    120_000,
+  );
+});
 
 describe('baton reexec', () => {
   test('three re-execs into a new baton under load with 50 game sessions: same master pid, same workers, 0 failed, 0 cut; then a reload replaces the adopted workers', async () => {
