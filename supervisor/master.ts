@@ -561,7 +561,7 @@ export class Master implements ControlledMaster {
     }
     if (this.state === 'stopping' || this.state === 'stopped') {
       for (const listener of listeners) listener.close();
-      pending.reply(this.upgrade.onReload(pending.source));
+      pending.reply(this.upgrade.onReload(pending.source, 'config'));
       return;
     }
     this.applyConfig(pending, listeners);
@@ -595,7 +595,7 @@ export class Master implements ControlledMaster {
       'config read: the next generation runs with it',
     );
     this.closeUnusedListeners();
-    reply(this.upgrade.onReload(source));
+    reply(this.upgrade.onReload(source, 'config'));
   }
 
   /**

@@ -101,9 +101,19 @@ export type ReloadAnswer =
   /** The config file did not read or validate (or changes what a reload cannot): nothing changed. */
   | { outcome: 'refused'; reason: 'config'; message: string };
 
+/** Why a generation starts: the master's start, a reload, or a config reload (SIGHUP, `reload --config`). */
+export type ReloadTrigger = 'start' | 'reload' | 'config';
+
 /** What the master reports as an upgrade goes, for whoever follows it (the control socket). */
 export type Progress =
-  | { kind: 'generation-starting'; generation: number; workers: number; version: string }
+  | {
+      kind: 'generation-starting';
+      generation: number;
+      workers: number;
+      version: string;
+      /** The master's first generation, a reload, or a reload that read the config file again. */
+      trigger?: ReloadTrigger;
+    }
   | { kind: 'worker-ready'; generation: number; worker: number; ready: number; of: number }
   | { kind: 'generation-active'; generation: number; readyMs: number; draining: number[] }
   | { kind: 'reload-failed'; generation: number; failure: StartFailure; message: string }

@@ -22,7 +22,7 @@ import {
 import { Generation } from './generation.js';
 import { type HandoffRelay, type HandoffRound, handoffFlushTimeoutMs } from './handoff.js';
 import type { Logger } from './log.js';
-import type { InheritedListener, MasterEvent, MasterState, Progress, ReloadAnswer } from './model.js';
+import type { InheritedListener, MasterEvent, MasterState, Progress, ReloadAnswer, ReloadTrigger } from './model.js';
 import { formatDuration, type MasterOptions } from './options.js';
 import type { Os } from './os.js';
 import type { ReadyVia } from './readiness.js';
@@ -73,6 +73,8 @@ export class Upgrade {
   readonly generations: Generation[] = [];
   private nextGenerationId = 1;
   private reloadQueued = false;
+  /** What the queued reload is: a config reload wins over a plain one that joined it. */
+  private queuedTrigger: ReloadTrigger = 'reload';
   /** Workers were killed at the drain deadline while the master stopped (its exit code says so). */
   private killedAtStopDeadline = false;
   /** Starting workers seen listening on ports of their own and on none of baton's (readiness.ts). */
@@ -130,7 +132,7 @@ export class Upgrade {
   }
 
   /** A reload was asked for: started now, queued behind the running one, or ignored while stopping. */
-  onReload(source: string): ReloadAnswer {
+  onReload(source: string, trigger: ReloadTrigger = 'reload'): ReloadAnswer {
     const state = this.ports.masterState();
     const decision = decideReload({
       stopping: state === 'stopping' || state === 'stopped',
@@ -144,10 +146,11 @@ export class Upgrade {
     if (decision === 'start') {
       this.log.info({ source }, 'reload requested');
       const generation = this.nextGenerationId;
-      this.startGeneration();
+      this.startGeneration(trigger);
       return { outcome: 'started', generation };
     }
     // Only one reload waits: it becomes the next generation, whoever else asks meanwhile.
+    if (!this.reloadQueued || trigger === 'config') this.queuedTrigger = trigger;
     this.reloadQueued = true;
     this.log.info(
       { source, alreadyQueued: decision === 'already-queued' },
@@ -183,7 +186,7 @@ export class Upgrade {
     }
   }
 
-  private startGeneration(): void {
+  private startGeneration(trigger: ReloadTrigger = 'reload'): void {
     const id = this.nextGenerationId++;
     const workers = this.ports.targetWorkers();
     const version = this.ports.versionLabel() ?? String(id);
@@ -207,7 +210,13 @@ export class Upgrade {
       },
       'generation starting',
     );
-    this.ports.report({ kind: 'generation-starting', generation: id, workers, version: generation.version });
+    this.ports.report({
+      kind: 'generation-starting',
+      generation: id,
+      workers,
+      version: generation.version,
+      trigger: this.generations.length === 1 ? 'start' : trigger,
+    });
     const command = this.ports.resolveCommand(generation);
     if (command === undefined) {
       this.failGeneration(generation, {
@@ -395,7 +404,7 @@ export class Upgrade {
     if (!this.reloadQueued || this.stopping) return;
     this.reloadQueued = false;
     this.log.info('queued reload starting');
-    this.startGeneration();
+    this.startGeneration(this.queuedTrigger);
   }
 
   // ---- drain --------------------------------------------------------------

@@ -3,7 +3,7 @@
  * ended, how long its generation took to be ready and the generations it
  * replaced took to drain. Built only from the master's progress reports.
  */
-import type { Progress } from '../model.js';
+import type { Progress, ReloadTrigger } from '../model.js';
 
 /** How many starts and reloads `status` remembers. */
 export const RELOAD_HISTORY_KEPT = 10;
@@ -20,7 +20,8 @@ export interface ReloadRecord {
   generation: number;
   version: string;
   /** `start`: the master's first generation (nothing was serving); `reload`: any later one. */
-  trigger: 'start' | 'reload';
+  /** The master's start, a reload, or a config reload (SIGHUP, `reload --config`). */
+  trigger: ReloadTrigger;
   state: ReloadState;
   /** When the generation began to start (ms since the epoch). */
   startedAt: number;
@@ -55,7 +56,7 @@ export class ReloadHistory {
         this.add({
           generation: progress.generation,
           version: progress.version,
-          trigger: this.active === undefined ? 'start' : 'reload',
+          trigger: progress.trigger ?? (this.active === undefined ? 'start' : 'reload'),
           state: 'starting',
           startedAt: this.now(),
           readyMs: undefined,

@@ -198,6 +198,12 @@ describe('config file', () => {
     const fixed = startBaton(['reload', '--config', '--name', NAME], { env });
     expect((await fixed.waitForExit(20_000)).exitCode).toBe(0);
     expect(await baton.waitForLogMsg('generation starting', { gen: 2 })).toMatchObject({ workers: 2 });
+    // status tells a reload that read the file again from a plain one.
+    const reloads = (await statusOf(env)).reloads.map((record) => [record.generation, record.trigger]);
+    expect(reloads).toEqual([
+      [1, 'start'],
+      [2, 'config'],
+    ]);
   });
 
   test("the example app's PM2 ecosystem file runs under baton start --config and reloads with 0 failed", async () => {
