@@ -105,6 +105,8 @@ export interface ReloadRun {
   /** Requests per second answered over the whole run, reloads included (after the warm-up), and outside the reloads. */
   requestsPerSecond: number;
   requestsPerSecondWithout: number;
+  /** The app alone's, under the same load just before this run. */
+  aloneRequestsPerSecond: number;
   /** The supervisor (baton's master, PM2's God daemon): RSS before the load, and its peak (VmHWM) at the end. */
   supervisorRssIdleBytes: number;
   supervisorPeakRssBytes: number;
@@ -187,60 +189,57 @@ export function newVersionOnlyMs(result: HttpLoadResult, times: ReloadTimes[]): 
   );
 }
 
-/** The example app alone, with no supervisor: the yardstick of the same run. */
+/**
+ * The example app alone, with no supervisor: the yardstick of the same run. It stays up, idle, while
+ * the supervised runs go, and takes each run's load for a moment just before it: on a shared machine
+ * a baseline measured once, minutes away, can be off by half.
+ */
 interface AppAlone {
   /** Spawn → both listeners open, as /proc shows them; one per start. */
   startUpMs: number[];
-  /** Requests per second under each mode's load, no reload. */
-  requestsPerSecond: Record<ConnectionMode, number>;
-  /** RSS once it listens, and its peak (VmHWM) after both loads. */
+  /** RSS once it listens. */
   rssIdleBytes: number;
-  peakRssBytes: number;
+  /** Requests per second under `mode`'s load now, no reload. */
+  throughput(mode: ConnectionMode): Promise<number>;
+  /** Its peak RSS (VmHWM) so far. */
+  peakRssBytes(): number;
+  stop(): Promise<void>;
 }
 
-const MODES: ConnectionMode[] = ['keep-alive', 'new connection'];
-
-/** Starts the example app alone (its own ports, as `PORT=... node server.js`), times its start-up, loads it. */
-async function measureAppAlone(context: BenchContext): Promise<AppAlone> {
+/** Starts the example app alone (its own ports, as `PORT=... node server.js`) after timing its start-up. */
+async function startAppAlone(context: BenchContext): Promise<AppAlone> {
   const app = exampleAppCopy();
   app.setVersion(versionOf(0));
   const env = { PORT: String(await freeFixedPort()), GAME_PORT: String(await freeFixedPort()) };
   const command = [NODE, 'server.js'];
-  try {
-    const startUpMs: number[] = [];
-    for (let index = 0; index < pick(context, 1, 3); index++) {
-      startUpMs.push(await startUpAloneMs(command, app.dir, { env, listeners: 2 }));
-    }
-    const { started } = await startListeningAlone(command, app.dir, { env, listeners: 2 });
-    try {
-      const rssIdleBytes = procUsage(started.pid).rssBytes;
-      const measureMs = pick(context, 1000, 2000);
-      const requestsPerSecond = {} as Record<ConnectionMode, number>;
-      for (const mode of MODES) {
-        const load = startHttpLoad({
-          port: Number(env.PORT),
-          path: '/',
-          keepAliveLoops: mode === 'keep-alive' ? CONCURRENCY : 0,
-          newConnectionLoops: mode === 'new connection' ? CONCURRENCY : 0,
-          maxRequests: 2_000_000,
-          maxDurationMs: WARM_UP_MS + measureMs,
-          requestTimeoutMs: 10_000,
-        });
-        const from = (await load.started) + WARM_UP_MS;
-        requestsPerSecond[mode] = throughput(await load.result, from, from + measureMs);
-      }
-      return {
-        startUpMs,
-        requestsPerSecond,
-        rssIdleBytes,
-        peakRssBytes: procUsage(started.pid).peakRssBytes,
-      };
-    } finally {
-      await started.killTree();
-    }
-  } finally {
-    removeAppCopy(app);
+  const startUpMs: number[] = [];
+  for (let index = 0; index < pick(context, 1, 3); index++) {
+    startUpMs.push(await startUpAloneMs(command, app.dir, { env, listeners: 2 }));
   }
+  const { started } = await startListeningAlone(command, app.dir, { env, listeners: 2 });
+  const measureMs = pick(context, 1000, 2000);
+  return {
+    startUpMs,
+    rssIdleBytes: procUsage(started.pid).rssBytes,
+    throughput: async (mode) => {
+      const load = startHttpLoad({
+        port: Number(env.PORT),
+        path: '/',
+        keepAliveLoops: mode === 'keep-alive' ? CONCURRENCY : 0,
+        newConnectionLoops: mode === 'new connection' ? CONCURRENCY : 0,
+        maxRequests: 2_000_000,
+        maxDurationMs: WARM_UP_MS + measureMs,
+        requestTimeoutMs: 10_000,
+      });
+      const from = (await load.started) + WARM_UP_MS;
+      return throughput(await load.result, from, from + measureMs);
+    },
+    peakRssBytes: () => procUsage(started.pid).peakRssBytes,
+    stop: async () => {
+      await started.killTree();
+      removeAppCopy(app);
+    },
+  };
 }
 
 /** A supervisor running the example app, ready for load and reloads. */
@@ -302,7 +301,11 @@ async function underPm2(app: AppDir): Promise<Supervised> {
   };
 }
 
-async function runMode(context: BenchContext, kind: RunKind): Promise<{ run: ReloadRun; panel: ChartPanel }> {
+async function runMode(
+  context: BenchContext,
+  kind: RunKind,
+  aloneRequestsPerSecond: number,
+): Promise<{ run: ReloadRun; panel: ChartPanel }> {
   const { mode } = kind;
   const app = exampleAppCopy();
   app.setVersion(versionOf(0));
@@ -320,7 +323,7 @@ async function runMode(context: BenchContext, kind: RunKind): Promise<{ run: Rel
         setVersion: (version) => app.setVersion(version),
       });
       const memory = { rssIdleBytes, peakRssBytes: procUsage(supervised.supervisorPid).peakRssBytes };
-      return analyse(kind, across, memory);
+      return analyse(kind, across, memory, aloneRequestsPerSecond);
     } finally {
       await supervised.stop();
     }
@@ -333,6 +336,7 @@ function analyse(
   kind: RunKind,
   { result, times, loadStartedAt, loadStoppedAt }: LoadAcrossReloads,
   memory: { rssIdleBytes: number; peakRssBytes: number },
+  aloneRequestsPerSecond: number,
 ): { run: ReloadRun; panel: ChartPanel } {
   const windows = times.map((step) => ({ from: step.signalAt, to: step.retiredAt ?? step.activeAt }));
   const { during, without } = latencyDuringAndWithout(result, windows, loadStartedAt + WARM_UP_MS);
@@ -351,6 +355,7 @@ function analyse(
     signalToRetiredMs: times.map((step) => (step.retiredAt ?? Number.NaN) - step.signalAt),
     requestsPerSecond: throughput(result, loadStartedAt + WARM_UP_MS, loadStoppedAt),
     requestsPerSecondWithout: throughputOutside(result, windows, loadStartedAt + WARM_UP_MS, loadStoppedAt),
+    aloneRequestsPerSecond,
     supervisorRssIdleBytes: memory.rssIdleBytes,
     supervisorPeakRssBytes: memory.peakRssBytes,
     errors: result.errors,
@@ -392,22 +397,36 @@ export async function reloadUnderLoad(
   context: BenchContext,
 ): Promise<ScenarioOutcome & { panels: ChartPanel[] }> {
   context.progress('scenario 1, reload under load: the example app alone');
-  const alone = await measureAppAlone(context);
+  const alone = await startAppAlone(context);
   const aloneStartUpMs = median(alone.startUpMs);
   const runs: ReloadRun[] = [];
   const panels: ChartPanel[] = [];
-  for (const kind of RUNS) {
-    context.progress(`scenario 1, reload under load: ${runLabel(kind)}`);
-    const { run, panel } = await runMode(context, kind);
-    runs.push(run);
-    panels.push(panel);
+  let alonePeakRssBytes: number;
+  try {
+    for (const kind of RUNS) {
+      context.progress(`scenario 1, reload under load: the app alone, then ${runLabel(kind)}`);
+      const aloneRequestsPerSecond = await alone.throughput(kind.mode);
+      const { run, panel } = await runMode(context, kind, aloneRequestsPerSecond);
+      runs.push(run);
+      panels.push(panel);
+    }
+    alonePeakRssBytes = alone.peakRssBytes();
+  } finally {
+    await alone.stop();
   }
   const row = (label: string, cell: (run: ReloadRun) => string) => [label, ...runs.map(cell)];
   const baton = runs.filter((run) => run.supervisor === 'baton');
   return {
     id: 'reload',
     title: '1. Reload under load',
-    data: { alone, runs },
+    data: {
+      alone: {
+        startUpMs: alone.startUpMs,
+        rssIdleBytes: alone.rssIdleBytes,
+        peakRssBytes: alonePeakRssBytes,
+      },
+      runs,
+    },
     panels,
     sections: [
       {
@@ -420,12 +439,12 @@ export async function reloadUnderLoad(
           row(
             'req/s over the run (ratio to the app alone)',
             (run) =>
-              `${count(run.requestsPerSecond)} (${ratio(run.requestsPerSecond / alone.requestsPerSecond[run.mode])})`,
+              `${count(run.requestsPerSecond)} (${ratio(run.requestsPerSecond / run.aloneRequestsPerSecond)})`,
           ),
           row(
             'req/s outside reloads (ratio to the app alone)',
             (run) =>
-              `${count(run.requestsPerSecondWithout)} (${ratio(run.requestsPerSecondWithout / alone.requestsPerSecond[run.mode])})`,
+              `${count(run.requestsPerSecondWithout)} (${ratio(run.requestsPerSecondWithout / run.aloneRequestsPerSecond)})`,
           ),
           row(
             'p50 during reloads / without',
@@ -458,14 +477,14 @@ export async function reloadUnderLoad(
           row(
             'supervisor peak RSS, VmHWM (ratio to the app alone)',
             (run) =>
-              `${megabytes(run.supervisorPeakRssBytes)} (${ratio(run.supervisorPeakRssBytes / alone.peakRssBytes)})`,
+              `${megabytes(run.supervisorPeakRssBytes)} (${ratio(run.supervisorPeakRssBytes / alonePeakRssBytes)})`,
           ),
         ],
         note:
           `${WORKERS} workers of the example app (the third column: bench/apps/plain.js, a plain node:http server on fd 3 that says ready with process.send('ready') and never reports its connections, under --no-preload), ${CONCURRENCY} client loops. ` +
           `PM2: the same example app under \`pm2 start server.js -i ${WORKERS} --wait-ready\` (cluster mode: the God daemon accepts every connection and passes it to a worker; its ready() sends PM2's 'ready'; it drains on SIGINT, PM2's stop signal; default kill_timeout), reloaded with \`pm2 reload\`, whose "signal" is the command's spawn (its own start-up included) and whose end is the command's return; the supervisor is the God daemon. ` +
           `"During reloads" is from each signal until the old generation retired (PM2: the command returned); "without" is the rest of the same run. Times are medians over the reloads. ` +
-          `The app alone (\`node server.js\` with ports of its own, no supervisor, no reload): spawn → both listeners open ${ms(aloneStartUpMs)} (median of ${alone.startUpMs.length}, /proc), ${count(alone.requestsPerSecond['keep-alive'])} req/s keep-alive, ${count(alone.requestsPerSecond['new connection'])} req/s new connection, RSS ${megabytes(alone.rssIdleBytes)} listening, peak ${megabytes(alone.peakRssBytes)}.`,
+          `The app alone (\`node server.js\` with ports of its own, no supervisor, no reload, idle beside the runs): spawn → both listeners open ${ms(aloneStartUpMs)} (median of ${alone.startUpMs.length}, /proc), RSS ${megabytes(alone.rssIdleBytes)} listening, peak ${megabytes(alonePeakRssBytes)} after its loads; its req/s under each run's load, measured just before that run: ${runs.map((run) => `${count(run.aloneRequestsPerSecond)}`).join(', ')}.`,
       },
     ],
     checks: baton.map((run) => ({
