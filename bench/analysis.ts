@@ -156,6 +156,28 @@ export function throughput(load: HttpLoadResult, from: number, to: number): numb
   return (ok * 1000) / (to - from);
 }
 
+/**
+ * Requests per second of the ok requests sent in [from, to) and outside every window: the steady
+ * throughput of a run whose windows are its reloads. The windows are clipped to [from, to) and their
+ * overlaps counted once; NaN when they leave no time.
+ */
+export function throughputOutside(load: HttpLoadResult, windows: Window[], from: number, to: number): number {
+  const clipped = windows
+    .map((window) => ({ from: Math.max(window.from, from), to: Math.min(window.to, to) }))
+    .filter((window) => window.to > window.from)
+    .sort((a, b) => a.from - b.from);
+  let covered = 0;
+  let reached = from;
+  for (const window of clipped) {
+    covered += Math.max(0, window.to - Math.max(window.from, reached));
+    reached = Math.max(reached, window.to);
+  }
+  const outsideMs = to - from - covered;
+  if (outsideMs <= 0) return Number.NaN;
+  const { ok } = countLoad(load, (t) => t >= from && t < to && !inAny(t, windows));
+  return (ok * 1000) / outsideMs;
+}
+
 /** p50, p99 and max of the round trips of some session messages, in ms, and how many they are over. */
 export interface RoundTripSummary {
   count: number;

@@ -5,6 +5,7 @@
  */
 import { type ChildProcess, fork } from 'node:child_process';
 import { mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs';
+import { createServer } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -15,6 +16,7 @@ import {
   descendants,
   killAll,
   makeAppDir,
+  processAlive,
   REPO_ROOT,
   startBaton,
   startNode,
@@ -32,8 +34,9 @@ import type {
   SessionsResult,
   ToClient,
 } from './clients/protocol.js';
+import { stopEveryPm2Peer } from './pm2.js';
 
-export { type AppDir, type BatonProcess, REPO_ROOT, startNode, waitFor, withDeadline };
+export { type AppDir, type BatonProcess, processAlive, REPO_ROOT, startNode, waitFor, withDeadline };
 
 /** The Node running the bench (Node 24 from the project); workers and apps run on the same one. */
 export const NODE = process.execPath;
@@ -276,23 +279,74 @@ export function unmodifiedAppDir(script: string): AppDir {
 const LISTEN_PROBE_INTERVAL_MS = 2;
 
 /**
- * Starts `command` alone (no baton) in `dir` with `PORT=0`, and returns the ms from spawn until its
- * process tree (npm, a shell, node) holds a listening TCP socket, as /proc shows it; then kills it.
- * An app as it is prints nothing to wait for: its socket is what says that it listens.
+ * Starts `command` alone (no baton) in `dir` with `PORT=0` (or `env`), and returns the ms from spawn
+ * until its process tree (npm, a shell, node) holds `listeners` listening TCP sockets, as /proc shows
+ * it; then kills it. An app as it is prints nothing to wait for: its socket is what says that it listens.
  */
-export async function startUpAloneMs(command: string[], dir: string): Promise<number> {
+export async function startUpAloneMs(
+  command: string[],
+  dir: string,
+  { env = { PORT: '0' }, listeners = 1 }: { env?: Record<string, string>; listeners?: number } = {},
+): Promise<number> {
+  const { started, startUpMs } = await startListeningAlone(command, dir, { env, listeners });
+  await started.killTree();
+  return startUpMs;
+}
+
+/**
+ * Starts `command` alone in `dir` with `env` and waits until its process tree holds `listeners`
+ * listening TCP sockets; the process (killed by `cleanupEverything` if the caller does not) and the
+ * ms from spawn until then.
+ */
+export async function startListeningAlone(
+  command: string[],
+  dir: string,
+  { env, listeners = 1 }: { env: Record<string, string>; listeners?: number },
+): Promise<{ started: BatonProcess; startUpMs: number }> {
   const [file, ...args] = command as [string, ...string[]];
   const spawnedAt = performance.now();
-  const started = startProcess(file, args, { cwd: dir, env: { PORT: '0' } });
+  const started = startProcess(file, args, { cwd: dir, env });
   try {
-    await waitFor(() => ownListeningPorts(started.pid, new Set()).length > 0, {
+    await waitFor(() => ownListeningPorts(started.pid, new Set()).length >= listeners, {
       timeoutMs: START_TIMEOUT_MS,
       intervalMs: LISTEN_PROBE_INTERVAL_MS,
       what: `${command.join(' ')} to listen`,
     });
-    return performance.now() - spawnedAt;
-  } finally {
+    return { started, startUpMs: performance.now() - spawnedAt };
+  } catch (error) {
     await started.killTree();
+    throw error;
+  }
+}
+
+/** Where `freeFixedPort` looks, when the kernel's ephemeral range cannot be read. */
+const FIXED_PORT_FLOOR = 10_000;
+const EPHEMERAL_PORT_LOW_DEFAULT = 32_768;
+
+/**
+ * A port on 127.0.0.1 that nothing listens on now, for a server that must bind a port it is told (a
+ * PM2 app: the daemon binds in its workers' name, and binds again the same number after they all
+ * died, which port 0 would not). Drawn below the kernel's ephemeral range, which port 0 and outgoing
+ * connections use: only another program choosing a fixed port could take it between this probe and
+ * the bind (a race, so the server's own EADDRINUSE fails the scenario with that reason).
+ */
+export async function freeFixedPort(): Promise<number> {
+  let ephemeralLow = EPHEMERAL_PORT_LOW_DEFAULT;
+  try {
+    ephemeralLow = Number(
+      readFileSync('/proc/sys/net/ipv4/ip_local_port_range', 'utf8').trim().split(/\s+/)[0],
+    );
+  } catch {
+    // no such file: Linux's default
+  }
+  for (;;) {
+    const port = FIXED_PORT_FLOOR + Math.floor(Math.random() * (ephemeralLow - FIXED_PORT_FLOOR));
+    const free = await new Promise<boolean>((resolve) => {
+      const probe = createServer();
+      probe.once('error', () => resolve(false));
+      probe.listen({ port, host: '127.0.0.1', exclusive: true }, () => probe.close(() => resolve(true)));
+    });
+    if (free) return port;
   }
 }
 
@@ -482,11 +536,11 @@ export function sleep(ms: number): Promise<void> {
   return new Promise((resolve) => setTimeout(resolve, ms));
 }
 
-/** Kills every client process, every master's and app's process tree, and removes app copies. */
+/** Kills every client process, every master's, app's and PM2 peer's process tree, and removes app copies. */
 export async function cleanupEverything(): Promise<void> {
   for (const client of [...liveClients]) client.kill();
   try {
-    await killAll();
+    await Promise.all([stopEveryPm2Peer(), killAll()]);
   } finally {
     for (const app of liveAppDirs) app.cleanup();
     liveAppDirs.clear();

@@ -147,7 +147,7 @@ async function main(): Promise<number> {
       ?.checks.every((check) => check.ok);
     const svg = await renderTimeline(
       `baton: reload under load, ${info.date.slice(0, 10)}`,
-      `Requests per 100 ms by the version that served them${nothingFailed ? ', nothing failed' : ''}. ${info.machine}.`,
+      `Requests per 100 ms by the version that served them${nothingFailed ? ', nothing failed under baton' : ''}. ${info.machine}.`,
       panels,
     );
     writeFileSync(chartPath, svg);

@@ -2,7 +2,8 @@
  * Scenario 4, a broken release under load: the example app under baton takes keep-alive and
  * new-connection load while two bad releases are deployed in turn, one that crashes at start and one
  * that listens but never says ready. Every request must succeed, and the old version must go on
- * serving after each failed reload.
+ * serving after each failed reload. Then the same app under PM2's cluster mode takes the same load
+ * while the release that crashes at start is deployed with `pm2 reload`: what PM2 does with it.
  */
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -12,6 +13,8 @@ import { type BenchContext, pick } from '../context.js';
 import {
   type AppDir,
   exampleAppCopy,
+  freeFixedPort,
+  processAlive,
   RELOAD_TIMEOUT_MS,
   removeAppCopy,
   sleep,
@@ -19,6 +22,7 @@ import {
   startHttpLoad,
   stopProcess,
 } from '../harness.js';
+import { PM2_VERSION, type Pm2Instance, Pm2Peer } from '../pm2.js';
 import { count, failures, ms, type ScenarioOutcome, versions } from '../report.js';
 
 const WORKERS = 2;
@@ -70,9 +74,35 @@ export interface BrokenReleaseOutcome {
   servedByBadRelease: number;
 }
 
-/** Runs scenario 4. */
+/** What PM2 did with the release that crashes at start, as stored in latest.json. */
+export interface Pm2BrokenOutcome {
+  name: string;
+  /** `pm2 reload`'s exit code, and its spawn → return. */
+  reloadExitCode: number | null;
+  reloadMs: number;
+  /** Of the old workers (their pids before the reload), how many still ran when `pm2 reload` returned. */
+  oldWorkersLeft: number;
+  /** The instances when `pm2 reload` returned, and at the end of the run. */
+  instancesAfterReload: Pm2Instance[];
+  instancesAtEnd: Pm2Instance[];
+  total: LoadCounts;
+  /** Requests sent from the reload's spawn until it returned, and after it (the good source back on disk). */
+  duringReload: LoadCounts;
+  afterReload: LoadCounts;
+  /** The load client's error messages (the first of each kind). */
+  errors: string[];
+}
+
+/** Runs scenario 4: baton with both bad releases, then PM2 with the one that crashes at start. */
 export async function brokenRelease(context: BenchContext): Promise<ScenarioOutcome> {
   context.progress('scenario 4, broken release under load');
+  const { result, steps } = await underBaton(context);
+  context.progress(`scenario 4, broken release under load: PM2 ${PM2_VERSION}`);
+  const pm2 = await underPm2(context);
+  return summarize(result, steps, pm2);
+}
+
+async function underBaton(context: BenchContext): Promise<{ result: HttpLoadResult; steps: Step[] }> {
   const readyTimeoutMs = pick(context, 1000, 2000);
   const holdMs = pick(context, 500, 1500);
   const app = exampleAppCopy();
@@ -126,12 +156,82 @@ export async function brokenRelease(context: BenchContext): Promise<ScenarioOutc
       });
       await sleep(holdMs);
     }
-    const result = await load.stop();
-    return summarize(result, steps);
+    return { result: await load.stop(), steps };
   } finally {
     await stopProcess(baton);
     removeAppCopy(app);
   }
+}
+
+/**
+ * The example app under `pm2 start server.js -i 2 --wait-ready` (draining on SIGINT, PM2's stop
+ * signal), the same load as baton's run; the release that crashes at start is deployed and `pm2
+ * reload` run, and, as soon as it returns, the good source is put back on disk (as baton's run does
+ * once the reload failed) for PM2's restarts to find. PM2's defaults otherwise (autorestart, kill_timeout).
+ */
+async function underPm2(context: BenchContext): Promise<Pm2BrokenOutcome> {
+  const holdMs = pick(context, 500, 1500);
+  const afterMs = pick(context, 2000, 4000);
+  const release = RELEASES[0] as BrokenRelease;
+  const app = exampleAppCopy();
+  app.setVersion(GOOD_VERSION);
+  const goodSource = readFileSync(join(app.dir, 'server.js'), 'utf8');
+  const httpPort = await freeFixedPort();
+  try {
+    const peer = await Pm2Peer.start({
+      script: join(app.dir, 'server.js'),
+      cwd: app.dir,
+      instances: WORKERS,
+      ports: 2,
+      env: { PORT: String(httpPort), GAME_PORT: String(await freeFixedPort()), BATON_DRAIN_SIGNAL: 'SIGINT' },
+    });
+    try {
+      const load = startHttpLoad({
+        port: httpPort,
+        path: '/',
+        keepAliveLoops: LOOPS_EACH,
+        newConnectionLoops: LOOPS_EACH,
+        maxRequests: 2_000_000,
+        maxDurationMs: holdMs + RELOAD_TIMEOUT_MS + afterMs,
+        requestTimeoutMs: 10_000,
+      });
+      await load.started;
+      await sleep(holdMs);
+      const oldPids = (await peer.list()).map((instance) => instance.pid);
+      deploy(app, release.breakApp(goodSource), release.version);
+      const reloaded = await peer.reload();
+      deploy(app, goodSource, GOOD_VERSION);
+      const instancesAfterReload = await peer.list();
+      const oldWorkersLeft = oldPids.filter((pid) => processAlive(pid)).length;
+      await sleep(afterMs);
+      const instancesAtEnd = await peer.list();
+      const result = await load.stop();
+      return {
+        name: release.name,
+        reloadExitCode: reloaded.exitCode,
+        reloadMs: reloaded.endedAt - reloaded.startedAt,
+        oldWorkersLeft,
+        instancesAfterReload,
+        instancesAtEnd,
+        total: countLoad(result),
+        duringReload: countLoad(result, (t) => t >= reloaded.startedAt && t < reloaded.endedAt),
+        afterReload: countLoad(result, (t) => t >= reloaded.endedAt),
+        errors: result.errors,
+      };
+    } finally {
+      await peer.stop();
+    }
+  } finally {
+    removeAppCopy(app);
+  }
+}
+
+/** `online ×2` or `errored ×1, online ×1`, with the restarts: what `pm2 jlist` said. */
+function instancesSummary(instances: Pm2Instance[]): string {
+  const byStatus = new Map<string, number>();
+  for (const instance of instances) byStatus.set(instance.status, (byStatus.get(instance.status) ?? 0) + 1);
+  const restarts = instances.reduce((sum, instance) => sum + instance.restarts, 0);
+  return `${[...byStatus].map(([status, n]) => `${status} ×${n}`).join(', ') || 'none'}, ${count(restarts)} restarts`;
 }
 
 function deploy(app: AppDir, source: string, version: string): void {
@@ -139,7 +239,7 @@ function deploy(app: AppDir, source: string, version: string): void {
   app.setVersion(version);
 }
 
-function summarize(result: HttpLoadResult, steps: Step[]): ScenarioOutcome {
+function summarize(result: HttpLoadResult, steps: Step[], pm2: Pm2BrokenOutcome): ScenarioOutcome {
   const total = countLoad(result);
   const outcomes: BrokenReleaseOutcome[] = steps.map((step, index) => {
     const until = steps[index + 1]?.signalAt ?? Number.POSITIVE_INFINITY;
@@ -159,7 +259,7 @@ function summarize(result: HttpLoadResult, steps: Step[]): ScenarioOutcome {
   return {
     id: 'broken',
     title: '4. Broken release under load',
-    data: { total, releases: outcomes, errors: result.errors },
+    data: { total, releases: outcomes, errors: result.errors, pm2 },
     sections: [
       {
         title: '',
@@ -182,6 +282,35 @@ function summarize(result: HttpLoadResult, steps: Step[]): ScenarioOutcome {
         note:
           `${count(total.requests)} requests in all (${LOOPS_EACH} keep-alive and ${LOOPS_EACH} new-connection loops), failed: ${failures(total.failures)}; ` +
           `by version: ${versions(total.versions)}.`,
+      },
+      {
+        title: `PM2 ${PM2_VERSION}, cluster mode, the same load: \`pm2 reload\` of the release that crashes at start`,
+        header: [
+          'bad release',
+          '`pm2 reload` exit code',
+          'signal → it returned',
+          'old workers still running then',
+          'requests until it returned',
+          'requests after it returned',
+          'served by, after it returned',
+          'PM2 says, after it returned / at the end',
+        ],
+        rows: [
+          [
+            pm2.name,
+            String(pm2.reloadExitCode),
+            ms(pm2.reloadMs),
+            `${pm2.oldWorkersLeft} of ${WORKERS}`,
+            `${count(pm2.duringReload.requests)}, failed ${failures(pm2.duringReload.failures)}`,
+            `${count(pm2.afterReload.requests)}, failed ${failures(pm2.afterReload.failures)}`,
+            versions(pm2.afterReload.versions),
+            `${instancesSummary(pm2.instancesAfterReload)} / ${instancesSummary(pm2.instancesAtEnd)}`,
+          ],
+        ],
+        note:
+          `${count(pm2.total.requests)} requests in all, failed: ${failures(pm2.total.failures)} (baton, same load: ${failures(total.failures)}). ` +
+          `\`pm2 start server.js -i ${WORKERS} --wait-ready\` with the example app draining on SIGINT (PM2's stop signal); "signal" is the spawn of \`pm2 reload\`. ` +
+          'As soon as it returned the good source went back on disk (as in baton\'s run once its reload failed), for PM2\'s automatic restarts to find; "served by" counts answers by version, whichever process gave them.',
       },
     ],
     checks: [

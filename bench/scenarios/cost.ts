@@ -2,18 +2,19 @@
  * Scenario 5, cost: steady throughput with no reload, for the same minimal app run alone, under baton
  * with 1 and 2 workers (and 2 workers that do not report their connections, so that the master counts
  * them), and under a textbook `node:cluster` primary with 2 workers, with short connections and with
- * keep-alive. The set-ups take turns in short runs, round after round, and each figure is the median
+ * keep-alive, and under PM2's cluster mode with 2 instances. The set-ups take turns in short runs, round after round, and each figure is the median
  * over the rounds, given as a ratio to the lone app. Also the supervisor's own CPU and memory (RSS idle,
- * after load, and its peak, VmHWM), memory as a ratio to an idle Node of the same version in the same run.
+ * after load, and its peak, VmHWM), memory as a ratio to an idle Node of the same version and to the app
+ * alone in the same run.
  */
 import { countLoad, median, throughput } from '../analysis.js';
 import { type BenchContext, pick } from '../context.js';
 import {
-  type BatonProcess,
   CLUSTER_APP,
   HELLO_APP,
   measureCpu,
   procUsage,
+  REPO_ROOT,
   sleep,
   startBatonApp,
   startHttpLoad,
@@ -22,6 +23,7 @@ import {
   stopProcess,
   tcpSocketsOnMachine,
 } from '../harness.js';
+import { PM2_VERSION, Pm2Peer } from '../pm2.js';
 import { count, megabytes, ms, percent, ratio, type ScenarioOutcome } from '../report.js';
 
 const CONCURRENCY = 16;
@@ -35,7 +37,7 @@ type Mode = (typeof MODES)[number];
 interface Variant {
   name: string;
   /** Whose CPU and memory stand for the supervisor; the app's own for the lone app. */
-  start(): Promise<{ port: number; watchedPid: number; tree: BatonProcess }>;
+  start(): Promise<{ port: number; watchedPid: number; stop(): Promise<void> }>;
 }
 
 const VARIANTS: Variant[] = [
@@ -43,14 +45,14 @@ const VARIANTS: Variant[] = [
     name: 'app alone',
     start: async () => {
       const app = await startPlainApp(HELLO_APP);
-      return { port: app.port, watchedPid: app.pid, tree: app.process };
+      return { port: app.port, watchedPid: app.pid, stop: () => stopProcess(app.process) };
     },
   },
   ...[1, 2].map((workers) => ({
     name: `baton, ${workers} worker${workers === 1 ? '' : 's'}`,
     start: async () => {
       const { baton, httpPort } = await startBatonApp({ workers, app: { kind: 'hello' } });
-      return { port: httpPort, watchedPid: baton.pid, tree: baton };
+      return { port: httpPort, watchedPid: baton.pid, stop: () => stopProcess(baton) };
     },
   })),
   {
@@ -61,14 +63,28 @@ const VARIANTS: Variant[] = [
         app: { kind: 'plain' },
         extraArgs: ['--no-preload'],
       });
-      return { port: httpPort, watchedPid: baton.pid, tree: baton };
+      return { port: httpPort, watchedPid: baton.pid, stop: () => stopProcess(baton) };
     },
   },
   {
     name: 'node:cluster, 2 workers',
     start: async () => {
       const primary = await startPlainApp(CLUSTER_APP, { listeners: 2, env: { BENCH_WORKERS: '2' } });
-      return { port: primary.port, watchedPid: primary.pid, tree: primary.process };
+      return { port: primary.port, watchedPid: primary.pid, stop: () => stopProcess(primary.process) };
+    },
+  },
+  {
+    name: `PM2 ${PM2_VERSION} cluster mode, 2 workers`,
+    start: async () => {
+      // hello.js's ready() sends PM2's 'ready'; its port 0 is one port, bound by the God daemon (the
+      // cluster primary), which is the supervisor measured.
+      const peer = await Pm2Peer.start({
+        script: HELLO_APP,
+        cwd: REPO_ROOT,
+        instances: 2,
+        env: { BENCH_APP_VERSION: 'pm2' },
+      });
+      return { port: peer.ports()[0] as number, watchedPid: peer.godPid, stop: () => peer.stop() };
     },
   },
 ];
@@ -156,7 +172,7 @@ export async function cost(context: BenchContext): Promise<ScenarioOutcome> {
       (figures[index] as VariantFigures).peakRssBytes.push(usage.peakRssBytes);
     }
   } finally {
-    for (const { tree } of running) await stopProcess(tree);
+    for (const { stop } of running) await stop();
     await stopProcess(idle);
   }
   return summarize(figures, idleNode, rounds, measureMs, idleMs, tcpSockets);
@@ -205,7 +221,8 @@ function summarize(
           `Best of ${rounds} rounds of ${(measureMs / 1000).toFixed(1)} s per mode (other work on a shared machine only ever slows a round down), the median in brackets; every round is in latest.json.`,
       },
       {
-        title: 'The supervisor itself (baton master, cluster primary), CPU in % of one core',
+        title:
+          "The supervisor itself (baton master, cluster primary, PM2's God daemon), CPU in % of one core",
         header: [
           '',
           'CPU idle',
@@ -220,13 +237,21 @@ function summarize(
           percent(median(figure.idleCpuShare)),
           percent(median(figure.loadCpuShare['new connection'])),
           percent(median(figure.loadCpuShare['keep-alive'])),
-          ...[figure.idleRssBytes, figure.rssBytes, figure.peakRssBytes].map(
-            (bytes) => `${megabytes(median(bytes))} (×${(median(bytes) / idleNode.rssBytes).toFixed(2)})`,
+          ...(
+            [
+              [figure.idleRssBytes, alone.idleRssBytes],
+              [figure.rssBytes, alone.rssBytes],
+              [figure.peakRssBytes, alone.peakRssBytes],
+            ] as const
+          ).map(
+            ([bytes, aloneBytes]) =>
+              `${megabytes(median(bytes))} (×${(median(bytes) / idleNode.rssBytes).toFixed(2)}; app ${ratio(median(bytes) / median(aloneBytes))})`,
           ),
         ]),
         note:
-          `Memory in brackets: a ratio to an idle Node ${process.version} in the same run (${megabytes(idleNode.rssBytes)} RSS, peak ${megabytes(idleNode.peakRssBytes)}). ` +
-          `The lone app's own RSS after load: ${megabytes(median(alone.rssBytes))}. ` +
+          `Memory in brackets: a ratio to an idle Node ${process.version} in the same run (${megabytes(idleNode.rssBytes)} RSS, peak ${megabytes(idleNode.peakRssBytes)}), then ("app") to the app alone at the same moment. ` +
+          `The lone app's own RSS: ${megabytes(median(alone.idleRssBytes))} idle, ${megabytes(median(alone.rssBytes))} after load, peak ${megabytes(median(alone.peakRssBytes))}. ` +
+          `PM2: \`pm2 start hello.js -i 2 --wait-ready\` in a PM2_HOME of its own; its God daemon is the cluster primary, which accepts every connection. ` +
           `"Idle" is with no client, over ${ms(idleMs)} (CPU is counted in 10 ms ticks), while the machine held ${count(tcpSockets)} TCP sockets ` +
           "(TIME_WAIT included). baton's master counts the connections of workers that do not report theirs (plain.js): their descriptors in /proc, and the sockets established on the listener's port from netlink sock_diag (the kernel filters by state and port), not the whole of /proc/net/tcp.",
       },

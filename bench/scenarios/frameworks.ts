@@ -13,6 +13,7 @@ import { type BenchContext, pick } from '../context.js';
 import {
   NODE,
   REPO_ROOT,
+  reload,
   removeAppCopy,
   startBatonApp,
   startUpAloneMs,
@@ -101,11 +102,11 @@ async function measureApp(context: BenchContext, app: UnmodifiedApp): Promise<Fr
       try {
         const { result, times } = await loadAcrossReloads({
           context,
+          label: `${app.name}, ${mode}`,
           mode,
-          baton,
           httpPort,
-          workers: WORKERS,
           reloads: pick(context, 2, 5),
+          reloadOnce: (gen) => reload(baton, gen, { workers: WORKERS }),
           setVersion: (version) => dir.setVersion(version),
         });
         runs.push({

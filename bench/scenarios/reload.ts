@@ -1,9 +1,12 @@
 /**
  * Scenario 1, reload under load: the example app under baton (2 workers) takes closed-loop HTTP load,
  * once with keep-alive connections and once with a new connection per request, while it is reloaded
- * N times, each time with a new version on disk. Counts every request and failure, compares latency
- * during reloads with latency outside them, and times how soon every new request gets the new version.
+ * N times, each time with a new version on disk; then the same under PM2's cluster mode (`pm2 reload`).
+ * Counts every request and failure, compares latency during reloads with latency outside them, times
+ * how soon every new request gets the new version, and gives throughput, that time and the
+ * supervisor's memory as ratios to the app alone, measured first in the same run.
  */
+import { join } from 'node:path';
 import {
   buckets,
   countLoad,
@@ -12,22 +15,30 @@ import {
   latencyDuringAndWithout,
   median,
   switchDelayMs,
+  throughput,
+  throughputOutside,
 } from '../analysis.js';
 import type { ChartPanel } from '../chart.js';
 import type { HttpLoadResult } from '../clients/protocol.js';
 import { type BenchContext, pick } from '../context.js';
 import {
-  type BatonProcess,
+  type AppDir,
   exampleAppCopy,
+  freeFixedPort,
+  NODE,
+  procUsage,
   type ReloadTimes,
   reload,
   removeAppCopy,
   sleep,
   startBatonApp,
   startHttpLoad,
+  startListeningAlone,
+  startUpAloneMs,
   stopProcess,
 } from '../harness.js';
-import { count, failures, ms, ratio, type ScenarioOutcome } from '../report.js';
+import { PM2_VERSION, Pm2Peer } from '../pm2.js';
+import { count, failures, megabytes, ms, ratio, type ScenarioOutcome } from '../report.js';
 
 /** Workers per generation. */
 const WORKERS = 2;
@@ -48,25 +59,40 @@ const BUCKET_MS = 100;
 /** How connections are used. */
 export type ConnectionMode = 'keep-alive' | 'new connection';
 
-/** A run of the scenario: how clients connect, and whether the workers report their connections. */
+/** Who reloads the app: baton, or PM2 in cluster mode (`pm2 reload`). */
+type Supervisor = 'baton' | 'pm2';
+
+/** A run of the scenario: how clients connect, who supervises, and whether the workers report their connections. */
 interface RunKind {
   mode: ConnectionMode;
+  supervisor: Supervisor;
   /** bench/apps/plain.js with --no-preload instead of the example app: the master counts connections itself. */
   unreported: boolean;
 }
 
-/** The runs, in order; the last is the case issue 17 measured (Python, Go, any server written for systemd). */
+/**
+ * The runs, in order; the third is the case issue 17 measured (Python, Go, any server written for
+ * systemd), the last two the same example app under PM2.
+ */
 const RUNS: RunKind[] = [
-  { mode: 'keep-alive', unreported: false },
-  { mode: 'new connection', unreported: false },
-  { mode: 'new connection', unreported: true },
+  { mode: 'keep-alive', supervisor: 'baton', unreported: false },
+  { mode: 'new connection', supervisor: 'baton', unreported: false },
+  { mode: 'new connection', supervisor: 'baton', unreported: true },
+  { mode: 'keep-alive', supervisor: 'pm2', unreported: false },
+  { mode: 'new connection', supervisor: 'pm2', unreported: false },
 ];
 
-const runLabel = (run: RunKind) => (run.unreported ? `${run.mode}, workers that do not report` : run.mode);
+const runLabel = (run: RunKind) =>
+  run.supervisor === 'pm2'
+    ? `PM2 ${PM2_VERSION}, ${run.mode}`
+    : run.unreported
+      ? `${run.mode}, workers that do not report`
+      : run.mode;
 
 /** One mode's run, as stored in latest.json. */
 export interface ReloadRun {
   mode: ConnectionMode;
+  supervisor: Supervisor;
   label: string;
   reloads: number;
   counts: LoadCounts;
@@ -76,6 +102,14 @@ export interface ReloadRun {
   signalToActiveMs: number[];
   signalToNewVersionOnlyMs: number[];
   signalToRetiredMs: number[];
+  /** Requests per second answered over the whole run, reloads included (after the warm-up), and outside the reloads. */
+  requestsPerSecond: number;
+  requestsPerSecondWithout: number;
+  /** The app alone's, under the same load just before this run. */
+  aloneRequestsPerSecond: number;
+  /** The supervisor (baton's master, PM2's God daemon): RSS before the load, and its peak (VmHWM) at the end. */
+  supervisorRssIdleBytes: number;
+  supervisorPeakRssBytes: number;
   errors: string[];
 }
 
@@ -87,27 +121,31 @@ export interface LoadAcrossReloads {
   result: HttpLoadResult;
   times: ReloadTimes[];
   loadStartedAt: number;
+  /** When the load was asked to stop (epoch ms): the end of its throughput window. */
+  loadStoppedAt: number;
 }
 
 /**
- * Sends `mode` load to a running master's `httpPort` and reloads it `reloads` times, writing the next
- * version (`versionOf`) before each signal: a steady phase first, a tail after, `GAP_MS` between reloads.
+ * Sends `mode` load to a running server's `httpPort` and reloads it `reloads` times with `reloadOnce`,
+ * writing the next version (`versionOf`) before each: a steady phase first, a tail after, `GAP_MS`
+ * between reloads. `label` names the run in the progress lines.
  */
 export async function loadAcrossReloads({
   context,
+  label,
   mode,
-  baton,
   httpPort,
-  workers,
   reloads,
+  reloadOnce,
   setVersion,
 }: {
   context: BenchContext;
+  label: string;
   mode: ConnectionMode;
-  baton: BatonProcess;
   httpPort: number;
-  workers: number;
   reloads: number;
+  /** Reloads to generation `gen` (2 for the first reload) and says when its steps happened. */
+  reloadOnce(gen: number): Promise<ReloadTimes>;
   setVersion(version: string): void;
 }): Promise<LoadAcrossReloads> {
   const steadyMs = pick(context, 800, 2000);
@@ -126,13 +164,14 @@ export async function loadAcrossReloads({
   const times: ReloadTimes[] = [];
   for (let index = 1; index <= reloads; index++) {
     setVersion(versionOf(index));
-    times.push(await reload(baton, index + 1, { workers }));
-    context.progress(`  ${mode}: reload ${index}/${reloads} done`);
+    times.push(await reloadOnce(index + 1));
+    context.progress(`  ${label}: reload ${index}/${reloads} done`);
     // The charted (last) reload gets a quiet lead-in, so that its window shows two versions only.
     await sleep(index === reloads - 1 ? GAP_MS + CHART_BEFORE_MS : GAP_MS);
   }
   await sleep(tailMs);
-  return { result: await load.stop(), times, loadStartedAt };
+  const loadStoppedAt = Date.now();
+  return { result: await load.stop(), times, loadStartedAt, loadStoppedAt };
 }
 
 /**
@@ -150,50 +189,175 @@ export function newVersionOnlyMs(result: HttpLoadResult, times: ReloadTimes[]): 
   );
 }
 
-async function runMode(context: BenchContext, kind: RunKind): Promise<{ run: ReloadRun; panel: ChartPanel }> {
-  const { mode } = kind;
+/**
+ * The example app alone, with no supervisor: the yardstick of the same run. It stays up, idle, while
+ * the supervised runs go, and takes each run's load for a moment just before it: on a shared machine
+ * a baseline measured once, minutes away, can be off by half.
+ */
+interface AppAlone {
+  /** Spawn → both listeners open, as /proc shows them; one per start. */
+  startUpMs: number[];
+  /** RSS once it listens. */
+  rssIdleBytes: number;
+  /** Requests per second under `mode`'s load now, no reload. */
+  throughput(mode: ConnectionMode): Promise<number>;
+  /** Its peak RSS (VmHWM) so far. */
+  peakRssBytes(): number;
+  stop(): Promise<void>;
+}
+
+/** Starts the example app alone (its own ports, as `PORT=... node server.js`) after timing its start-up. */
+async function startAppAlone(context: BenchContext): Promise<AppAlone> {
   const app = exampleAppCopy();
   app.setVersion(versionOf(0));
+  const env = { PORT: String(await freeFixedPort()), GAME_PORT: String(await freeFixedPort()) };
+  const command = [NODE, 'server.js'];
+  const startUpMs: number[] = [];
+  for (let index = 0; index < pick(context, 1, 3); index++) {
+    startUpMs.push(await startUpAloneMs(command, app.dir, { env, listeners: 2 }));
+  }
+  const { started } = await startListeningAlone(command, app.dir, { env, listeners: 2 });
+  const measureMs = pick(context, 1000, 2000);
+  return {
+    startUpMs,
+    rssIdleBytes: procUsage(started.pid).rssBytes,
+    throughput: async (mode) => {
+      const load = startHttpLoad({
+        port: Number(env.PORT),
+        path: '/',
+        keepAliveLoops: mode === 'keep-alive' ? CONCURRENCY : 0,
+        newConnectionLoops: mode === 'new connection' ? CONCURRENCY : 0,
+        maxRequests: 2_000_000,
+        maxDurationMs: WARM_UP_MS + measureMs,
+        requestTimeoutMs: 10_000,
+      });
+      const from = (await load.started) + WARM_UP_MS;
+      return throughput(await load.result, from, from + measureMs);
+    },
+    peakRssBytes: () => procUsage(started.pid).peakRssBytes,
+    stop: async () => {
+      await started.killTree();
+      removeAppCopy(app);
+    },
+  };
+}
+
+/** A supervisor running the example app, ready for load and reloads. */
+interface Supervised {
+  httpPort: number;
+  /** The process whose memory is the supervisor's. */
+  supervisorPid: number;
+  reloadOnce(gen: number): Promise<ReloadTimes>;
+  stop(): Promise<void>;
+}
+
+/** The example app (or plain.js) under baton, 2 workers. */
+async function underBaton(kind: RunKind, app: AppDir): Promise<Supervised> {
   const { baton, httpPort } = await startBatonApp({
     workers: WORKERS,
     app: kind.unreported ? { kind: 'plain', dir: app } : { kind: 'example', dir: app },
     extraArgs: kind.unreported ? ['--no-preload'] : [],
   });
+  return {
+    httpPort,
+    supervisorPid: baton.pid,
+    reloadOnce: (gen) => reload(baton, gen, { workers: WORKERS }),
+    stop: () => stopProcess(baton),
+  };
+}
+
+/**
+ * The example app under PM2's cluster mode, 2 instances, as its users run it: `--wait-ready` (the
+ * app's ready() sends PM2's 'ready'), ports it is told (PM2 binds them in the daemon), and its drain
+ * on PM2's stop signal (SIGINT; the child API drains on BATON_DRAIN_SIGNAL). A reload is `pm2 reload`,
+ * from the command's spawn until it returns.
+ */
+async function underPm2(app: AppDir): Promise<Supervised> {
+  const httpPort = await freeFixedPort();
+  const peer = await Pm2Peer.start({
+    script: join(app.dir, 'server.js'),
+    cwd: app.dir,
+    instances: WORKERS,
+    ports: 2,
+    env: { PORT: String(httpPort), GAME_PORT: String(await freeFixedPort()), BATON_DRAIN_SIGNAL: 'SIGINT' },
+  });
+  return {
+    httpPort,
+    supervisorPid: peer.godPid,
+    reloadOnce: async (gen) => {
+      const reloaded = await peer.reload();
+      if (reloaded.exitCode !== 0)
+        throw new Error(`pm2 reload exited ${reloaded.exitCode}:\n${reloaded.output}`);
+      return {
+        gen,
+        signalAt: reloaded.startedAt,
+        startingAt: reloaded.startedAt,
+        activeAt: reloaded.endedAt,
+        retiredAt: reloaded.endedAt,
+        workerReadyMs: [],
+      };
+    },
+    stop: () => peer.stop(),
+  };
+}
+
+async function runMode(
+  context: BenchContext,
+  kind: RunKind,
+  aloneRequestsPerSecond: number,
+): Promise<{ run: ReloadRun; panel: ChartPanel }> {
+  const { mode } = kind;
+  const app = exampleAppCopy();
+  app.setVersion(versionOf(0));
   try {
-    const { result, times, loadStartedAt } = await loadAcrossReloads({
-      context,
-      mode,
-      baton,
-      httpPort,
-      workers: WORKERS,
-      reloads: pick(context, 3, 10),
-      setVersion: (version) => app.setVersion(version),
-    });
-    return analyse(kind, result, times, loadStartedAt);
+    const supervised = kind.supervisor === 'pm2' ? await underPm2(app) : await underBaton(kind, app);
+    try {
+      const rssIdleBytes = procUsage(supervised.supervisorPid).rssBytes;
+      const across = await loadAcrossReloads({
+        context,
+        label: runLabel(kind),
+        mode,
+        httpPort: supervised.httpPort,
+        reloads: pick(context, 3, 10),
+        reloadOnce: supervised.reloadOnce,
+        setVersion: (version) => app.setVersion(version),
+      });
+      const memory = { rssIdleBytes, peakRssBytes: procUsage(supervised.supervisorPid).peakRssBytes };
+      return analyse(kind, across, memory, aloneRequestsPerSecond);
+    } finally {
+      await supervised.stop();
+    }
   } finally {
-    await stopProcess(baton);
     removeAppCopy(app);
   }
 }
 
 function analyse(
   kind: RunKind,
-  result: HttpLoadResult,
-  times: ReloadTimes[],
-  loadStartedAt: number,
+  { result, times, loadStartedAt, loadStoppedAt }: LoadAcrossReloads,
+  memory: { rssIdleBytes: number; peakRssBytes: number },
+  aloneRequestsPerSecond: number,
 ): { run: ReloadRun; panel: ChartPanel } {
   const windows = times.map((step) => ({ from: step.signalAt, to: step.retiredAt ?? step.activeAt }));
   const { during, without } = latencyDuringAndWithout(result, windows, loadStartedAt + WARM_UP_MS);
+  const pm2 = kind.supervisor === 'pm2';
   const run: ReloadRun = {
     mode: kind.mode,
+    supervisor: kind.supervisor,
     label: runLabel(kind),
     reloads: times.length,
     counts: countLoad(result),
     duringReloads: during,
     withoutReloads: without,
-    signalToActiveMs: times.map((step) => step.activeAt - step.signalAt),
+    // PM2 says nothing between its command's start and its return.
+    signalToActiveMs: times.map((step) => (pm2 ? Number.NaN : step.activeAt - step.signalAt)),
     signalToNewVersionOnlyMs: newVersionOnlyMs(result, times),
     signalToRetiredMs: times.map((step) => (step.retiredAt ?? Number.NaN) - step.signalAt),
+    requestsPerSecond: throughput(result, loadStartedAt + WARM_UP_MS, loadStoppedAt),
+    requestsPerSecondWithout: throughputOutside(result, windows, loadStartedAt + WARM_UP_MS, loadStoppedAt),
+    aloneRequestsPerSecond,
+    supervisorRssIdleBytes: memory.rssIdleBytes,
+    supervisorPeakRssBytes: memory.peakRssBytes,
     errors: result.errors,
   };
   // The last reload: nothing follows it but the steady tail, so its window is not cut by the next signal.
@@ -203,16 +367,22 @@ function analyse(
   // Whole buckets only: a bucket cut by the window's edge would look like a drop in traffic.
   const chartFrom = origin - CHART_BEFORE_MS;
   const chartTo = origin + Math.floor((endOf + CHART_AFTER_MS - origin) / BUCKET_MS) * BUCKET_MS;
+  const marks = pm2
+    ? [
+        { t: 0, label: 'pm2 reload' },
+        { t: endOf - origin, label: 'pm2 reload returned' },
+      ]
+    : [
+        { t: 0, label: 'SIGUSR2' },
+        { t: charted.activeAt - origin, label: 'new generation active' },
+        ...(charted.retiredAt === undefined
+          ? []
+          : [{ t: charted.retiredAt - origin, label: 'old generation retired' }]),
+      ];
   const panel: ChartPanel = {
     title: `${run.label}: reload ${times.length} of ${times.length}; the whole run: ${count(run.counts.requests)} requests, ${run.counts.failed} failed`,
     buckets: buckets(result, { origin, from: chartFrom, to: chartTo, bucketMs: BUCKET_MS }),
-    marks: [
-      { t: 0, label: 'SIGUSR2' },
-      { t: charted.activeAt - origin, label: 'new generation active' },
-      ...(charted.retiredAt === undefined
-        ? []
-        : [{ t: charted.retiredAt - origin, label: 'old generation retired' }]),
-    ],
+    marks,
     from: chartFrom - origin,
     to: chartTo - origin,
   };
@@ -222,23 +392,41 @@ function analyse(
 /** `182 ms (max 224 ms)`. */
 export const medianAndMax = (values: number[]) => `${ms(median(values))} (max ${ms(Math.max(...values))})`;
 
-/** Runs scenario 1 in both connection modes. */
+/** Runs scenario 1: baton in each run kind, then PM2, and the example app alone as their yardstick. */
 export async function reloadUnderLoad(
   context: BenchContext,
 ): Promise<ScenarioOutcome & { panels: ChartPanel[] }> {
+  context.progress('scenario 1, reload under load: the example app alone');
+  const alone = await startAppAlone(context);
+  const aloneStartUpMs = median(alone.startUpMs);
   const runs: ReloadRun[] = [];
   const panels: ChartPanel[] = [];
-  for (const kind of RUNS) {
-    context.progress(`scenario 1, reload under load: ${runLabel(kind)}`);
-    const { run, panel } = await runMode(context, kind);
-    runs.push(run);
-    panels.push(panel);
+  let alonePeakRssBytes: number;
+  try {
+    for (const kind of RUNS) {
+      context.progress(`scenario 1, reload under load: the app alone, then ${runLabel(kind)}`);
+      const aloneRequestsPerSecond = await alone.throughput(kind.mode);
+      const { run, panel } = await runMode(context, kind, aloneRequestsPerSecond);
+      runs.push(run);
+      panels.push(panel);
+    }
+    alonePeakRssBytes = alone.peakRssBytes();
+  } finally {
+    await alone.stop();
   }
   const row = (label: string, cell: (run: ReloadRun) => string) => [label, ...runs.map(cell)];
+  const baton = runs.filter((run) => run.supervisor === 'baton');
   return {
     id: 'reload',
     title: '1. Reload under load',
-    data: runs,
+    data: {
+      alone: {
+        startUpMs: alone.startUpMs,
+        rssIdleBytes: alone.rssIdleBytes,
+        peakRssBytes: alonePeakRssBytes,
+      },
+      runs,
+    },
     panels,
     sections: [
       {
@@ -249,6 +437,16 @@ export async function reloadUnderLoad(
           row('requests', (run) => count(run.counts.requests)),
           row('failed (by kind)', (run) => failures(run.counts.failures)),
           row(
+            'req/s over the run (ratio to the app alone)',
+            (run) =>
+              `${count(run.requestsPerSecond)} (${ratio(run.requestsPerSecond / run.aloneRequestsPerSecond)})`,
+          ),
+          row(
+            'req/s outside reloads (ratio to the app alone)',
+            (run) =>
+              `${count(run.requestsPerSecondWithout)} (${ratio(run.requestsPerSecondWithout / run.aloneRequestsPerSecond)})`,
+          ),
+          row(
             'p50 during reloads / without',
             (run) =>
               `${ms(run.duringReloads.p50)} / ${ms(run.withoutReloads.p50)} (${ratio(run.duringReloads.p50 / run.withoutReloads.p50)})`,
@@ -258,16 +456,38 @@ export async function reloadUnderLoad(
             (run) =>
               `${ms(run.duringReloads.p99)} / ${ms(run.withoutReloads.p99)} (${ratio(run.duringReloads.p99 / run.withoutReloads.p99)})`,
           ),
-          row('signal → new generation active', (run) => medianAndMax(run.signalToActiveMs)),
+          row('signal → new generation active', (run) =>
+            run.supervisor === 'pm2' ? 'n/a' : medianAndMax(run.signalToActiveMs),
+          ),
           row('signal → every new request on the new version', (run) =>
             medianAndMax(run.signalToNewVersionOnlyMs),
           ),
-          row('signal → old generation retired', (run) => medianAndMax(run.signalToRetiredMs)),
+          row(
+            '… as a ratio to the app alone: spawn → listening',
+            (run) => `${ratio(median(run.signalToNewVersionOnlyMs) / aloneStartUpMs)}`,
+          ),
+          row('signal → old generation retired (PM2: `pm2 reload` returned)', (run) =>
+            medianAndMax(run.signalToRetiredMs),
+          ),
+          row(
+            'supervisor RSS idle (ratio to the app alone)',
+            (run) =>
+              `${megabytes(run.supervisorRssIdleBytes)} (${ratio(run.supervisorRssIdleBytes / alone.rssIdleBytes)})`,
+          ),
+          row(
+            'supervisor peak RSS, VmHWM (ratio to the app alone)',
+            (run) =>
+              `${megabytes(run.supervisorPeakRssBytes)} (${ratio(run.supervisorPeakRssBytes / alonePeakRssBytes)})`,
+          ),
         ],
-        note: `${WORKERS} workers of the example app (the last column: bench/apps/plain.js, a plain node:http server on fd 3 that says ready with process.send('ready') and never reports its connections, under --no-preload), ${CONCURRENCY} client loops. "During reloads" is from each signal until the old generation retired; "without" is the rest of the same run. Times are medians over the reloads.`,
+        note:
+          `${WORKERS} workers of the example app (the third column: bench/apps/plain.js, a plain node:http server on fd 3 that says ready with process.send('ready') and never reports its connections, under --no-preload), ${CONCURRENCY} client loops. ` +
+          `PM2: the same example app under \`pm2 start server.js -i ${WORKERS} --wait-ready\` (cluster mode: the God daemon accepts every connection and passes it to a worker; its ready() sends PM2's 'ready'; it drains on SIGINT, PM2's stop signal; default kill_timeout), reloaded with \`pm2 reload\`, whose "signal" is the command's spawn (its own start-up included) and whose end is the command's return; the supervisor is the God daemon. ` +
+          `"During reloads" is from each signal until the old generation retired (PM2: the command returned); "without" is the rest of the same run. Times are medians over the reloads. ` +
+          `The app alone (\`node server.js\` with ports of its own, no supervisor, no reload, idle beside the runs): spawn → both listeners open ${ms(aloneStartUpMs)} (median of ${alone.startUpMs.length}, /proc), RSS ${megabytes(alone.rssIdleBytes)} listening, peak ${megabytes(alonePeakRssBytes)} after its loads; its req/s under each run's load, measured just before that run: ${runs.map((run) => `${count(run.aloneRequestsPerSecond)}`).join(', ')}.`,
       },
     ],
-    checks: runs.map((run) => ({
+    checks: baton.map((run) => ({
       what: `${run.label}: 0 failed in ${count(run.counts.requests)} requests over ${run.reloads} reloads`,
       ok: run.counts.failed === 0,
     })),
