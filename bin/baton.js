@@ -10,8 +10,20 @@ if (major < 22 || (major === 22 && minor < 12)) {
 }
 // A reload signal that comes while the modules load must not kill a master that is starting
 // (SIGUSR2's default action is to terminate); the master routes signals once it can.
-if (process.argv[2] === 'start' || process.argv[2] === '__resume') {
+if (process.argv[2] === 'start') {
   for (const signal of ['SIGUSR2', 'SIGHUP']) process.on(signal, () => {});
+}
+// A master resuming after `baton reexec` already serves: a signal that comes while its modules load is
+// kept, and acted on once the master routes signals (supervisor/start.ts).
+if (process.argv[2] === '__resume') {
+  const received = [];
+  const record = (signal) => received.push(signal);
+  const signals = ['SIGUSR2', 'SIGHUP', 'SIGTERM', 'SIGINT', 'SIGQUIT', 'SIGTTIN', 'SIGTTOU'];
+  for (const signal of signals) process.on(signal, record);
+  globalThis.batonEarlySignals = () => {
+    for (const signal of signals) process.off(signal, record);
+    return received.splice(0);
+  };
 }
 try {
   if (process.argv[2] === '__resume' || process.argv[2] === '__reexec-try') {

@@ -648,3 +648,30 @@ export function decodeWaitStatus(status: number): ChildEnd {
   const name = Object.entries(osConstants.signals).find(([, number]) => number === termSignal)?.[0];
   return { exitCode: null, signal: (name ?? 'SIGKILL') as NodeJS.Signals };
 }
+
+// ─── Replacing this process's program: execve ─────────────────────────────────────────────────────
+
+let execveCall:
+  | ((path: string, argv: Array<string | null>, envp: Array<string | null>) => number)
+  | undefined;
+
+/**
+ * Replaces this process's program (execve(2)): returns only if the kernel refused, by throwing a
+ * SystemCallError (ENOENT, EACCES, ENOMEM, E2BIG…). Node's own `process.execve` aborts the process
+ * when execve fails (Node 22 and 24), which for a master would end every port it holds: a re-exec
+ * (supervisor/reexec.ts) must be able to fail and serve on.
+ */
+export function replaceProgram(path: string, argv: readonly string[], env: NodeJS.ProcessEnv): never {
+  if (!execveCall) {
+    const koffi = createRequire(import.meta.url)('koffi') as KoffiModule;
+    execveCall = koffi
+      .load('libc.so.6')
+      .func('int execve(const char *path, const char **argv, const char **envp)') as typeof execveCall;
+    waitErrno ??= () => koffi.errno();
+  }
+  const envp = Object.entries(env).flatMap(([name, value]) =>
+    value === undefined ? [] : [`${name}=${value}`],
+  );
+  (execveCall as NonNullable<typeof execveCall>)(path, [...argv, null], [...envp, null]);
+  throw new SystemCallError('execve', (waitErrno as () => number)(), path);
+}

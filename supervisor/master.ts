@@ -219,7 +219,7 @@ export class Master implements ControlledMaster {
     },
     reexec: (event) => this.onReexec(event),
     'reexec-tried': (event) => this.onReexecTried(event.trial, event.error),
-    'reexec-flushed': () => this.onReexecFlushed(),
+    'reexec-flushed': (event) => this.onReexecFlushed(event.flushed),
   };
 
   /** The IPC messages from workers (child/protocol.ts), each kind and the room that takes it. */
@@ -754,14 +754,20 @@ export class Master implements ControlledMaster {
     const written = this.upgrade.generations.flatMap((generation) =>
       generation.liveWorkers.map((worker) => worker.process?.flushed?.() ?? Promise.resolve()),
     );
-    const deadline = new Promise<void>((resolve) => this.context.os.setTimer(REEXEC_FLUSH_MS, resolve));
-    void Promise.race([Promise.all(written), deadline]).then(() => this.dispatch({ type: 'reexec-flushed' }));
+    const deadline = new Promise<boolean>((resolve) =>
+      this.context.os.setTimer(REEXEC_FLUSH_MS, () => resolve(false)),
+    );
+    void Promise.race([Promise.all(written).then(() => true), deadline]).then((flushed) =>
+      this.dispatch({ type: 'reexec-flushed', flushed }),
+    );
   }
 
-  private onReexecFlushed(): void {
+  private onReexecFlushed(flushed: boolean): void {
     const asked = this.reexecution;
     if (!asked) return;
-    const blocked = this.reexecBlocked();
+    const blocked = flushed
+      ? this.reexecBlocked()
+      : `a worker has not read what the master sent it for ${REEXEC_FLUSH_MS / 1000} s (a blocked event loop?): the exec would cut a message in half; try again`;
     if (blocked !== undefined) {
       this.endReexec(blocked);
       return;
@@ -775,7 +781,12 @@ export class Master implements ControlledMaster {
       for (const waiting of this.reloadsWaiting) {
         const connection = waiting.carry?.();
         if (connection) connections.push(connection);
-        else carried.reloadsWaiting.push(waiting.source);
+        else {
+          carried.reloadsWaiting.push({
+            source: waiting.source,
+            ...(waiting.config === undefined ? {} : { config: waiting.config }),
+          });
+        }
       }
     } catch (error) {
       this.endReexec((error as Error).message);
@@ -792,6 +803,8 @@ export class Master implements ControlledMaster {
       { program: asked.program, workers, listeners: carried.listeners.length },
       'reexec: state carried, executing the new program',
     );
+    // Clients following a drain get their answer now: the drain goes on, not followed across the exec.
+    this.report({ kind: 'reexecuting' });
     try {
       (this.context.reexec as ReexecPorts).execute(asked.program, carried, connections);
     } catch (error) {
@@ -872,6 +885,7 @@ export class Master implements ControlledMaster {
             ...(worker.connections === undefined ? {} : { connections: worker.connections }),
             ...(worker.lastWatchdogAt === undefined ? {} : { lastWatchdogAt: worker.lastWatchdogAt }),
             ...(worker.status === undefined ? {} : { status: worker.status }),
+            ...(worker.killAt === undefined ? {} : { killAt: worker.killAt }),
             process,
             ...(hooks ? { hooks } : {}),
             ...(exposed ? { exposed: [...exposed] } : {}),
@@ -934,6 +948,13 @@ export class Master implements ControlledMaster {
         worker.connections = carriedWorker.connections;
         worker.lastWatchdogAt = carriedWorker.lastWatchdogAt;
         worker.status = carriedWorker.status;
+        worker.killAt = carriedWorker.killAt;
+        if (worker.killAt !== undefined) {
+          const { os } = this.context;
+          os.setTimer(Math.max(0, worker.killAt - os.now()), () =>
+            this.dispatch({ type: 'worker-kill-due', worker }),
+          );
+        }
         generation.workers.push(worker);
         this.spawner.adoptWorker(worker, carriedWorker.process);
         if (carriedWorker.hooks) this.handoff.adoptHooks(worker, carriedWorker.hooks);
@@ -957,7 +978,9 @@ export class Master implements ControlledMaster {
       { generations: generations.map((generation) => generation.id), workers },
       'reexec: workers adopted',
     );
-    for (const source of carried.reloadsWaiting) this.dispatch({ type: 'reload', source });
+    for (const { source, config } of carried.reloadsWaiting) {
+      this.dispatch({ type: 'reload', source, ...(config === undefined ? {} : { config }) });
+    }
   }
 
   // ---- stop ---------------------------------------------------------------

@@ -82,8 +82,8 @@ export type MasterEvent =
     }
   /** The new program's trial is over: what it said, or why it refused (one line). */
   | { type: 'reexec-tried'; trial?: Trial; error?: string }
-  /** Every IPC message sent to a worker is written: the re-exec may go on. */
-  | { type: 'reexec-flushed' };
+  /** Every IPC message sent to a worker is written (`flushed`), or the wait for it timed out. */
+  | { type: 'reexec-flushed'; flushed: boolean };
 
 /** A step of a re-exec, as `baton reexec` prints it. */
 export type ReexecStep =
@@ -121,6 +121,8 @@ export type Progress =
   | { kind: 'generation-retired'; generation: number; drainMs: number; forced: boolean }
   | { kind: 'stopping'; fast: boolean }
   | { kind: 'worker-replacing'; generation: number; worker: number; pid: number; reason: string }
+  /** The master executes a new program now (`baton reexec`): a client following a drain is answered. */
+  | { kind: 'reexecuting' }
   | SessionsMovedProgress;
 
 /** A worker as `status` shows it. */

@@ -23,7 +23,7 @@ import type { ControlSettings } from './control/socket-path.js';
 import type { GenerationState } from './generation.js';
 import type { CarriedHooks } from './handoff.js';
 import type { CarriedPatch } from './inject.js';
-import { setCloseOnExec } from './linux.js';
+import { replaceProgram, setCloseOnExec } from './linux.js';
 import type { CarriedListener } from './listener.js';
 import type { Replacement } from './model.js';
 import type { MasterOptions } from './options.js';
@@ -52,6 +52,8 @@ export interface CarriedWorker {
   connections?: number;
   lastWatchdogAt?: number;
   status?: string;
+  /** A worker drained on its own (scale, replacement): when it is killed if still there. */
+  killAt?: number;
   process: CarriedProcess;
   hooks?: CarriedHooks;
   exposed?: string[];
@@ -91,8 +93,8 @@ export interface CarriedMaster {
   /** Workers per generation, once `scale` changed it. */
   scaledWorkers?: number;
   sessions: { moved: number; kept: number; failed: number };
-  /** Reloads asked while the re-exec ran (their sources): the new program starts one. */
-  reloadsWaiting: string[];
+  /** Reloads asked while the re-exec ran (signals: their source, and whether to read the config file again). */
+  reloadsWaiting: Array<{ source: string; config?: true | string }>;
 }
 
 /** A control client the new program answers: its connection, and the request it waits on. */
@@ -240,13 +242,25 @@ export function tryProgram(program: string, file: string, timeoutMs = TRY_TIMEOU
     child.stderr?.setEncoding('utf8').on('data', (chunk: string) => {
       err = (err + chunk).slice(-16_384);
     });
-    const timer = setTimeout(() => child.kill('SIGKILL'), timeoutMs);
+    let settled = false;
+    const timer = setTimeout(() => {
+      // Whatever holds its pipes (a process it left behind), the trial is over: refused.
+      settled = true;
+      child.kill('SIGKILL');
+      child.stdout?.destroy();
+      child.stderr?.destroy();
+      reject(new ReexecRefused(`the new baton (${program}) did not answer within ${timeoutMs / 1000} s`));
+    }, timeoutMs);
     child.on('error', (error) => {
       clearTimeout(timer);
+      if (settled) return;
+      settled = true;
       reject(new ReexecRefused(`the new baton could not be run: ${error.message}`));
     });
     child.on('close', (code, signal) => {
       clearTimeout(timer);
+      if (settled) return;
+      settled = true;
       const answer = out
         .split('\n')
         .reverse()
@@ -261,10 +275,7 @@ export function tryProgram(program: string, file: string, timeoutMs = TRY_TIMEOU
         resolve({ version: trial.version, node: String(trial.node) });
         return;
       }
-      const why =
-        lastMeaningfulLine(err) ??
-        (signal === 'SIGKILL' ? `it did not answer within ${timeoutMs / 1000} s` : undefined) ??
-        `it exited with ${code ?? signal}`;
+      const why = lastMeaningfulLine(err) ?? `it exited with ${code ?? signal}`;
       reject(new ReexecRefused(`the new baton (${program}) refused the state: ${why}`));
     });
   });
@@ -281,30 +292,23 @@ function lastMeaningfulLine(text: string): string | undefined {
 }
 
 /**
- * Replaces this process's program with `program`, resuming from `file`: every descriptor of `fds` is
- * kept across execve. Returns only if execve failed (the descriptors are close-on-exec again), by
- * throwing ReexecRefused.
+ * Replaces this process's program with `program`, resuming from `file`: every descriptor of `fds`
+ * (and stdio) is kept across execve. Returns only if execve failed, by throwing ReexecRefused: the
+ * descriptors are close-on-exec again and the state file is gone, and the master serves on.
  */
-export function executeProgram(program: string, file: string, fds: readonly number[]): never {
-  const execve = (process as { execve?: (file: string, args: string[], env: NodeJS.ProcessEnv) => never })
-    .execve;
-  if (!execve) {
-    throw new ReexecRefused(
-      `Node ${process.versions.node} has no process.execve: baton reexec needs Node 22.15 or newer`,
-    );
-  }
+export function executeProgram(
+  program: string,
+  file: string,
+  fds: readonly number[],
+  node = process.execPath,
+): never {
   const kept: number[] = [];
   try {
-    for (const fd of fds) {
+    for (const fd of [0, 1, 2, ...fds]) {
       setCloseOnExec(fd, false);
-      kept.push(fd);
+      if (fd > 2) kept.push(fd);
     }
-    return execve.call(
-      process,
-      process.execPath,
-      [process.execPath, ...process.execArgv, program, RESUME_COMMAND, file],
-      process.env,
-    );
+    return replaceProgram(node, [node, ...process.execArgv, program, RESUME_COMMAND, file], process.env);
   } catch (error) {
     for (const fd of kept) {
       try {
@@ -314,6 +318,21 @@ export function executeProgram(program: string, file: string, fds: readonly numb
       }
     }
     rmSync(file, { force: true });
-    throw new ReexecRefused(`execve failed: ${(error as Error).message}`);
+    throw new ReexecRefused(`the new program could not be executed: ${(error as Error).message}`);
+  }
+}
+
+/**
+ * The new program's first step: every descriptor the state carried is close-on-exec again, so that
+ * none reaches a worker spawned from now on (they were cleared for the exec only). Never throws: a
+ * descriptor already gone is no harm.
+ */
+export function closeOnExecAgain(state: CarriedState): void {
+  for (const fd of carriedDescriptors(state)) {
+    try {
+      setCloseOnExec(fd, true);
+    } catch {
+      // not open: nothing can leak
+    }
   }
 }

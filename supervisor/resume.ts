@@ -6,7 +6,7 @@
 import { rmSync } from 'node:fs';
 import { resolveStartSettings } from './config.js';
 import { DEFAULTS, type LogLevel, type RawStartArgs } from './options.js';
-import { ownVersion, ReexecRefused, readState } from './reexec.js';
+import { closeOnExecAgain, ownVersion, ReexecRefused, readState } from './reexec.js';
 
 /** The oldest Node with process.execve. */
 const EXECVE_SINCE = [22, 15];
@@ -38,6 +38,8 @@ export async function tryState(file: string): Promise<number> {
 export async function resumeMaster(file: string): Promise<number> {
   const state = readState(file);
   rmSync(file, { force: true });
+  // Before anything can spawn: the carried descriptors were kept open across the exec only.
+  closeOnExecAgain(state);
   const [{ createLogger }, { runMaster }] = await Promise.all([import('./log.js'), import('./start.js')]);
   const { start, master } = state;
   const logger = await createLogger({

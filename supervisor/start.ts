@@ -32,7 +32,7 @@ import {
   tryProgram,
   writeState,
 } from './reexec.js';
-import { routeSignals } from './signals.js';
+import { routeSignals, SIGNAL_EVENTS } from './signals.js';
 import { PRELOAD_URL } from './unmodified.js';
 import { checkExecutableBy, findAccessBlock } from './users.js';
 import { checkVersionFile, readVersionLabel } from './version.js';
@@ -68,6 +68,14 @@ export async function runMaster(
     early.push(event);
   };
   const unrouteSignals = routeSignals((event) => dispatch(event));
+  if (carried) {
+    // What came while the resumed program's modules loaded (bin/baton.js kept it).
+    const kept = (globalThis as { batonEarlySignals?: () => NodeJS.Signals[] }).batonEarlySignals?.() ?? [];
+    for (const signal of kept) {
+      const event = SIGNAL_EVENTS[signal];
+      if (event) early.push(event);
+    }
+  }
   const env = process.env;
   const cwd = process.cwd();
   if (!carried) {
@@ -195,7 +203,13 @@ export async function runMaster(
     ...(carried
       ? {
           fd: carried.controlFd,
-          resumed: { from: carried.programs.at(-1)?.version ?? 'unknown' },
+          resumed: {
+            from: carried.programs.at(-1)?.version ?? 'unknown',
+            adopted: carried.master.generations.reduce(
+              (sum, generation) => sum + generation.workers.length,
+              0,
+            ),
+          },
           adoptHistory: (history) =>
             history.adopt(
               carried.history,
@@ -210,9 +224,16 @@ export async function runMaster(
       : {}),
   });
   // prom-client weighs about 20 MB: loaded only by a master that serves metrics.
-  const metrics =
+  const listenMetrics = async () =>
     options.metrics &&
     (await (await import('./metrics.js')).MetricsServer.listen(options.metrics, master, logger, usage));
+  // A resumed master serves already: metrics it cannot serve again are logged, never fatal.
+  const metrics = carried
+    ? await listenMetrics().catch((error: Error) => {
+        logger.error({ err: error.message }, 'metrics not served after the reexec');
+        return undefined;
+      })
+    : await listenMetrics();
   if (!carried) {
     logger.info(
       {
@@ -263,7 +284,7 @@ export async function runMaster(
 
 /** The program a re-exec runs: the one named, else the entry this master runs now (the baton on disk). */
 function programPath(program: string): string {
-  return program === '' ? path.resolve(process.argv[1] ?? ownEntry()) : program;
+  return program === '' ? ownEntry() : program;
 }
 
 /**

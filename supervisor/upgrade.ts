@@ -22,7 +22,14 @@ import {
 import { Generation } from './generation.js';
 import { type HandoffRelay, type HandoffRound, handoffFlushTimeoutMs } from './handoff.js';
 import type { Logger } from './log.js';
-import type { InheritedListener, MasterEvent, MasterState, Progress, ReloadAnswer, ReloadTrigger } from './model.js';
+import type {
+  InheritedListener,
+  MasterEvent,
+  MasterState,
+  Progress,
+  ReloadAnswer,
+  ReloadTrigger,
+} from './model.js';
 import { formatDuration, type MasterOptions } from './options.js';
 import type { Os } from './os.js';
 import type { ReadyVia } from './readiness.js';
@@ -452,6 +459,7 @@ export class Upgrade {
       this.generations.find((generation) => generation.id === worker.generation),
     );
     this.ports.kill(worker, drainSignal);
+    worker.killAt = this.now() + drainTimeoutMs;
     this.ports.os.setTimer(drainTimeoutMs, () => this.ports.dispatch({ type: 'worker-kill-due', worker }));
   }
 

@@ -59,6 +59,8 @@ export class Worker {
   lastWatchdogAt: number | undefined;
   /** The master said once that this worker never pings under `--watchdog`. */
   watchdogSilenceReported = false;
+  /** When a worker drained on its own (scale, replacement) is killed if it is still there (ms since the epoch). */
+  killAt: number | undefined;
   /** The last STATUS= the worker sent (sd_notify), if any. */
   status: string | undefined;
   readonly stderr = new OutputTail();

@@ -69,6 +69,9 @@ export function doneLine(result: ReloadResult): string {
   const parts = [`reload done: generation ${result.generation} serves`];
   if (retired.length > 0) parts.push(`generation ${retired.join(', ')} drained`);
   if (result.draining.length > 0) parts.push(`generation ${result.draining.join(', ')} still draining`);
+  if (result.cutShort === 'reexec') {
+    parts.push('the master re-executed itself (baton reexec): baton status shows the rest of the drain');
+  }
   return parts.join('; ');
 }
 

@@ -20,7 +20,7 @@ export interface ControlContext {
   usage: Pick<UsageSampler, 'of' | 'sampledAt' | 'intervalMs'>;
   history: Pick<ReloadHistory, 'records'>;
   /** Requests a re-executed master resumes (`resumed: true`) see what the previous program reported. */
-  resumed?: { from: string };
+  resumed?: { from: string; adopted: number };
   /** The master's name and the path of its control socket, for `status`. */
   name: string;
   path: string;
@@ -46,6 +46,8 @@ export interface Exchange {
    * on here as before until the exec.
    */
   carry?(resumeAs: object): CarriedConnection | undefined;
+  /** The request came carried across a re-exec (the master's own line), not from the client. */
+  readonly resumed?: boolean;
 }
 
 /** A request's fields checked: the request, or what is wrong with it (one sentence). */

@@ -54,15 +54,18 @@ export const reexec: RequestKind<ReexecRequest> = {
   handle(request, exchange, { master, resumed }) {
     const snapshot = master.snapshot();
     if (request.resumed) {
-      const workers = snapshot.generations.reduce(
-        (sum, generation) => sum + generation.workers.filter((worker) => worker.state !== 'exited').length,
-        0,
-      );
+      if (!exchange.resumed || !resumed) {
+        exchange.fail({
+          code: 'bad-request',
+          message: '`resumed` is sent by the master to itself, never by a client',
+        });
+        return;
+      }
       exchange.answer({
         pid: snapshot.pid,
-        from: resumed?.from ?? 'unknown',
+        from: resumed.from,
         version: snapshot.baton?.version ?? 'unknown',
-        workers,
+        workers: resumed.adopted,
       } satisfies ReexecResult);
       return;
     }

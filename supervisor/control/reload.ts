@@ -47,6 +47,11 @@ export interface ReloadResult {
   retired: RetiredGeneration[];
   /** The generations it replaced that still drain (with `until: "active"`). */
   draining: number[];
+  /**
+   * `reexec`: the master re-executed itself (`baton reexec`) while the replaced generations drained;
+   * the drain goes on, no longer followed here (`baton status` shows it).
+   */
+  cutShort?: 'reexec';
 }
 
 /** What following a reload produced: a line to pass on, or its end. */
@@ -112,6 +117,9 @@ export class ReloadWatch {
         return [{ progress }, ...this.endIfDone()];
       case 'generation-draining':
         return this.replaced.has(progress.generation) ? [{ progress }] : [];
+      case 'reexecuting':
+        // The new generation serves (a re-exec waits for that); its drain is not followed across the exec.
+        return this.readyMs === undefined ? [] : this.endIfDone(true);
       case 'generation-retired':
         if (!this.replaced.delete(progress.generation)) return [];
         this.retired.push({
@@ -125,9 +133,9 @@ export class ReloadWatch {
     }
   }
 
-  private endIfDone(): ReloadStep[] {
+  private endIfDone(reexecuting = false): ReloadStep[] {
     const accepted = this.accepted as ReloadAccepted;
-    if (this.until === 'drained' && this.replaced.size > 0) return [];
+    if (this.until === 'drained' && this.replaced.size > 0 && !reexecuting) return [];
     const result: ReloadResult = {
       outcome: accepted.outcome,
       generation: accepted.generation,
@@ -135,6 +143,7 @@ export class ReloadWatch {
       readyMs: this.readyMs as number,
       retired: [...this.retired],
       draining: [...this.replaced],
+      ...(reexecuting && this.replaced.size > 0 ? { cutShort: 'reexec' as const } : {}),
     };
     const forced = this.retired.filter((old) => old.forced).map((old) => old.generation);
     if (forced.length === 0) return this.end({ ok: true, result });

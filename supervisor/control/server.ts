@@ -52,7 +52,7 @@ export interface ControlSocketOptions {
   /** The reload history the previous program kept (a re-exec). */
   adoptHistory?: (history: ReloadHistory) => void;
   /** The version the previous program ran (a re-exec), for the answer to `baton reexec`. */
-  resumed?: { from: string };
+  resumed?: { from: string; adopted: number };
 }
 
 /** A listening control socket, with the usage sampler and reload history that `status` reads. */
@@ -181,6 +181,8 @@ class ControlConnection {
   private peer: Promise<Caller> | undefined;
   /** open: reading requests; closing: our side ended, nothing more is read; closed: gone. */
   private state: 'open' | 'closing' | 'closed' = 'open';
+  /** The line a re-exec carried for this connection, run as its first request. */
+  private resumedLine: string | undefined;
 
   constructor(
     private readonly socket: net.Socket,
@@ -216,6 +218,7 @@ class ControlConnection {
 
   /** Runs `line` as this connection's first request (a client carried across a re-exec). */
   resume(line: string): void {
+    this.resumedLine = line;
     this.pending.push(line);
     this.pump();
   }
@@ -304,7 +307,9 @@ class ControlConnection {
       return;
     }
     this.context.logger.debug({ kind: parsed.kind }, 'control request received');
-    const exchange = new SocketExchange(this, parsed.kind, parsed.id, this.context.logger);
+    const resumed = line === this.resumedLine;
+    this.resumedLine = undefined;
+    const exchange = new SocketExchange(this, parsed.kind, parsed.id, this.context.logger, resumed);
     this.current = exchange;
     try {
       parsed.handler.handle(parsed.request, exchange, this.context);
@@ -336,6 +341,7 @@ class SocketExchange implements Exchange {
     private readonly kind: string,
     private readonly id: RequestId | undefined,
     private readonly logger: Logger,
+    readonly resumed = false,
   ) {}
 
   progress(progress: object): void {

@@ -3,7 +3,16 @@
  * under keep-alive and new-connection load with open game sessions, keeping its pid, its sockets and
  * its workers; a broken new baton is refused and nothing changes.
  */
-import { cpSync, mkdtempSync, readFileSync, rmSync, symlinkSync, writeFileSync } from 'node:fs';
+import {
+  cpSync,
+  mkdtempSync,
+  readdirSync,
+  readFileSync,
+  readlinkSync,
+  rmSync,
+  symlinkSync,
+  writeFileSync,
+} from 'node:fs';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, test } from '@jest/globals';
@@ -64,6 +73,43 @@ function batonCopy(version: string, edit: (root: string) => void = () => {}): st
   return join(root, 'bin', 'baton.js');
 }
 
+/** The inodes of the sockets process `pid` holds, besides its stdio (which workers inherit by design). */
+function socketInodes(pid: number): Set<string> {
+  const inodes = new Set<string>();
+  for (const fd of readdirSync(`/proc/${pid}/fd`)) {
+    if (Number(fd) <= 2) continue;
+    try {
+      const target = readlinkSync(`/proc/${pid}/fd/${fd}`);
+      if (target.startsWith('socket:')) inodes.add(target);
+    } catch {
+      // closed meanwhile
+    }
+  }
+  return inodes;
+}
+
+/**
+ * A copy of this baton whose trial waits for the test's word (`open`), so that the test can act while
+ * a re-exec runs (the gate is a file; the trial checks for it every 20 ms).
+ */
+function gatedCopy(version: string): { program: string; open: () => void } {
+  const gate = join(tempFolder('baton-gate-'), 'go');
+  const program = batonCopy(version, (root) => {
+    const file = join(root, 'dist', 'supervisor', 'resume.js');
+    const source = readFileSync(file, 'utf8');
+    const entry = 'export async function tryState(file) {';
+    expect(source).toContain(entry);
+    writeFileSync(
+      file,
+      source.replace(
+        entry,
+        `${entry}\n  const { existsSync } = await import('node:fs');\n  while (!existsSync(${JSON.stringify(gate)})) await new Promise((resolve) => setTimeout(resolve, 20));`,
+      ),
+    );
+  });
+  return { program, open: () => writeFileSync(gate, '') };
+}
+
 async function statusOf(env: Record<string, string>): Promise<MasterStatus> {
   const run = startBaton(['status', '--json', '--name', NAME], { env });
   expect((await run.waitForExit(10_000)).exitCode).toBe(0);
@@ -79,8 +125,17 @@ function workerPids(status: MasterStatus): number[] {
 
 async function startApp(
   env: Record<string, string>,
+  {
+    flags = ['--workers', '2'],
+    appEnv = {},
+    config,
+  }: { flags?: string[]; appEnv?: Record<string, string>; config?: object } = {},
 ): Promise<{ baton: BatonProcess; http: number; game: number }> {
   app = makeAppDir();
+  if (config) {
+    app.writeFile('baton.json', JSON.stringify(config));
+    flags = [...flags, '--config', 'baton.json'];
+  }
   const baton = startBaton(
     [
       'start',
@@ -90,15 +145,14 @@ async function startApp(
       'http=tcp://127.0.0.1:0',
       '--listen',
       'game=tcp://127.0.0.1:0',
-      '--workers',
-      '2',
+      ...flags,
       '--ready-timeout',
       '20s',
       '--',
       NODE,
       'server.js',
     ],
-    { cwd: app.dir, env },
+    { cwd: app.dir, env: { ...env, ...appEnv } },
   );
   const http = await baton.listenPort('http');
   const game = await baton.listenPort('game');
@@ -268,6 +322,13 @@ describe('baton reexec', () => {
     const fresh = workerPids(reloaded);
     expect(fresh).toHaveLength(2);
     for (const pid of fresh) expect(pids).not.toContain(pid);
+    // A worker spawned after the re-execs shares no socket with the master but the two listeners: not
+    // the control socket, nor the channels of other workers (kept open across the exec only).
+    const masterSockets = socketInodes(baton.pid);
+    for (const pid of fresh) {
+      const shared = [...socketInodes(pid)].filter((inode) => masterSockets.has(inode));
+      expect(shared).toHaveLength(2);
+    }
     // The sessions were handed off from the adopted workers to the new ones, still answering in turn.
     await players.round();
     expect(reloaded.sessions.moved).toBeGreaterThanOrEqual(SESSIONS);
@@ -279,20 +340,7 @@ describe('baton reexec', () => {
     const { baton, http } = await startApp(env);
     const loads = await loadOn(http);
     // The new baton's trial waits for the test's word, so that the reloads come while it runs.
-    const gate = join(tempFolder('baton-gate-'), 'go');
-    const gated = batonCopy('9.8.0-reexec', (root) => {
-      const file = join(root, 'dist', 'supervisor', 'resume.js');
-      const source = readFileSync(file, 'utf8');
-      const entry = 'export async function tryState(file) {';
-      expect(source).toContain(entry);
-      writeFileSync(
-        file,
-        source.replace(
-          entry,
-          `${entry}\n  const { existsSync } = await import('node:fs');\n  while (!existsSync(${JSON.stringify(gate)})) await new Promise((resolve) => setTimeout(resolve, 20));`,
-        ),
-      );
-    });
+    const { program: gated, open } = gatedCopy('9.8.0-reexec');
     const running = startBaton(['reexec', '--name', NAME, '--program', gated], { env });
     await baton.waitForLogMsg('reexec: trying the new program', {}, 20_000);
     baton.signal('SIGUSR2');
@@ -303,7 +351,7 @@ describe('baton reexec', () => {
         undefined,
       { timeoutMs: 20_000, what: 'both reloads waiting' },
     );
-    writeFileSync(gate, '');
+    open();
     expect((await running.waitForExit(60_000)).exitCode).toBe(0);
     const answered = await reload.waitForExit(60_000);
     // The new program starts the SIGUSR2's reload as it adopts the workers (generation 2), then reads
@@ -315,6 +363,55 @@ describe('baton reexec', () => {
     expect(status.baton?.version).toBe('9.8.0-reexec');
     expect(status.generations.find((generation) => generation.state === 'active')?.id).toBe(3);
     await expectNoFailure(loads);
+  }, 120_000);
+
+  test('a SIGHUP during a reexec: the new program reads the config file again (workers 2 → 3), as the old one would have', async () => {
+    const env = { XDG_RUNTIME_DIR: tempFolder('baton-run-') };
+    const { baton, http } = await startApp(env, { flags: [], config: { workers: 2 } });
+    const config = join((app as AppDir).dir, 'baton.json');
+    const loads = await loadOn(http);
+    const { program, open } = gatedCopy('9.6.0-reexec');
+    const running = startBaton(['reexec', '--name', NAME, '--program', program], { env });
+    await baton.waitForLogMsg('reexec: trying the new program', {}, 20_000);
+    writeFileSync(config, JSON.stringify({ workers: 3 }));
+    baton.signal('SIGHUP');
+    await baton.waitForLogMsg('reload waits for the reexec under way', { source: 'SIGHUP' }, 20_000);
+    open();
+    expect((await running.waitForExit(60_000)).exitCode).toBe(0);
+    expect(await baton.waitForLogMsg('generation active', { gen: 2 }, 30_000)).toBeDefined();
+    const status = await statusOf(env);
+    const active = status.generations.find((generation) => generation.state === 'active');
+    expect(active?.id).toBe(2);
+    expect(active?.workers.filter((worker) => worker.state === 'ready')).toHaveLength(3);
+    expect(status.reloads.at(-1)).toMatchObject({ generation: 2, trigger: 'config' });
+    await expectNoFailure(loads);
+  }, 120_000);
+
+  test('a baton reload following a drain when a reexec executes is answered first (exit 0, the drain not followed across the exec); the adopted draining worker retires after', async () => {
+    const env = { XDG_RUNTIME_DIR: tempFolder('baton-run-') };
+    // Sessions stay on the version that accepted them: generation 1 drains while one is open.
+    const { baton, game } = await startApp(env, {
+      flags: ['--workers', '1', '--drain-timeout', '60s'],
+      appEnv: { GAME_HANDOFF: 'off' },
+    });
+    const session = gameSession(game);
+    await session.welcome;
+    expect(await session.request('ping 1')).toBe('pong 1');
+    const reload = startBaton(['reload', '--name', NAME], { env });
+    await baton.waitForLogMsg('generation draining', { gen: 1 }, 30_000);
+    const run = await reexec(env, batonCopy('9.5.0-reexec'));
+    expect(run.exitCode).toBe(0);
+    expect((await reload.waitForExit(30_000)).exitCode).toBe(0);
+    expect(reload.output).toContain(
+      'reload done: generation 2 serves; generation 1 still draining; the master re-executed itself',
+    );
+    const status = await statusOf(env);
+    expect(status.generations.find((generation) => generation.id === 1)?.state).toBe('draining');
+    // The session is still served by the adopted, draining worker; when it ends, the worker exits and
+    // the new program reaps it and retires its generation.
+    expect(await session.request('ping 2')).toBe('pong 2');
+    expect(await session.request('quit')).toBe('bye');
+    await baton.waitForLogMsg('generation retired', { gen: 1 }, 30_000);
   }, 120_000);
 
   test('a new baton with a syntax error in its entry point, or one that reads another state format, is refused: one line, exit 12, and the master serves on unchanged', async () => {
