@@ -414,6 +414,27 @@ describe('baton reexec', () => {
     await baton.waitForLogMsg('generation retired', { gen: 1 }, 30_000);
   }, 120_000);
 
+  test('a hot patch survives a reexec: status still lists it, and a worker killed after the reexec comes back patched by the new program', async () => {
+    const env = { XDG_RUNTIME_DIR: tempFolder('baton-run-') };
+    const { baton, game } = await startApp(env, { flags: ['--workers', '1'] });
+    const fix = join(REPO_ROOT, 'test', 'fixtures', 'fix-reward.mjs');
+    const inject = startBaton(['inject', '--name', NAME, fix], { env });
+    expect((await inject.waitForExit(30_000)).exitCode).toBe(0);
+    const first = gameSession(game);
+    const { pid } = await first.welcome;
+    expect(await first.request('work')).toBe('coins 3');
+    expect((await reexec(env, batonCopy('9.4.0-reexec'))).exitCode).toBe(0);
+    expect(await first.request('work')).toBe('coins 6');
+    const patches = (await statusOf(env)).generations.find((generation) => generation.id === 1)?.patches;
+    expect(patches).toEqual([expect.objectContaining({ file: 'fix-reward.mjs', scope: 'generation' })]);
+
+    process.kill(pid, 'SIGKILL');
+    await baton.waitForLogMsg('patch reapplied', { file: 'fix-reward.mjs', outcome: 'patched' }, 30_000);
+    const again = gameSession(game);
+    expect((await again.welcome).pid).not.toBe(pid);
+    expect(await again.request('work')).toBe('coins 3');
+  }, 120_000);
+
   test('a new baton with a syntax error in its entry point, or one that reads another state format, is refused: one line, exit 12, and the master serves on unchanged', async () => {
     const env = { XDG_RUNTIME_DIR: tempFolder('baton-run-') };
     const { baton, http } = await startApp(env);
