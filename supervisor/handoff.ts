@@ -453,14 +453,14 @@ export class HandoffRelay {
    */
   onBatch(from: Worker, ids: readonly number[], connections: readonly ConnectionInBatch[] | undefined): void {
     const byId = new Map((connections ?? []).map((connection) => [connection.id, connection]));
+    const batch = this.passContext(from);
     for (const id of ids) {
       const connection = byId.get(id);
       byId.delete(id);
-      if (connection) this.pass(from, id, connection.listener, connection.state, connection.handle);
+      if (connection) this.pass(from, id, connection.listener, connection.state, connection.handle, batch);
       else {
         this.settle(from, id, false);
-        const round = this.sendingRound(from);
-        if (round) this.count(round, 'failed');
+        if (batch.round) this.count(batch.round, 'failed');
       }
     }
     // Descriptors the announcement did not name belong to nothing: closed here.
@@ -471,14 +471,40 @@ export class HandoffRelay {
     return this.rounds.find((candidate) => candidate.state === 'sending' && candidate.waitingFor.has(from));
   }
 
-  /** Passes a connection `from` sent on to the least loaded adopter, or keeps it in `from`. */
-  private pass(from: Worker, id: number, listener: string, state: unknown, handle: RawSocketHandle): void {
+  /**
+   * What the connections `from` sends at once share: its round, and the adopters of each listener
+   * (looked up once per batch, not once per connection).
+   */
+  private passContext(from: Worker): PassContext {
     const round = this.sendingRound(from);
-    const facts = { gen: from.generation, worker: from.index, pid: from.pid, listener };
+    const adopters = new Map<string, Worker[]>();
+    return {
+      round,
+      adoptersOf: (listener) => {
+        let found = adopters.get(listener);
+        if (!found) {
+          found = round ? this.adoptersOf(round.to, listener) : [];
+          adopters.set(listener, found);
+        }
+        return found;
+      },
+    };
+  }
+
+  /** Passes a connection `from` sent on to the least loaded adopter, or keeps it in `from`. */
+  private pass(
+    from: Worker,
+    id: number,
+    listener: string,
+    state: unknown,
+    handle: RawSocketHandle,
+    batch: PassContext = this.passContext(from),
+  ): void {
+    const { round } = batch;
     const adopter =
       round &&
       chooseAdopter(
-        this.adoptersOf(round.to, listener).map((worker) => ({
+        batch.adoptersOf(listener).map((worker) => ({
           adopter: worker,
           load: round.loadOf(worker),
         })),
@@ -486,7 +512,10 @@ export class HandoffRelay {
     if (!round || !adopter) {
       closeRawHandle(handle);
       this.settle(from, id, false);
-      this.ports.logger.debug(facts, 'handoff: no new worker adopts this connection now; it stays');
+      this.ports.logger.debug(
+        { gen: from.generation, worker: from.index, pid: from.pid, listener },
+        'handoff: no new worker adopts this connection now; it stays',
+      );
       if (round) this.count(round, 'failed');
       return;
     }
@@ -820,6 +849,12 @@ export class HandoffRelay {
       this.rounds.splice(this.rounds.indexOf(old), 1);
     this.ports.ended(round);
   }
+}
+
+/** What the connections of one batch share as the relay passes them on. */
+interface PassContext {
+  readonly round: HandoffRound | undefined;
+  adoptersOf(listener: string): Worker[];
 }
 
 /** The relays of `flights`, grouped by the new worker each went to. */
