@@ -2,10 +2,11 @@
  * Live session handoff, the worker's side (docs/handoff.md). Asked by the master, an old worker stops
  * reading each connection of a listener, lets its pending writes flush, asks the app for the session's
  * state and sends the raw handle with that state to the master, which passes it to a new worker. The new
- * worker holds it, reading nothing, until the master asks it to adopt all it holds: the app's hook runs,
- * with reads and writes held back, and the worker answers. Only once every new worker has answered does
- * the master commit: the new worker lets the connection go, the old one closes its copy. If anything
- * fails before that, the new worker drops its copies and the old one reads on from where it stopped.
+ * worker hands it to the app's hook as it arrives, reads and writes held back, and holds it so until the
+ * master asks what became of all it holds; the worker answers once every hook is done. Only once every
+ * new worker has answered does the master commit: the new worker lets the connection go, the old one
+ * closes its copy. If anything fails before that, the new worker drops its copies and the old one reads
+ * on from where it stopped.
  */
 import { fstatSync } from 'node:fs';
 import type net from 'node:net';
@@ -64,13 +65,12 @@ export interface ConnectionBook {
 
 /** How often a connection is checked while its writes flush. */
 export const QUIET_POLL_INTERVAL_MS = 5;
-/** How many connections of one worker wait for their writes to flush at a time. */
-export const MOVES_AT_ONCE = 32;
 /**
- * The same over the descriptor channel: as many as one batch carries (Linux's 253 per sendmsg), so that
- * connections that are quiet at once leave together.
+ * How many connections of one worker wait for their writes to flush at a time, over IPC (one connection
+ * per message). Over the descriptor channel every connection starts at once: those quiet now are all in
+ * the batches of the same turn, and one waiting for its writes holds none of the others.
  */
-export const MOVES_AT_ONCE_BATCHED = 253;
+export const MOVES_AT_ONCE = 32;
 
 /** A connection in a batch the old worker sends on its descriptor channel. */
 interface OutgoingEntry {
@@ -127,6 +127,11 @@ export class SessionMover {
   readonly #moving = new WeakSet<net.Socket>();
   /** Connections relayed to this worker, by relay number, until the round commits or aborts. */
   readonly #held = new Map<number, Held>();
+  /**
+   * What the app's hook made of each connection held (run as it arrived): true once adopted, else why
+   * not. Kept until the round commits or aborts, so that the answer to `handoff-commit` can say why.
+   */
+  readonly #adoptions = new Map<number, Promise<true | string>>();
   #nextId = 1;
   #listening = false;
   /** The descriptor channel once loaded; until then (or without one) connections travel over IPC. */
@@ -161,12 +166,14 @@ export class SessionMover {
       onMasterMessage('handoff', (request) => void this.#handOff(request));
       onMasterMessage('adopt', (request, handle) => this.#hold(request, handle));
       onMasterMessage('adopt-batch', (notice) => this.#holdBatch(notice));
-      onMasterMessage('handoff-commit', (notice) => void this.#adoptHeld(relaysOf(notice)));
+      onMasterMessage('handoff-commit', (notice) => void this.#answerCommit(relaysOf(notice)));
       onMasterMessage('handoff-go', (notice) => this.#go(relaysOf(notice)));
       onMasterMessage('handoff-abort', (notice) => this.#drop(relaysOf(notice)));
       onMasterMessage('handoff-settled', (notice) => {
-        this.#settling.get(notice.id)?.(notice.adopted === true);
-        this.#settling.delete(notice.id);
+        for (const id of Array.isArray(notice.ids) ? notice.ids : []) {
+          this.#settling.get(id)?.(notice.adopted === true);
+          this.#settling.delete(id);
+        }
       });
       // With the master gone no round ends: every connection goes on where it was.
       process.once('disconnect', () => {
@@ -259,8 +266,9 @@ export class SessionMover {
     const settled: Array<Promise<void>> = [];
     // A connection stops reading only when its turn comes, so that one waiting for its writes to flush
     // does not hold the others.
+    let next = 0;
     const mover = async () => {
-      for (let move = moves.shift(); move; move = moves.shift()) {
+      for (let move = moves[next++]; move; move = moves[next++]) {
         try {
           const outcome = await move();
           if (outcome === 'kept') counts.kept++;
@@ -275,7 +283,7 @@ export class SessionMover {
       }
     };
     try {
-      await Promise.all(Array.from({ length: this.#link ? MOVES_AT_ONCE_BATCHED : MOVES_AT_ONCE }, mover));
+      await Promise.all(Array.from({ length: this.#link ? moves.length : MOVES_AT_ONCE }, mover));
       await new Promise<void>((resolve) => {
         if (!sendToMaster({ baton: 'handoff-finished', ...counts }, () => resolve())) resolve();
       });
@@ -408,12 +416,16 @@ export class SessionMover {
       return;
     }
     this.#held.set(relay, { listener, state, copy });
+    // The app sets the session up now, while the rest of the round is still on its way: its reads and
+    // writes stay held back until the round commits, and an abort destroys this copy as before.
+    this.#adoptions.set(relay, this.#adoptOne(relay));
   }
 
-  /** Runs the app's hook for each connection held, its reads and writes held back; answers the master. */
-  async #adoptHeld(relays: number[]): Promise<void> {
-    // Every hook runs in this tick; those that return a promise are waited for, reads still held.
-    const outcomes = await Promise.all(relays.map((relay) => this.#adoptOne(relay)));
+  /** Answers `handoff-commit`: what the app's hook made of each connection held, once every hook is done. */
+  async #answerCommit(relays: number[]): Promise<void> {
+    const outcomes = await Promise.all(
+      relays.map((relay) => this.#adoptions.get(relay) ?? 'the connection never arrived'),
+    );
     const adopted = relays.filter((_, index) => outcomes[index] === true);
     const refused = relays.flatMap((relay, index) => {
       const outcome = outcomes[index];
@@ -426,7 +438,7 @@ export class SessionMover {
   async #adoptOne(relay: number): Promise<true | string> {
     const held = this.#held.get(relay);
     const hook = held && this.#adoptHooks.get(held.listener);
-    if (!held || !hook || held.adopted) return held ? 'no onAdopt hook' : 'the connection never arrived';
+    if (!held || !hook) return held ? 'no onAdopt hook' : 'the connection never arrived';
     try {
       const wrapped = held.copy.wrap();
       // Written only once the round commits: until then the session may still go on in its old worker.
@@ -434,13 +446,13 @@ export class SessionMover {
       held.adopted = wrapped;
       const answer: unknown = await hook(wrapped.socket, held.state);
       if (answer === false) {
-        this.#drop([relay]);
+        this.#closeHeld(relay);
         return 'declined by onAdopt';
       }
       return true;
     } catch (error) {
       console.error('baton: an onAdopt hook failed; the connection goes back to its old worker', error);
-      this.#drop([relay]);
+      this.#closeHeld(relay);
       return error instanceof Error ? error.message : String(error);
     }
   }
@@ -450,6 +462,7 @@ export class SessionMover {
     for (const relay of relays) {
       const held = this.#held.get(relay);
       this.#held.delete(relay);
+      this.#adoptions.delete(relay);
       if (!held?.adopted) continue;
       const { socket, release } = held.adopted;
       this.book.adopt(socket, held.listener);
@@ -461,12 +474,18 @@ export class SessionMover {
   /** These connections go on in their old workers: closes this worker's copies, nothing written. */
   #drop(relays: number[]): void {
     for (const relay of relays) {
-      const held = this.#held.get(relay);
-      this.#held.delete(relay);
-      // destroy() drops the held-back writes and closes only this copy of the connection.
-      if (held?.adopted) held.adopted.socket.destroy();
-      else if (held) held.copy.close();
+      this.#adoptions.delete(relay);
+      this.#closeHeld(relay);
     }
+  }
+
+  /** Closes this worker's copy of relay `relay`, if it holds one; the old worker's stays open. */
+  #closeHeld(relay: number): void {
+    const held = this.#held.get(relay);
+    this.#held.delete(relay);
+    // destroy() drops the held-back writes and closes only this copy of the connection.
+    if (held?.adopted) held.adopted.socket.destroy();
+    else if (held) held.copy.close();
   }
 }
 

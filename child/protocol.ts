@@ -81,14 +81,14 @@ export interface MasterWire {
    * `{ relay, listener, state }` per descriptor): hold them until asked to adopt.
    */
   'adopt-batch': { baton: 'adopt-batch'; batch: number; relays: number[] };
-  /** Adopt what you hold of these relays, and answer with `adoptions`. */
+  /** Answer with `adoptions`: what became of these relays (adopted as they arrived, or refused). */
   'handoff-commit': { baton: 'handoff-commit'; relays: number[] };
   /** The round committed: these connections are yours. */
   'handoff-go': { baton: 'handoff-go'; relays: number[] };
   /** The round was aborted: drop what you hold of these relays. */
   'handoff-abort': { baton: 'handoff-abort'; relays: number[] };
-  /** Whether the connection the old worker sent as `id` was adopted. */
-  'handoff-settled': { baton: 'handoff-settled'; id: number; adopted: boolean };
+  /** Whether the connections the old worker sent as `ids` were adopted (one notice for all that were, one for the rest). */
+  'handoff-settled': { baton: 'handoff-settled'; ids: number[]; adopted: boolean };
 }
 
 /** The kind of a message from a worker. */

@@ -414,18 +414,25 @@ export class BatchOutbox<Entry> {
       const batch = this.nextBatch;
       this.nextBatch = this.nextBatch >= 0xffff_ffff ? 1 : this.nextBatch + 1;
       const entries = slice.map((item) => item.entry);
+      const fail = (error: unknown) => {
+        const failure = error instanceof Error ? error : new Error(String(error));
+        for (const item of slice) item.reject(failure);
+      };
       try {
         await this.channel.send(
           batch,
           slice.map((item) => item.fd),
           Buffer.from(JSON.stringify(entries)),
         );
-        await this.announce(batch, entries);
-        for (const item of slice) item.resolve();
       } catch (error) {
-        const failure = error instanceof Error ? error : new Error(String(error));
-        for (const item of slice) item.reject(failure);
+        fail(error);
+        continue;
       }
+      // Announced as soon as it is in the kernel, without waiting for the previous announcement to be
+      // written: the peer reads the channel when an announcement comes, which makes room for the next batch.
+      this.announce(batch, entries).then(() => {
+        for (const item of slice) item.resolve();
+      }, fail);
     }
   }
 }

@@ -11,6 +11,9 @@ import { afterEach, describe, expect, test } from '@jest/globals';
 import fc from 'fast-check';
 import {
   type Batch,
+  BatchInbox,
+  BatchOutbox,
+  batchEntries,
   encodeFrame,
   FD_CHANNEL_ENV,
   FdChannel,
@@ -415,5 +418,90 @@ describe('FdChannel between two processes', () => {
       channel.close();
     }
     expect(openFds()).toBe(before);
+  });
+});
+
+describe('BatchOutbox and BatchInbox (a handoff round on one channel)', () => {
+  /** An announcement the test answers by hand, as the IPC channel's write callback would. */
+  interface Announcement {
+    batch: number;
+    entries: unknown[];
+    inKernel: Batch | undefined;
+    written: () => void;
+    failed: (error: Error) => void;
+  }
+
+  test('600 entries queued in one turn: three batches, each announced once it is in the kernel and without waiting for the previous announcement', async () => {
+    // Counted on /dev/null: a socket of the test before may still be closing.
+    const before = devNullsOf('self');
+    const { channel: sender, peerFd } = FdChannel.pair();
+    const inbox = new BatchInbox(new FdChannel(peerFd));
+    const announced: Announcement[] = [];
+    const outbox = new BatchOutbox<{ id: number }>(
+      sender,
+      (batch, entries) =>
+        new Promise((resolve, reject) => {
+          // What the peer finds when the announcement reaches it: the whole batch.
+          announced.push({ batch, entries, inKernel: inbox.take(batch), written: resolve, failed: reject });
+        }),
+    );
+    const fds = openDevNull(600);
+    try {
+      const settled: string[] = [];
+      const sends = fds.map((fd, index) =>
+        outbox.send({ id: index + 1 }, fd).then(
+          () => settled.push(`sent ${index + 1}`),
+          (error: Error) => settled.push(`failed ${index + 1}: ${error.message}`),
+        ),
+      );
+      await waitFor(() => announced.length === 3, { timeoutMs: 5_000, what: 'three announcements' });
+      expect(announced.map(({ batch, entries }) => [batch, entries.length])).toEqual([
+        [1, 253],
+        [2, 253],
+        [3, 94],
+      ]);
+      for (const { entries, inKernel } of announced) {
+        expect(inKernel && batchEntries(inKernel)).toEqual(entries);
+        expect(inKernel?.fds).toHaveLength(entries.length);
+        for (const fd of inKernel?.fds ?? []) expect(readlinkSync(`/proc/self/fd/${fd}`)).toBe('/dev/null');
+      }
+      // Nothing is settled before its own announcement is written, and a failed one fails its batch only.
+      expect(settled).toEqual([]);
+      announced[1]?.written();
+      announced[2]?.failed(new Error('no IPC channel'));
+      announced[0]?.written();
+      await Promise.all(sends);
+      expect(settled.filter((line) => line.startsWith('sent'))).toHaveLength(253 + 253);
+      expect(settled.filter((line) => line.startsWith('failed'))).toEqual(
+        Array.from({ length: 94 }, (_, index) => `failed ${507 + index}: no IPC channel`),
+      );
+      for (const { inKernel } of announced) for (const fd of inKernel?.fds ?? []) closeDescriptor(fd);
+    } finally {
+      for (const fd of fds) closeSync(fd);
+      sender.close();
+      inbox.close();
+    }
+    expect(devNullsOf('self')).toBe(before);
+  });
+
+  test('a channel whose peer is gone: every entry queued is rejected, nothing is announced, nothing leaks', async () => {
+    // Counted on /dev/null: a socket of the test before may still be closing.
+    const before = devNullsOf('self');
+    const { channel: sender, peerFd } = FdChannel.pair();
+    closeDescriptor(peerFd);
+    const announced: number[] = [];
+    const outbox = new BatchOutbox<{ id: number }>(sender, async (batch) => {
+      announced.push(batch);
+    });
+    const fds = openDevNull(300);
+    try {
+      const outcomes = await Promise.allSettled(fds.map((fd, index) => outbox.send({ id: index }, fd)));
+      expect(outcomes.every((outcome) => outcome.status === 'rejected')).toBe(true);
+      expect(announced).toEqual([]);
+    } finally {
+      for (const fd of fds) closeSync(fd);
+      sender.close();
+    }
+    expect(devNullsOf('self')).toBe(before);
   });
 });

@@ -45,6 +45,21 @@ class FakeHandle {
   }
 }
 
+/** One connection named in a `handoff-settled` notice, and what became of it. */
+interface Settled {
+  id: number;
+  adopted: boolean;
+}
+
+/** The connections the `handoff-settled` notices among `messages` name, in order. */
+function settledIn(messages: readonly unknown[]): Settled[] {
+  return messages.flatMap((message) => {
+    const notice = message as { baton?: string; ids?: number[]; adopted?: boolean };
+    if (notice.baton !== 'handoff-settled') return [];
+    return (notice.ids ?? []).map((id) => ({ id, adopted: notice.adopted === true }));
+  });
+}
+
 function hooks(handsOff: string[], adopts: string[]) {
   return { handsOff: new Set(handsOff), adopts: new Set(adopts) };
 }
@@ -200,6 +215,10 @@ describe('HandoffRelay', () => {
       .map((entry) => entry.message);
   }
 
+  function settledTo(worker: Worker): Settled[] {
+    return settledIn(messagesTo(worker, 'handoff-settled'));
+  }
+
   /** Relays `count` connections from `sender` and completes their sends; returns their handles. */
   function relayConnections(sender: Worker, count: number): FakeHandle[] {
     const handles = Array.from({ length: count }, (_, index) => new FakeHandle(index + 10));
@@ -245,7 +264,7 @@ describe('HandoffRelay', () => {
     expect(deadlines[1]?.ms).toBe(HANDOFF_ADOPT_TIMEOUT_MS);
 
     relay.onMessage(adopters[0] as Worker, { kind: 'adoptions', adopted: [1, 3], refused: [] });
-    expect(messagesTo(sender, 'handoff-settled')).toEqual([]);
+    expect(settledTo(sender)).toEqual([]);
     expect(handles.some((handle) => handle.closed)).toBe(false);
 
     clock += 40;
@@ -256,9 +275,7 @@ describe('HandoffRelay', () => {
     expect(messagesTo(adopters[1] as Worker, 'handoff-go')).toEqual([
       { baton: 'handoff-go', relays: [2, 4] },
     ]);
-    expect(messagesTo(sender, 'handoff-settled')).toEqual(
-      [1, 2, 3, 4].map((id) => ({ baton: 'handoff-settled', id, adopted: true })),
-    );
+    expect(settledTo(sender)).toEqual([1, 2, 3, 4].map((id) => ({ id, adopted: true })));
     expect(handles.every((handle) => handle.closed)).toBe(true);
     expect(ended).toEqual([round]);
     expect(round?.outcome).toBe('committed');
@@ -291,6 +308,63 @@ describe('HandoffRelay', () => {
     });
   });
 
+  test('10,000 connections: the round waits for the last one written, then one commit per adopter and one settled notice per old worker', () => {
+    const { old, fresh, sender, adopters } = generations();
+    const round = relay.start('switch', old, fresh, 500);
+    const count = 10_000;
+    const handles = Array.from({ length: count }, (_, index) => new FakeHandle(index + 10));
+    for (const [index, handle] of handles.entries()) relay.onHandle(sender, connection(index + 1), handle);
+    relay.onFinished(sender, { offered: count, sent: count, kept: 0 });
+    const adopts = sent.filter((entry) => entry.message.baton === 'adopt');
+    // Written in reverse order: the round goes on only once the last of them is.
+    for (const entry of adopts.reverse()) entry.onSent(null);
+    const written = relayed.splice(0);
+    for (const [id, error] of written.slice(0, -1)) relay.onRelayed(id, error);
+    expect(sent.some((entry) => entry.message.baton === 'handoff-commit')).toBe(false);
+    expect(relay.snapshot().rounds[0]?.inFlight).toBe(count);
+    for (const [id, error] of written.slice(-1)) relay.onRelayed(id, error);
+
+    for (const adopter of adopters) {
+      const commits = messagesTo(adopter, 'handoff-commit') as Array<{ relays: number[] }>;
+      expect(commits).toHaveLength(1);
+      expect(commits[0]?.relays).toHaveLength(count / 2);
+      relay.onMessage(adopter, { kind: 'adoptions', adopted: commits[0]?.relays ?? [], refused: [] });
+    }
+    expect(messagesTo(sender, 'handoff-settled')).toEqual([
+      {
+        baton: 'handoff-settled',
+        ids: Array.from({ length: count }, (_, index) => index + 1),
+        adopted: true,
+      },
+    ]);
+    expect(handles.every((handle) => handle.closed)).toBe(true);
+    expect(round?.outcome).toBe('committed');
+    expect(relay.snapshot()).toMatchObject({ moved: count, failed: 0, rounds: [{ inFlight: 0 }] });
+  });
+
+  test('an aborted round tells each old worker in one notice, and closes what is written only once its send is done', () => {
+    const { old, fresh, sender, adopters } = generations();
+    const round = relay.start('switch', old, fresh, 500);
+    const handles = Array.from({ length: 6 }, (_, index) => new FakeHandle(index + 10));
+    for (const [index, handle] of handles.entries()) relay.onHandle(sender, connection(index + 1), handle);
+    const adopts = sent.filter((entry) => entry.message.baton === 'adopt');
+    // Relays 1-4 are written; 5 and 6 are still on their way when the round ends.
+    for (const entry of adopts.slice(0, 4)) entry.onSent(null);
+    for (const [id, error] of relayed.splice(0)) relay.onRelayed(id, error);
+    relay.abortAll('the master is stopping');
+
+    expect(messagesTo(sender, 'handoff-settled')).toEqual([
+      { baton: 'handoff-settled', ids: [1, 2, 3, 4, 5, 6], adopted: false },
+    ]);
+    expect(handles.map((handle) => handle.closed)).toEqual([true, true, true, true, false, false]);
+    for (const entry of adopts.slice(4)) entry.onSent(null);
+    for (const [id, error] of relayed.splice(0)) relay.onRelayed(id, error);
+    expect(handles.every((handle) => handle.closed)).toBe(true);
+    expect(round?.outcome).toBe('aborted');
+    expect(messagesTo(adopters[0] as Worker, 'handoff-abort')).toHaveLength(1);
+    expect(relay.snapshot()).toMatchObject({ moved: 0, failed: 6, rounds: [{ inFlight: 0 }] });
+  });
+
   test('a new worker that exits before the commit aborts the round: every connection goes back, the other adopters drop theirs', () => {
     const { old, fresh, sender, adopters } = generations();
     const round = relay.start('switch', old, fresh, 500);
@@ -301,9 +375,7 @@ describe('HandoffRelay', () => {
     (adopters[1] as Worker).markExited(70, null, 0);
     relay.onWorkerExited(adopters[1] as Worker);
 
-    expect(messagesTo(sender, 'handoff-settled')).toEqual(
-      [1, 2, 3, 4].map((id) => ({ baton: 'handoff-settled', id, adopted: false })),
-    );
+    expect(settledTo(sender)).toEqual([1, 2, 3, 4].map((id) => ({ id, adopted: false })));
     expect(messagesTo(adopters[0] as Worker, 'handoff-abort')).toEqual([
       { baton: 'handoff-abort', relays: [1, 3] },
     ]);
@@ -322,9 +394,7 @@ describe('HandoffRelay', () => {
     relay.onHandle(sender, connection(1), handle);
     (adopters[1] as Worker).markExited(1, null, 0);
     relay.onWorkerExited(adopters[1] as Worker);
-    expect(messagesTo(sender, 'handoff-settled')).toEqual([
-      { baton: 'handoff-settled', id: 1, adopted: false },
-    ]);
+    expect(settledTo(sender)).toEqual([{ id: 1, adopted: false }]);
     // The send may still be queued in Node: closing now would free the fd number for another socket.
     expect(handle.closed).toBe(false);
     relay.onRelayed(1, null);
@@ -338,11 +408,9 @@ describe('HandoffRelay', () => {
     relay.onHandle(sender, connection(2), new FakeHandle(2));
     relay.onMessage(adopters[0] as Worker, { kind: 'refused', relay: 1, reason: 'no onAdopt hook' });
     // Settled once its send is done.
-    expect(messagesTo(sender, 'handoff-settled')).toEqual([]);
+    expect(settledTo(sender)).toEqual([]);
     relay.onRelayed(1, null);
-    expect(messagesTo(sender, 'handoff-settled')).toEqual([
-      { baton: 'handoff-settled', id: 1, adopted: false },
-    ]);
+    expect(settledTo(sender)).toEqual([{ id: 1, adopted: false }]);
     relay.onRelayed(2, null);
     relay.onFinished(sender, { offered: 2, sent: 2, kept: 0 });
     expect(messagesTo(adopters[0] as Worker, 'handoff-commit')).toEqual([]);
@@ -351,9 +419,9 @@ describe('HandoffRelay', () => {
       adopted: [],
       refused: [{ relay: 2, reason: 'this version cannot adopt' }],
     });
-    expect(messagesTo(sender, 'handoff-settled')).toEqual([
-      { baton: 'handoff-settled', id: 1, adopted: false },
-      { baton: 'handoff-settled', id: 2, adopted: false },
+    expect(settledTo(sender)).toEqual([
+      { id: 1, adopted: false },
+      { id: 2, adopted: false },
     ]);
     expect(reports[0]).toMatchObject({ moved: 0, kept: 0, failed: 2 });
     expect(reports[0]?.aborted).toBeUndefined();
@@ -366,9 +434,7 @@ describe('HandoffRelay', () => {
     relay.onHandle(sender, connection(1), handle);
     relay.onRelayed(1, new Error('channel closed'));
     expect(handle.closed).toBe(true);
-    expect(messagesTo(sender, 'handoff-settled')).toEqual([
-      { baton: 'handoff-settled', id: 1, adopted: false },
-    ]);
+    expect(settledTo(sender)).toEqual([{ id: 1, adopted: false }]);
   });
 
   test('no adopter left in the new generation: the handle is closed here and the old worker keeps it', () => {
@@ -379,9 +445,7 @@ describe('HandoffRelay', () => {
     relay.onHandle(sender, connection(1), handle);
     expect(handle.closed).toBe(true);
     expect(sent.some((entry) => entry.message.baton === 'adopt')).toBe(false);
-    expect(messagesTo(sender, 'handoff-settled')).toEqual([
-      { baton: 'handoff-settled', id: 1, adopted: false },
-    ]);
+    expect(settledTo(sender)).toEqual([{ id: 1, adopted: false }]);
   });
 
   test('a net.Socket-like handle (it would have started reading) is never passed on', () => {
@@ -391,9 +455,7 @@ describe('HandoffRelay', () => {
     relay.onHandle(sender, connection(1), { destroy: () => (destroyed = true) });
     expect(destroyed).toBe(true);
     expect(sent.some((entry) => entry.message.baton === 'adopt')).toBe(false);
-    expect(messagesTo(sender, 'handoff-settled')).toEqual([
-      { baton: 'handoff-settled', id: 1, adopted: false },
-    ]);
+    expect(settledTo(sender)).toEqual([{ id: 1, adopted: false }]);
   });
 
   test('no round when nobody opted in on one side; a sweep tells the old workers to stop accepting, and one that finds nothing says nothing', () => {
@@ -426,17 +488,15 @@ describe('HandoffRelay', () => {
     const late = new FakeHandle(99);
     relay.onHandle(sender, connection(3), late);
     expect(late.closed).toBe(true);
-    expect(messagesTo(sender, 'handoff-settled')).toEqual([
-      { baton: 'handoff-settled', id: 3, adopted: false },
-    ]);
+    expect(settledTo(sender)).toEqual([{ id: 3, adopted: false }]);
 
     relay.onMessage(adopters[0] as Worker, { kind: 'adoptions', adopted: [1], refused: [] });
     relay.onDeadline(round);
     expect(round).toMatchObject({ outcome: 'aborted', abortCause: 'no-answer' });
-    expect(messagesTo(sender, 'handoff-settled')).toEqual([
-      { baton: 'handoff-settled', id: 3, adopted: false },
-      { baton: 'handoff-settled', id: 1, adopted: false },
-      { baton: 'handoff-settled', id: 2, adopted: false },
+    expect(settledTo(sender)).toEqual([
+      { id: 3, adopted: false },
+      { id: 1, adopted: false },
+      { id: 2, adopted: false },
     ]);
   });
 
@@ -446,9 +506,7 @@ describe('HandoffRelay', () => {
     relayConnections(sender, 1);
     relay.abortAll('the master is stopping');
     expect(round).toMatchObject({ outcome: 'aborted', abortCause: 'stopping' });
-    expect(messagesTo(sender, 'handoff-settled')).toEqual([
-      { baton: 'handoff-settled', id: 1, adopted: false },
-    ]);
+    expect(settledTo(sender)).toEqual([{ id: 1, adopted: false }]);
 
     unreachable.add(sender);
     const next = relay.start('switch', old, fresh, 500);
@@ -576,11 +634,7 @@ describe('the master runs a handoff when a new generation becomes active', () =>
     });
     oldA.say({ baton: 'handoff-batch', batch: 7, ids: [1, 2, 3] });
     // Id 3 never came: its connection goes on in its old worker.
-    expect(oldA.messages.map((m) => m.message)).toContainEqual({
-      baton: 'handoff-settled',
-      id: 3,
-      adopted: false,
-    });
+    expect(settledIn(oldA.messages.map((m) => m.message))).toContainEqual({ id: 3, adopted: false });
     const adopters = ofGeneration(2) as ChannelProcess[];
     const relayed = adopters.flatMap((p) => p.sentOnChannel);
     expect(relayed.map(({ entry }) => entry.state)).toEqual([{ coins: 2 }, { coins: 4 }]);
@@ -596,10 +650,10 @@ describe('the master runs a handoff when a new generation becomes active', () =>
         adopter.say({ baton: 'adoptions', adopted: commit.relays, refused: [] });
     }
     expect([state(1), state(2)]).toEqual(['draining', 'active']);
-    expect(oldA.messages.map((m) => m.message)).toEqual(
+    expect(settledIn(oldA.messages.map((m) => m.message))).toEqual(
       expect.arrayContaining([
-        { baton: 'handoff-settled', id: 1, adopted: true },
-        { baton: 'handoff-settled', id: 2, adopted: true },
+        { id: 1, adopted: true },
+        { id: 2, adopted: true },
       ]),
     );
     // The master's copies are closed: the numbers are free again.
@@ -627,11 +681,7 @@ describe('the master runs a handoff when a new generation becomes active', () =>
 
     adopter.say({ baton: 'adoptions', adopted: [1], refused: [] });
     expect(adopter.messages.at(-1)?.message).toEqual({ baton: 'handoff-go', relays: [1] });
-    expect(oldA.messages.map((m) => m.message)).toContainEqual({
-      baton: 'handoff-settled',
-      id: 1,
-      adopted: true,
-    });
+    expect(settledIn(oldA.messages.map((m) => m.message))).toContainEqual({ id: 1, adopted: true });
     expect(handle.closed).toBe(true);
     expect([state(1), state(2)]).toEqual(['draining', 'active']);
     expect(logs.find((entry) => entry.msg === 'sessions moved')).toMatchObject({
@@ -660,7 +710,7 @@ describe('the master runs a handoff when a new generation becomes active', () =>
     const adopter = ofGeneration(2).find((p) => p.messages.length > 0) as FakeProcess;
     adopter.callbacks.onExit(70, null);
 
-    expect(oldA.messages.at(-1)?.message).toEqual({ baton: 'handoff-settled', id: 1, adopted: false });
+    expect(oldA.messages.at(-1)?.message).toEqual({ baton: 'handoff-settled', ids: [1], adopted: false });
     expect([state(1), state(2)]).toEqual(['active', 'failed']);
     expect(logs.find((entry) => String(entry.msg).startsWith('reload failed'))?.msg).toContain(
       'did not take over: worker',
@@ -681,7 +731,7 @@ describe('the master runs a handoff when a new generation becomes active', () =>
     ).toBe(true);
     jest.advanceTimersByTime(HANDOFF_ADOPT_TIMEOUT_MS);
     expect([state(1), state(2)]).toEqual(['active', 'failed']);
-    expect(oldA.messages.at(-1)?.message).toEqual({ baton: 'handoff-settled', id: 1, adopted: false });
+    expect(oldA.messages.at(-1)?.message).toEqual({ baton: 'handoff-settled', ids: [1], adopted: false });
     expect(master.snapshot().generations.find((g) => g.id === 2)?.failure).toContain(
       'did not adopt the sessions within',
     );
