@@ -152,7 +152,7 @@ export class Readiness {
     this.niceKeptLogged = true;
     this.ports.logger.warn(
       { gen: worker.generation, worker: worker.index, pid: worker.pid, startNice, reason: refused },
-      'workers keep their --start-nice priority once ready: giving it back needs CAP_SYS_NICE (root) or a RLIMIT_NICE that allows it',
+      "workers keep their --start-nice priority on their threads once ready: giving it back needs CAP_SYS_NICE (root) or a RLIMIT_NICE that allows it (where autogroups are on, the session's priority that counts is given back)",
     );
   }
 
