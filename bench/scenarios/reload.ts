@@ -487,7 +487,7 @@ export async function reloadUnderLoad(
           ),
         ],
         note:
-          `${WORKERS} workers of the example app (the third column: bench/apps/plain.js, a plain node:http server on fd 3 that says ready with process.send('ready') and never reports its connections, under --no-preload), ${CONCURRENCY} client loops. ` +
+          `${WORKERS} workers of the example app (the third and fourth columns: bench/apps/plain.js, a plain node:http server on fd 3 that says ready with process.send('ready') and never reports its connections, under --no-preload; the fourth with --start-nice 10, each new worker at nice 10 until it is ready), ${CONCURRENCY} client loops. ` +
           `PM2: the same example app under \`pm2 start server.js -i ${WORKERS} --wait-ready\` (cluster mode: the God daemon accepts every connection and passes it to a worker; its ready() sends PM2's 'ready'; it drains on SIGINT, PM2's stop signal; default kill_timeout), reloaded with \`pm2 reload\`, whose "signal" is the command's spawn (its own start-up included) and whose end is the command's return; the supervisor is the God daemon. ` +
           `"During reloads" is from each signal until the old generation retired (PM2: the command returned); "without" is the rest of the same run. Times are medians over the reloads. ` +
           `The app alone (\`node server.js\` with ports of its own, no supervisor, no reload, idle beside the runs): spawn → both listeners open ${ms(aloneStartUpMs)} (median of ${alone.startUpMs.length}, /proc), RSS ${megabytes(alone.rssIdleBytes)} listening, peak ${megabytes(alonePeakRssBytes)} after its loads; its req/s under each run's load, measured just before that run: ${runs.map((run) => `${count(run.aloneRequestsPerSecond)}`).join(', ')}.`,
