@@ -166,6 +166,13 @@ function startOptions(argv: Argv) {
       describe:
         'Replace a serving worker that said WATCHDOG=1 (sd_notify, or the child API by itself) and then nothing for this long (10s): its replacement is ready first, then it drains. Workers get WATCHDOG_USEC and WATCHDOG_PID',
     })
+    .option('start-nice', {
+      type: 'string',
+      requiresArg: true,
+      defaultDescription: JSON.stringify(String(DEFAULTS.startNice)),
+      describe:
+        "Start each worker at this lower CPU priority (nice 1-19) until it is ready: a reload's start-up takes less of the cores from the workers serving meanwhile, and takes longer; 0: off",
+    })
     .option('user', {
       type: 'string',
       requiresArg: true,
@@ -248,6 +255,7 @@ async function main(): Promise<number> {
           versionFile: argv['version-file'],
           maxMemory: argv['max-memory'],
           watchdog: argv.watchdog,
+          startNice: argv['start-nice'],
           user: argv.user,
           group: argv.group,
           preload: argv.preload,

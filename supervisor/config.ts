@@ -69,6 +69,7 @@ const BATON_KEYS = {
   versionFile: 'versionFile',
   maxMemory: 'maxMemory',
   watchdog: 'watchdog',
+  startNice: 'startNice',
   user: 'user',
   group: 'group',
   watch: 'watch',

@@ -43,6 +43,8 @@ export const CONNECTION_SAMPLE_INTERVAL_MS = 1000;
  * nothing left to drain but did not exit by itself.
  */
 export const IDLE_DRAIN_SAMPLES = 2;
+/** The highest `--start-nice`: 19, Linux's lowest priority. */
+export const MAX_NICE = 19;
 /** The backlog of every listening socket (Node's own default). */
 export const LISTEN_BACKLOG = 511;
 
@@ -57,6 +59,8 @@ export const DEFAULTS = {
   ready: 'auto',
   /** Load baton's preload into Node workers (supervisor/unmodified.ts); `--no-preload` turns it off. */
   preload: true,
+  /** `--start-nice`: workers start at the master's own priority (supervisor/priority.ts). */
+  startNice: 0,
 } as const;
 
 /**
@@ -137,6 +141,8 @@ export interface MasterOptions {
   /** The user and group workers run as (`--user`, `--group`); the master's own when undefined. */
   uid?: number;
   gid?: number;
+  /** `--start-nice`: the nice value a worker starts at until it is ready (0: its normal priority). */
+  startNice?: number;
   /** A file whose first line is the version label, read at each reload (`--version-file`). */
   versionFile?: string;
   /** Files and folders whose changes reload (`--watch`); none when not watching. */
@@ -334,6 +340,8 @@ export interface RawStartArgs {
   maxMemory?: unknown;
   /** `--watchdog 10s`. */
   watchdog?: unknown;
+  /** `--start-nice 10`. */
+  startNice?: unknown;
   /** `--user NAME|UID` and `--group NAME|GID` for the workers. */
   user?: unknown;
   group?: unknown;
@@ -429,6 +437,10 @@ export function parseStartOptions(raw: RawStartArgs, fields: FieldNames = {}): M
       raw.watchdog === undefined
         ? undefined
         : parseWatchdog(String(raw.watchdog), flag('watchdog', '--watchdog')),
+    startNice:
+      raw.startNice === undefined
+        ? DEFAULTS.startNice
+        : parseInteger(flag('startNice', '--start-nice'), raw.startNice, 0, MAX_NICE),
     ...parseWorkerUser(raw.user, raw.group, raw.masterUid ?? process.getuid?.() ?? 0),
     preload: raw.preload === undefined ? DEFAULTS.preload : raw.preload !== false,
     ...(raw.env === undefined ? {} : { env: raw.env }),

@@ -14,6 +14,7 @@ import { type ChildEnd, closeDescriptor, reapChild } from './linux.js';
 import { SignalTarget } from './main-pid.js';
 import { InheritedIpcChannel, type RawSocketHandle, sendRawHandle, streamFd } from './node-internals.js';
 import { type NotifyChannel, NotifySockets } from './notify-socket.js';
+import { lowerPriority, restorePriority } from './priority.js';
 import {
   connectionCountFallback,
   countConnections,
@@ -45,6 +46,8 @@ export interface SpawnRequest {
   /** The user and group the worker runs as (`--user`, `--group`); the master's when undefined. */
   uid?: number;
   gid?: number;
+  /** `--start-nice`: the nice value the worker starts at, until `restorePriority` (priority.ts); 0 or undefined: none. */
+  startNice?: number;
 }
 
 /** What a spawned worker reports back; each callback queues an event in the master. */
@@ -140,6 +143,8 @@ export interface Os {
   ownListeningPorts(pid: number, except: ReadonlySet<number>): number[];
   /** Why connections are counted the slow way (all of /proc/net/tcp), once netlink failed; else undefined. */
   connectionCountFallback?(): string | undefined;
+  /** Gives a worker started at `startNice` its CPU priority back; why it could not, if so (priority.ts). */
+  restorePriority?(pid: number): string | undefined;
   now(): number;
   setTimer(ms: number, fn: () => void): TimerHandle;
 }
@@ -299,6 +304,8 @@ export const realOs: Os = {
       notifyChannel?.close();
       return notStarted(error, callbacks);
     }
+    // Now, while the worker is still the trampoline's shell: the threads a runtime starts later inherit it.
+    if (request.startNice && child.pid !== undefined) lowerPriority(child.pid, request.startNice);
     // The worker has its own copy now (or the spawn failed): the master keeps only its end.
     if (fdChannel) closeDescriptor(fdChannel.peerFd);
     child.stderr?.on('data', (chunk: Buffer) => callbacks.onStderr(chunk));
@@ -550,6 +557,7 @@ export const realOs: Os = {
   countConnections,
   ownListeningPorts,
   connectionCountFallback,
+  restorePriority,
 
   now: () => Date.now(),
 

@@ -77,7 +77,7 @@ export interface ReadinessPorts {
   os: Os;
   logger: Logger;
   /** The master's settings now; a worker's generation has its own (`Generation.settings`). */
-  readonly options: Pick<MasterOptions, 'ready' | 'readyTimeoutMs' | 'preload'>;
+  readonly options: Pick<MasterOptions, 'ready' | 'readyTimeoutMs' | 'preload' | 'startNice'>;
   /** The master's listeners now; a worker's generation has its own (`Generation.listeners`). */
   readonly listeners: readonly InheritedListener[];
   /** Queues an event in the master's dispatcher (timers only queue). */
@@ -99,6 +99,8 @@ export class Readiness {
   private readonly ownPortSince = new WeakMap<Worker, number>();
   /** Whether the fallback of the connection count to /proc/net/tcp was logged (once per master). */
   private fallbackLogged = false;
+  /** Whether a worker kept its `--start-nice` priority once ready was logged (once per master). */
+  private niceKeptLogged = false;
 
   constructor(private readonly ports: ReadinessPorts) {}
 
@@ -136,7 +138,22 @@ export class Readiness {
 
   /** A worker said ready one way; whether that counts depends on `--ready`. */
   onSignal(worker: Worker, via: ReadyVia): void {
-    if (countsAsReady(this.settingsOf(worker).ready.kind, via)) this.ports.ready(worker, via);
+    const settings = this.settingsOf(worker);
+    if (!countsAsReady(settings.ready.kind, via)) return;
+    if (worker.state === 'starting' && settings.startNice) this.restorePriority(worker, settings.startNice);
+    this.ports.ready(worker, via);
+  }
+
+  /** A worker started at `--start-nice` is ready: it serves at its normal priority from now on. */
+  private restorePriority(worker: Worker, startNice: number): void {
+    if (worker.pid === undefined) return;
+    const refused = this.ports.os.restorePriority?.(worker.pid);
+    if (refused === undefined || this.niceKeptLogged) return;
+    this.niceKeptLogged = true;
+    this.ports.logger.warn(
+      { gen: worker.generation, worker: worker.index, pid: worker.pid, startNice, reason: refused },
+      "workers keep their --start-nice priority on their threads once ready: giving it back needs CAP_SYS_NICE (root) or a RLIMIT_NICE that allows it (where autogroups are on, the session's priority that counts is given back)",
+    );
   }
 
   /**

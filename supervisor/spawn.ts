@@ -150,6 +150,8 @@ export class Spawner {
       parentDeathSignal: options.drainSignal,
       ...(options.uid === undefined ? {} : { uid: options.uid }),
       ...(options.gid === undefined ? {} : { gid: options.gid }),
+      // A scratch worker serves nothing: it starts at the master's priority.
+      ...(options.startNice && worker !== undefined ? { startNice: options.startNice } : {}),
     };
   }
 

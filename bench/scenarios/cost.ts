@@ -178,6 +178,15 @@ export async function cost(context: BenchContext): Promise<ScenarioOutcome> {
   return summarize(figures, idleNode, rounds, measureMs, idleMs, tcpSockets);
 }
 
+/** The median over the rounds of `figure`'s throughput in `mode` divided by the lone app's in the same round. */
+function pairedRatio(figure: VariantFigures, alone: VariantFigures, mode: Mode): number {
+  return median(
+    figure.requestsPerSecond[mode].map(
+      (rps, round) => rps / (alone.requestsPerSecond[mode][round] ?? Number.NaN),
+    ),
+  );
+}
+
 function summarize(
   figures: VariantFigures[],
   idleNode: { rssBytes: number; peakRssBytes: number },
@@ -212,13 +221,13 @@ function summarize(
             const best = Math.max(...figure.requestsPerSecond[mode]);
             const typical = median(figure.requestsPerSecond[mode]);
             if (figure === alone) return `${count(best)} req/s (median ${count(typical)})`;
-            return `${ratio(best / aloneBest(mode))} (median ${ratio(typical / aloneRps(mode))})`;
+            return `${ratio(best / aloneBest(mode))} (median ${ratio(typical / aloneRps(mode))}, paired ${ratio(pairedRatio(figure, alone, mode))})`;
           }),
           count(figure.failed),
         ]),
         note:
           `The same minimal app (bench/apps/hello.js) in every row, ${CONCURRENCY} client loops; the load generator shares the machine's 2 cores with the server. ` +
-          `Best of ${rounds} rounds of ${(measureMs / 1000).toFixed(1)} s per mode (other work on a shared machine only ever slows a round down), the median in brackets; every round is in latest.json.`,
+          `Best of ${rounds} rounds of ${(measureMs / 1000).toFixed(1)} s per mode (other work on a shared machine only ever slows a round down), the median in brackets, then "paired": the median over the rounds of each round's ratio to the app alone in the same round (the load of a shared machine drifts between rounds more than within one); every round is in latest.json.`,
       },
       {
         title:

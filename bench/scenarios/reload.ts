@@ -68,16 +68,20 @@ interface RunKind {
   supervisor: Supervisor;
   /** bench/apps/plain.js with --no-preload instead of the example app: the master counts connections itself. */
   unreported: boolean;
+  /** `--start-nice`: the new generation starts at this lower CPU priority until it is ready. */
+  startNice?: number;
 }
 
 /**
  * The runs, in order; the third is the case issue 17 measured (Python, Go, any server written for
- * systemd), the last two the same example app under PM2.
+ * systemd), the fourth the same with `--start-nice` (issue 17: with and without in the same run), the
+ * last two the same example app under PM2.
  */
 const RUNS: RunKind[] = [
   { mode: 'keep-alive', supervisor: 'baton', unreported: false },
   { mode: 'new connection', supervisor: 'baton', unreported: false },
   { mode: 'new connection', supervisor: 'baton', unreported: true },
+  { mode: 'new connection', supervisor: 'baton', unreported: true, startNice: 10 },
   { mode: 'keep-alive', supervisor: 'pm2', unreported: false },
   { mode: 'new connection', supervisor: 'pm2', unreported: false },
 ];
@@ -85,9 +89,7 @@ const RUNS: RunKind[] = [
 const runLabel = (run: RunKind) =>
   run.supervisor === 'pm2'
     ? `PM2 ${PM2_VERSION}, ${run.mode}`
-    : run.unreported
-      ? `${run.mode}, workers that do not report`
-      : run.mode;
+    : `${run.unreported ? `${run.mode}, workers that do not report` : run.mode}${run.startNice ? `, --start-nice ${run.startNice}` : ''}`;
 
 /** One mode's run, as stored in latest.json. */
 export interface ReloadRun {
@@ -256,7 +258,10 @@ async function underBaton(kind: RunKind, app: AppDir): Promise<Supervised> {
   const { baton, httpPort } = await startBatonApp({
     workers: WORKERS,
     app: kind.unreported ? { kind: 'plain', dir: app } : { kind: 'example', dir: app },
-    extraArgs: kind.unreported ? ['--no-preload'] : [],
+    extraArgs: [
+      ...(kind.unreported ? ['--no-preload'] : []),
+      ...(kind.startNice ? ['--start-nice', String(kind.startNice)] : []),
+    ],
   });
   return {
     httpPort,
@@ -318,7 +323,8 @@ async function runMode(
         label: runLabel(kind),
         mode,
         httpPort: supervised.httpPort,
-        reloads: pick(context, 3, 10),
+        // A run at --start-nice takes seconds per reload: fewer of them keep the bench within its time.
+        reloads: kind.startNice ? pick(context, 2, 5) : pick(context, 3, 10),
         reloadOnce: supervised.reloadOnce,
         setVersion: (version) => app.setVersion(version),
       });
@@ -481,7 +487,7 @@ export async function reloadUnderLoad(
           ),
         ],
         note:
-          `${WORKERS} workers of the example app (the third column: bench/apps/plain.js, a plain node:http server on fd 3 that says ready with process.send('ready') and never reports its connections, under --no-preload), ${CONCURRENCY} client loops. ` +
+          `${WORKERS} workers of the example app (the third and fourth columns: bench/apps/plain.js, a plain node:http server on fd 3 that says ready with process.send('ready') and never reports its connections, under --no-preload; the fourth with --start-nice 10, each new worker at nice 10 until it is ready), ${CONCURRENCY} client loops. ` +
           `PM2: the same example app under \`pm2 start server.js -i ${WORKERS} --wait-ready\` (cluster mode: the God daemon accepts every connection and passes it to a worker; its ready() sends PM2's 'ready'; it drains on SIGINT, PM2's stop signal; default kill_timeout), reloaded with \`pm2 reload\`, whose "signal" is the command's spawn (its own start-up included) and whose end is the command's return; the supervisor is the God daemon. ` +
           `"During reloads" is from each signal until the old generation retired (PM2: the command returned); "without" is the rest of the same run. Times are medians over the reloads. ` +
           `The app alone (\`node server.js\` with ports of its own, no supervisor, no reload, idle beside the runs): spawn → both listeners open ${ms(aloneStartUpMs)} (median of ${alone.startUpMs.length}, /proc), RSS ${megabytes(alone.rssIdleBytes)} listening, peak ${megabytes(alonePeakRssBytes)} after its loads; its req/s under each run's load, measured just before that run: ${runs.map((run) => `${count(run.aloneRequestsPerSecond)}`).join(', ')}.`,

@@ -9,8 +9,8 @@ import { Generation } from '../../supervisor/generation.js';
 import type { MasterEvent, Progress } from '../../supervisor/model.js';
 import { parseStartOptions } from '../../supervisor/options.js';
 import type { TimerHandle } from '../../supervisor/os.js';
-import { countsAsReady, probesProc, speaksIpc } from '../../supervisor/readiness.js';
-import { workerEnv } from '../../supervisor/spawn.js';
+import { countsAsReady, probesProc, Readiness, speaksIpc } from '../../supervisor/readiness.js';
+import { Spawner, workerEnv } from '../../supervisor/spawn.js';
 import { Upgrade, type UpgradePorts } from '../../supervisor/upgrade.js';
 import { Worker } from '../../supervisor/worker.js';
 
@@ -35,6 +35,82 @@ describe('readiness', () => {
     // npm start with the preload: the app behind it says ready once it listens on every listener.
     expect(probesProc('auto', '/usr/bin/npm', true)).toBe(false);
     expect(probesProc('auto', '/usr/bin/npm', false)).toBe(true);
+  });
+});
+
+describe('--start-nice', () => {
+  const options = (startNice: number) =>
+    parseStartOptions({
+      listen: 'http=tcp://127.0.0.1:0',
+      ready: 'ipc',
+      startNice,
+      command: ['node', 'a.js'],
+    });
+  const fakeOs = (restored: number[], refusal?: string) => ({
+    spawnWorker: () => {
+      throw new Error('not here');
+    },
+    resolveCommand: () => '/usr/bin/node',
+    pollsListeners: () => false,
+    countConnections: () => undefined,
+    ownListeningPorts: () => [],
+    restorePriority: (pid: number) => {
+      restored.push(pid);
+      return refusal;
+    },
+    now: () => 100,
+    setTimer: () => ({ cancel: () => {} }),
+  });
+
+  test("a slot's worker is spawned at the nice value, a scratch worker at the master's", () => {
+    const generation = new Generation(1, '1', 1, 0, options(10));
+    const spawner = new Spawner({
+      os: fakeOs([]),
+      logger: pino({ level: 'silent' }),
+      options: options(10),
+      listeners: [],
+      env: {},
+      cwd: '/',
+      dispatch: () => {},
+      writeStderr: () => {},
+    });
+    expect(spawner.request('/usr/bin/node', generation, 0).startNice).toBe(10);
+    expect(spawner.request('/usr/bin/node', generation, undefined).startNice).toBeUndefined();
+    const plain = new Generation(2, '2', 1, 0, options(0));
+    expect(spawner.request('/usr/bin/node', plain, 0).startNice).toBeUndefined();
+  });
+
+  test('a worker gets its priority back when its ready counts, and a refusal is said once', () => {
+    const restored: number[] = [];
+    const ready: number[] = [];
+    const warnings: string[] = [];
+    const generations = [new Generation(1, '1', 2, 0, options(10)), new Generation(2, '2', 1, 0, options(0))];
+    const logger = pino({ level: 'warn' }, { write: (line: string) => warnings.push(JSON.parse(line).msg) });
+    const readiness = new Readiness({
+      os: fakeOs(restored, 'EACCES: permission denied'),
+      logger,
+      options: options(10),
+      listeners: [],
+      dispatch: () => {},
+      ready: (worker) => ready.push(worker.pid as number),
+      listensElsewhere: () => {},
+      generations: () => generations,
+      kill: () => {},
+      watchdog: () => {},
+    });
+    const workerOf = (generation: number, index: number, pid: number) => {
+      const worker = new Worker(generation, index, 0);
+      worker.process = { pid, kill: () => true };
+      return worker;
+    };
+    const [first, second, other] = [workerOf(1, 0, 11), workerOf(1, 1, 12), workerOf(2, 0, 21)];
+    readiness.onSignal(first, 'notify'); // does not count under --ready ipc: still at the lower priority
+    expect(restored).toEqual([]);
+    for (const worker of [first, second, other]) readiness.onSignal(worker, 'ipc');
+    expect(restored).toEqual([11, 12]);
+    expect(ready).toEqual([11, 12, 21]);
+    expect(warnings).toHaveLength(1);
+    expect(warnings[0]).toMatch(/keep their --start-nice priority/);
   });
 });
 

@@ -1,0 +1,77 @@
+/**
+ * `--start-nice`: a worker starts at a lower CPU priority and gets its own back once it is ready, so
+ * that a new generation's start-up takes less of the cores from the workers that serve meanwhile.
+ *
+ * Linux weighs CPU time two ways, and a worker meets either:
+ * - **Autogroups** (`/proc/sys/kernel/sched_autogroup_enabled`, on by default on most distributions,
+ *   in effect for processes in the root CPU cgroup): the kernel shares the cores between sessions
+ *   first, and each worker leads a session of its own (spawned detached). There a thread's nice
+ *   weighs only against the other threads of the session, so it is the session's nice
+ *   (`/proc/<pid>/autogroup`) that counts. Any user may set it to 0 or above, but only once every
+ *   100 ms on the whole machine without CAP_SYS_ADMIN (EAGAIN): it is tried again until it holds.
+ * - **Thread nice** (a systemd service, a container: a CPU cgroup of its own): nice is per thread,
+ *   and a thread inherits the nice of the thread that creates it. It is set on the threads and
+ *   processes the worker has when it is spawned (the trampoline's shell, before Node or any other
+ *   runtime starts its own threads), and given back on every thread of the worker's tree. Giving
+ *   it back (lowering nice) needs CAP_SYS_NICE or a RLIMIT_NICE that allows it: without them the
+ *   worker keeps the lower priority, and the master says so once.
+ */
+import { readdirSync, writeFileSync } from 'node:fs';
+import { setPriority } from 'node:os';
+import { processTree } from './proc.js';
+
+/** How often, and how many times, a session's nice is tried again after EAGAIN (the kernel's 100 ms). */
+const AUTOGROUP_RETRY_MS = 110;
+const AUTOGROUP_TRIES = 20;
+
+/** Lowers the CPU priority of the process `pid` just spawned (and of every thread it has) to `nice`. */
+export function lowerPriority(pid: number, nice: number): void {
+  setAutogroupNice(pid, nice);
+  setThreadsNice(pid, nice);
+}
+
+/**
+ * Gives the worker `pid`'s tree its priority back (nice 0). Returns why it could not on its threads
+ * (no CAP_SYS_NICE), undefined when it did or when the worker is gone.
+ */
+export function restorePriority(pid: number): string | undefined {
+  setAutogroupNice(pid, 0);
+  return setThreadsNice(pid, 0);
+}
+
+/** The session's nice, where autogroups are on; tried again on EAGAIN (see above) while the process lives. */
+function setAutogroupNice(pid: number, nice: number, triesLeft = AUTOGROUP_TRIES): void {
+  try {
+    writeFileSync(`/proc/${pid}/autogroup`, String(nice));
+  } catch (error) {
+    // ENOENT: no autogroups in this kernel, or the process is gone; anything else but EAGAIN: no say.
+    if ((error as NodeJS.ErrnoException).code !== 'EAGAIN' || triesLeft <= 1) return;
+    setTimeout(() => setAutogroupNice(pid, nice, triesLeft - 1), AUTOGROUP_RETRY_MS).unref();
+  }
+}
+
+/** Every thread of `pid`'s tree to `nice`; the first refusal's reason, if any. */
+function setThreadsNice(pid: number, nice: number): string | undefined {
+  let refused: string | undefined;
+  for (const member of processTree(pid)) {
+    let threads: string[];
+    try {
+      threads = readdirSync(`/proc/${member}/task`);
+    } catch {
+      continue; // exited meanwhile
+    }
+    for (const tid of threads) {
+      try {
+        // On Linux setpriority(PRIO_PROCESS, tid) sets that one thread.
+        setPriority(Number(tid), nice);
+      } catch (error) {
+        // os.setPriority throws ERR_SYSTEM_ERROR with the errno's name in `info.code`.
+        const { info, code: nodeCode } = error as { info?: { code?: string }; code?: string };
+        const code = info?.code ?? nodeCode;
+        if (code === 'ESRCH') continue;
+        refused ??= `${code ?? 'error'}: ${(error as Error).message}`;
+      }
+    }
+  }
+  return refused;
+}

@@ -1,0 +1,112 @@
+/**
+ * `--start-nice`: a worker starts at the lower CPU priority, every thread of it (the threads Node
+ * starts inherit it) and its session where autogroups are on, and gets its own back once it is ready;
+ * a value out of range is one clear line and exit 2.
+ */
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { afterEach, beforeEach, describe, expect, test } from '@jest/globals';
+import { httpGetJson } from '../helpers/load.js';
+import { type AppDir, killAll, makeAppDir, startBaton } from '../helpers/processes.js';
+import { waitFor } from '../helpers/wait.js';
+
+/** A plain server that says ready only when it gets SIGUSR1, so that its start can be looked at. */
+const SLOW_READY_APP = `
+import http from 'node:http';
+const server = http.createServer((request, response) => response.end(JSON.stringify({ pid: process.pid })));
+server.listen({ fd: 3 });
+process.once('SIGUSR1', () => process.send('ready'));
+process.once('SIGTERM', () => server.close());
+`;
+
+let app: AppDir;
+
+beforeEach(() => {
+  app = makeAppDir();
+  app.writeFile('slow-ready.mjs', SLOW_READY_APP);
+});
+
+afterEach(async () => {
+  await killAll();
+  app.cleanup();
+});
+
+/** The nice value of every thread of `pid` (field 19 of /proc/<pid>/task/<tid>/stat). */
+function threadNices(pid: number): number[] {
+  return readdirSync(`/proc/${pid}/task`).flatMap((tid) => {
+    try {
+      const stat = readFileSync(`/proc/${pid}/task/${tid}/stat`, 'utf8');
+      return [Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[16])];
+    } catch {
+      return []; // the thread ended meanwhile
+    }
+  });
+}
+
+/** The nice of `pid`'s autogroup (its session), where the kernel has autogroups. */
+function autogroupNice(pid: number): number | undefined {
+  const file = `/proc/${pid}/autogroup`;
+  if (!existsSync(file)) return undefined;
+  return Number(/nice (-?\d+)/.exec(readFileSync(file, 'utf8'))?.[1]);
+}
+
+describe('--start-nice', () => {
+  test('a worker starts at the lower priority, every thread of it, and serves at its own once ready', async () => {
+    const baton = startBaton(
+      [
+        'start',
+        '--listen',
+        'http=tcp://127.0.0.1:0',
+        '--no-preload',
+        '--ready',
+        'ipc',
+        '--start-nice',
+        '10',
+        '--log-level',
+        'debug',
+        '--',
+        process.execPath,
+        'slow-ready.mjs',
+      ],
+      { cwd: app.dir },
+    );
+    const port = await baton.listenPort('http');
+    const pid = (await baton.waitForLogMsg('worker spawned', { gen: 1 })).pid as number;
+    // Node has started its threads once it serves: each of them inherited the lower priority.
+    const answer = await waitFor(() => httpGetJson(port, '/').catch(() => undefined), {
+      timeoutMs: 10_000,
+      what: 'the starting worker to answer',
+    });
+    expect(answer?.body).toEqual({ pid });
+    const starting = threadNices(pid);
+    expect(starting.length).toBeGreaterThan(1);
+    expect(new Set(starting)).toEqual(new Set([10]));
+    const group = autogroupNice(pid);
+    if (group !== undefined) expect(group).toBe(10);
+
+    process.kill(pid, 'SIGUSR1');
+    await baton.waitForLogMsg('worker ready', { gen: 1, pid });
+    expect(new Set(threadNices(pid))).toEqual(new Set([0]));
+    if (group !== undefined) {
+      // Without CAP_SYS_ADMIN the kernel takes one autogroup change per 100 ms: it may come a little later.
+      await waitFor(() => autogroupNice(pid) === 0, { timeoutMs: 5_000, what: 'the session nice back to 0' });
+    }
+  });
+
+  test('a value out of range is one clear line and exit 2', async () => {
+    const baton = startBaton([
+      'start',
+      '--listen',
+      'tcp://127.0.0.1:0',
+      '--start-nice',
+      '20',
+      '--',
+      process.execPath,
+      '-e',
+      '',
+    ]);
+    expect((await baton.waitForExit(10_000)).exitCode).toBe(2);
+    expect(baton.output.trim()).toBe(
+      "baton: Expected `--start-nice` to be a whole number from 0 to 19, got '20' (see 'baton --help')",
+    );
+  });
+});
