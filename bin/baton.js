@@ -8,9 +8,9 @@ if (major < 22 || (major === 22 && minor < 12)) {
   );
   process.exit(1);
 }
-// A reload signal that comes while the modules load must not kill a master that is starting
-// (SIGUSR2's default action is to terminate); the master routes signals once it can.
 if (process.argv[2] === 'start') {
+  // A reload signal that comes while the modules load must not kill a master that is starting
+  // (SIGUSR2's default action is to terminate); the master routes signals once it can.
   for (const signal of ['SIGUSR2', 'SIGHUP']) process.on(signal, () => {});
 }
 // A master resuming after `baton reexec` already serves: a signal that comes while its modules load is
@@ -26,6 +26,11 @@ if (process.argv[2] === '__resume') {
   };
 }
 try {
+  // A master runs lean (supervisor/engine.ts), a resumed one too: set before its modules load.
+  // Workers are other processes and keep Node's defaults.
+  if (process.argv[2] === 'start' || process.argv[2] === '__resume') {
+    (await import('../dist/supervisor/engine.js')).runLean();
+  }
   if (process.argv[2] === '__resume' || process.argv[2] === '__reexec-try') {
     // `baton reexec` (docs/reexec.md): this program resumes a master, or is tried for it, from a state file.
     const { resumeMaster, tryState } = await import('../dist/supervisor/resume.js');
@@ -35,7 +40,10 @@ try {
     await import('../dist/bin/cli.js');
   }
 } catch (error) {
-  if (error?.code === 'ERR_MODULE_NOT_FOUND' && String(error.message).includes('dist/bin/cli.js')) {
+  if (
+    error?.code === 'ERR_MODULE_NOT_FOUND' &&
+    /dist\/(bin\/cli|supervisor\/engine)\.js/.test(String(error.message))
+  ) {
     process.stderr.write(
       "baton: the compiled CLI is missing; run 'npm run build' in baton's folder first.\n",
     );

@@ -3,27 +3,26 @@
  * turns every BatonError into one line on stderr and its exit code.
  *
  * Each command's code is imported when that command runs: a master (`start`) stays the whole life of
- * a server and never loads the client commands, and a client never loads the master.
+ * a server and never loads the client commands, and a client never loads the master. A well-formed
+ * `start` is read by yargs-parser alone (start-args.ts); yargs itself is loaded for everything else.
  */
 import path from 'node:path';
-import yargs, { type Argv } from 'yargs';
-import { hideBin } from 'yargs/helpers';
+import type { Argv } from 'yargs';
 import { resolveStartSettings } from '../supervisor/config.js';
 import type { MasterTarget } from '../supervisor/control/client.js';
 import { parseName, resolveControlSettings } from '../supervisor/control/socket-path.js';
 import { BatonError, describeExitCodes, EXIT_CODES, UsageError } from '../supervisor/errors.js';
-import {
-  COMMAND_AFTER_DASHES,
-  DEFAULTS,
-  formatDuration,
-  LOG_LEVELS,
-  MAX_WORKERS,
-  parseInteger,
-  parseLogLevel,
-  type RawStartArgs,
-} from '../supervisor/options.js';
+import { DEFAULTS, MAX_WORKERS, parseInteger, parseLogLevel } from '../supervisor/options.js';
 import { batonVersion } from '../supervisor/version.js';
 import type { InjectDestination } from './commands/inject.js';
+import {
+  commandAfterDashes,
+  declareStartOptions,
+  PARSER_CONFIGURATION,
+  parseStartQuickly,
+  type StartArgv,
+  startFlags,
+} from './start-args.js';
 
 const EPILOGUE = `Signals to the master: SIGUSR2 reload, SIGHUP read --config again and reload with it, SIGTERM or SIGINT drain and stop, SIGQUIT stop now.
 Exit codes: ${describeExitCodes()}.
@@ -88,137 +87,11 @@ function targetOf(argv: { name?: unknown; control?: unknown; pid?: unknown }): M
 }
 
 function startOptions(argv: Argv) {
-  return argv
-    .usage(
+  return declareStartOptions(
+    argv.usage(
       'baton start [options] -- <command> [args...]\n\nRun <command> as workers that inherit the listening sockets; SIGUSR2 upgrades them without dropping anyone.',
-    )
-    .option('config', {
-      type: 'string',
-      requiresArg: true,
-      describe:
-        "Read the settings from this file: baton's JSON (every option under its camelCase name, the command as an array under `command`, `env`), or a PM2 ecosystem file (its first app). Flags given win over the file. SIGHUP reads it again and reloads with it (docs/config.md)",
-    })
-    .option('listen', {
-      type: 'string',
-      array: true,
-      requiresArg: true,
-      describe:
-        'A socket to bind once and hand to every worker: [name=]tcp://host:port (IPv6: tcp://[::]:port; port 0 picks a free port), udp://host:port, or unix:/path.sock[?mode=660&owner=u&group=g]. Repeat for more; workers get them at fd 3, 4, ... Optional when systemd passes sockets (LISTEN_FDS)',
-    })
-    .option('workers', {
-      type: 'string',
-      requiresArg: true,
-      defaultDescription: JSON.stringify(String(DEFAULTS.workers)),
-      describe: 'Workers per generation',
-    })
-    .option('ready-timeout', {
-      type: 'string',
-      requiresArg: true,
-      defaultDescription: JSON.stringify(formatDuration(DEFAULTS.readyTimeoutMs)),
-      describe: 'How long a new generation has to say ready before the reload fails (500ms, 30s, 5m, 2h)',
-    })
-    .option('drain-timeout', {
-      type: 'string',
-      requiresArg: true,
-      defaultDescription: JSON.stringify(formatDuration(DEFAULTS.drainTimeoutMs)),
-      describe: 'How long an old generation may drain before its workers are killed',
-    })
-    .option('drain-signal', {
-      type: 'string',
-      requiresArg: true,
-      defaultDescription: JSON.stringify(DEFAULTS.drainSignal),
-      describe: 'The signal that tells a worker to drain',
-    })
-    .option('max-draining', {
-      type: 'string',
-      requiresArg: true,
-      defaultDescription: JSON.stringify(String(DEFAULTS.maxDraining)),
-      describe: 'Most old generations draining at once; past it the oldest is cut short',
-    })
-    .option('ready', {
-      type: 'string',
-      requiresArg: true,
-      defaultDescription: JSON.stringify(DEFAULTS.ready),
-      describe:
-        "How a worker says it is ready: auto (the IPC message 'ready', or READY=1 sent to NOTIFY_SOCKET or written on the pipe in BATON_NOTIFY_FD; with the preload, a Node worker that listens on every listener; for a command that is not node, also poll), ipc (only the message 'ready', for apps that say ready after warming up, as PM2's wait_ready), notify, poll (seen in /proc: the worker or a process it forked waits on a listener), or delay:<duration>",
-    })
-    .option('name', {
-      type: 'string',
-      requiresArg: true,
-      describe:
-        "This master's name; its control socket is NAME.sock in $XDG_RUNTIME_DIR/baton, else in ~/.baton (a user without a home: <tmp>/baton-<uid>) [default: the command's base name, or the script's after node, python, sh...]",
-    })
-    .option('control', {
-      type: 'string',
-      requiresArg: true,
-      describe:
-        'The control socket path, instead of the one --name gives; its directory must be private (0700)',
-    })
-    .option('max-memory', {
-      type: 'string',
-      requiresArg: true,
-      describe:
-        'Replace a worker whose resident memory passes this size (512M, 2G): its replacement starts and is ready first, then it drains',
-    })
-    .option('watchdog', {
-      type: 'string',
-      requiresArg: true,
-      describe:
-        'Replace a serving worker that said WATCHDOG=1 (sd_notify, or the child API by itself) and then nothing for this long (10s): its replacement is ready first, then it drains. Workers get WATCHDOG_USEC and WATCHDOG_PID',
-    })
-    .option('start-nice', {
-      type: 'string',
-      requiresArg: true,
-      defaultDescription: JSON.stringify(String(DEFAULTS.startNice)),
-      describe:
-        "Start each worker at this lower CPU priority (nice 1-19) until it is ready: a reload's start-up takes less of the cores from the workers serving meanwhile, and takes longer; 0: off",
-    })
-    .option('user', {
-      type: 'string',
-      requiresArg: true,
-      describe:
-        'Run the workers as this user (name or uid); the master, started as root, keeps the sockets (port 80) and its control socket to itself. The user must be able to execute the command (every folder on its path): checked at start',
-    })
-    .option('group', {
-      type: 'string',
-      requiresArg: true,
-      describe: "Run the workers with this group (name or gid); default: the --user's primary group",
-    })
-    .option('version-file', {
-      type: 'string',
-      requiresArg: true,
-      describe:
-        "A file whose first line labels each new generation's version, read at every reload (default: the version in the package.json beside the script, else the generation number)",
-    })
-    .option('metrics', {
-      type: 'string',
-      requiresArg: true,
-      describe:
-        'Serve Prometheus metrics on this address, as tcp://127.0.0.1:9100 (the master serves it, never the app)',
-    })
-    .option('watch', {
-      type: 'string',
-      array: true,
-      describe:
-        'Reload when a file changes in these folders or files (default: the current folder), ignoring node_modules, .git, dist and editor swap files; for development',
-    })
-    .option('preload', {
-      type: 'boolean',
-      defaultDescription: String(DEFAULTS.preload),
-      describe:
-        "Load baton's preload into Node workers (NODE_OPTIONS --import, so also behind npm start): a listen() on one of baton's ports or on PORT gets the inherited socket, the worker is ready once it listens on all of them, and server.close() or the drain signal drains without cutting requests; --no-preload turns it off",
-    })
-    .option('log-level', {
-      type: 'string',
-      requiresArg: true,
-      defaultDescription: JSON.stringify(DEFAULTS.logLevel),
-      describe: `One of ${LOG_LEVELS.join(', ')}`,
-    })
-    .option('pretty', {
-      type: 'boolean',
-      defaultDescription: 'false',
-      describe: 'Readable logs for people instead of JSON lines',
-    })
+    ),
+  )
     .example(
       'baton start --listen http=tcp://0.0.0.0:8080 --workers 2 -- node app/server.js',
       'two workers on port 8080',
@@ -229,88 +102,69 @@ function startOptions(argv: Argv) {
     .middleware((argv) => void commandAfterDashes(argv), true);
 }
 
+/** Runs a master from a parsed `start` until it stops; returns its exit code. */
+async function runStart(argv: StartArgv): Promise<number> {
+  const { flags, configPath } = startFlags(argv);
+  const cwd = process.cwd();
+  const settings = resolveStartSettings(flags, configPath, cwd);
+  const { options, raw } = settings;
+  const pretty = raw.pretty === true;
+  const [{ createLogger }, { runMaster }] = await Promise.all([
+    import('../supervisor/log.js'),
+    import('../supervisor/start.js'),
+  ]);
+  const logger = await createLogger({
+    level:
+      raw.logLevel === undefined
+        ? DEFAULTS.logLevel
+        : parseLogLevel(String(raw.logLevel), flags.logLevel === undefined ? 'logLevel' : '--log-level'),
+    pretty,
+  });
+  for (const warning of settings.warnings) logger.warn({ config: settings.config?.path }, warning);
+  const control = resolveControlSettings(
+    { name: raw.name, control: raw.control },
+    [options.command, ...options.args],
+    process.env,
+    cwd,
+  );
+  return runMaster(options, logger, control, {
+    failureOnStderr: !pretty,
+    // What `baton reexec` carries to the new program, to read the config file again as this one does.
+    start: {
+      flags: { ...flags },
+      ...(configPath === undefined ? {} : { configPath }),
+      cwd,
+      logLevel: String(raw.logLevel ?? DEFAULTS.logLevel),
+      pretty,
+      failureOnStderr: !pretty,
+      control,
+    },
+    ...(settings.config
+      ? {
+          config: settings.config,
+          readConfig: (file: string | undefined) =>
+            resolveStartSettings(flags, file ?? settings.config?.path, cwd),
+        }
+      : {}),
+  });
+}
+
 async function main(): Promise<number> {
+  // A well-formed `start` (the master, which lives as long as the server) runs without yargs' machinery.
+  const quickStart = parseStartQuickly(process.argv.slice(2));
+  if (quickStart) return runStart(quickStart);
+  const [{ default: yargs }, { hideBin }] = await Promise.all([import('yargs'), import('yargs/helpers')]);
   let exitCode: number = EXIT_CODES.ok;
   const cli = yargs(hideBin(process.argv));
   await cli
     .scriptName('baton')
-    .parserConfiguration({ 'populate--': true })
+    .parserConfiguration(PARSER_CONFIGURATION)
     .command(
       'start',
       'Run a command as workers under baton',
       (argv) => startOptions(argv),
       async (argv) => {
-        // Only what was typed: a flag left out takes the file's value, then the default.
-        const flags: RawStartArgs = {
-          listen: argv.listen,
-          workers: argv.workers,
-          readyTimeout: argv['ready-timeout'],
-          drainTimeout: argv['drain-timeout'],
-          drainSignal: argv['drain-signal'],
-          maxDraining: argv['max-draining'],
-          ready: argv.ready,
-          socketsInherited: process.env.LISTEN_FDS !== undefined,
-          watch: argv.watch,
-          metrics: argv.metrics,
-          versionFile: argv['version-file'],
-          maxMemory: argv['max-memory'],
-          watchdog: argv.watchdog,
-          startNice: argv['start-nice'],
-          user: argv.user,
-          group: argv.group,
-          preload: argv.preload,
-          name: argv.name,
-          control: argv.control,
-          logLevel: argv['log-level'],
-          pretty: argv.pretty,
-          command: commandAfterDashes(argv),
-        };
-        const cwd = process.cwd();
-        const configPath = argv.config === undefined ? undefined : String(argv.config);
-        const settings = resolveStartSettings(flags, configPath, cwd);
-        const { options, raw } = settings;
-        const pretty = raw.pretty === true;
-        const [{ createLogger }, { runMaster }] = await Promise.all([
-          import('../supervisor/log.js'),
-          import('../supervisor/start.js'),
-        ]);
-        const logger = await createLogger({
-          level:
-            raw.logLevel === undefined
-              ? DEFAULTS.logLevel
-              : parseLogLevel(
-                  String(raw.logLevel),
-                  flags.logLevel === undefined ? 'logLevel' : '--log-level',
-                ),
-          pretty,
-        });
-        for (const warning of settings.warnings) logger.warn({ config: settings.config?.path }, warning);
-        const control = resolveControlSettings(
-          { name: raw.name, control: raw.control },
-          [options.command, ...options.args],
-          process.env,
-          cwd,
-        );
-        exitCode = await runMaster(options, logger, control, {
-          failureOnStderr: !pretty,
-          // What `baton reexec` carries to the new program, to read the config file again as this one does.
-          start: {
-            flags: { ...flags },
-            ...(configPath === undefined ? {} : { configPath }),
-            cwd,
-            logLevel: String(raw.logLevel ?? DEFAULTS.logLevel),
-            pretty,
-            failureOnStderr: !pretty,
-            control,
-          },
-          ...(settings.config
-            ? {
-                config: settings.config,
-                readConfig: (file: string | undefined) =>
-                  resolveStartSettings(flags, file ?? settings.config?.path, cwd),
-              }
-            : {}),
-        });
+        exitCode = await runStart(argv);
       },
     )
     .command(
@@ -490,15 +344,6 @@ async function main(): Promise<number> {
     })
     .parseAsync();
   return exitCode;
-}
-
-/**
- * The worker command: everything after `--`. Positional words before it are a mistake worth naming;
- * checked before yargs' validation too, which would call them unknown arguments.
- */
-function commandAfterDashes(argv: { _: (string | number)[]; '--'?: (string | number)[] }): string[] {
-  if (argv._.length > 1) throw new UsageError(COMMAND_AFTER_DASHES);
-  return (argv['--'] ?? []).map(String);
 }
 
 /** The commands `baton` knows, for a mistyped one. */

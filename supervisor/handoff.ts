@@ -14,6 +14,7 @@
  * (messages, handles, exits, the send callbacks, deadlines) one at a time, from its dispatcher.
  */
 import { type HandoffCounts, type MasterWire, type Refusal, readWorkerMessage } from '../child/protocol.js';
+import { optimizeFromNowOn } from './engine.js';
 import { type Batch, batchEntries } from './fd-channel.js';
 import type { Generation } from './generation.js';
 import { closeDescriptor } from './linux.js';
@@ -406,6 +407,8 @@ export class HandoffRelay {
       adopters.map((worker) => this.hooks.get(worker) as HandoffHooks),
     );
     if (senders.length === 0 || listeners.length === 0) return undefined;
+    // Thousands of sessions may go through the code below: worth V8's optimizing compilers from now on.
+    optimizeFromNowOn();
     const round = new HandoffRound(kind, from, to, listeners, senders, this.ports.now());
     this.rounds.push(round);
     for (const sender of senders) {

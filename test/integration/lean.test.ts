@@ -1,7 +1,8 @@
 /**
  * A lean master: a plain `baton start` loads neither prom-client (only `--metrics` needs it),
- * pino-pretty (only `--pretty`) nor execa (workers are spawned with child_process), each of them
- * megabytes of the master's memory for its whole life. The master runs with a module hook
+ * pino-pretty (only `--pretty`), execa (workers are spawned with child_process) nor yargs' machinery
+ * (a well-formed `start` is read by yargs-parser alone), each of them megabytes of the master's memory
+ * for its whole life. The master runs with a module hook
  * (test/fixtures/module-trace.mjs) that writes down every module it resolves.
  */
 import { mkdirSync, mkdtempSync, readFileSync, rmSync } from 'node:fs';
@@ -60,18 +61,27 @@ function startTracedMaster(options: string[]) {
 }
 
 describe('a lean master', () => {
-  test('a plain start serves without loading prom-client, pino-pretty or execa', async () => {
+  test('a plain start serves without loading prom-client, pino-pretty, execa or yargs', async () => {
     const { master, packages } = startTracedMaster(['--workers', '1']);
     const port = await master.listenPort('http', 20_000);
     await master.waitForLogMsg('generation active', { gen: 1 }, 20_000);
     expect((await httpGetJson(port)).status).toBe(200);
     const loaded = packages();
-    // The trace works: the master's own logger and CLI are in it.
+    // The trace works: the master's own logger, its command-line parser and koffi are in it.
     expect(loaded.has('pino')).toBe(true);
-    expect(loaded.has('yargs')).toBe(true);
-    expect(loaded.has('prom-client')).toBe(false);
-    expect(loaded.has('pino-pretty')).toBe(false);
-    expect(loaded.has('execa')).toBe(false);
+    expect(loaded.has('yargs-parser')).toBe(true);
+    expect(loaded.has('koffi')).toBe(true);
+    for (const lazy of ['prom-client', 'pino-pretty', 'execa', 'yargs', 'cliui', 'y18n']) {
+      expect([lazy, loaded.has(lazy)]).toEqual([lazy, false]);
+    }
+  }, 60_000);
+
+  test('a start with a mistake is read by yargs, and gets its one line', async () => {
+    const { master, packages } = startTracedMaster(['--wokers', '1']);
+    const { exitCode } = await master.waitForExit(20_000);
+    expect(exitCode).toBe(2);
+    expect(master.output).toContain('baton: Unknown argument: wokers; did you mean --workers?');
+    expect(packages().has('yargs')).toBe(true);
   }, 60_000);
 
   test('--metrics loads prom-client and --pretty loads pino-pretty', async () => {
