@@ -339,8 +339,10 @@ async function main(): Promise<number> {
     .version(batonVersion())
     .help()
     .fail((message, error) => {
-      if (error) throw error;
-      throw new UsageError(withSuggestion(message ?? 'bad usage', cli));
+      // yargs' own complaints (a flag without its value: "Not enough arguments following: workers")
+      // come as a YError: bad usage, one line. Anything else was thrown by a command.
+      if (error && error.name !== 'YError') throw error;
+      throw new UsageError(withSuggestion(message ?? error?.message ?? 'bad usage', cli));
     })
     .parseAsync();
   return exitCode;

@@ -196,5 +196,10 @@ describe('the CLI from any folder', () => {
     expect((await runCli(['status', '--jsn'], elsewhere)).output).toBe(
       "baton: Unknown argument: jsn; did you mean --json? (see 'baton --help')\n",
     );
+    // A flag without its value: one line and exit 2, not an internal error with yargs' stack.
+    expect(await runCli(['start', '--workers'], elsewhere)).toEqual({
+      exitCode: 2,
+      output: "baton: Not enough arguments following: workers (see 'baton --help')\n",
+    });
   });
 });
