@@ -322,27 +322,21 @@ export const realOs: Os = {
     // handed-off connection).
     child.on('message', (message: unknown, handle: unknown) => callbacks.onMessage(message, handle));
     const sends = new PendingSends();
-    const inbox = fdChannel && new BatchInbox(fdChannel.channel);
-    const outbox =
+    const batches =
       fdChannel &&
-      new BatchOutbox<AdoptEntry>(
-        fdChannel.channel,
-        (batch, entries) =>
-          new Promise((resolve, reject) => {
-            const notice = { baton: 'adopt-batch', batch, relays: entries.map((entry) => entry.relay) };
-            const done = sends.add((error) => (error ? reject(error) : resolve()));
-            try {
-              child.send(notice, done);
-            } catch (error) {
-              done(error instanceof Error ? error : new Error(String(error)));
-            }
-          }),
-      );
+      descriptorLink(fdChannel.channel, (notice, onSent) => {
+        const done = sends.add(onSent);
+        try {
+          child.send(notice, done);
+        } catch (error) {
+          done(error instanceof Error ? error : new Error(String(error)));
+        }
+      });
     let exited = false;
     const onExit = (exitCode: number | null, signal: NodeJS.Signals | null) => {
       if (exited) return;
       exited = true;
-      inbox?.close();
+      batches?.inbox.close();
       notifyChannel?.close();
       // What is left of the worker's group (a child that let go of stdio) goes with it, as systemd's
       // KillMode=control-group does: nothing of a worker outlives it.
@@ -359,14 +353,7 @@ export const realOs: Os = {
       get pid() {
         return signals.pid;
       },
-      ...(inbox && outbox
-        ? {
-            descriptors: {
-              take: (id: number) => inbox.take(id),
-              send: (entry: AdoptEntry, fd: number) => outbox.send(entry, fd),
-            },
-          }
-        : {}),
+      ...(batches ? { descriptors: batches.link } : {}),
       kill: (signal) =>
         signals.kill(signal, (toSpawned) => {
           try {
@@ -443,25 +430,13 @@ export const realOs: Os = {
     const notifyChannel =
       socket && notifySockets.adoptChannel(socket.fd, socket.path, socket.watchdogMs, notified);
     const channel = carried.fdChannelFd === undefined ? undefined : new FdChannel(carried.fdChannelFd);
-    const inbox = channel && new BatchInbox(channel);
-    const outbox =
-      channel &&
-      new BatchOutbox<AdoptEntry>(
-        channel,
-        (batch, entries) =>
-          new Promise((resolve, reject) => {
-            const notice = { baton: 'adopt-batch', batch, relays: entries.map((entry) => entry.relay) };
-            ipc.send(
-              notice,
-              sends.add((error) => (error ? reject(error) : resolve())),
-            );
-          }),
-      );
+    const batches =
+      channel && descriptorLink(channel, (notice, onSent) => ipc.send(notice, sends.add(onSent)));
     let exited = false;
     const finish = (end: ChildEnd) => {
       if (exited) return;
       exited = true;
-      inbox?.close();
+      batches?.inbox.close();
       notifyChannel?.close();
       ipc.close();
       for (const stream of streams) stream.destroy();
@@ -492,14 +467,7 @@ export const realOs: Os = {
       get pid() {
         return signals.pid;
       },
-      ...(inbox && outbox
-        ? {
-            descriptors: {
-              take: (id: number) => inbox.take(id),
-              send: (entry: AdoptEntry, fd: number) => outbox.send(entry, fd),
-            },
-          }
-        : {}),
+      ...(batches ? { descriptors: batches.link } : {}),
       kill: (signal) =>
         signals.kill(signal, (toSpawned) => {
           if (exited) return false;
@@ -566,6 +534,29 @@ export const realOs: Os = {
     return { cancel: () => clearTimeout(timer) };
   },
 };
+
+/**
+ * A worker's descriptor channel as the master uses it: the batches it sent (`inbox`), and the
+ * connections relayed to it, in batches each announced with `send` (`adopt-batch`).
+ */
+function descriptorLink(
+  channel: FdChannel,
+  send: (notice: object, onSent: (error: Error | null) => void) => void,
+): { inbox: BatchInbox; link: DescriptorLink } {
+  const inbox = new BatchInbox(channel);
+  const outbox = new BatchOutbox<AdoptEntry>(
+    channel,
+    (batch, entries) =>
+      new Promise((resolve, reject) => {
+        const notice = { baton: 'adopt-batch', batch, relays: entries.map((entry) => entry.relay) };
+        send(notice, (error) => (error ? reject(error) : resolve()));
+      }),
+  );
+  return {
+    inbox,
+    link: { take: (id) => inbox.take(id), send: (entry, fd) => outbox.send(entry, fd) },
+  };
+}
 
 /** How long an adopted worker's exit waits for its stderr and notify pipe to end. */
 const STREAM_END_GRACE_MS = 1_000;

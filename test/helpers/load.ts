@@ -477,3 +477,33 @@ export function gameSession(port: number): GameSession {
     },
   };
 }
+
+/**
+ * Keep-alive and new-connection load on `port` (2 loops each), returned once both are flowing;
+ * each stops by itself at `maxRequests` or `maxDurationMs`.
+ */
+export async function flowingLoads(
+  port: number,
+  { maxRequests = 100_000, maxDurationMs = 120_000 }: { maxRequests?: number; maxDurationMs?: number } = {},
+): Promise<LoadHandle[]> {
+  const load = (keepAlive: boolean) =>
+    httpLoad({ port, keepAlive, concurrency: 2, maxRequests, maxDurationMs });
+  const loads = [load(true), load(false)];
+  await waitFor(() => loads.every((each) => each.snapshot().ok > 20) || undefined, {
+    timeoutMs: 10_000,
+    what: 'load flowing',
+  });
+  return loads;
+}
+
+/** Stops `loads` and sums up what a test asserts: the failures' messages and count, and whether each served. */
+export async function stopLoads(
+  loads: readonly LoadHandle[],
+): Promise<{ errors: string[]; failed: number; eachServed: boolean }> {
+  const reports = await Promise.all(loads.map((each) => each.stop()));
+  return {
+    errors: reports.flatMap((report) => report.errors),
+    failed: reports.reduce((sum, report) => sum + report.failed, 0),
+    eachServed: reports.every((report) => report.ok > 0),
+  };
+}

@@ -8,7 +8,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, test } from '@jest/globals';
 import type { MasterStatus } from '../../supervisor/control/status.js';
-import { httpGetJson, httpLoad, type LoadHandle, waitForVersion } from '../helpers/load.js';
+import { flowingLoads, httpGetJson, stopLoads, waitForVersion } from '../helpers/load.js';
 import {
   type AppDir,
   type BatonProcess,
@@ -18,7 +18,6 @@ import {
   startBaton,
 } from '../helpers/processes.js';
 import { reloadsUnderLoad } from '../helpers/reloads.js';
-import { waitFor } from '../helpers/wait.js';
 
 let app: AppDir | undefined;
 let runtime: string | undefined;
@@ -50,27 +49,6 @@ function batonJson(fields: Record<string, unknown>): string {
     null,
     2,
   )}\n`;
-}
-
-/** Keep-alive and new-connection load on `port`, flowing. */
-async function loadOn(port: number): Promise<LoadHandle[]> {
-  const load = (keepAlive: boolean) =>
-    httpLoad({ port, keepAlive, concurrency: 2, maxRequests: 100_000, maxDurationMs: 120_000 });
-  const loads = [load(true), load(false)];
-  await waitFor(() => loads.every((each) => each.snapshot().ok > 20) || undefined, {
-    timeoutMs: 10_000,
-    what: 'load flowing',
-  });
-  return loads;
-}
-
-async function expectNoFailure(loads: LoadHandle[]): Promise<void> {
-  const reports = await Promise.all(loads.map((each) => each.stop()));
-  for (const report of reports) {
-    expect(report.errors).toEqual([]);
-    expect(report.failed).toBe(0);
-    expect(report.ok).toBeGreaterThan(0);
-  }
 }
 
 /**
@@ -113,7 +91,7 @@ describe('config file', () => {
     expect(first?.config?.path).toBe(file);
     expect(first?.workers.map((worker) => environOf(worker.pid as number, 'STAGE'))).toEqual(['one']);
 
-    const loads = await loadOn(port);
+    const loads = await flowingLoads(port);
     writeFileSync(file, batonJson({ workers: 3, env: { STAGE: 'two' } }));
     app.setVersion('2');
     baton.signal('SIGHUP');
@@ -124,7 +102,7 @@ describe('config file', () => {
     await baton.waitForLogMsg('generation active', { gen: 2 }, 20_000);
     await baton.waitForLogMsg('generation retired', { gen: 1 }, 20_000);
     await waitForVersion(port, '2', 5000);
-    await expectNoFailure(loads);
+    expect(await stopLoads(loads)).toEqual({ errors: [], failed: 0, eachServed: true });
 
     const after = await statusOf(env);
     const serving = after.generations.find((generation) => generation.state === 'active');
@@ -147,7 +125,7 @@ describe('config file', () => {
     const file = join(app.dir, 'baton.json');
     writeFileSync(file, batonJson({ workers: 1 }));
     const { baton, port } = await startWithConfig(['--config', 'baton.json', '--name', NAME], env);
-    const loads = await loadOn(port);
+    const loads = await flowingLoads(port);
 
     writeFileSync(file, batonJson({ workers: 'three' }));
     const field = "baton.json: Expected `workers` to be a whole number from 1 to 1024, got 'three'";
@@ -189,7 +167,7 @@ describe('config file', () => {
     expect(taken.output.trim()).toMatch(new RegExp(`^baton: .*admin=tcp://127\\.0\\.0\\.1:${port}.*$`));
     expect(taken.output.trim().split('\n')).toHaveLength(1);
 
-    await expectNoFailure(loads);
+    expect(await stopLoads(loads)).toEqual({ errors: [], failed: 0, eachServed: true });
     expect(baton.logs.some((entry) => entry.msg === 'generation starting' && entry.gen === 2)).toBe(false);
     const status = await statusOf(env);
     expect(status.generations.find((generation) => generation.state === 'active')?.id).toBe(1);
@@ -232,13 +210,13 @@ describe('config file', () => {
     // The file is read again on SIGHUP: one instance from now on.
     const file = join(app.dir, 'ecosystem.config.cjs');
     writeFileSync(file, readFileSync(file, 'utf8').replace('instances: 2', 'instances: 1'));
-    const loads = await loadOn(port);
+    const loads = await flowingLoads(port);
     baton.signal('SIGHUP');
     expect(await baton.waitForLogMsg('generation starting', { gen: 4 }, 10_000)).toMatchObject({
       workers: 1,
     });
     await baton.waitForLogMsg('generation retired', { gen: 3 }, 20_000);
-    await expectNoFailure(loads);
+    expect(await stopLoads(loads)).toEqual({ errors: [], failed: 0, eachServed: true });
     const status = await statusOf(env, 'example');
     expect(status.name).toBe('example');
     const serving = status.generations.find((generation) => generation.state === 'active');
@@ -262,7 +240,7 @@ describe('config file', () => {
       })}\n`;
     writeFileSync(file, config(['http=tcp://127.0.0.1:0']));
     const { baton, port } = await startWithConfig(['--config', 'baton.json', '--name', NAME], env);
-    const loads = await loadOn(port);
+    const loads = await flowingLoads(port);
 
     writeFileSync(file, config(['http=tcp://127.0.0.1:0', 'admin=tcp://127.0.0.1:0']));
     baton.signal('SIGHUP');
@@ -283,7 +261,7 @@ describe('config file', () => {
     await baton.waitForLogMsg('generation retired', { gen: 2 }, 20_000);
     await baton.waitForLogMsg('listener closed', { listener: 'admin' }, 10_000);
     await expect(httpGetJson(adminPort, '/')).rejects.toThrow(/ECONNREFUSED/);
-    await expectNoFailure(loads);
+    expect(await stopLoads(loads)).toEqual({ errors: [], failed: 0, eachServed: true });
     // The listener that stayed is the same socket throughout.
     expect(
       baton.logs.filter((entry) => entry.msg === 'listener bound' && entry.listener === 'http'),

@@ -17,7 +17,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { afterEach, describe, expect, test } from '@jest/globals';
 import type { MasterStatus } from '../../supervisor/control/status.js';
-import { type GameSession, gameSession, httpLoad, type LoadHandle } from '../helpers/load.js';
+import { flowingLoads, type GameSession, gameSession, stopLoads } from '../helpers/load.js';
 import {
   type AppDir,
   type BatonProcess,
@@ -160,27 +160,6 @@ async function startApp(
   return { baton, http, game };
 }
 
-/** Keep-alive and new-connection load, flowing. */
-async function loadOn(port: number): Promise<LoadHandle[]> {
-  const load = (keepAlive: boolean) =>
-    httpLoad({ port, keepAlive, concurrency: 2, maxRequests: 200_000, maxDurationMs: 180_000 });
-  const loads = [load(true), load(false)];
-  await waitFor(() => loads.every((each) => each.snapshot().ok > 20) || undefined, {
-    timeoutMs: 10_000,
-    what: 'load flowing',
-  });
-  return loads;
-}
-
-async function expectNoFailure(loads: LoadHandle[]): Promise<void> {
-  const reports = await Promise.all(loads.map((each) => each.stop()));
-  for (const report of reports) {
-    expect(report.errors).toEqual([]);
-    expect(report.failed).toBe(0);
-    expect(report.ok).toBeGreaterThan(0);
-  }
-}
-
 /** Game sessions, each answering a numbered ping in turn: a session cut or confused fails here. */
 class Players {
   private readonly sessions: GameSession[] = [];
@@ -229,7 +208,7 @@ async function reexecThirdParty(
   );
   const port = await baton.listenPort('http');
   await baton.waitForLogMsg('generation active', { gen: 1 }, 30_000);
-  const loads = await loadOn(port);
+  const loads = await flowingLoads(port);
   const before = await statusOf(env);
   const run = await reexec(env, batonCopy('9.7.0-reexec'));
   expect(run.output).toContain('runs baton 9.7.0-reexec');
@@ -240,7 +219,7 @@ async function reexecThirdParty(
     expect(report.errors).toEqual([]);
     expect(report.failed).toBe(0);
   }
-  const again = await loadOn(port);
+  const again = await flowingLoads(port);
   writeFileSync(versionFile, '2');
   const reload = startBaton(['reload', '--name', NAME], { env });
   expect((await reload.waitForExit(60_000)).exitCode).toBe(0);
@@ -291,7 +270,7 @@ describe('baton reexec', () => {
   test('three re-execs into a new baton under load with 50 game sessions: same master pid, same workers, 0 failed, 0 cut; then a reload replaces the adopted workers', async () => {
     const env = { XDG_RUNTIME_DIR: tempFolder('baton-run-') };
     const { baton, http, game } = await startApp(env);
-    const loads = await loadOn(http);
+    const loads = await flowingLoads(http);
     const players = new Players();
     await players.open(game, SESSIONS);
     await players.round();
@@ -332,13 +311,13 @@ describe('baton reexec', () => {
     // The sessions were handed off from the adopted workers to the new ones, still answering in turn.
     await players.round();
     expect(reloaded.sessions.moved).toBeGreaterThanOrEqual(SESSIONS);
-    await expectNoFailure(loads);
+    expect(await stopLoads(loads)).toEqual({ errors: [], failed: 0, eachServed: true });
   }, 240_000);
 
   test('reloads asked during a reexec (SIGUSR2, baton reload) wait for it; the new program carries them out and answers the client', async () => {
     const env = { XDG_RUNTIME_DIR: tempFolder('baton-run-') };
     const { baton, http } = await startApp(env);
-    const loads = await loadOn(http);
+    const loads = await flowingLoads(http);
     // The new baton's trial waits for the test's word, so that the reloads come while it runs.
     const { program: gated, open } = gatedCopy('9.8.0-reexec');
     const running = startBaton(['reexec', '--name', NAME, '--program', gated], { env });
@@ -362,14 +341,14 @@ describe('baton reexec', () => {
     expect(status.pid).toBe(baton.pid);
     expect(status.baton?.version).toBe('9.8.0-reexec');
     expect(status.generations.find((generation) => generation.state === 'active')?.id).toBe(3);
-    await expectNoFailure(loads);
+    expect(await stopLoads(loads)).toEqual({ errors: [], failed: 0, eachServed: true });
   }, 120_000);
 
   test('a SIGHUP during a reexec: the new program reads the config file again (workers 2 → 3), as the old one would have', async () => {
     const env = { XDG_RUNTIME_DIR: tempFolder('baton-run-') };
     const { baton, http } = await startApp(env, { flags: [], config: { workers: 2 } });
     const config = join((app as AppDir).dir, 'baton.json');
-    const loads = await loadOn(http);
+    const loads = await flowingLoads(http);
     const { program, open } = gatedCopy('9.6.0-reexec');
     const running = startBaton(['reexec', '--name', NAME, '--program', program], { env });
     await baton.waitForLogMsg('reexec: trying the new program', {}, 20_000);
@@ -384,7 +363,7 @@ describe('baton reexec', () => {
     expect(active?.id).toBe(2);
     expect(active?.workers.filter((worker) => worker.state === 'ready')).toHaveLength(3);
     expect(status.reloads.at(-1)).toMatchObject({ generation: 2, trigger: 'config' });
-    await expectNoFailure(loads);
+    expect(await stopLoads(loads)).toEqual({ errors: [], failed: 0, eachServed: true });
   }, 120_000);
 
   test('a baton reload following a drain when a reexec executes is answered first (exit 0, the drain not followed across the exec); the adopted draining worker retires after', async () => {
@@ -438,7 +417,7 @@ describe('baton reexec', () => {
   test('a new baton with a syntax error in its entry point, or one that reads another state format, is refused: one line, exit 12, and the master serves on unchanged', async () => {
     const env = { XDG_RUNTIME_DIR: tempFolder('baton-run-') };
     const { baton, http } = await startApp(env);
-    const loads = await loadOn(http);
+    const loads = await flowingLoads(http);
     const before = await statusOf(env);
 
     const broken = batonCopy('9.9.9-broken', (root) => {
@@ -465,6 +444,6 @@ describe('baton reexec', () => {
     expect(after.baton?.version).toBe(before.baton?.version);
     expect(after.baton?.reexecs).toBe(0);
     expect(workerPids(after)).toEqual(workerPids(before));
-    await expectNoFailure(loads);
+    expect(await stopLoads(loads)).toEqual({ errors: [], failed: 0, eachServed: true });
   }, 120_000);
 });
