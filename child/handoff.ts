@@ -170,7 +170,9 @@ export class SessionMover {
       onMasterMessage('handoff-go', (notice) => this.#go(relaysOf(notice)));
       onMasterMessage('handoff-abort', (notice) => this.#drop(relaysOf(notice)));
       onMasterMessage('handoff-settled', (notice) => {
-        for (const id of Array.isArray(notice.ids) ? notice.ids : []) {
+        // `id`: one connection per message, as a master before batched settlements sent it.
+        const ids = Array.isArray(notice.ids) ? notice.ids : typeof notice.id === 'number' ? [notice.id] : [];
+        for (const id of ids) {
           this.#settling.get(id)?.(notice.adopted === true);
           this.#settling.delete(id);
         }

@@ -88,7 +88,13 @@ export interface MasterWire {
   /** The round was aborted: drop what you hold of these relays. */
   'handoff-abort': { baton: 'handoff-abort'; relays: number[] };
   /** Whether the connections the old worker sent as `ids` were adopted (one notice for all that were, one for the rest). */
-  'handoff-settled': { baton: 'handoff-settled'; ids: number[]; adopted: boolean };
+  'handoff-settled': {
+    baton: 'handoff-settled';
+    ids: number[];
+    adopted: boolean;
+    /** One connection, as a master before batched settlements sent it (read for compatibility). */
+    id?: number;
+  };
 }
 
 /** The kind of a message from a worker. */

@@ -584,6 +584,12 @@ export class HandoffRelay {
     const flight = this.inFlight.get(relay);
     if (flight?.state === 'settled-while-sending') {
       this.close(relay, flight);
+      // Its round ended (aborted) before it reached its adopter, which holds it now: dropped there too.
+      if (!error) {
+        this.ports.send(flight.to, { baton: 'handoff-abort', relays: [relay] }, undefined, () => {
+          // A new worker that is gone has closed its copy already.
+        });
+      }
       return;
     }
     if (flight?.state !== 'sending' && flight?.state !== 'refused-while-sending') return;
@@ -788,7 +794,9 @@ export class HandoffRelay {
     round.abortReason = reason;
     round.abortCause = cause;
     const flights = [...this.flightsOf(round)];
-    const dropped = relaysByAdopter(new Map(flights));
+    // Only what reached its adopter is dropped there now; the rest is, once written (onRelayed), so that
+    // the abort never overtakes the batch that carries it.
+    const dropped = relaysByAdopter(new Map(flights.filter(([, flight]) => isWritten(flight))));
     const settled = new SettledNotices();
     for (const [relay, flight] of flights) this.settleFlight(relay, flight, false, settled);
     this.sendSettled(settled);

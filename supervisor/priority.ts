@@ -39,15 +39,32 @@ export function restorePriority(pid: number): string | undefined {
   return setThreadsNice(pid, 0);
 }
 
+/**
+ * The session nice each worker should end at, with the retry that is still trying to set it: the last
+ * request for a pid wins (a restore that comes while a lowering still retries cancels it).
+ */
+const autogroupTargets = new Map<number, NodeJS.Timeout | undefined>();
+
 /** The session's nice, where autogroups are on; tried again on EAGAIN (see above) while the process lives. */
-function setAutogroupNice(pid: number, nice: number, triesLeft = AUTOGROUP_TRIES): void {
-  try {
-    writeFileSync(`/proc/${pid}/autogroup`, String(nice));
-  } catch (error) {
-    // ENOENT: no autogroups in this kernel, or the process is gone; anything else but EAGAIN: no say.
-    if ((error as NodeJS.ErrnoException).code !== 'EAGAIN' || triesLeft <= 1) return;
-    setTimeout(() => setAutogroupNice(pid, nice, triesLeft - 1), AUTOGROUP_RETRY_MS).unref();
-  }
+function setAutogroupNice(pid: number, nice: number): void {
+  clearTimeout(autogroupTargets.get(pid));
+  autogroupTargets.delete(pid);
+  const attempt = (triesLeft: number) => {
+    try {
+      writeFileSync(`/proc/${pid}/autogroup`, String(nice));
+      autogroupTargets.delete(pid);
+    } catch (error) {
+      // ENOENT: no autogroups in this kernel, or the process is gone; anything else but EAGAIN: no say.
+      if ((error as NodeJS.ErrnoException).code !== 'EAGAIN' || triesLeft <= 1) {
+        autogroupTargets.delete(pid);
+        return;
+      }
+      const retry = setTimeout(() => attempt(triesLeft - 1), AUTOGROUP_RETRY_MS);
+      retry.unref();
+      autogroupTargets.set(pid, retry);
+    }
+  };
+  attempt(AUTOGROUP_TRIES);
 }
 
 /** Every thread of `pid`'s tree to `nice`; the first refusal's reason, if any. */

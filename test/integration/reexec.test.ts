@@ -311,6 +311,11 @@ describe('baton reexec', () => {
     // The sessions were handed off from the adopted workers to the new ones, still answering in turn.
     await players.round();
     expect(reloaded.sessions.moved).toBeGreaterThanOrEqual(SESSIONS);
+    // The reload history crossed the three re-execs.
+    expect(reloaded.reloads.map((record) => [record.generation, record.trigger, record.state])).toEqual([
+      [1, 'start', 'done'],
+      [2, 'reload', 'done'],
+    ]);
     expect(await stopLoads(loads)).toEqual({ errors: [], failed: 0, eachServed: true });
   }, 240_000);
 
