@@ -209,7 +209,11 @@ export class BatonProcess {
       await this.closeStreams(timeoutMs);
       return;
     }
-    // Snapshot before the kill: once the master is dead its children are re-parented and unfindable.
+    // Stopped first, so that it cannot start another worker between the snapshot and the kill (a test
+    // that ends as a generation starts): a worker forked after the snapshot would escape, holding the
+    // master's stdout open. Snapshot before the kill: once the master is dead its children are
+    // re-parented and unfindable.
+    killIgnoringGone(this.pid, 'SIGSTOP');
     const tree = [this.pid, ...descendants(this.pid)];
     const groups = new Set([this.pid, ...tree.flatMap((pid) => readProcStat(pid)?.pgrp ?? [])]);
     // Never the test runner's own group, whatever a worker did with its group.
@@ -397,9 +401,9 @@ function readAllProcStats(): ProcStat[] {
     .flatMap((name) => readProcStat(Number(name)) ?? []);
 }
 
-function killIgnoringGone(target: number): void {
+function killIgnoringGone(target: number, signal: NodeJS.Signals = 'SIGKILL'): void {
   try {
-    process.kill(target, 'SIGKILL');
+    process.kill(target, signal);
   } catch (error) {
     if ((error as NodeJS.ErrnoException).code !== 'ESRCH') throw error;
   }
