@@ -85,7 +85,14 @@ describe('--start-nice', () => {
 
     process.kill(pid, 'SIGUSR1');
     await baton.waitForLogMsg('worker ready', { gen: 1, pid });
-    expect(new Set(threadNices(pid))).toEqual(new Set([0]));
+    // Giving the threads their priority back needs CAP_SYS_NICE (or a RLIMIT_NICE that allows it):
+    // without it they keep the lower one, and the master says so once, before the worker counts as ready.
+    const kept = baton.logs.find(
+      (entry) =>
+        typeof entry.msg === 'string' && entry.msg.startsWith('workers keep their --start-nice priority'),
+    );
+    if (process.getuid?.() === 0) expect(kept).toBeUndefined();
+    expect(new Set(threadNices(pid))).toEqual(new Set([kept ? 10 : 0]));
     if (group !== undefined) {
       // Without CAP_SYS_ADMIN the kernel takes one autogroup change per 100 ms: it may come a little later.
       await waitFor(() => autogroupNice(pid) === 0, { timeoutMs: 5_000, what: 'the session nice back to 0' });
