@@ -154,18 +154,29 @@ export interface Os {
  * replaces itself with the command: `exec` keeps the pid, and the command and
  * its arguments arrive as "$0" "$@", never parsed by the shell.
  */
+/** How a worker whose master died before it could be given the death signal exits, without running the command. */
+export const ORPHANED_EXIT_CODE = 70;
+
 /** With a watchdog (WATCHDOG_USEC set), WATCHDOG_PID names the worker too, as systemd sets it. */
 const WATCHDOG_PID_STEP = 'if [ -n "$WATCHDOG_USEC" ]; then WATCHDOG_PID=$$; export WATCHDOG_PID; fi;';
 
 const LISTEN_PID_TRAMPOLINE = `LISTEN_PID=$$; export LISTEN_PID; ${WATCHDOG_PID_STEP} exec "$0" "$@"`;
 
 /**
+ * Run by setpriv once the death signal is set: if the master died before that (between the fork and
+ * setpriv's prctl), nobody will ever send it, and a worker holding the listeners would run on
+ * orphaned; so the command runs only if the parent is still the master. "$1" is the master's pid.
+ */
+const PARENT_CHECK = `[ "$PPID" = "$1" ] || exit ${ORPHANED_EXIT_CODE}; shift; exec "$@"`;
+
+/**
  * The same, through util-linux's `setpriv --pdeathsig`: the kernel sends the
  * worker the drain signal if the master dies, even by SIGKILL, so that a
  * worker in any language drains instead of running on orphaned. "$0" is
- * setpriv, "$1" the signal; `deathSignal` is a shell variable, not exported.
+ * setpriv, "$1" the signal, "$2" the master's pid; `deathSignal` and `master`
+ * are shell variables, not exported. setpriv runs the command through PARENT_CHECK.
  */
-const PARENT_DEATH_TRAMPOLINE = `LISTEN_PID=$$; export LISTEN_PID; ${WATCHDOG_PID_STEP} deathSignal=$1; shift; exec "$0" --pdeathsig "$deathSignal" -- "$@"`;
+const PARENT_DEATH_TRAMPOLINE = `LISTEN_PID=$$; export LISTEN_PID; ${WATCHDOG_PID_STEP} deathSignal=$1; master=$2; shift 2; exec "$0" --pdeathsig "$deathSignal" -- /bin/sh -c '${PARENT_CHECK}' baton-worker "$master" "$@"`;
 
 /** util-linux's setpriv, where there is one (it is essential on Debian; absent on macOS). */
 const SETPRIV = ['/usr/bin/setpriv', '/bin/setpriv'].find((candidate) => {
@@ -180,6 +191,7 @@ const SETPRIV = ['/usr/bin/setpriv', '/bin/setpriv'].find((candidate) => {
 /** The argv that starts a worker through a trampoline (see above). */
 export function trampolineArgs(
   request: Pick<SpawnRequest, 'command' | 'args' | 'parentDeathSignal'>,
+  masterPid = process.pid,
 ): string[] {
   if (!SETPRIV) return ['-c', LISTEN_PID_TRAMPOLINE, request.command, ...request.args];
   return [
@@ -187,6 +199,7 @@ export function trampolineArgs(
     PARENT_DEATH_TRAMPOLINE,
     SETPRIV,
     request.parentDeathSignal.replace(/^SIG/, ''),
+    String(masterPid),
     request.command,
     ...request.args,
   ];

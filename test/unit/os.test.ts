@@ -3,9 +3,10 @@
  * (an environment string over MAX_ARG_STRLEN gives E2BIG, which Node throws rather than emits). The
  * worker must end like one that could not start, and nothing it was given may stay open in the master.
  */
-import { readdirSync } from 'node:fs';
+import { spawnSync } from 'node:child_process';
+import { existsSync, readdirSync } from 'node:fs';
 import { describe, expect, test } from '@jest/globals';
-import { realOs } from '../../supervisor/os.js';
+import { ORPHANED_EXIT_CODE, realOs, trampolineArgs } from '../../supervisor/os.js';
 import { waitFor } from '../helpers/wait.js';
 
 function openDescriptors(): number {
@@ -40,5 +41,35 @@ describe('realOs.spawnWorker when spawn(2) refuses', () => {
     expect(worker.pid).toBeUndefined();
     expect(worker.kill('SIGTERM')).toBe(false);
     expect(openDescriptors()).toBe(before);
+  });
+});
+
+const HAS_SETPRIV = existsSync('/usr/bin/setpriv') || existsSync('/bin/setpriv');
+const withSetpriv = HAS_SETPRIV ? test : test.skip;
+const skipped = HAS_SETPRIV ? '' : ' (skipped: no util-linux setpriv here, so no death signal to check)';
+
+/**
+ * The trampoline sets the death signal with setpriv, then runs the command only if its parent is still
+ * the master: a master killed between the fork and setpriv's prctl would otherwise leave a worker that
+ * no signal ever reaches, holding the listeners. The real sh and setpriv run here; the test process
+ * stands for the master, and naming another pid stands for a master that died in that window.
+ */
+describe('the worker trampoline (setpriv --pdeathsig)', () => {
+  const request = { command: '/bin/echo', args: ['ran', '$PPID'], parentDeathSignal: 'SIGTERM' as const };
+
+  withSetpriv(
+    `runs the command, with its arguments untouched, while the master is its parent${skipped}`,
+    () => {
+      const run = spawnSync('/bin/sh', trampolineArgs(request, process.pid), { encoding: 'utf8' });
+      expect(run.stderr).toBe('');
+      expect(run.stdout).toBe('ran $PPID\n');
+      expect(run.status).toBe(0);
+    },
+  );
+
+  withSetpriv(`runs nothing and exits 70 when its parent is no longer the master${skipped}`, () => {
+    const run = spawnSync('/bin/sh', trampolineArgs(request, process.ppid), { encoding: 'utf8' });
+    expect(run.stdout).toBe('');
+    expect(run.status).toBe(ORPHANED_EXIT_CODE);
   });
 });
