@@ -4,10 +4,10 @@
  * neither sees nor reaches it. A mistyped option is answered with the right one.
  */
 import { execFileSync } from 'node:child_process';
-import { accessSync, constants, mkdtempSync, rmSync } from 'node:fs';
+import { accessSync, chmodSync, constants, mkdtempSync, rmdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
-import { afterEach, beforeEach, describe, expect, test } from '@jest/globals';
+import { join, relative } from 'node:path';
+import { afterAll, afterEach, beforeEach, describe, expect, test } from '@jest/globals';
 import { type AppDir, killAll, makeAppDir, REPO_ROOT, startBaton } from '../helpers/processes.js';
 
 const NODE = process.execPath;
@@ -39,26 +39,60 @@ async function runCli(args: string[], cwd: string, env = shell()) {
   return { exitCode, output: run.output };
 }
 
-/** Whether uid 65534 can run this repository's node and CLI (not from a clone in a private folder). */
-function nobodyCanRun(): string | undefined {
-  if (process.getuid?.() !== 0) return 'switching to another user needs root';
+/** Runs setpriv's arguments as uid 65534 (nobody): stdout on success, or the exit code and stderr. */
+type AsNobody = (args: string[]) => { exitCode: number; output: string };
+
+const NOBODY = ['--reuid=65534', '--regid=65534', '--clear-groups'];
+
+function runAs(command: string, args: string[]): { exitCode: number; output: string } {
   try {
-    execFileSync(
-      'setpriv',
-      [
-        '--reuid=65534',
-        '--regid=65534',
-        '--clear-groups',
-        NODE,
-        join(REPO_ROOT, 'bin', 'baton.js'),
-        '--version',
-      ],
-      { stdio: 'pipe' },
-    );
-    return undefined;
-  } catch {
-    return `uid 65534 cannot run ${NODE} and ${REPO_ROOT}/bin/baton.js from here (a clone in a private folder)`;
+    return {
+      exitCode: 0,
+      output: execFileSync(command, args, {
+        cwd: '/',
+        env: { PATH: process.env.PATH, HOME: '/nonexistent' },
+        encoding: 'utf8',
+        stdio: 'pipe',
+      }),
+    };
+  } catch (error) {
+    const failed = error as { status: number; stderr: string };
+    return { exitCode: failed.status, output: failed.stderr };
   }
+}
+
+/**
+ * How uid 65534 runs this repository's CLI (`baton …` as another user), or why it cannot here. From a
+ * clone in a private folder (a 0700 `mktemp -d`), which nobody can enter, the clone is bind-mounted on
+ * a folder anyone can enter, in a mount namespace of its own that goes with the command.
+ */
+function nobodysCli(): AsNobody | string {
+  if (process.getuid?.() !== 0) return 'switching to another user needs root';
+  const direct: AsNobody = (args) =>
+    runAs('setpriv', [...NOBODY, NODE, join(REPO_ROOT, 'bin', 'baton.js'), ...args]);
+  if (direct(['--version']).exitCode === 0) return direct;
+  const open = mkdtempSync('/tmp/baton-open-');
+  chmodSync(open, 0o755);
+  afterAll(() => rmdirSync(open)); // never recursive: it is a mount point while a command runs
+  const inOpen = (path: string) => join(open, relative(REPO_ROOT, path));
+  const mounted: AsNobody = (args) =>
+    runAs('unshare', [
+      '--mount',
+      '--',
+      'sh',
+      '-c',
+      'mount --bind "$1" "$2" && shift 2 && exec setpriv "$@"',
+      'as-nobody',
+      REPO_ROOT,
+      open,
+      ...NOBODY,
+      inOpen(NODE),
+      inOpen(join(REPO_ROOT, 'bin', 'baton.js')),
+      ...args,
+    ]);
+  const tried = mounted(['--version']);
+  if (tried.exitCode === 0) return mounted;
+  return `uid 65534 cannot run ${NODE} and ${REPO_ROOT}/bin/baton.js from here, nor through a bind mount in a new mount namespace (${tried.output.trim()})`;
 }
 
 describe('the CLI from any folder', () => {
@@ -123,7 +157,8 @@ describe('the CLI from any folder', () => {
     });
   });
 
-  const reason = nobodyCanRun();
+  const nobody = nobodysCli();
+  const reason = typeof nobody === 'string' ? nobody : undefined;
   (reason ? test.skip : test)(
     `another user neither sees nor reaches the master${reason ? ` [skipped: ${reason}]` : ''}`,
     async () => {
@@ -145,33 +180,7 @@ describe('the CLI from any folder', () => {
       );
       await master.waitForLogMsg('generation active', { gen: 1 }, 15_000);
       const socket = join(home, '.baton', 'server.sock');
-      const as = (args: string[]) => {
-        try {
-          return {
-            exitCode: 0,
-            output: execFileSync(
-              'setpriv',
-              [
-                '--reuid=65534',
-                '--regid=65534',
-                '--clear-groups',
-                NODE,
-                join(REPO_ROOT, 'bin', 'baton.js'),
-                ...args,
-              ],
-              {
-                cwd: '/',
-                env: { PATH: process.env.PATH, HOME: '/nonexistent' },
-                encoding: 'utf8',
-                stdio: 'pipe',
-              },
-            ),
-          };
-        } catch (error) {
-          const failed = error as { status: number; stderr: string };
-          return { exitCode: failed.status, output: failed.stderr };
-        }
-      };
+      const as = nobody as AsNobody;
       expect(as(['list', '--json'])).toEqual({ exitCode: 0, output: '[]\n' });
       const reached = as(['status', '--control', socket]);
       expect(reached.exitCode).toBe(8);
