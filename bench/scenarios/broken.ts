@@ -3,15 +3,18 @@
  * new-connection load while two bad releases are deployed in turn, one that crashes at start and one
  * that listens but never says ready. Every request must succeed, and the old version must go on
  * serving after each failed reload. Then the same app under PM2's cluster mode takes the same load
- * while the release that crashes at start is deployed with `pm2 reload`: what PM2 does with it.
+ * while the release that crashes at start is deployed with `pm2 reload`: what PM2 does with it; and
+ * the same under a textbook `node:cluster` primary (bench/apps/cluster.js) reloaded by SIGUSR2.
  */
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { countLoad, type LoadCounts } from '../analysis.js';
 import type { HttpLoadResult } from '../clients/protocol.js';
+import { startClusterPeer } from '../cluster.js';
 import { type BenchContext, pick } from '../context.js';
 import {
   type AppDir,
+  type BatonProcess,
   exampleAppCopy,
   freeFixedPort,
   processAlive,
@@ -93,26 +96,56 @@ export interface Pm2BrokenOutcome {
   errors: string[];
 }
 
-/** Runs scenario 4: baton with both bad releases, then PM2 with the one that crashes at start. */
-export async function brokenRelease(context: BenchContext): Promise<ScenarioOutcome> {
-  context.progress('scenario 4, broken release under load');
-  const { result, steps } = await underBaton(context);
-  context.progress(`scenario 4, broken release under load: PM2 ${PM2_VERSION}`);
-  const pm2 = await underPm2(context);
-  return summarize(result, steps, pm2);
+/** A supervisor that reloads on SIGUSR2 and says `reload failed` and `worker exited` in baton's words. */
+interface Signalled {
+  process: BatonProcess;
+  httpPort: number;
 }
 
-async function underBaton(context: BenchContext): Promise<{ result: HttpLoadResult; steps: Step[] }> {
+/** Load and bad releases under one such supervisor: what the client recorded, and each release's steps. */
+interface SignalledRun {
+  result: HttpLoadResult;
+  steps: Step[];
+}
+
+/** Runs scenario 4: baton with both bad releases, then PM2 and node:cluster with the one that crashes at start. */
+export async function brokenRelease(context: BenchContext): Promise<ScenarioOutcome> {
+  context.progress('scenario 4, broken release under load');
   const readyTimeoutMs = pick(context, 1000, 2000);
+  const baton = await underSignalled(context, RELEASES, async (app) => {
+    const { baton, httpPort } = await startBatonApp({
+      workers: WORKERS,
+      app: { kind: 'example', dir: app },
+      extraArgs: ['--ready-timeout', `${readyTimeoutMs}ms`],
+    });
+    return { process: baton, httpPort };
+  });
+  context.progress(`scenario 4, broken release under load: PM2 ${PM2_VERSION}`);
+  const pm2 = await underPm2(context);
+  context.progress('scenario 4, broken release under load: node:cluster');
+  // A textbook primary counts a worker as up once it listens: the release that never says ready is
+  // a good one to it, so it gets the release that crashes at start only, as PM2 does.
+  const cluster = await underSignalled(context, RELEASES.slice(0, 1), async (app) => {
+    const { primary, httpPort } = await startClusterPeer(app, WORKERS);
+    return { process: primary, httpPort };
+  });
+  return summarize(baton, pm2, cluster);
+}
+
+/**
+ * The example app under the supervisor `start` starts, under load while each of `releases` is
+ * deployed in turn and SIGUSR2 sent, the good source put back once the reload failed.
+ */
+async function underSignalled(
+  context: BenchContext,
+  releases: BrokenRelease[],
+  start: (app: AppDir) => Promise<Signalled>,
+): Promise<SignalledRun> {
   const holdMs = pick(context, 500, 1500);
   const app = exampleAppCopy();
   app.setVersion(GOOD_VERSION);
   const goodSource = readFileSync(join(app.dir, 'server.js'), 'utf8');
-  const { baton, httpPort } = await startBatonApp({
-    workers: WORKERS,
-    app: { kind: 'example', dir: app },
-    extraArgs: ['--ready-timeout', `${readyTimeoutMs}ms`],
-  });
+  const { process: supervisor, httpPort } = await start(app);
   try {
     const load = startHttpLoad({
       port: httpPort,
@@ -120,18 +153,18 @@ async function underBaton(context: BenchContext): Promise<{ result: HttpLoadResu
       keepAliveLoops: LOOPS_EACH,
       newConnectionLoops: LOOPS_EACH,
       maxRequests: 2_000_000,
-      maxDurationMs: holdMs + RELEASES.length * (RELOAD_TIMEOUT_MS + holdMs),
+      maxDurationMs: holdMs + releases.length * (RELOAD_TIMEOUT_MS + holdMs),
       requestTimeoutMs: 10_000,
     });
     await load.started;
     await sleep(holdMs);
     const steps: Step[] = [];
-    for (const [index, release] of RELEASES.entries()) {
+    for (const [index, release] of releases.entries()) {
       deploy(app, release.breakApp(goodSource), release.version);
       const gen = index + 2;
       const signalAt = Date.now();
-      baton.signal('SIGUSR2');
-      const failure = await baton.waitForLog(
+      supervisor.signal('SIGUSR2');
+      const failure = await supervisor.waitForLog(
         (entry) => entry.gen === gen && String(entry.msg).startsWith('reload failed'),
         RELOAD_TIMEOUT_MS,
         `reload of generation ${gen} (${release.name}) to fail`,
@@ -140,7 +173,7 @@ async function underBaton(context: BenchContext): Promise<{ result: HttpLoadResu
       // The bad generation drains like any other (a worker that listened may still finish requests).
       let goneAt = failure.time as number;
       for (let worker = 0; worker < WORKERS; worker++) {
-        const exited = await baton.waitForLog(
+        const exited = await supervisor.waitForLog(
           (entry) => entry.msg === 'worker exited' && entry.gen === gen && entry.worker === worker,
           RELOAD_TIMEOUT_MS,
           `worker ${worker} of the failed generation ${gen} to exit`,
@@ -158,7 +191,7 @@ async function underBaton(context: BenchContext): Promise<{ result: HttpLoadResu
     }
     return { result: await load.stop(), steps };
   } finally {
-    await stopProcess(baton);
+    await stopProcess(supervisor);
     removeAppCopy(app);
   }
 }
@@ -239,9 +272,10 @@ function deploy(app: AppDir, source: string, version: string): void {
   app.setVersion(version);
 }
 
-function summarize(result: HttpLoadResult, steps: Step[], pm2: Pm2BrokenOutcome): ScenarioOutcome {
+/** Each bad release of a run: how soon it failed, and what the load got once it was gone. */
+function outcomesOf({ result, steps }: SignalledRun): BrokenReleaseOutcome[] {
   const total = countLoad(result);
-  const outcomes: BrokenReleaseOutcome[] = steps.map((step, index) => {
+  return steps.map((step, index) => {
     const until = steps[index + 1]?.signalAt ?? Number.POSITIVE_INFINITY;
     return {
       name: step.release.name,
@@ -252,6 +286,33 @@ function summarize(result: HttpLoadResult, steps: Step[], pm2: Pm2BrokenOutcome)
       servedByBadRelease: total.versions[step.release.version] ?? 0,
     };
   });
+}
+
+/** The columns of a bad release's row, for baton's and node:cluster's tables. */
+const RELEASE_HEADER = [
+  'bad release',
+  'failure seen',
+  'signal → reload failed',
+  'answered by the bad release',
+  'requests after it was gone',
+  'served by',
+];
+
+const releaseRow = (outcome: BrokenReleaseOutcome) => [
+  outcome.name,
+  outcome.reason,
+  ms(outcome.detectedMs),
+  count(outcome.servedByBadRelease),
+  `${count(outcome.afterFailure.requests)}, failed ${failures(outcome.afterFailure.failures)}`,
+  versions(outcome.afterFailure.versions),
+];
+
+function summarize(baton: SignalledRun, pm2: Pm2BrokenOutcome, cluster: SignalledRun): ScenarioOutcome {
+  const { result } = baton;
+  const total = countLoad(result);
+  const outcomes = outcomesOf(baton);
+  const clusterTotal = countLoad(cluster.result);
+  const clusterOutcomes = outcomesOf(cluster);
   const oldStillServes = (outcome: BrokenReleaseOutcome) =>
     outcome.afterFailure.failed === 0 &&
     outcome.afterFailure.ok > 0 &&
@@ -259,26 +320,18 @@ function summarize(result: HttpLoadResult, steps: Step[], pm2: Pm2BrokenOutcome)
   return {
     id: 'broken',
     title: '4. Broken release under load',
-    data: { total, releases: outcomes, errors: result.errors, pm2 },
+    data: {
+      total,
+      releases: outcomes,
+      errors: result.errors,
+      pm2,
+      cluster: { total: clusterTotal, releases: clusterOutcomes, errors: cluster.result.errors },
+    },
     sections: [
       {
         title: '',
-        header: [
-          'bad release',
-          'failure seen',
-          'signal → reload failed',
-          'answered by the bad release',
-          'requests after it was gone',
-          'served by',
-        ],
-        rows: outcomes.map((outcome) => [
-          outcome.name,
-          outcome.reason,
-          ms(outcome.detectedMs),
-          count(outcome.servedByBadRelease),
-          `${count(outcome.afterFailure.requests)}, failed ${failures(outcome.afterFailure.failures)}`,
-          versions(outcome.afterFailure.versions),
-        ]),
+        header: RELEASE_HEADER,
+        rows: outcomes.map(releaseRow),
         note:
           `${count(total.requests)} requests in all (${LOOPS_EACH} keep-alive and ${LOOPS_EACH} new-connection loops), failed: ${failures(total.failures)}; ` +
           `by version: ${versions(total.versions)}.`,
@@ -311,6 +364,16 @@ function summarize(result: HttpLoadResult, steps: Step[], pm2: Pm2BrokenOutcome)
           `${count(pm2.total.requests)} requests in all, failed: ${failures(pm2.total.failures)} (baton, same load: ${failures(total.failures)}). ` +
           `\`pm2 start server.js -i ${WORKERS} --wait-ready\` with the example app draining on SIGINT (PM2's stop signal); "signal" is the spawn of \`pm2 reload\`. ` +
           'As soon as it returned the good source went back on disk (as in baton\'s run once its reload failed), for PM2\'s automatic restarts to find; "served by" counts answers by version, whichever process gave them.',
+      },
+      {
+        title:
+          'node:cluster, a textbook primary, the same load: SIGUSR2 with the release that crashes at start',
+        header: RELEASE_HEADER,
+        rows: clusterOutcomes.map(releaseRow),
+        note:
+          `${count(clusterTotal.requests)} requests in all, failed: ${failures(clusterTotal.failures)} (baton, same load: ${failures(total.failures)}); by version: ${versions(clusterTotal.versions)}. ` +
+          `bench/apps/cluster.js over the example app, ${WORKERS} workers: its SIGUSR2 forks new workers and waits until each listens; a new worker that exits first fails the reload (the others are killed) and the old workers serve on. ` +
+          'It counts a worker as up once it listens, so the release that never says ready would be a good one to it: it gets the release that crashes at start only.',
       },
     ],
     checks: [

@@ -1,7 +1,8 @@
 /**
  * Scenario 1, reload under load: the example app under baton (2 workers) takes closed-loop HTTP load,
  * once with keep-alive connections and once with a new connection per request, while it is reloaded
- * N times, each time with a new version on disk; then the same under PM2's cluster mode (`pm2 reload`).
+ * N times, each time with a new version on disk; then the same under PM2's cluster mode (`pm2 reload`)
+ * and under a textbook `node:cluster` primary (bench/apps/cluster.js, a rolling reload on SIGUSR2).
  * Counts every request and failure, compares latency during reloads with latency outside them, times
  * how soon every new request gets the new version, and gives throughput, that time and the
  * supervisor's memory as ratios to the app alone, measured first in the same run.
@@ -20,6 +21,7 @@ import {
 } from '../analysis.js';
 import type { ChartPanel } from '../chart.js';
 import type { HttpLoadResult } from '../clients/protocol.js';
+import { startClusterPeer } from '../cluster.js';
 import { type BenchContext, pick } from '../context.js';
 import {
   type AppDir,
@@ -59,8 +61,8 @@ const BUCKET_MS = 100;
 /** How connections are used. */
 export type ConnectionMode = 'keep-alive' | 'new connection';
 
-/** Who reloads the app: baton, or PM2 in cluster mode (`pm2 reload`). */
-type Supervisor = 'baton' | 'pm2';
+/** Who reloads the app: baton, PM2 in cluster mode (`pm2 reload`), or a textbook node:cluster primary (SIGUSR2). */
+type Supervisor = 'baton' | 'pm2' | 'cluster';
 
 /** A run of the scenario: how clients connect, who supervises, and whether the workers report their connections. */
 interface RunKind {
@@ -75,7 +77,7 @@ interface RunKind {
 /**
  * The runs, in order; the third is the case issue 17 measured (Python, Go, any server written for
  * systemd), the fourth the same with `--start-nice` (issue 17: with and without in the same run), the
- * last two the same example app under PM2.
+ * next two the same example app under PM2, the last two under a textbook node:cluster primary.
  */
 const RUNS: RunKind[] = [
   { mode: 'keep-alive', supervisor: 'baton', unreported: false },
@@ -84,12 +86,16 @@ const RUNS: RunKind[] = [
   { mode: 'new connection', supervisor: 'baton', unreported: true, startNice: 10 },
   { mode: 'keep-alive', supervisor: 'pm2', unreported: false },
   { mode: 'new connection', supervisor: 'pm2', unreported: false },
+  { mode: 'keep-alive', supervisor: 'cluster', unreported: false },
+  { mode: 'new connection', supervisor: 'cluster', unreported: false },
 ];
 
 const runLabel = (run: RunKind) =>
   run.supervisor === 'pm2'
     ? `PM2 ${PM2_VERSION}, ${run.mode}`
-    : `${run.unreported ? `${run.mode}, workers that do not report` : run.mode}${run.startNice ? `, --start-nice ${run.startNice}` : ''}`;
+    : run.supervisor === 'cluster'
+      ? `node:cluster, ${run.mode}`
+      : `${run.unreported ? `${run.mode}, workers that do not report` : run.mode}${run.startNice ? `, --start-nice ${run.startNice}` : ''}`;
 
 /** One mode's run, as stored in latest.json. */
 export interface ReloadRun {
@@ -109,7 +115,7 @@ export interface ReloadRun {
   requestsPerSecondWithout: number;
   /** The app alone's, under the same load just before this run. */
   aloneRequestsPerSecond: number;
-  /** The supervisor (baton's master, PM2's God daemon): RSS before the load, and its peak (VmHWM) at the end. */
+  /** The supervisor (baton's master, PM2's God daemon, the cluster primary): RSS before the load, and its peak (VmHWM) at the end. */
   supervisorRssIdleBytes: number;
   supervisorPeakRssBytes: number;
   errors: string[];
@@ -306,6 +312,22 @@ async function underPm2(app: AppDir): Promise<Supervised> {
   };
 }
 
+/**
+ * The example app under a textbook node:cluster primary (bench/apps/cluster.js), 2 workers on ports
+ * it is told (the primary binds them and accepts, round-robin). A reload is SIGUSR2: fork the new
+ * workers, wait until each listens on both ports, then disconnect the old ones (kill() after 2 s);
+ * the primary's lines give its steps in baton's words.
+ */
+async function underCluster(app: AppDir): Promise<Supervised> {
+  const { primary, httpPort } = await startClusterPeer(app, WORKERS);
+  return {
+    httpPort,
+    supervisorPid: primary.pid,
+    reloadOnce: (gen) => reload(primary, gen, { workers: WORKERS }),
+    stop: () => stopProcess(primary),
+  };
+}
+
 async function runMode(
   context: BenchContext,
   kind: RunKind,
@@ -315,7 +337,12 @@ async function runMode(
   const app = exampleAppCopy();
   app.setVersion(versionOf(0));
   try {
-    const supervised = kind.supervisor === 'pm2' ? await underPm2(app) : await underBaton(kind, app);
+    const supervised =
+      kind.supervisor === 'pm2'
+        ? await underPm2(app)
+        : kind.supervisor === 'cluster'
+          ? await underCluster(app)
+          : await underBaton(kind, app);
     try {
       const rssIdleBytes = procUsage(supervised.supervisorPid).rssBytes;
       const across = await loadAcrossReloads({
@@ -489,6 +516,7 @@ export async function reloadUnderLoad(
         note:
           `${WORKERS} workers of the example app (the third and fourth columns: bench/apps/plain.js, a plain node:http server on fd 3 that says ready with process.send('ready') and never reports its connections, under --no-preload; the fourth with --start-nice 10, each new worker at nice 10 until it is ready), ${CONCURRENCY} client loops. ` +
           `PM2: the same example app under \`pm2 start server.js -i ${WORKERS} --wait-ready\` (cluster mode: the God daemon accepts every connection and passes it to a worker; its ready() sends PM2's 'ready'; it drains on SIGINT, PM2's stop signal; default kill_timeout), reloaded with \`pm2 reload\`, whose "signal" is the command's spawn (its own start-up included) and whose end is the command's return; the supervisor is the God daemon. ` +
+          `node:cluster: the same example app under bench/apps/cluster.js, a textbook primary (round-robin: it accepts every connection and passes it to a worker) whose SIGUSR2 forks ${WORKERS} new workers, waits until each listens on both ports, then disconnect()s the old ones (kill() after 2 s, as Node's documentation shows; the example app drains on that SIGTERM); the supervisor is the primary. ` +
           `"During reloads" is from each signal until the old generation retired (PM2: the command returned); "without" is the rest of the same run. Times are medians over the reloads. ` +
           `The app alone (\`node server.js\` with ports of its own, no supervisor, no reload, idle beside the runs): spawn → both listeners open ${ms(aloneStartUpMs)} (median of ${alone.startUpMs.length}, /proc), RSS ${megabytes(alone.rssIdleBytes)} listening, peak ${megabytes(alonePeakRssBytes)} after its loads; its req/s under each run's load, measured just before that run: ${runs.map((run) => `${count(run.aloneRequestsPerSecond)}`).join(', ')}.`,
       },
