@@ -13,7 +13,9 @@ import type net from 'node:net';
 import type { BatchInbox, BatchOutbox } from '../supervisor/fd-channel.js';
 import { onMasterMessage, sendToMaster } from './channel.js';
 import {
+  type HandleOpener,
   type HeldSocket,
+  handleOpenerLike,
   hasUndecodedBytes,
   heldByHttpParser,
   holdSocketFromFd,
@@ -137,6 +139,11 @@ export class SessionMover {
   /** The descriptor channel once loaded; until then (or without one) connections travel over IPC. */
   #link: DescriptorLink | undefined;
   #linkAsked = false;
+  /**
+   * For each listener whose connections are TCP, how to open a handle on a received descriptor: learnt
+   * from the first one wrapped, so that the rest skip net.Socket's probe of what the fd is.
+   */
+  readonly #openers = new Map<string, HandleOpener>();
 
   constructor(
     private readonly book: ConnectionBook,
@@ -401,11 +408,21 @@ export class SessionMover {
         continue;
       }
       this.#keep(relay, entry.listener, entry.state, {
-        wrap: () => holdSocketFromFd(entry.fd),
+        wrap: () => this.#wrapDescriptor(entry.listener, entry.fd),
         close: () => link.closeDescriptor(entry.fd),
       });
     }
     for (const stray of byRelay.values()) link?.closeDescriptor(stray.fd);
+  }
+
+  /** A held net.Socket over a descriptor of `listener` received on the descriptor channel. */
+  #wrapDescriptor(listener: string, fd: number): HeldSocket {
+    const open = this.#openers.get(listener);
+    if (open) return holdSocketFromHandle(open(fd));
+    const held = holdSocketFromFd(fd);
+    const opener = handleOpenerLike(held.socket);
+    if (opener) this.#openers.set(listener, opener);
+    return held;
   }
 
   /** Keeps `copy` of relay `relay` until the round decides, or refuses it now (no hook, or draining). */

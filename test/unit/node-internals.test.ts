@@ -12,6 +12,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, test } from '@jest/globals';
 import {
+  handleOpenerLike,
   hasUndecodedBytes,
   heldByHttpParser,
   holdSocketFromFd,
@@ -307,6 +308,68 @@ describe('live session handoff: reads stopped at the handle, raw handles over IP
       channel.close();
       receiver.close();
       pair.close();
+    }
+  });
+
+  test('handleOpenerLike: a TCP wrap opened on a received descriptor is held the same way until release; none for a Unix connection', async () => {
+    const first = await connectedPair();
+    const second = await connectedPair();
+    const { channel, peerFd } = FdChannel.pair();
+    const receiver = new FdChannel(peerFd);
+    const dir = mkdtempSync(join(tmpdir(), 'baton-opener-'));
+    const unixServer = net.createServer();
+    try {
+      const stops = [stopReading(first.accepted), stopReading(second.accepted)];
+      await channel.send(
+        1,
+        stops.map((stopped) => (stopped as NonNullable<typeof stopped>).handle.fd),
+      );
+      const [batch] = receiver.receive();
+      const [firstFd, secondFd] = batch?.fds ?? [];
+      const model = holdSocketFromFd(firstFd as number);
+      const open = handleOpenerLike(model.socket);
+      expect(open).toEqual(expect.any(Function));
+      const held = holdSocketFromHandle((open as NonNullable<typeof open>)(secondFd as number));
+      expect(held.socket.remotePort).toBe(second.client.localPort);
+      let text = '';
+      held.socket.setEncoding('utf8').on('data', (chunk: string) => {
+        text += chunk;
+      });
+      held.socket.cork();
+      held.socket.write('held back');
+      let answer = '';
+      second.client.setEncoding('utf8').on('data', (chunk: string) => {
+        answer += chunk;
+      });
+      second.client.write('waiting');
+      await quietFor(100); // nothing may be read while held
+      expect(held.socket.bytesRead).toBe(0);
+      expect(answer).toBe('');
+      held.socket.uncork();
+      held.release();
+      await waitFor(() => text === 'waiting' && answer === 'held back', {
+        timeoutMs: 5_000,
+        what: 'the data both ways once released',
+      });
+      held.socket.destroy();
+      model.socket.destroy();
+      // A descriptor that is not a socket cannot be opened as one: an error, never a socket.
+      expect(() => (open as NonNullable<typeof open>)(-1)).toThrow(/could not be opened as a TCP handle/);
+
+      await new Promise<void>((resolve) => unixServer.listen(join(dir, 'opener.sock'), resolve));
+      const accepted = new Promise<net.Socket>((resolve) => unixServer.once('connection', resolve));
+      const unixClient = net.connect(join(dir, 'opener.sock'));
+      const unixSocket = await withDeadline(accepted, 5_000, 'the Unix connection to be accepted');
+      expect(handleOpenerLike(unixSocket)).toBeUndefined();
+      unixSocket.destroy();
+      unixClient.destroy();
+    } finally {
+      channel.close();
+      receiver.close();
+      first.close();
+      second.close();
+      unixServer.close();
+      rmSync(dir, { recursive: true, force: true });
     }
   });
 
