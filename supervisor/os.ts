@@ -149,16 +149,17 @@ export interface Os {
   setTimer(ms: number, fn: () => void): TimerHandle;
 }
 
-/**
- * Sets LISTEN_PID (and WATCHDOG_PID when there is a watchdog) to the worker's own pid, which only the worker knows, then
- * replaces itself with the command: `exec` keeps the pid, and the command and
- * its arguments arrive as "$0" "$@", never parsed by the shell.
- */
 /** How a worker whose master died before it could be given the death signal exits, without running the command. */
 export const ORPHANED_EXIT_CODE = 70;
 
 /** With a watchdog (WATCHDOG_USEC set), WATCHDOG_PID names the worker too, as systemd sets it. */
 const WATCHDOG_PID_STEP = 'if [ -n "$WATCHDOG_USEC" ]; then WATCHDOG_PID=$$; export WATCHDOG_PID; fi;';
+
+/**
+ * Sets LISTEN_PID (and WATCHDOG_PID when there is a watchdog) to the worker's own pid, which only the worker knows, then
+ * replaces itself with the command: `exec` keeps the pid, and the command and
+ * its arguments arrive as "$0" "$@", never parsed by the shell.
+ */
 
 const LISTEN_PID_TRAMPOLINE = `LISTEN_PID=$$; export LISTEN_PID; ${WATCHDOG_PID_STEP} exec "$0" "$@"`;
 

@@ -78,14 +78,16 @@ async function reload() {
   const gen = lastGen;
   log('generation starting', { gen });
   const previous = serving;
-  const old = [...workers.keys()];
   const started = Array.from({ length: WORKERS }, (_, index) => fork(gen, index));
   try {
     await Promise.all(started);
     serving = gen;
     log('generation active', { gen });
+    // The old ones as they are now: one that died during the start was replaced by another.
+    const old = [...workers].filter(([, info]) => info.gen !== gen).map(([worker]) => worker);
     await Promise.all(
       old.map((worker) => {
+        if (worker.isDead()) return undefined;
         const exited = new Promise((resolve) => worker.once('exit', resolve));
         retire(worker);
         return exited;

@@ -89,7 +89,7 @@ export async function configReload(context: BenchContext): Promise<ScenarioOutco
     const hupMs = median(activeMs(hup));
     return {
       id: 'config',
-      title: '8. Config reload under load',
+      title: '9. Config reload under load',
       data: { pairs, counts, usr2Ms: activeMs(usr2), hupMs: activeMs(hup), workersAsked, workersStarted },
       sections: [
         {

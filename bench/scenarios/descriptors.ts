@@ -137,7 +137,7 @@ export async function descriptors(context: BenchContext): Promise<ScenarioOutcom
   const batched = median(channelMs);
   return {
     id: 'descriptors',
-    title: '8. Descriptors per second: Node IPC vs the descriptor channel',
+    title: '10. Descriptors per second: Node IPC vs the descriptor channel',
     data: { connections, rounds, ipcMs, channelMs },
     sections: [
       {

@@ -6,7 +6,7 @@
 import { execFileSync } from 'node:child_process';
 import { accessSync, chmodSync, constants, mkdtempSync, rmdirSync, rmSync } from 'node:fs';
 import { tmpdir } from 'node:os';
-import { join, relative } from 'node:path';
+import { join, relative, sep } from 'node:path';
 import { afterAll, afterEach, beforeEach, describe, expect, test } from '@jest/globals';
 import { type AppDir, killAll, makeAppDir, REPO_ROOT, startBaton } from '../helpers/processes.js';
 
@@ -56,15 +56,35 @@ function runAs(command: string, args: string[]): { exitCode: number; output: str
       }),
     };
   } catch (error) {
-    const failed = error as { status: number; stderr: string };
-    return { exitCode: failed.status, output: failed.stderr };
+    const failed = error as { status: number | null; stderr: string | null };
+    // A command that could not be spawned at all (no unshare here) has neither status nor stderr.
+    return { exitCode: failed.status ?? -1, output: failed.stderr ?? String(error) };
   }
 }
 
 /**
+ * What the CLI reads from the clone: its entry point, the build, the dependencies (the pinned Node
+ * among them) and package.json (the module type, the version).
+ */
+const CLI_ENTRIES = ['bin', 'dist', 'node_modules', 'package.json'];
+
+/**
+ * Lays the CLI_ENTRIES of clone "$1" out in folder "$2" for another user: a tmpfs anyone can enter on
+ * "$2", and each entry bind-mounted into it; then runs setpriv with the rest of the arguments.
+ */
+const OPEN_CLONE = `clone=$1; open=$2; shift 2
+mount -t tmpfs -o mode=755 baton-open "$open" || exit
+for entry in ${CLI_ENTRIES.join(' ')}; do
+  if [ -d "$clone/$entry" ]; then mkdir "$open/$entry"; else : > "$open/$entry"; fi
+  mount --bind "$clone/$entry" "$open/$entry" || exit
+done
+exec setpriv "$@"`;
+
+/**
  * How uid 65534 runs this repository's CLI (`baton …` as another user), or why it cannot here. From a
- * clone in a private folder (a 0700 `mktemp -d`), which nobody can enter, the clone is bind-mounted on
- * a folder anyone can enter, in a mount namespace of its own that goes with the command.
+ * clone in a private folder (a 0700 `mktemp -d`, or the clone itself made 0700), which nobody can
+ * enter, what the CLI needs is bind-mounted on a folder anyone can enter, in a mount namespace of its
+ * own that goes with the command: nothing is mounted on the host.
  */
 function nobodysCli(): AsNobody | string {
   if (process.getuid?.() !== 0) return 'switching to another user needs root';
@@ -74,14 +94,16 @@ function nobodysCli(): AsNobody | string {
   const open = mkdtempSync('/tmp/baton-open-');
   chmodSync(open, 0o755);
   afterAll(() => rmdirSync(open)); // never recursive: it is a mount point while a command runs
-  const inOpen = (path: string) => join(open, relative(REPO_ROOT, path));
+  // A path inside the clone, seen through the mount; one outside it (a Node installed elsewhere) as it is.
+  const inOpen = (path: string) =>
+    path.startsWith(REPO_ROOT + sep) ? join(open, relative(REPO_ROOT, path)) : path;
   const mounted: AsNobody = (args) =>
     runAs('unshare', [
       '--mount',
       '--',
       'sh',
       '-c',
-      'mount --bind "$1" "$2" && shift 2 && exec setpriv "$@"',
+      OPEN_CLONE,
       'as-nobody',
       REPO_ROOT,
       open,
