@@ -12,6 +12,7 @@ import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import { describe, expect, test } from '@jest/globals';
 import {
+  type HeldSocket,
   handleOpenerLike,
   hasUndecodedBytes,
   heldByHttpParser,
@@ -44,6 +45,34 @@ function connect(port: number): Promise<'connected' | string> {
     });
     socket.once('error', (error: NodeJS.ErrnoException) => resolve(error.code ?? error.message));
   });
+}
+
+/**
+ * A held socket reads nothing and sends nothing (its writes corked) until release; then the data
+ * flows both ways. Destroys it at the end.
+ */
+async function expectHeldUntilRelease(held: HeldSocket, client: net.Socket): Promise<void> {
+  let text = '';
+  held.socket.setEncoding('utf8').on('data', (chunk: string) => {
+    text += chunk;
+  });
+  held.socket.cork();
+  held.socket.write('held back');
+  let answer = '';
+  client.setEncoding('utf8').on('data', (chunk: string) => {
+    answer += chunk;
+  });
+  client.write('waiting');
+  await quietFor(100); // nothing may be read while held
+  expect(held.socket.bytesRead).toBe(0);
+  expect(answer).toBe('');
+  held.socket.uncork();
+  held.release();
+  await waitFor(() => text === 'waiting' && answer === 'held back', {
+    timeoutMs: 5_000,
+    what: 'the data both ways once released',
+  });
+  held.socket.destroy();
 }
 
 describe('bindTcpWithoutListening (net._createServerHandle)', () => {
@@ -246,27 +275,8 @@ describe('live session handoff: reads stopped at the handle, raw handles over IP
       const stopped = stopReading(pair.accepted);
       expect(stopped).toBeDefined();
       const held = holdSocketFromHandle((stopped as NonNullable<typeof stopped>).handle);
-      let text = '';
-      held.socket.setEncoding('utf8').on('data', (chunk: string) => {
-        text += chunk;
-      });
       held.socket.resume();
-      held.socket.cork();
-      held.socket.write('held back');
-      let answer = '';
-      pair.client.setEncoding('utf8').on('data', (chunk: string) => {
-        answer += chunk;
-      });
-      pair.client.write('waiting');
-      await quietFor(100); // nothing may be read while held
-      expect(held.socket.bytesRead).toBe(0);
-      expect(answer).toBe('');
-      held.socket.uncork();
-      held.release();
-      await waitFor(() => text === 'waiting' && answer === 'held back', {
-        timeoutMs: 5_000,
-        what: 'the data both ways once released',
-      });
+      await expectHeldUntilRelease(held, pair.client);
     } finally {
       pair.close();
     }
@@ -282,28 +292,8 @@ describe('live session handoff: reads stopped at the handle, raw handles over IP
       await channel.send(1, [(stopped as NonNullable<typeof stopped>).handle.fd]);
       const [batch] = receiver.receive();
       const held = holdSocketFromFd(batch?.fds[0] as number);
-      let text = '';
-      held.socket.setEncoding('utf8').on('data', (chunk: string) => {
-        text += chunk;
-      });
       held.socket.resume();
-      held.socket.cork();
-      held.socket.write('held back');
-      let answer = '';
-      pair.client.setEncoding('utf8').on('data', (chunk: string) => {
-        answer += chunk;
-      });
-      pair.client.write('waiting');
-      await quietFor(100); // nothing may be read while held
-      expect(held.socket.bytesRead).toBe(0);
-      expect(answer).toBe('');
-      held.socket.uncork();
-      held.release();
-      await waitFor(() => text === 'waiting' && answer === 'held back', {
-        timeoutMs: 5_000,
-        what: 'the data both ways once released',
-      });
-      held.socket.destroy();
+      await expectHeldUntilRelease(held, pair.client);
     } finally {
       channel.close();
       receiver.close();
@@ -331,27 +321,7 @@ describe('live session handoff: reads stopped at the handle, raw handles over IP
       expect(open).toEqual(expect.any(Function));
       const held = holdSocketFromHandle((open as NonNullable<typeof open>)(secondFd as number));
       expect(held.socket.remotePort).toBe(second.client.localPort);
-      let text = '';
-      held.socket.setEncoding('utf8').on('data', (chunk: string) => {
-        text += chunk;
-      });
-      held.socket.cork();
-      held.socket.write('held back');
-      let answer = '';
-      second.client.setEncoding('utf8').on('data', (chunk: string) => {
-        answer += chunk;
-      });
-      second.client.write('waiting');
-      await quietFor(100); // nothing may be read while held
-      expect(held.socket.bytesRead).toBe(0);
-      expect(answer).toBe('');
-      held.socket.uncork();
-      held.release();
-      await waitFor(() => text === 'waiting' && answer === 'held back', {
-        timeoutMs: 5_000,
-        what: 'the data both ways once released',
-      });
-      held.socket.destroy();
+      await expectHeldUntilRelease(held, second.client);
       model.socket.destroy();
       // A descriptor that is not a socket cannot be opened as one: an error, never a socket.
       expect(() => (open as NonNullable<typeof open>)(-1)).toThrow(/could not be opened as a TCP handle/);
