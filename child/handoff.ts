@@ -22,11 +22,13 @@ import {
   holdSocketFromHandle,
   isStreamHandle,
   resumeReading,
+  type StoppedReading,
   type StreamHandle,
   sendWithHandle,
   stopReading,
+  streamHandleOf,
 } from './node-internals.js';
-import type { HandoffCounts, MasterWire, WorkerWire } from './protocol.js';
+import type { HandoffCounts, MasterWire, SessionState, WorkerWire } from './protocol.js';
 
 type HandoffRequest = MasterWire['handoff'];
 type AdoptRequest = MasterWire['adopt'];
@@ -74,11 +76,16 @@ export const QUIET_POLL_INTERVAL_MS = 5;
  */
 export const MOVES_AT_ONCE = 32;
 
+/** How many frozen connections' states go to the master in one message, at most. */
+const STATES_PER_MESSAGE = 128;
+
 /** A connection in a batch the old worker sends on its descriptor channel. */
 interface OutgoingEntry {
   id: number;
   listener: string;
-  state: unknown;
+  state?: unknown;
+  /** Staged: the state follows once frozen (`handoff-states`). */
+  staged?: true;
 }
 
 /**
@@ -97,6 +104,112 @@ interface Sent {
   settled: Promise<void>;
 }
 
+/** A connection of a listener asked for, with the app's hook that takes its state. */
+interface Candidate {
+  socket: net.Socket;
+  listener: string;
+  hook: HandoffHook;
+}
+
+/**
+ * A connection staged in a round: its descriptor went out while this worker still serves it. `staged`
+ * until the freeze, `freezing` while it waits for a boundary and its state, `sent` once its state went
+ * out (corked, reads stopped), `done` once its fate is known here.
+ */
+class Staged {
+  phase: 'staged' | 'freezing' | 'sent' | 'done' = 'staged';
+  /** The round ended while the connection was freezing: it stays here. */
+  cancelled = false;
+  readonly settled: Promise<void>;
+  #resolve: () => void = () => {};
+  #stopped: StoppedReading | undefined;
+  #leaving: (() => void) | undefined;
+
+  constructor(
+    readonly id: number,
+    readonly candidate: Candidate,
+  ) {
+    this.settled = new Promise((resolve) => {
+      this.#resolve = resolve;
+    });
+  }
+
+  freezing(stopped: StoppedReading): void {
+    this.phase = 'freezing';
+    this.#stopped = stopped;
+  }
+
+  /** Its state went out; `leaving` runs once its fate is known. */
+  sent(leaving: () => void): void {
+    this.phase = 'sent';
+    this.#leaving = leaving;
+  }
+
+  /** It stays here, reading again (or it closed meanwhile). */
+  kept(): void {
+    this.phase = 'done';
+    this.#resolve();
+  }
+
+  /** The master's word on it: closed here if a new worker adopted it, else it reads on. */
+  onSettled(adopted: boolean, movedAway: WeakSet<net.Socket>): void {
+    if (this.phase === 'freezing') {
+      // #freeze sees it and keeps the connection here once the app's hook is done.
+      this.cancelled = true;
+      return;
+    }
+    if (this.phase === 'sent' && this.#stopped) {
+      const { socket } = this.candidate;
+      this.#leaving?.();
+      if (adopted) {
+        movedAway.add(socket);
+        // Never end(): that shuts the connection the new worker now serves.
+        socket.destroy();
+      } else {
+        socket.uncork();
+        resumeReading(this.#stopped);
+      }
+    }
+    // `staged`: it never stopped reading; the new worker's copy is dropped there.
+    this.kept();
+  }
+}
+
+/** The states of frozen connections and the ids kept after all, sent to the master once per turn. */
+class StatesOutbox {
+  #states: SessionState[] = [];
+  #kept: number[] = [];
+  #scheduled = false;
+
+  send(id: number, state: unknown): void {
+    this.#states.push({ id, state });
+    // The new workers adopt a part while the rest is still being stopped here.
+    if (this.#states.length >= STATES_PER_MESSAGE) this.flush();
+    else this.#schedule();
+  }
+
+  keep(id: number): void {
+    this.#kept.push(id);
+    this.#schedule();
+  }
+
+  flush(): void {
+    if (this.#states.length === 0 && this.#kept.length === 0) return;
+    sendToMaster({ baton: 'handoff-states', states: this.#states, kept: this.#kept });
+    this.#states = [];
+    this.#kept = [];
+  }
+
+  #schedule(): void {
+    if (this.#scheduled) return;
+    this.#scheduled = true;
+    setImmediate(() => {
+      this.#scheduled = false;
+      this.flush();
+    });
+  }
+}
+
 /** This worker's copy of a relayed connection, as it came: a libuv handle over IPC, or a bare descriptor. */
 interface HeldCopy {
   /** Wraps it in a net.Socket that reads nothing until released. */
@@ -108,10 +221,12 @@ interface HeldCopy {
 /** A connection the master relayed, held here until the round commits or aborts. */
 interface Held {
   readonly listener: string;
-  readonly state: unknown;
+  state: unknown;
   readonly copy: HeldCopy;
-  /** Set once the app adopted it (its reads and writes still held back). */
+  /** Set once wrapped: as it came when staged, else when the app adopts it (reads and writes held back). */
   adopted?: HeldSocket;
+  /** Staged: its state comes later (`adopt-states`). */
+  staged?: boolean;
 }
 
 /** Both sides of the handoff for one worker process: hooks, connections moving out, connections adopted. */
@@ -136,6 +251,8 @@ export class SessionMover {
   readonly #adoptions = new Map<number, Promise<true | string>>();
   #nextId = 1;
   #listening = false;
+  /** Set while a staged round of this worker waits for `handoff-freeze`. */
+  #awaitingFreeze: (() => void) | undefined;
   /** The descriptor channel once loaded; until then (or without one) connections travel over IPC. */
   #link: DescriptorLink | undefined;
   #linkAsked = false;
@@ -173,6 +290,12 @@ export class SessionMover {
       onMasterMessage('handoff', (request) => void this.#handOff(request));
       onMasterMessage('adopt', (request, handle) => this.#hold(request, handle));
       onMasterMessage('adopt-batch', (notice) => this.#holdBatch(notice));
+      onMasterMessage('adopt-states', (notice) => this.#takeStates(notice));
+      onMasterMessage('handoff-prepare', () => sendToMaster({ baton: 'handoff-prepared' }));
+      onMasterMessage('handoff-freeze', () => {
+        this.#awaitingFreeze?.();
+        this.#awaitingFreeze = undefined;
+      });
       onMasterMessage('handoff-commit', (notice) => void this.#answerCommit(relaysOf(notice)));
       onMasterMessage('handoff-go', (notice) => this.#go(relaysOf(notice)));
       onMasterMessage('handoff-abort', (notice) => this.#drop(relaysOf(notice)));
@@ -202,7 +325,7 @@ export class SessionMover {
       baton: 'handoff-hooks',
       handsOff: [...this.#handoffHooks.keys()],
       adopts: [...this.#adoptHooks.keys()],
-      ...(this.#link ? { fdChannel: true } : {}),
+      ...(this.#link ? { fdChannel: true, stages: true } : {}),
     });
   }
 
@@ -259,7 +382,7 @@ export class SessionMover {
     else this.#offered = new WeakSet();
     const counts: HandoffCounts = { offered: 0, sent: 0, kept: 0 };
     const flushTimeoutMs = Number(request.flushTimeoutMs) || 0;
-    const moves: Array<() => Promise<Sent | 'kept'>> = [];
+    const candidates: Candidate[] = [];
     for (const listener of Array.isArray(request.listeners) ? request.listeners : []) {
       const hook = this.#handoffHooks.get(listener);
       if (!hook) continue;
@@ -269,17 +392,29 @@ export class SessionMover {
         this.#offered.add(socket);
         counts.offered++;
         if (encrypted) counts.kept++;
-        else moves.push(() => this.#moveOut(socket, listener, hook, performance.now() + flushTimeoutMs));
+        else candidates.push({ socket, listener, hook });
       }
     }
+    try {
+      const link = this.#link;
+      if (request.stage === true && link) await this.#handOffStaged(candidates, counts, flushTimeoutMs, link);
+      else await this.#handOffEach(candidates, counts, flushTimeoutMs);
+    } finally {
+      release();
+    }
+  }
+
+  /** Moves each candidate on its own: stopped, its state taken, and sent with it. */
+  async #handOffEach(candidates: Candidate[], counts: HandoffCounts, flushTimeoutMs: number): Promise<void> {
     const settled: Array<Promise<void>> = [];
     // A connection stops reading only when its turn comes, so that one waiting for its writes to flush
     // does not hold the others.
     let next = 0;
     const mover = async () => {
-      for (let move = moves[next++]; move; move = moves[next++]) {
+      for (let candidate = candidates[next++]; candidate; candidate = candidates[next++]) {
+        const { socket, listener, hook } = candidate;
         try {
-          const outcome = await move();
+          const outcome = await this.#moveOut(socket, listener, hook, performance.now() + flushTimeoutMs);
           if (outcome === 'kept') counts.kept++;
           else {
             counts.sent++;
@@ -291,15 +426,119 @@ export class SessionMover {
         }
       }
     };
-    try {
-      await Promise.all(Array.from({ length: this.#link ? moves.length : MOVES_AT_ONCE }, mover));
-      await new Promise<void>((resolve) => {
-        if (!sendToMaster({ baton: 'handoff-finished', ...counts }, () => resolve())) resolve();
-      });
-      await Promise.all(settled);
-    } finally {
-      release();
+    await Promise.all(Array.from({ length: this.#link ? candidates.length : MOVES_AT_ONCE }, mover));
+    await this.#sendFinished(counts);
+    await Promise.all(settled);
+  }
+
+  /**
+   * A staged round (docs/handoff.md): every candidate's descriptor goes out at once while this worker
+   * still serves it, so that the new workers wrap them meanwhile; only when the master says so
+   * (`handoff-freeze`) does each stop at a boundary and its state follow, which is all a session waits
+   * for.
+   */
+  async #handOffStaged(
+    candidates: Candidate[],
+    counts: HandoffCounts,
+    flushTimeoutMs: number,
+    link: DescriptorLink,
+  ): Promise<void> {
+    const freezeAsked = new Promise<true>((resolve) => {
+      this.#awaitingFreeze = () => resolve(true);
+    });
+    const sends: Array<Promise<Staged | undefined>> = [];
+    for (const candidate of candidates) {
+      const fd = isMovable(candidate.socket) ? streamHandleOf(candidate.socket)?.fd : undefined;
+      if (fd === undefined || fd < 0 || this.#moving.has(candidate.socket)) {
+        counts.kept++;
+        continue;
+      }
+      const staged = new Staged(this.#nextId++, candidate);
+      this.#settling.set(staged.id, (adopted) => staged.onSettled(adopted, this.#movedAway));
+      sends.push(
+        link.outbox.send({ id: staged.id, listener: candidate.listener, staged: true }, fd).then(
+          () => staged,
+          () => {
+            // Never sent: nothing to settle, the connection simply goes on here.
+            this.#settling.delete(staged.id);
+            counts.kept++;
+            return undefined;
+          },
+        ),
+      );
     }
+    const staged = (await Promise.all(sends)).filter((entry): entry is Staged => entry !== undefined);
+    sendToMaster({ baton: 'handoff-staged', staged: staged.length });
+    const allSettled = Promise.all(staged.map((entry) => entry.settled));
+    const frozen = await Promise.race([freezeAsked, allSettled.then(() => false as const)]);
+    if (frozen) {
+      const deadline = performance.now() + flushTimeoutMs;
+      const outbox = new StatesOutbox();
+      await Promise.all(
+        staged.map(async (entry) => {
+          const state = await this.#freeze(entry, deadline).catch((error: unknown) => {
+            console.error('baton: moving a connection failed; it stays in this worker', error);
+            return undefined;
+          });
+          if (state === undefined) {
+            counts.kept++;
+            entry.kept();
+            this.#settling.delete(entry.id);
+            outbox.keep(entry.id);
+          } else {
+            counts.sent++;
+            outbox.send(entry.id, state.value);
+          }
+        }),
+      );
+      outbox.flush();
+      await this.#sendFinished(counts);
+    }
+    await allSettled;
+  }
+
+  /**
+   * Stops a staged connection at a boundary and takes its state from the app: `{ value }` once it is
+   * ready to go (corked, its reads stopped), undefined if it stays (reading again).
+   */
+  async #freeze(entry: Staged, deadline: number): Promise<{ value: unknown } | undefined> {
+    const { socket, hook } = entry.candidate;
+    if (entry.phase !== 'staged' || entry.cancelled || !isMovable(socket) || this.#moving.has(socket))
+      return undefined;
+    const stopped = stopReading(socket);
+    if (!stopped) return undefined;
+    this.#moving.add(socket);
+    entry.freezing(stopped);
+    const keep = () => {
+      this.#moving.delete(socket);
+      resumeReading(stopped);
+      return undefined;
+    };
+    // A quiet connection and a hook that answers at once go through without a turn of the event loop.
+    if (!isQuiet(socket) && !(await waitQuiet(socket, deadline))) return keep();
+    let state: unknown;
+    try {
+      state = hook(socket);
+      if (state instanceof Promise) state = await state;
+    } catch (error) {
+      console.error('baton: an onHandoff hook failed; the connection stays in this worker', error);
+      return keep();
+    }
+    if (state === undefined || !isMovable(socket)) return keep();
+    while (!isQuiet(socket)) {
+      if (!(await waitQuiet(socket, deadline))) return keep();
+    }
+    // The round may have ended while the hook ran: then nothing moves.
+    if (entry.cancelled) return keep();
+    socket.cork();
+    entry.sent(() => this.#moving.delete(socket));
+    return { value: state };
+  }
+
+  async #sendFinished(counts: HandoffCounts): Promise<void> {
+    await new Promise<void>((resolve) => {
+      if (!sendToMaster({ baton: 'handoff-finished', ...counts }, () => resolve())) resolve();
+    });
   }
 
   /**
@@ -391,12 +630,13 @@ export class SessionMover {
     const link = this.#link;
     const batch = link?.inbox.take(Number(notice.batch));
     const entries = batch && link?.entriesOf(batch);
-    const byRelay = new Map<number, { fd: number; listener: string; state: unknown }>();
+    const byRelay = new Map<number, { fd: number; listener: string; state: unknown; staged: boolean }>();
     for (const [index, raw] of (entries ?? []).entries()) {
-      const entry = raw as { relay?: unknown; listener?: unknown; state?: unknown };
+      const entry = raw as { relay?: unknown; listener?: unknown; state?: unknown; staged?: unknown };
       const fd = batch?.fds[index] as number;
       if (Number.isInteger(entry?.relay) && typeof entry.listener === 'string') {
-        byRelay.set(entry.relay as number, { fd, listener: entry.listener, state: entry.state });
+        const staged = entry.staged === true;
+        byRelay.set(entry.relay as number, { fd, listener: entry.listener, state: entry.state, staged });
       } else link?.closeDescriptor(fd);
     }
     if (batch && !entries) for (const fd of batch.fds) link?.closeDescriptor(fd);
@@ -407,10 +647,12 @@ export class SessionMover {
         sendToMaster({ baton: 'adopt-refused', relay, reason: 'the connection never arrived' });
         continue;
       }
-      this.#keep(relay, entry.listener, entry.state, {
+      const copy = {
         wrap: () => this.#wrapDescriptor(entry.listener, entry.fd),
         close: () => link.closeDescriptor(entry.fd),
-      });
+      };
+      if (entry.staged) this.#keepStaged(relay, entry.listener, copy);
+      else this.#keep(relay, entry.listener, entry.state, copy);
     }
     for (const stray of byRelay.values()) link?.closeDescriptor(stray.fd);
   }
@@ -440,10 +682,48 @@ export class SessionMover {
     this.#adoptions.set(relay, this.#adoptOne(relay));
   }
 
+  /**
+   * Keeps a staged connection, wrapped now (its old worker still serves it), until its state comes
+   * (`adopt-states`) or the round decides; refused now if it cannot be adopted here.
+   */
+  #keepStaged(relay: number, listener: string, copy: HeldCopy): void {
+    if (!this.#adoptHooks.has(listener) || this.book.draining) {
+      this.#keep(relay, listener, undefined, copy);
+      return;
+    }
+    const held: Held = { listener, state: undefined, copy, staged: true };
+    this.#held.set(relay, held);
+    try {
+      held.adopted = copy.wrap();
+      held.adopted.socket.cork();
+    } catch (error) {
+      this.#held.delete(relay);
+      copy.close();
+      const reason = error instanceof Error ? error.message : String(error);
+      sendToMaster({ baton: 'adopt-refused', relay, reason });
+    }
+  }
+
+  /** The states of staged connections: the app adopts each now, reads and writes still held back. */
+  #takeStates(notice: MasterWire['adopt-states']): void {
+    for (const entry of Array.isArray(notice.states) ? notice.states : []) {
+      const relay = (entry as { relay?: unknown } | null)?.relay;
+      if (!Number.isInteger(relay)) continue;
+      const held = this.#held.get(relay as number);
+      if (!held?.staged || this.#adoptions.has(relay as number)) continue;
+      held.state = entry.state;
+      this.#adoptions.set(relay as number, this.#adoptOne(relay as number));
+    }
+  }
+
   /** Answers `handoff-commit`: what the app's hook made of each connection held, once every hook is done. */
   async #answerCommit(relays: number[]): Promise<void> {
     const outcomes = await Promise.all(
-      relays.map((relay) => this.#adoptions.get(relay) ?? 'the connection never arrived'),
+      relays.map(
+        (relay) =>
+          this.#adoptions.get(relay) ??
+          (this.#held.has(relay) ? 'its state never came' : 'the connection never arrived'),
+      ),
     );
     const adopted = relays.filter((_, index) => outcomes[index] === true);
     const refused = relays.flatMap((relay, index) => {
@@ -459,10 +739,13 @@ export class SessionMover {
     const hook = held && this.#adoptHooks.get(held.listener);
     if (!held || !hook) return held ? 'no onAdopt hook' : 'the connection never arrived';
     try {
-      const wrapped = held.copy.wrap();
-      // Written only once the round commits: until then the session may still go on in its old worker.
-      wrapped.socket.cork();
-      held.adopted = wrapped;
+      let wrapped = held.adopted;
+      if (!wrapped) {
+        wrapped = held.copy.wrap();
+        // Written only once the round commits: until then the session may still go on in its old worker.
+        wrapped.socket.cork();
+        held.adopted = wrapped;
+      }
       const answer: unknown = await hook(wrapped.socket, held.state);
       if (answer === false) {
         this.#closeHeld(relay);

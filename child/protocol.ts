@@ -28,6 +28,18 @@ export interface Refusal {
   reason: string;
 }
 
+/** A staged connection's session state, as its old worker sends it once frozen. */
+export interface SessionState {
+  id: number;
+  state: unknown;
+}
+
+/** The same, as the master relays it to the new worker that holds the connection. */
+export interface RelayedState {
+  relay: number;
+  state: unknown;
+}
+
 /** Why a patch failed in a worker, as the worker said it. */
 export interface PatchFailure {
   message: string;
@@ -52,7 +64,14 @@ export interface WorkerWire {
    * The listeners this worker hands off (old side) and adopts (new side); `fdChannel` when it reads and
    * writes connections on its descriptor channel (BATON_FD_CHANNEL) too.
    */
-  'handoff-hooks': { baton: 'handoff-hooks'; handsOff: string[]; adopts: string[]; fdChannel?: boolean };
+  'handoff-hooks': {
+    baton: 'handoff-hooks';
+    handsOff: string[];
+    adopts: string[];
+    fdChannel?: boolean;
+    /** The worker takes part in staged rounds (`stage`, `handoff-freeze`, `adopt-states`). */
+    stages?: boolean;
+  };
   /** A connection handed off, with its raw handle alongside. */
   'handoff-connection': { baton: 'handoff-connection'; id: number; listener: string; state: unknown };
   /**
@@ -60,6 +79,18 @@ export interface WorkerWire {
    * payload: one `{ id, listener, state }` per descriptor).
    */
   'handoff-batch': { baton: 'handoff-batch'; batch: number; ids: number[] };
+  /**
+   * A staged round: the old worker sent every connection it could move on its descriptor channel, still
+   * serving them (each entry `{ id, listener, staged: true }`, no state yet).
+   */
+  'handoff-staged': { baton: 'handoff-staged'; staged: number };
+  /**
+   * After `handoff-freeze`: the state of connections it stopped at a boundary (`states`), and those it
+   * keeps after all (`kept`: declined, not quiet in time, closed meanwhile).
+   */
+  'handoff-states': { baton: 'handoff-states'; states: SessionState[]; kept: number[] };
+  /** The new worker has wrapped every staged connection it was sent before `handoff-prepare`. */
+  'handoff-prepared': { baton: 'handoff-prepared' };
   /** The old worker sent all it could. */
   'handoff-finished': { baton: 'handoff-finished' } & HandoffCounts;
   /** The new worker turned down a relayed connection as it arrived (no hook, or it drains). */
@@ -73,14 +104,33 @@ export interface MasterWire {
   /** Apply this patch (`baton inject`). */
   inject: { baton: 'inject'; id: number; source: string; hash: string; file: string };
   /** Hand off the connections of these listeners; a sweep (`stopAccepting`) also stops accepting. */
-  handoff: { baton: 'handoff'; listeners: string[]; flushTimeoutMs: number; stopAccepting: boolean };
-  /** A relayed connection, with its raw handle alongside: hold it until asked to adopt. */
-  adopt: { baton: 'adopt'; relay: number; listener: string; state: unknown };
+  handoff: {
+    baton: 'handoff';
+    listeners: string[];
+    flushTimeoutMs: number;
+    stopAccepting: boolean;
+    /**
+     * Stage first: send the connections now, still serving them, and their states only once told
+     * (`handoff-freeze`). Only to a worker that said `stages`, with a descriptor channel.
+     */
+    stage?: boolean;
+  };
+  /**
+   * A relayed connection, with its raw handle alongside: hold it until asked to adopt. `staged`: its state
+   * comes later (`adopt-states`), while its old worker still serves it.
+   */
+  adopt: { baton: 'adopt'; relay: number; listener: string; state: unknown; staged?: boolean };
   /**
    * Relays `relays` are in `batch` of the descriptor channel, written already (its payload: one
    * `{ relay, listener, state }` per descriptor): hold them until asked to adopt.
    */
   'adopt-batch': { baton: 'adopt-batch'; batch: number; relays: number[] };
+  /** Answer `handoff-prepared` once every staged connection sent before this is wrapped. */
+  'handoff-prepare': { baton: 'handoff-prepare' };
+  /** Stop the connections staged in this round at a boundary and send their states (`handoff-states`). */
+  'handoff-freeze': { baton: 'handoff-freeze' };
+  /** The states of staged connections you hold: adopt them (reads and writes still held back). */
+  'adopt-states': { baton: 'adopt-states'; states: RelayedState[] };
   /** Answer with `adoptions`: what became of these relays (adopted as they arrived, or refused). */
   'handoff-commit': { baton: 'handoff-commit'; relays: number[] };
   /** The round committed: these connections are yours. */
@@ -115,6 +165,15 @@ const WORKER_GUARDS: Guards<Omit<WorkerWire, 'ready'>> = {
   'handoff-hooks': (m) => isStringArray(m.handsOff) && isStringArray(m.adopts),
   'handoff-connection': (m) => isCount(m.id) && typeof m.listener === 'string',
   'handoff-batch': (m) => isCount(m.batch) && Array.isArray(m.ids) && m.ids.every(isCount),
+  'handoff-staged': (m) => isCount(m.staged),
+  'handoff-states': (m) =>
+    Array.isArray(m.states) &&
+    m.states.every(
+      (entry: unknown) => typeof entry === 'object' && entry !== null && isCount((entry as SessionState).id),
+    ) &&
+    Array.isArray(m.kept) &&
+    m.kept.every(isCount),
+  'handoff-prepared': () => true,
   'handoff-finished': (m) => isCount(m.offered) && isCount(m.sent) && isCount(m.kept),
   'adopt-refused': (m) => isCount(m.relay),
   adoptions: (m) =>
@@ -139,6 +198,9 @@ const MASTER_GUARDS: Guards<MasterWire> = {
   handoff: () => true,
   adopt: () => true,
   'adopt-batch': (m) => Number.isInteger(m.batch),
+  'handoff-prepare': () => true,
+  'handoff-freeze': () => true,
+  'adopt-states': (m) => Array.isArray(m.states),
   'handoff-commit': () => true,
   'handoff-go': () => true,
   'handoff-abort': () => true,

@@ -13,7 +13,14 @@
  * The decisions are pure functions and one small class over plain data; the master feeds it its events
  * (messages, handles, exits, the send callbacks, deadlines) one at a time, from its dispatcher.
  */
-import { type HandoffCounts, type MasterWire, type Refusal, readWorkerMessage } from '../child/protocol.js';
+import {
+  type HandoffCounts,
+  type MasterWire,
+  type Refusal,
+  type RelayedState,
+  readWorkerMessage,
+  type SessionState,
+} from '../child/protocol.js';
 import { optimizeFromNowOn } from './engine.js';
 import { type Batch, batchEntries } from './fd-channel.js';
 import type { Generation } from './generation.js';
@@ -55,6 +62,8 @@ export interface HandoffHooks {
   adopts: ReadonlySet<string>;
   /** The worker reads and writes connections on its descriptor channel (supervisor/fd-channel.ts). */
   fdChannel?: boolean;
+  /** The worker takes part in staged rounds. */
+  stages?: boolean;
 }
 
 /** A connection that came in a batch of a worker's descriptor channel: its descriptor, and what it said. */
@@ -63,6 +72,8 @@ export interface ConnectionInBatch {
   id: number;
   listener: string;
   state: unknown;
+  /** Staged: its old worker still serves it, and its state comes later. */
+  staged?: boolean;
 }
 
 /** A worker's handoff hooks as plain data: the listeners it hands off and adopts. */
@@ -70,6 +81,7 @@ export interface CarriedHooks {
   handsOff: string[];
   adopts: string[];
   fdChannel?: boolean;
+  stages?: boolean;
 }
 
 /** The handoff messages a worker may send (child/handoff.ts), by kind. */
@@ -77,6 +89,9 @@ export type HandoffMessage =
   | { kind: 'hooks'; hooks: HandoffHooks }
   | { kind: 'connection'; id: number; listener: string; state: unknown }
   | { kind: 'finished'; counts: HandoffCounts }
+  | { kind: 'staged' }
+  | { kind: 'states'; states: SessionState[]; kept: number[] }
+  | { kind: 'prepared' }
   | { kind: 'refused'; relay: number; reason: string | undefined }
   | { kind: 'adoptions'; adopted: number[]; refused: Refusal[] };
 
@@ -91,8 +106,15 @@ export function parseHandoffMessage(raw: unknown): HandoffMessage | undefined {
           handsOff: new Set(read.message.handsOff),
           adopts: new Set(read.message.adopts),
           ...(read.message.fdChannel === true ? { fdChannel: true } : {}),
+          ...(read.message.stages === true ? { stages: true } : {}),
         },
       };
+    case 'handoff-staged':
+      return { kind: 'staged' };
+    case 'handoff-states':
+      return { kind: 'states', states: read.message.states, kept: read.message.kept };
+    case 'handoff-prepared':
+      return { kind: 'prepared' };
     case 'handoff-connection': {
       const { id, listener, state } = read.message;
       return { kind: 'connection', id, listener, state };
@@ -133,12 +155,13 @@ export function connectionsInBatch(batch: Batch): ConnectionInBatch[] | undefine
     return undefined;
   }
   return entries.map((raw, index) => {
-    const entry = raw as { id: number; listener: string; state?: unknown };
+    const entry = raw as { id: number; listener: string; state?: unknown; staged?: unknown };
     return {
       handle: descriptorHandle(batch.fds[index] as number),
       id: entry.id,
       listener: entry.listener,
       state: entry.state,
+      ...(entry.staged === true ? { staged: true } : {}),
     };
   });
 }
@@ -179,10 +202,12 @@ export function chooseAdopter<T>(candidates: readonly AdopterLoad<T>[]): T | und
 }
 
 /**
- * The life of one handoff round: old workers send their connections (`sending`), the new workers adopt
- * what they hold (`adopting`), then the round is `finished`, committed or aborted.
+ * The life of one handoff round: in a staged round, old workers first send their connections while still
+ * serving them and the new workers wrap them (`staging`); then old workers send their connections, or
+ * in a staged round only the states of the connections they stop (`sending`), the new workers adopt
+ * what they hold (`adopting`), and the round is `finished`, committed or aborted.
  */
-export type HandoffRoundState = 'sending' | 'adopting' | 'finished';
+export type HandoffRoundState = 'staging' | 'sending' | 'adopting' | 'finished';
 
 /** How a round ended: every adoption took effect at once, or none did. */
 export type HandoffOutcome = 'committed' | 'aborted';
@@ -198,7 +223,7 @@ export type AbortCause = 'worker-exited' | 'no-answer' | 'stopping';
 
 /** One old generation handing its sessions to the generation that replaces it. */
 export class HandoffRound {
-  state: HandoffRoundState = 'sending';
+  state: HandoffRoundState;
   outcome: HandoffOutcome | undefined;
   /** Why the round was aborted (a new worker exited, or did not answer in time). */
   abortReason: string | undefined;
@@ -216,6 +241,12 @@ export class HandoffRound {
   /** New workers asked to adopt what they hold that have not answered yet. */
   readonly answering = new Set<Worker>();
   timer: TimerHandle | undefined;
+  /** The old workers that staged their connections (told to freeze them once staging is over). */
+  readonly stagers = new Set<Worker>();
+  /** The new workers were asked to confirm that they wrapped what was staged. */
+  prepareAsked = false;
+  /** When the staged connections were frozen: from then on their sessions wait for the commit. */
+  frozenAt: number | undefined;
   /** Connections given to each adopter in this round, on top of what it held when first chosen. */
   private readonly given = new Map<Worker, { baseline: number; count: number }>();
 
@@ -226,8 +257,13 @@ export class HandoffRound {
     readonly listeners: readonly string[],
     senders: readonly Worker[],
     readonly startedAt: number,
+    /** How long an old worker may wait for a connection to be quiet. */
+    readonly flushTimeoutMs = 0,
+    /** Some old workers stage their connections first (docs/handoff.md). */
+    readonly staged = false,
   ) {
     this.waitingFor = new Set(senders);
+    this.state = staged ? 'staging' : 'sending';
   }
 
   /** How loaded `adopter` counts as: its connections when the round first saw it, plus those given since. */
@@ -333,6 +369,9 @@ interface InFlight {
   /** The master's copy; closed once the send is done and the connection settled, never before. */
   readonly handle: RawSocketHandle;
   state: FlightState;
+  /** Staged: its state comes after the freeze; `hasState` once it was passed on. */
+  readonly staged: boolean;
+  hasState: boolean;
 }
 
 /** Whether the send of `flight` to its new worker is done (completed or failed). */
@@ -350,10 +389,7 @@ export class HandoffRelay {
    * still being written to their new worker: kept as the flights change, so that the check after each
    * written connection costs the same at 10,000 connections as at 10.
    */
-  private readonly roundFlights = new Map<
-    HandoffRound,
-    { flights: Map<number, InFlight>; unwritten: number }
-  >();
+  private readonly roundFlights = new Map<HandoffRound, RoundIndex>();
   private readonly totals = { moved: 0, kept: 0, failed: 0 };
   private nextRelay = 1;
 
@@ -365,6 +401,9 @@ export class HandoffRelay {
     else if (message.kind === 'finished') this.onFinished(worker, message.counts);
     else if (message.kind === 'refused') this.onRefused(worker, message.relay, message.reason);
     else if (message.kind === 'adoptions') this.onAdoptions(worker, message.adopted, message.refused);
+    else if (message.kind === 'staged') this.onStaged(worker);
+    else if (message.kind === 'states') this.onStates(worker, message.states, message.kept);
+    else if (message.kind === 'prepared') this.onPrepared(worker);
     // A 'connection' here is the copy of a message whose handle came through `onHandle`: already handled.
   }
 
@@ -409,7 +448,13 @@ export class HandoffRelay {
     if (senders.length === 0 || listeners.length === 0) return undefined;
     // Thousands of sessions may go through the code below: worth V8's optimizing compilers from now on.
     optimizeFromNowOn();
-    const round = new HandoffRound(kind, from, to, listeners, senders, this.ports.now());
+    // Staged only when every adopter knows it, so that none takes a connection without its state.
+    const adoptersStage = adopters.every((worker) => this.hooks.get(worker)?.stages === true);
+    const stages = (worker: Worker) =>
+      adoptersStage && this.hooks.get(worker)?.stages === true && this.hooks.get(worker)?.fdChannel === true;
+    const staged = senders.some(stages);
+    const now = this.ports.now();
+    const round = new HandoffRound(kind, from, to, listeners, senders, now, flushTimeoutMs, staged);
     this.rounds.push(round);
     for (const sender of senders) {
       const request: MasterWire['handoff'] = {
@@ -417,6 +462,7 @@ export class HandoffRelay {
         listeners,
         flushTimeoutMs,
         stopAccepting: kind === 'sweep',
+        ...(stages(sender) ? { stage: true } : {}),
       };
       const asked = this.ports.send(sender, request, undefined, () => {
         // A worker that cannot be reached has exited or is about to: its exit ends its part of the round.
@@ -424,7 +470,7 @@ export class HandoffRelay {
       if (!asked) round.waitingFor.delete(sender);
     }
     this.ports.logger[kind === 'switch' ? 'info' : 'debug'](
-      { gen: from.id, to: to.id, kind, listeners, workers: round.waitingFor.size, flushTimeoutMs },
+      { gen: from.id, to: to.id, kind, listeners, workers: round.waitingFor.size, flushTimeoutMs, staged },
       'handoff started',
     );
     round.timer = this.ports.deadline(round, flushTimeoutMs + HANDOFF_SEND_GRACE_MS);
@@ -445,6 +491,7 @@ export class HandoffRelay {
       handsOff: [...hooks.handsOff],
       adopts: [...hooks.adopts],
       ...(hooks.fdChannel ? { fdChannel: true } : {}),
+      ...(hooks.stages ? { stages: true } : {}),
     };
   }
 
@@ -454,6 +501,7 @@ export class HandoffRelay {
       handsOff: new Set(hooks.handsOff),
       adopts: new Set(hooks.adopts),
       ...(hooks.fdChannel ? { fdChannel: true } : {}),
+      ...(hooks.stages ? { stages: true } : {}),
     });
   }
 
@@ -504,8 +552,10 @@ export class HandoffRelay {
     for (const id of ids) {
       const connection = byId.get(id);
       byId.delete(id);
-      if (connection) this.pass(from, id, connection.listener, connection.state, connection.handle, batch);
-      else {
+      if (connection) {
+        const { listener, state, handle, staged } = connection;
+        this.pass(from, id, listener, state, handle, batch, staged === true);
+      } else {
         this.settle(from, id, false);
         if (batch.round) this.count(batch.round, 'failed');
       }
@@ -514,8 +564,12 @@ export class HandoffRelay {
     for (const stray of byId.values()) closeRawHandle(stray.handle);
   }
 
+  /** The round `from` sends its connections in (staging them, or sending them whole). */
   private sendingRound(from: Worker): HandoffRound | undefined {
-    return this.rounds.find((candidate) => candidate.state === 'sending' && candidate.waitingFor.has(from));
+    return this.rounds.find(
+      (candidate) =>
+        (candidate.state === 'staging' || candidate.state === 'sending') && candidate.waitingFor.has(from),
+    );
   }
 
   /**
@@ -546,6 +600,7 @@ export class HandoffRelay {
     state: unknown,
     handle: RawSocketHandle,
     batch: PassContext = this.passContext(from),
+    staged = false,
   ): void {
     const { round } = batch;
     const adopter =
@@ -568,14 +623,25 @@ export class HandoffRelay {
     }
     const relay = this.nextRelay++;
     round.give(adopter);
-    const flight: InFlight = { round, from, id, to: adopter, handle, state: 'sending' };
+    const flight: InFlight = {
+      round,
+      from,
+      id,
+      to: adopter,
+      handle,
+      state: 'sending',
+      staged,
+      hasState: !staged,
+    };
     this.inFlight.set(relay, flight);
     const index = this.indexOf(round);
     index.flights.set(relay, flight);
     index.unwritten++;
-    const sent = this.ports.send(adopter, { baton: 'adopt', relay, listener, state }, handle, (error) =>
-      this.ports.relayed(relay, error),
-    );
+    if (staged) index.relayOf(from).set(id, relay);
+    const message: MasterWire['adopt'] = staged
+      ? { baton: 'adopt', relay, listener, state: undefined, staged: true }
+      : { baton: 'adopt', relay, listener, state };
+    const sent = this.ports.send(adopter, message, handle, (error) => this.ports.relayed(relay, error));
     if (!sent) this.onRelayed(relay, new Error('the new worker has no IPC channel'));
   }
 
@@ -596,6 +662,9 @@ export class HandoffRelay {
     const refused = flight.state === 'refused-while-sending';
     flight.state = refused ? 'refused' : 'held';
     this.indexOf(flight.round).unwritten--;
+    // Written (or failed): the master's copy is of no more use, whatever the round decides (the old
+    // worker resumes its own if it does not move). Closed now, not in the commit, which sessions wait for.
+    closeRawHandle(flight.handle);
     if (error) {
       this.ports.logger.debug(
         { gen: flight.to.generation, worker: flight.to.index, pid: flight.to.pid, error: error.message },
@@ -646,9 +715,7 @@ export class HandoffRelay {
 
   /** An old worker sent all it could. */
   onFinished(worker: Worker, counts: HandoffCounts): void {
-    const round = this.rounds.find(
-      (candidate) => candidate.state === 'sending' && candidate.waitingFor.has(worker),
-    );
+    const round = this.sendingRound(worker);
     if (!round) return;
     round.offered += counts.offered;
     this.count(round, 'kept', counts.kept);
@@ -656,9 +723,90 @@ export class HandoffRelay {
     this.advance(round);
   }
 
+  /** An old worker staged every connection it could: it serves them until told to freeze them. */
+  onStaged(worker: Worker): void {
+    const round = this.stagingRound((candidate) => candidate.waitingFor.has(worker));
+    if (!round) return;
+    round.stagers.add(worker);
+    round.waitingFor.delete(worker);
+    this.advance(round);
+  }
+
+  /** A new worker wrapped every staged connection it was sent. */
+  onPrepared(worker: Worker): void {
+    const round = this.stagingRound((candidate) => candidate.answering.has(worker));
+    if (!round) return;
+    round.answering.delete(worker);
+    this.advance(round);
+  }
+
+  /** The round in its staging phase that waits for what `waits` says. */
+  private stagingRound(waits: (round: HandoffRound) => boolean): HandoffRound | undefined {
+    return this.rounds.find((candidate) => candidate.state === 'staging' && waits(candidate));
+  }
+
+  /**
+   * An old worker froze staged connections: their states go to the new workers that hold them; those it
+   * keeps after all (it counts them) are dropped there.
+   */
+  onStates(worker: Worker, states: readonly SessionState[], kept: readonly number[]): void {
+    const round = this.rounds.find(
+      (candidate) => candidate.state === 'sending' && candidate.stagers.has(worker),
+    );
+    const index = round && this.roundFlights.get(round);
+    if (!round || !index) return;
+    const relayOf = index.relayOf(worker);
+    const flightOf = (id: number): [number, InFlight] | undefined => {
+      const relay = relayOf.get(id);
+      const flight = relay === undefined ? undefined : index.flights.get(relay);
+      return relay !== undefined && flight?.staged && !flight.hasState && flight.state === 'held'
+        ? [relay, flight]
+        : undefined;
+    };
+    const toAdopt = new Map<Worker, RelayedState[]>();
+    for (const { id, state } of states) {
+      const found = flightOf(id);
+      if (!found) continue;
+      const [relay, flight] = found;
+      flight.hasState = true;
+      const list = toAdopt.get(flight.to);
+      if (list) list.push({ relay, state });
+      else toAdopt.set(flight.to, [{ relay, state }]);
+    }
+    const dropped = new Map<Worker, number[]>();
+    for (const id of kept) {
+      const found = flightOf(id);
+      if (!found) continue;
+      const [relay, flight] = found;
+      // Its old worker reads it again and counts it as kept: only this copy and the new worker's go.
+      index.flights.delete(relay);
+      this.close(relay, flight);
+      const list = dropped.get(flight.to);
+      if (list) list.push(relay);
+      else dropped.set(flight.to, [relay]);
+    }
+    for (const [adopter, relayed] of toAdopt) {
+      this.ports.send(adopter, { baton: 'adopt-states', states: relayed }, undefined, () => {
+        // A new worker that cannot read it exits: its exit aborts the round.
+      });
+    }
+    for (const [adopter, relays] of dropped) {
+      this.ports.send(adopter, { baton: 'handoff-abort', relays }, undefined, () => {
+        // A new worker that is gone has closed its copies already.
+      });
+    }
+  }
+
   /** The timer of `round`'s current phase fired. */
   onDeadline(round: HandoffRound): void {
-    if (round.state === 'sending') {
+    if (round.state === 'staging' && round.prepareAsked) {
+      const late = [...round.answering].map((worker) => worker.index);
+      this.abort(
+        round,
+        `new worker ${late.join(', ')} did not take the staged sessions within ${HANDOFF_ADOPT_TIMEOUT_MS} ms`,
+        'no-answer',
+      );
+    } else if (round.state === 'staging' || round.state === 'sending') {
       // Old workers that are still busy keep what they have not sent yet.
       round.incomplete = round.waitingFor.size > 0;
       round.waitingFor.clear();
@@ -692,7 +840,7 @@ export class HandoffRelay {
   /** Generation `id` is gone: its rounds go on without waiting for its workers. */
   onGenerationRetired(id: number): void {
     for (const round of this.rounds) {
-      if (round.state !== 'sending' || round.from.id !== id) continue;
+      if ((round.state !== 'staging' && round.state !== 'sending') || round.from.id !== id) continue;
       round.incomplete = round.incomplete || round.waitingFor.size > 0;
       round.waitingFor.clear();
       this.advance(round);
@@ -738,10 +886,10 @@ export class HandoffRelay {
     return this.roundFlights.get(round)?.flights ?? new Map();
   }
 
-  private indexOf(round: HandoffRound): { flights: Map<number, InFlight>; unwritten: number } {
+  private indexOf(round: HandoffRound): RoundIndex {
     let index = this.roundFlights.get(round);
     if (!index) {
-      index = { flights: new Map(), unwritten: 0 };
+      index = new RoundIndex();
       this.roundFlights.set(round, index);
     }
     return index;
@@ -752,6 +900,7 @@ export class HandoffRelay {
    * the new workers are asked to adopt what they hold; once they have all answered, the round commits.
    */
   private advance(round: HandoffRound): void {
+    if (round.state === 'staging' && !this.advanceStaging(round)) return;
     if (round.state === 'sending') {
       if (round.waitingFor.size > 0 || (this.roundFlights.get(round)?.unwritten ?? 0) > 0) return;
       round.state = 'adopting';
@@ -770,6 +919,45 @@ export class HandoffRelay {
       if (round.answering.size > 0) round.timer = this.ports.deadline(round, HANDOFF_ADOPT_TIMEOUT_MS);
     }
     if (round.state === 'adopting' && round.answering.size === 0) this.commit(round);
+  }
+
+  /**
+   * Staging is over once every old worker staged and every connection is written: the new workers are
+   * asked to confirm they wrapped them all, then the old workers freeze them (`sending`). False while
+   * the round waits.
+   */
+  private advanceStaging(round: HandoffRound): boolean {
+    if (round.waitingFor.size > 0 || (this.roundFlights.get(round)?.unwritten ?? 0) > 0) return false;
+    if (!round.prepareAsked) {
+      round.prepareAsked = true;
+      for (const adopter of relaysByAdopter(this.flightsOf(round)).keys()) {
+        round.answering.add(adopter);
+        const asked = this.ports.send(adopter, { baton: 'handoff-prepare' }, undefined, () => {
+          // A new worker that cannot read it exits: its exit aborts the round.
+        });
+        if (!asked) {
+          this.abort(round, `new worker ${adopter.index} cannot be reached`, 'no-answer');
+          return false;
+        }
+      }
+      if (round.answering.size > 0) {
+        round.timer?.cancel();
+        round.timer = this.ports.deadline(round, HANDOFF_ADOPT_TIMEOUT_MS);
+      }
+    }
+    if (round.answering.size > 0) return false;
+    round.state = 'sending';
+    round.frozenAt = this.ports.now();
+    round.timer?.cancel();
+    for (const sender of round.stagers) {
+      round.waitingFor.add(sender);
+      const told = this.ports.send(sender, { baton: 'handoff-freeze' }, undefined, () => {
+        // An old worker that cannot be reached has exited or is about to: its exit ends its part.
+      });
+      if (!told) round.waitingFor.delete(sender);
+    }
+    round.timer = this.ports.deadline(round, round.flushTimeoutMs + HANDOFF_SEND_GRACE_MS);
+    return true;
   }
 
   /** Every adopter answered: the adopted connections start in their new workers and leave the old ones. */
@@ -831,7 +1019,8 @@ export class HandoffRelay {
   }
 
   /**
-   * Closes the master's copy of a settled connection once its send is done, never before: a handle
+   * Forgets a settled connection and closes the master's copy, if not closed already once its send was
+   * done (onRelayed); never before that: a handle
    * closed while its send may still be queued lets its fd number go to another socket (a control
    * connection, say), which would then be the one sent.
    */
@@ -868,6 +1057,8 @@ export class HandoffRelay {
     round.timer?.cancel();
     round.finishedAt = this.ports.now();
     const durationMs = round.finishedAt - round.startedAt;
+    // In a staged round, how long its sessions waited: from the freeze to the commit.
+    const frozenMs = round.frozenAt === undefined ? undefined : round.finishedAt - round.frozenAt;
     const { moved, kept, failed, incomplete, offered } = round;
     // A sweep that found nothing new is not worth a line, a report or a place in status.
     const silent = round.kind === 'sweep' && outcome === 'committed' && offered + moved + kept + failed === 0;
@@ -882,6 +1073,7 @@ export class HandoffRelay {
           kept,
           failed,
           durationMs,
+          ...(frozenMs === undefined ? {} : { frozenMs }),
           incomplete,
           outcome,
         },
@@ -903,6 +1095,23 @@ export class HandoffRelay {
     for (const old of finished.slice(0, -HANDOFF_ROUNDS_KEPT))
       this.rounds.splice(this.rounds.indexOf(old), 1);
     this.ports.ended(round);
+  }
+}
+
+/** A round's connections in flight, how many are still being written, and the staged ones by origin. */
+class RoundIndex {
+  readonly flights = new Map<number, InFlight>();
+  unwritten = 0;
+  private readonly relays = new Map<Worker, Map<number, number>>();
+
+  /** The relay of each connection `from` staged, by the id it gave it. */
+  relayOf(from: Worker): Map<number, number> {
+    let relays = this.relays.get(from);
+    if (!relays) {
+      relays = new Map();
+      this.relays.set(from, relays);
+    }
+    return relays;
   }
 }
 

@@ -253,6 +253,9 @@ export class Master implements ControlledMaster {
       this.handoff.onBatch(worker, message.ids, batch && connectionsInBatch(batch));
     },
     'handoff-finished': (worker, message) => this.toHandoff(worker, message),
+    'handoff-staged': (worker, message) => this.toHandoff(worker, message),
+    'handoff-states': (worker, message) => this.toHandoff(worker, message),
+    'handoff-prepared': (worker, message) => this.toHandoff(worker, message),
     'adopt-refused': (worker, message) => this.toHandoff(worker, message),
     adoptions: (worker, message) => this.toHandoff(worker, message),
   };
@@ -298,8 +301,8 @@ export class Master implements ControlledMaster {
         const link = worker.process.descriptors;
         if (handle && message.baton === 'adopt' && link && this.handoff.usesFdChannel(worker)) {
           // In a batch of the worker's descriptor channel, with the others relayed in this turn.
-          const { relay, listener, state } = message;
-          link.send({ relay, listener, state }, handle.fd).then(
+          const { relay, listener, state, staged } = message;
+          link.send(staged ? { relay, listener, staged } : { relay, listener, state }, handle.fd).then(
             () => onSent(null),
             (error: Error) => onSent(error),
           );

@@ -107,7 +107,9 @@ export interface CarriedProcess {
 export interface AdoptEntry {
   relay: number;
   listener: string;
-  state: unknown;
+  state?: unknown;
+  /** Staged: its old worker still serves it; the state comes later (`adopt-states`). */
+  staged?: boolean;
 }
 
 /** What the master does with a worker's descriptor channel. */

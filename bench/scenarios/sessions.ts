@@ -163,6 +163,8 @@ interface HandoffRound {
   kept: number;
   failed: number;
   durationMs: number;
+  /** A staged round: from the freeze to the commit, the part of the round its sessions wait for. */
+  frozenMs?: number;
 }
 
 /** One reload as the bench saw it: epoch ms, from the master's log but for the signal. */
@@ -325,6 +327,7 @@ async function reloadOnce(
       kept: entry.kept as number,
       failed: entry.failed as number,
       durationMs: entry.durationMs as number,
+      ...(typeof entry.frozenMs === 'number' ? { frozenMs: entry.frozenMs } : {}),
     }));
   const probe = await client.probe(PROBE_SESSIONS, RELOAD_TIMEOUT_MS);
   step.probe = { versions: probe.versions, failed: probe.failed };

@@ -114,6 +114,15 @@ describe('decisions', () => {
     expect(
       parseHandoffMessage({ baton: 'handoff-connection', id: 3, listener: 'game', state: { coins: 4 } }),
     ).toEqual({ kind: 'connection', id: 3, listener: 'game', state: { coins: 4 } });
+    expect(parseHandoffMessage({ baton: 'handoff-staged', staged: 3 })).toEqual({ kind: 'staged' });
+    expect(parseHandoffMessage({ baton: 'handoff-prepared' })).toEqual({ kind: 'prepared' });
+    expect(
+      parseHandoffMessage({ baton: 'handoff-states', states: [{ id: 1, state: { coins: 2 } }], kept: [4] }),
+    ).toEqual({ kind: 'states', states: [{ id: 1, state: { coins: 2 } }], kept: [4] });
+    expect(
+      parseHandoffMessage({ baton: 'handoff-states', states: [{ state: 1 }], kept: [] }),
+    ).toBeUndefined();
+    expect(parseHandoffMessage({ baton: 'handoff-states', states: [], kept: ['x'] })).toBeUndefined();
     expect(parseHandoffMessage({ baton: 'handoff-finished', offered: 2, sent: 1, kept: 1 })).toEqual({
       kind: 'finished',
       counts: { offered: 2, sent: 1, kept: 1 },
@@ -249,9 +258,10 @@ describe('HandoffRelay', () => {
       [adopters[0], { coins: 3 }, handles[2]],
       [adopters[1], { coins: 4 }, handles[3]],
     ]);
-    // Written, but the old worker has not reported yet: nobody adopts, nothing is closed.
+    // Written, but the old worker has not reported yet: nobody adopts. The master's copies are of no
+    // more use once written, whatever the round decides: closed already, out of the commit.
     expect(sent.some((entry) => entry.message.baton === 'handoff-commit')).toBe(false);
-    expect(handles.some((handle) => handle.closed)).toBe(false);
+    expect(handles.every((handle) => handle.closed)).toBe(true);
 
     relay.onFinished(sender, { offered: 5, sent: 4, kept: 1 });
     expect(messagesTo(adopters[0] as Worker, 'handoff-commit')).toEqual([
@@ -265,7 +275,6 @@ describe('HandoffRelay', () => {
 
     relay.onMessage(adopters[0] as Worker, { kind: 'adoptions', adopted: [1, 3], refused: [] });
     expect(settledTo(sender)).toEqual([]);
-    expect(handles.some((handle) => handle.closed)).toBe(false);
 
     clock += 40;
     relay.onMessage(adopters[1] as Worker, { kind: 'adoptions', adopted: [2, 4], refused: [] });
@@ -504,6 +513,171 @@ describe('HandoffRelay', () => {
       { id: 3, adopted: false },
       { id: 1, adopted: false },
       { id: 2, adopted: false },
+    ]);
+  });
+
+  /** The same generations, every worker with a descriptor channel and able to stage. */
+  function stagingGenerations() {
+    const generationsMade = generations();
+    const staging = (handsOff: string[], adopts: string[]) => ({
+      ...hooks(handsOff, adopts),
+      fdChannel: true,
+      stages: true,
+    });
+    for (const adopter of generationsMade.adopters) {
+      relay.onMessage(adopter, { kind: 'hooks', hooks: staging([], ['game']) });
+    }
+    relay.onMessage(generationsMade.sender, { kind: 'hooks', hooks: staging(['game'], ['game']) });
+    return generationsMade;
+  }
+
+  /** Stages `count` connections of `sender` in one batch and completes their sends; returns their handles. */
+  function stageConnections(sender: Worker, count: number): FakeHandle[] {
+    const handles = Array.from({ length: count }, (_, index) => new FakeHandle(index + 10));
+    relay.onBatch(
+      sender,
+      handles.map((_, index) => index + 1),
+      handles.map((handle, index) => ({
+        handle,
+        id: index + 1,
+        listener: 'game',
+        state: undefined,
+        staged: true,
+      })),
+    );
+    for (const entry of sent.filter((candidate) => candidate.message.baton === 'adopt')) entry.onSent(null);
+    for (const [id, error] of relayed.splice(0)) relay.onRelayed(id, error);
+    return handles;
+  }
+
+  test('a staged round: the connections go out while their old worker serves them, the new workers confirm they wrapped them, and only then are they frozen; their states follow them, what the old worker keeps is dropped, the commit is as before', () => {
+    const { old, fresh, sender, adopters } = stagingGenerations();
+    const [first, second] = adopters as [Worker, Worker];
+    const round = relay.start('switch', old, fresh, 500) as HandoffRound;
+    expect(messagesTo(sender, 'handoff')).toEqual([
+      { baton: 'handoff', listeners: ['game'], flushTimeoutMs: 500, stopAccepting: false, stage: true },
+    ]);
+    expect(round.state).toBe('staging');
+
+    const handles = stageConnections(sender, 4);
+    expect(sent.filter((entry) => entry.message.baton === 'adopt').map((entry) => entry.message)).toEqual([
+      { baton: 'adopt', relay: 1, listener: 'game', state: undefined, staged: true },
+      { baton: 'adopt', relay: 2, listener: 'game', state: undefined, staged: true },
+      { baton: 'adopt', relay: 3, listener: 'game', state: undefined, staged: true },
+      { baton: 'adopt', relay: 4, listener: 'game', state: undefined, staged: true },
+    ]);
+    expect(handles.every((handle) => handle.closed)).toBe(true);
+    // Until the old worker says it staged all it could, nobody is asked anything more.
+    expect(sent.some((entry) => entry.message.baton === 'handoff-prepare')).toBe(false);
+
+    relay.onMessage(sender, { kind: 'staged' });
+    expect(messagesTo(first, 'handoff-prepare')).toHaveLength(1);
+    expect(messagesTo(second, 'handoff-prepare')).toHaveLength(1);
+    relay.onMessage(first, { kind: 'prepared' });
+    // One new worker may still be wrapping: the sessions are not stopped yet.
+    expect(messagesTo(sender, 'handoff-freeze')).toEqual([]);
+    clock += 30;
+    relay.onMessage(second, { kind: 'prepared' });
+    expect(messagesTo(sender, 'handoff-freeze')).toEqual([{ baton: 'handoff-freeze' }]);
+    expect(round.state).toBe('sending');
+
+    relay.onMessage(sender, {
+      kind: 'states',
+      states: [
+        { id: 1, state: { coins: 1 } },
+        { id: 2, state: { coins: 2 } },
+        { id: 4, state: { coins: 4 } },
+        // Not a connection of this round: ignored.
+        { id: 99, state: {} },
+      ],
+      kept: [3],
+    });
+    expect(messagesTo(first, 'adopt-states')).toEqual([
+      { baton: 'adopt-states', states: [{ relay: 1, state: { coins: 1 } }] },
+    ]);
+    expect(messagesTo(second, 'adopt-states')).toEqual([
+      {
+        baton: 'adopt-states',
+        states: [
+          { relay: 2, state: { coins: 2 } },
+          { relay: 4, state: { coins: 4 } },
+        ],
+      },
+    ]);
+    expect(messagesTo(first, 'handoff-abort')).toEqual([{ baton: 'handoff-abort', relays: [3] }]);
+
+    relay.onFinished(sender, { offered: 4, sent: 3, kept: 1 });
+    expect(messagesTo(first, 'handoff-commit')).toEqual([{ baton: 'handoff-commit', relays: [1] }]);
+    expect(messagesTo(second, 'handoff-commit')).toEqual([{ baton: 'handoff-commit', relays: [2, 4] }]);
+    clock += 20;
+    relay.onMessage(first, { kind: 'adoptions', adopted: [1], refused: [] });
+    relay.onMessage(second, { kind: 'adoptions', adopted: [2, 4], refused: [] });
+    expect(messagesTo(second, 'handoff-go')).toEqual([{ baton: 'handoff-go', relays: [2, 4] }]);
+    // The kept one is the old worker's to count and resume: it is told only about the rest.
+    expect(settledTo(sender)).toEqual([1, 2, 4].map((id) => ({ id, adopted: true })));
+    expect(reports[0]).toMatchObject({ moved: 3, kept: 1, failed: 0, durationMs: 50 });
+    expect(logs.find((entry) => entry.msg === 'sessions moved')).toMatchObject({
+      durationMs: 50,
+      frozenMs: 20,
+    });
+    expect(relay.snapshot()).toMatchObject({ moved: 3, kept: 1, failed: 0, rounds: [{ inFlight: 0 }] });
+  });
+
+  test('a staged round aborted before the freeze stops nobody: a new worker that exits while wrapping, or one that never confirms', () => {
+    const { old, fresh, sender, adopters } = stagingGenerations();
+    const round = relay.start('switch', old, fresh, 500) as HandoffRound;
+    stageConnections(sender, 2);
+    (adopters[1] as Worker).markExited(1, null, 0);
+    relay.onWorkerExited(adopters[1] as Worker);
+    expect(round).toMatchObject({ outcome: 'aborted', abortCause: 'worker-exited' });
+    expect(messagesTo(sender, 'handoff-freeze')).toEqual([]);
+    expect(settledTo(sender)).toEqual([1, 2].map((id) => ({ id, adopted: false })));
+    expect(messagesTo(adopters[0] as Worker, 'handoff-abort')).toEqual([
+      { baton: 'handoff-abort', relays: [1] },
+    ]);
+
+    sent = [];
+    const alive = generations();
+    relay.onMessage(alive.adopters[0] as Worker, {
+      kind: 'hooks',
+      hooks: { ...hooks([], ['game']), fdChannel: true, stages: true },
+    });
+    relay.onMessage(alive.adopters[1] as Worker, {
+      kind: 'hooks',
+      hooks: { ...hooks([], ['game']), fdChannel: true, stages: true },
+    });
+    relay.onMessage(alive.sender, {
+      kind: 'hooks',
+      hooks: { ...hooks(['game'], ['game']), fdChannel: true, stages: true },
+    });
+    const next = relay.start('switch', alive.old, alive.fresh, 500) as HandoffRound;
+    stageConnections(alive.sender, 2);
+    relay.onMessage(alive.sender, { kind: 'staged' });
+    relay.onMessage(alive.adopters[0] as Worker, { kind: 'prepared' });
+    expect(deadlines.at(-1)?.ms).toBe(HANDOFF_ADOPT_TIMEOUT_MS);
+    relay.onDeadline(next);
+    expect(next).toMatchObject({ outcome: 'aborted', abortCause: 'no-answer' });
+    expect(next.abortReason).toMatch(/new worker 1 did not take the staged sessions/);
+    expect(messagesTo(alive.sender, 'handoff-freeze')).toEqual([]);
+  });
+
+  test('no staging unless the old worker and every adopter can: the request asks for none, and connections come whole', () => {
+    const { old, fresh, sender, adopters } = stagingGenerations();
+    // One adopter from before staging existed: it would take a connection without its state.
+    relay.onMessage(adopters[1] as Worker, {
+      kind: 'hooks',
+      hooks: { ...hooks([], ['game']), fdChannel: true },
+    });
+    const round = relay.start('switch', old, fresh, 500) as HandoffRound;
+    expect(messagesTo(sender, 'handoff')).toEqual([
+      { baton: 'handoff', listeners: ['game'], flushTimeoutMs: 500, stopAccepting: false },
+    ]);
+    expect(round.state).toBe('sending');
+    relayConnections(sender, 2);
+    relay.onFinished(sender, { offered: 2, sent: 2, kept: 0 });
+    expect(sent.some((entry) => entry.message.baton === 'handoff-prepare')).toBe(false);
+    expect(messagesTo(adopters[0] as Worker, 'handoff-commit')).toEqual([
+      { baton: 'handoff-commit', relays: [1] },
     ]);
   });
 
