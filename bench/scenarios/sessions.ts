@@ -529,6 +529,17 @@ function movedPerSecond(run: SessionsRun): number[] {
   return firstRounds(run).map((round) => (round.moved * 1000) / round.durationMs);
 }
 
+/** How long each reload's first round kept its sessions frozen (staged rounds: freeze → commit). */
+function frozenWindows(run: SessionsRun): number[] {
+  return firstRounds(run).flatMap((round) => (round.frozenMs === undefined ? [] : [round.frozenMs]));
+}
+
+/** The frozen window, median (max), or what the rounds did not report. */
+function frozenCell(run: SessionsRun): string {
+  const windows = frozenWindows(run);
+  return windows.length > 0 ? medianAndMax(windows) : 'not staged';
+}
+
 /**
  * Issue 17's figures: for each count of TCP sessions, how fast they moved and the pause of a moved
  * session, against the pause of a draining one (the same count of sessions, left on their old version).
@@ -559,6 +570,10 @@ function handoffAtScale(runs: SessionsRun[]): Section {
         ),
       ],
       [
+        'sessions frozen, from the freeze to the commit: median (max)',
+        ...sizes.map((sessions) => cell(sessions, (moved) => frozenCell(moved))),
+      ],
+      [
         'pause of a moved session / a draining one: median',
         ...sizes.map((sessions) =>
           cell(sessions, (moved, draining) =>
@@ -579,7 +594,7 @@ function handoffAtScale(runs: SessionsRun[]): Section {
         ),
       ],
     ],
-    note: "A session's pause is its longest round trip from the signal until the reload is over, median over sessions and reloads; a draining session crosses the same reloads on its old version (its own run, the same count of sessions and messages). Sessions moved per second: as in the table above.",
+    note: "A session's pause is its longest round trip from the signal until the reload is over, median over sessions and reloads; a draining session crosses the same reloads on its old version (its own run, the same count of sessions and messages). Sessions moved per second: as in the table above, over the whole round. A staged round first sends every connection to the new workers while the old ones still serve them; only from the freeze to the commit do the sessions wait (the master's `frozenMs`).",
   };
 }
 
@@ -655,6 +670,7 @@ export async function longSessions(context: BenchContext): Promise<ScenarioOutco
             'handoff round (`sessions moved` durationMs)',
             forHandoff((run) => medianAndMax(firstRounds(run).map((round) => round.durationMs))),
           ),
+          row('sessions frozen (freeze → commit)', forHandoff(frozenCell)),
           row(
             'sessions moved per second (min)',
             forHandoff((run) => {
