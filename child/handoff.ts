@@ -97,6 +97,7 @@ interface DescriptorLink {
   inbox: BatchInbox;
   entriesOf: typeof import('../supervisor/fd-channel.js').batchEntries;
   closeDescriptor(fd: number): void;
+  duplicate(fd: number): number;
 }
 
 /** A connection sent to the master; `settled` resolves once the round decided what became of it. */
@@ -364,6 +365,7 @@ export class SessionMover {
         ),
         entriesOf: channels.batchEntries,
         closeDescriptor: linux.closeDescriptor,
+        duplicate: linux.duplicateDescriptor,
       };
       return true;
     } catch {
@@ -443,9 +445,11 @@ export class SessionMover {
     flushTimeoutMs: number,
     link: DescriptorLink,
   ): Promise<void> {
+    let askedToFreeze: () => void = () => {};
     const freezeAsked = new Promise<true>((resolve) => {
-      this.#awaitingFreeze = () => resolve(true);
+      askedToFreeze = () => resolve(true);
     });
+    this.#awaitingFreeze = askedToFreeze;
     const sends: Array<Promise<Staged | undefined>> = [];
     for (const candidate of candidates) {
       const fd = isMovable(candidate.socket) ? streamHandleOf(candidate.socket)?.fd : undefined;
@@ -453,12 +457,25 @@ export class SessionMover {
         counts.kept++;
         continue;
       }
+      // A copy under a number of its own: the app serves the connection on, and may close it before
+      // the batch goes out, which must not free the number that is sent.
+      let copy: number;
+      try {
+        copy = link.duplicate(fd);
+      } catch {
+        counts.kept++;
+        continue;
+      }
       const staged = new Staged(this.#nextId++, candidate);
       this.#settling.set(staged.id, (adopted) => staged.onSettled(adopted, this.#movedAway));
       sends.push(
-        link.outbox.send({ id: staged.id, listener: candidate.listener, staged: true }, fd).then(
-          () => staged,
+        link.outbox.send({ id: staged.id, listener: candidate.listener, staged: true }, copy).then(
           () => {
+            link.closeDescriptor(copy);
+            return staged;
+          },
+          () => {
+            link.closeDescriptor(copy);
             // Never sent: nothing to settle, the connection simply goes on here.
             this.#settling.delete(staged.id);
             counts.kept++;
@@ -468,14 +485,28 @@ export class SessionMover {
       );
     }
     const staged = (await Promise.all(sends)).filter((entry): entry is Staged => entry !== undefined);
+    if (staged.length === 0) {
+      // Nothing to freeze: this worker's part of the round is over now.
+      if (this.#awaitingFreeze === askedToFreeze) this.#awaitingFreeze = undefined;
+      await this.#sendFinished(counts);
+      return;
+    }
     sendToMaster({ baton: 'handoff-staged', staged: staged.length });
     const allSettled = Promise.all(staged.map((entry) => entry.settled));
     const frozen = await Promise.race([freezeAsked, allSettled.then(() => false as const)]);
-    if (frozen) {
+    if (!frozen) {
+      // Every connection was settled before the freeze (refused by its new worker, or the round was
+      // aborted): a freeze that still comes is answered with the counts.
+      if (this.#awaitingFreeze === askedToFreeze) {
+        this.#awaitingFreeze = () => void this.#sendFinished(counts);
+      }
+    } else {
       const deadline = performance.now() + flushTimeoutMs;
       const outbox = new StatesOutbox();
       await Promise.all(
         staged.map(async (entry) => {
+          // Settled before the freeze (its new worker refused it): the master counted it already.
+          if (entry.phase === 'done') return;
           const state = await this.#freeze(entry, deadline).catch((error: unknown) => {
             console.error('baton: moving a connection failed; it stays in this worker', error);
             return undefined;
@@ -525,6 +556,12 @@ export class SessionMover {
       return keep();
     }
     if (state === undefined || !isMovable(socket)) return keep();
+    if (!isSerializable(state)) {
+      console.error(
+        'baton: an onHandoff hook returned a state that JSON cannot carry; the connection stays in this worker',
+      );
+      return keep();
+    }
     while (!isQuiet(socket)) {
       if (!(await waitQuiet(socket, deadline))) return keep();
     }
@@ -611,11 +648,16 @@ export class SessionMover {
 
   /** Holds a connection the master relayed, reading nothing, until the round asks to adopt it. */
   #hold(request: AdoptRequest, handle: unknown): void {
-    if (!isStreamHandle(handle)) {
+    if (request.staged === true && isStreamHandle(handle)) closeQuietly(handle);
+    if (request.staged === true || !isStreamHandle(handle)) {
       sendToMaster({
         baton: 'adopt-refused',
         relay: request.relay,
-        reason: 'no connection came with the message',
+        // A staged connection's state comes later: only a worker that stages may take one.
+        reason:
+          request.staged === true
+            ? 'a staged connection came over IPC'
+            : 'no connection came with the message',
       });
       return;
     }
@@ -730,6 +772,9 @@ export class SessionMover {
       const outcome = outcomes[index];
       return typeof outcome === 'string' ? [{ relay, reason: outcome }] : [];
     });
+    // What is not adopted goes on in its old worker: this worker's copy (a staged one whose state never
+    // came) is closed now, whatever the round decides.
+    for (const { relay } of refused) this.#closeHeld(relay);
     sendToMaster({ baton: 'adoptions', adopted, refused });
   }
 
@@ -794,6 +839,16 @@ export class SessionMover {
 /** The relay numbers of a notice from the master (anything else in the list is ignored). */
 function relaysOf(notice: { relays: unknown }): number[] {
   return Array.isArray(notice.relays) ? notice.relays.filter((relay) => Number.isInteger(relay)) : [];
+}
+
+/** Whether `state` survives the IPC channel's JSON (no BigInt, no cycle). */
+function isSerializable(state: unknown): boolean {
+  try {
+    JSON.stringify(state);
+    return true;
+  } catch {
+    return false;
+  }
 }
 
 /** A connection that can move: open both ways, owned by no HTTP parser. */

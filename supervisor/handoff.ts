@@ -247,6 +247,8 @@ export class HandoffRound {
   prepareAsked = false;
   /** When the staged connections were frozen: from then on their sessions wait for the commit. */
   frozenAt: number | undefined;
+  /** The phase whose deadline passed already (its next one aborts the round). */
+  overdue: HandoffRoundState | undefined;
   /** Connections given to each adopter in this round, on top of what it held when first chosen. */
   private readonly given = new Map<Worker, { baseline: number; count: number }>();
 
@@ -449,9 +451,8 @@ export class HandoffRelay {
     // Thousands of sessions may go through the code below: worth V8's optimizing compilers from now on.
     optimizeFromNowOn();
     // Staged only when every adopter knows it, so that none takes a connection without its state.
-    const adoptersStage = adopters.every((worker) => this.hooks.get(worker)?.stages === true);
-    const stages = (worker: Worker) =>
-      adoptersStage && this.hooks.get(worker)?.stages === true && this.hooks.get(worker)?.fdChannel === true;
+    const adoptersStage = adopters.every((worker) => this.stages(worker));
+    const stages = (worker: Worker) => adoptersStage && this.stages(worker);
     const staged = senders.some(stages);
     const now = this.ports.now();
     const round = new HandoffRound(kind, from, to, listeners, senders, now, flushTimeoutMs, staged);
@@ -515,6 +516,12 @@ export class HandoffRelay {
     this.totals.moved += counts.moved;
     this.totals.kept += counts.kept;
     this.totals.failed += counts.failed;
+  }
+
+  /** Whether `worker` takes part in staged rounds: it said so, with its descriptor channel open. */
+  private stages(worker: Worker): boolean {
+    const hooks = this.hooks.get(worker);
+    return hooks?.stages === true && hooks.fdChannel === true;
   }
 
   /** Whether `worker` takes connections on its descriptor channel (it said so with its hooks). */
@@ -603,10 +610,12 @@ export class HandoffRelay {
     staged = false,
   ): void {
     const { round } = batch;
+    // A staged connection's state comes later: only a worker that stages may take it.
+    const candidates = batch.adoptersOf(listener);
     const adopter =
       round &&
       chooseAdopter(
-        batch.adoptersOf(listener).map((worker) => ({
+        (staged ? candidates.filter((worker) => this.stages(worker)) : candidates).map((worker) => ({
           adopter: worker,
           load: round.loadOf(worker),
         })),
@@ -807,10 +816,22 @@ export class HandoffRelay {
         'no-answer',
       );
     } else if (round.state === 'staging' || round.state === 'sending') {
+      const phase = round.state;
+      if (round.overdue === phase) {
+        // Past a second deadline, connections are still being written: a new worker does not read.
+        this.abort(round, 'the new workers did not take the connections in time', 'no-answer');
+        return;
+      }
+      round.overdue = phase;
       // Old workers that are still busy keep what they have not sent yet.
-      round.incomplete = round.waitingFor.size > 0;
+      round.incomplete ||= round.waitingFor.size > 0;
       round.waitingFor.clear();
+      const timer = round.timer;
       this.advance(round);
+      // Still in this phase with nothing else armed: what is being written gets one more deadline.
+      if (round.state === phase && round.timer === timer) {
+        round.timer = this.ports.deadline(round, HANDOFF_ADOPT_TIMEOUT_MS);
+      }
     } else if (round.state === 'adopting') {
       const late = [...round.answering].map((worker) => worker.index);
       this.abort(
@@ -947,6 +968,7 @@ export class HandoffRelay {
     }
     if (round.answering.size > 0) return false;
     round.state = 'sending';
+    round.overdue = undefined;
     round.frozenAt = this.ports.now();
     round.timer?.cancel();
     for (const sender of round.stagers) {
@@ -963,6 +985,15 @@ export class HandoffRelay {
   /** Every adopter answered: the adopted connections start in their new workers and leave the old ones. */
   private commit(round: HandoffRound): void {
     const flights = [...this.flightsOf(round)];
+    // A staged connection adopted without its state cannot be: it stays in its old worker, and the new
+    // worker drops its copy.
+    const stateless = flights.filter(([, flight]) => flight.state === 'adopted' && !flight.hasState);
+    for (const [, flight] of stateless) flight.state = 'refused';
+    for (const [adopter, relays] of relaysByAdopter(new Map(stateless))) {
+      this.ports.send(adopter, { baton: 'handoff-abort', relays }, undefined, () => {
+        // A new worker that is gone has closed its copies already.
+      });
+    }
     const go = relaysByAdopter(new Map(flights.filter(([, flight]) => flight.state === 'adopted')));
     const settled = new SettledNotices();
     for (const [relay, flight] of flights) {

@@ -385,6 +385,7 @@ const SCM_RIGHTS = 1;
 const F_GETFD = 1;
 const F_SETFD = 2;
 const FD_CLOEXEC = 1;
+const F_DUPFD_CLOEXEC = 1030;
 /** sizeof(struct cmsghdr) on LP64 Linux: cmsg_len (size_t), cmsg_level, cmsg_type (int each). */
 const CMSG_HEADER = 16;
 
@@ -592,6 +593,18 @@ export function isCloseOnExec(fd: number): boolean {
   const flags = c.fcntl(fd, F_GETFD);
   if (flags < 0) throw new SystemCallError('fcntl', c.errno(), `F_GETFD ${fd}`);
   return (flags & FD_CLOEXEC) !== 0;
+}
+
+/**
+ * A close-on-exec copy of `fd` under a number of its own (the lowest free one from 3): the same open
+ * file, which stays open as long as either number does. A handoff sends such a copy of a connection
+ * the app still serves, so that closing the connection meanwhile cannot free the number that is sent.
+ */
+export function duplicateDescriptor(fd: number): number {
+  const c = loadDescriptorCalls();
+  const copy = c.fcntl(fd, F_DUPFD_CLOEXEC, 'int', 3);
+  if (copy < 0) throw new SystemCallError('fcntl', c.errno(), `F_DUPFD_CLOEXEC ${fd}`);
+  return copy;
 }
 
 /** Closes a descriptor this process owns (one received, or an end of a pair); EBADF is ignored. */

@@ -298,6 +298,45 @@ describe('live session handoff', () => {
     expect([...perWorker.values()].sort()).toEqual([25, 25]);
   });
 
+  test("a staged round where one old worker holds no session: the other's session moves without waiting for a deadline", async () => {
+    const { baton, gamePort } = await startApp();
+    const player = gameSession(gamePort);
+    expect(await player.request('work')).toBe('coins 2');
+    app.setVersion('2.0.0');
+    baton.signal('SIGUSR2');
+    const started = await baton.waitForLogMsg('handoff started', { gen: 1 }, 20_000);
+    expect(started).toMatchObject({ staged: true, workers: 2 });
+    const moved = await baton.waitForLogMsg('sessions moved', { gen: 1 }, 20_000);
+    // A round that waited for its deadline says incomplete.
+    expect(moved).toMatchObject({ moved: 1, kept: 0, failed: 0, incomplete: false, outcome: 'committed' });
+    expect(typeof moved.frozenMs).toBe('number');
+    expect(await player.request('whoami')).toMatch(/^version=2\.0\.0 pid=\d+ coins=2$/);
+    player.close();
+  });
+
+  test('a session whose state JSON cannot carry (a BigInt) stays on the old version; the old worker serves on', async () => {
+    editServer(
+      HANDOFF_HOOK,
+      "onHandoff('game', (socket) => { const state = sessions.get(socket)?.(); return state && state.coins >= 4 ? { ...state, big: 1n } : state; });\n",
+    );
+    const { baton, gamePort } = await startApp();
+    const plain = gameSession(gamePort);
+    const odd = gameSession(gamePort);
+    expect(await plain.request('work')).toBe('coins 2');
+    expect(await odd.request('work')).toBe('coins 2');
+    expect(await odd.request('work')).toBe('coins 4');
+    app.setVersion('2.0.0');
+    baton.signal('SIGUSR2');
+    const moved = await baton.waitForLogMsg('sessions moved', { gen: 1 }, 20_000);
+    expect(moved).toMatchObject({ moved: 1, kept: 1, failed: 0, outcome: 'committed' });
+    expect(await plain.request('whoami')).toMatch(/^version=2\.0\.0 pid=\d+ coins=2$/);
+    expect(await odd.request('whoami')).toMatch(/^version=1\.0\.0 pid=\d+ coins=4$/);
+    expect(await odd.request('work')).toBe('coins 6');
+    expect(baton.logs.some((entry) => entry.msg === 'worker exited' && entry.gen === 1)).toBe(false);
+    plain.close();
+    odd.close();
+  });
+
   test('sessions the old version declines stay on it and drain as before; the others move', async () => {
     // Version 1 keeps its rich players (10 coins or more) on the code that made them rich.
     const original = readFileSync(join(app.dir, 'server.js'), 'utf8');

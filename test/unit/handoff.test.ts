@@ -661,6 +661,49 @@ describe('HandoffRelay', () => {
     expect(messagesTo(alive.sender, 'handoff-freeze')).toEqual([]);
   });
 
+  test('a staged round keeps its promises when a new worker changes its mind: a staged connection goes only to a worker that stages, and one adopted without its state does not move', () => {
+    const { old, fresh, sender, adopters } = stagingGenerations();
+    const [first, second] = adopters as [Worker, Worker];
+    relay.start('switch', old, fresh, 500);
+    // The second adopter says its hooks again, without a descriptor channel (it would take a staged
+    // connection over IPC, without its state).
+    relay.onMessage(second, { kind: 'hooks', hooks: hooks([], ['game']) });
+    stageConnections(sender, 2);
+    expect(sent.filter((entry) => entry.message.baton === 'adopt').map((entry) => entry.to)).toEqual([
+      first,
+      first,
+    ]);
+    relay.onMessage(sender, { kind: 'staged' });
+    relay.onMessage(first, { kind: 'prepared' });
+    relay.onMessage(sender, { kind: 'states', states: [{ id: 1, state: { coins: 1 } }], kept: [] });
+    relay.onFinished(sender, { offered: 2, sent: 2, kept: 0 });
+    // The adopter says it adopted both, though the second's state never came: that one stays.
+    relay.onMessage(first, { kind: 'adoptions', adopted: [1, 2], refused: [] });
+    expect(messagesTo(first, 'handoff-go')).toEqual([{ baton: 'handoff-go', relays: [1] }]);
+    expect(messagesTo(first, 'handoff-abort')).toEqual([{ baton: 'handoff-abort', relays: [2] }]);
+    expect(settledTo(sender)).toEqual([
+      { id: 1, adopted: true },
+      { id: 2, adopted: false },
+    ]);
+  });
+
+  test('a staged round whose connections are never written (a new worker that does not read) gets one more deadline, then is aborted', () => {
+    const { old, fresh, sender } = stagingGenerations();
+    const round = relay.start('switch', old, fresh, 500) as HandoffRound;
+    relay.onBatch(
+      sender,
+      [1],
+      [{ handle: new FakeHandle(5), id: 1, listener: 'game', state: undefined, staged: true }],
+    );
+    relay.onMessage(sender, { kind: 'staged' });
+    relay.onDeadline(round);
+    expect(round.state).toBe('staging');
+    expect(deadlines.at(-1)).toMatchObject({ ms: HANDOFF_ADOPT_TIMEOUT_MS, cancelled: false });
+    relay.onDeadline(round);
+    expect(round).toMatchObject({ outcome: 'aborted', abortCause: 'no-answer' });
+    expect(settledTo(sender)).toEqual([{ id: 1, adopted: false }]);
+  });
+
   test('no staging unless the old worker and every adopter can: the request asks for none, and connections come whole', () => {
     const { old, fresh, sender, adopters } = stagingGenerations();
     // One adopter from before staging existed: it would take a connection without its state.

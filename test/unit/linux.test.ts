@@ -18,6 +18,7 @@ import {
   DESCRIPTORS_PER_MESSAGE_MAX,
   datagramSocketAt,
   decodeWaitStatus,
+  duplicateDescriptor,
   establishedTcpInodes,
   isCloseOnExec,
   listeningTcpPorts,
@@ -244,6 +245,26 @@ describe('the descriptor calls (koffi → socketpair, sendmsg/recvmsg with SCM_R
       closeDescriptor(right);
     }
     expect(() => isCloseOnExec(left)).toThrow(/EBADF/);
+  });
+
+  test('a copy of a descriptor is the same socket under its own number, close-on-exec, and outlives the original', () => {
+    const [left, right] = unixStreamPair();
+    const copy = duplicateDescriptor(left);
+    try {
+      expect(copy).not.toBe(left);
+      expect(copy).toBeGreaterThanOrEqual(3);
+      expect(isCloseOnExec(copy)).toBe(true);
+      expect(readlinkSync(`/proc/self/fd/${copy}`)).toBe(readlinkSync(`/proc/self/fd/${left}`));
+      closeDescriptor(left);
+      // The original's number is gone; the copy still writes to the same peer.
+      expect(() => isCloseOnExec(left)).toThrow(/EBADF/);
+      expect(sendWithDescriptors(copy, Buffer.from('still'), [])).toBe(5);
+      expect(receiveWithDescriptors(right, Buffer.alloc(8))?.bytes.toString()).toBe('still');
+    } finally {
+      closeDescriptor(copy);
+      closeDescriptor(right);
+    }
+    expect(() => duplicateDescriptor(copy)).toThrow(/EBADF/);
   });
 
   test('a second copy of the module binds the calls again (a test runner loads it once per file)', async () => {
