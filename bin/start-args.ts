@@ -101,7 +101,7 @@ export const START_OPTIONS = {
     requiresArg: true,
     defaultDescription: JSON.stringify(String(DEFAULTS.startNice)),
     describe:
-      "Start each worker at this lower CPU priority (nice 1-19) until it is ready: a reload's start-up takes less of the cores from the workers serving meanwhile, and takes longer; 0: off",
+      "Start each worker at this CPU priority (nice -20 to 19) until it is ready. Above 0, a reload's start-up takes less of the cores from the workers serving meanwhile, and takes longer; below 0 (root or CAP_SYS_NICE), it takes more of them and the new version takes over sooner; 0: off",
   },
   user: {
     type: 'string',

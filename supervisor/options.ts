@@ -9,6 +9,7 @@ import { isIP } from 'node:net';
 import { constants as osConstants } from 'node:os';
 import path from 'node:path';
 import { UsageError } from './errors.js';
+import { mayRaisePriority } from './priority.js';
 import { lookupId, primaryGroupOf } from './users.js';
 
 /** How many consecutive quick crashes of one worker slot count as a crash loop. */
@@ -45,6 +46,8 @@ export const CONNECTION_SAMPLE_INTERVAL_MS = 1000;
 export const IDLE_DRAIN_SAMPLES = 2;
 /** The highest `--start-nice`: 19, Linux's lowest priority. */
 export const MAX_NICE = 19;
+/** The lowest `--start-nice`: -20, Linux's highest priority (root or CAP_SYS_NICE only). */
+export const MIN_NICE = -20;
 /** The backlog of every listening socket (Node's own default). */
 export const LISTEN_BACKLOG = 511;
 
@@ -212,6 +215,20 @@ export function parseInteger(flag: string, text: unknown, min: number, max: numb
   return value === 0 ? 0 : value; // never -0
 }
 
+/**
+ * `--start-nice`: -20 to 19. Below 0 (a higher priority than the master's) needs root or CAP_SYS_NICE,
+ * checked now rather than found out at the first reload.
+ */
+function parseStartNice(flag: string, text: unknown, mayRaise: boolean | undefined): number {
+  const nice = parseInteger(flag, text, MIN_NICE, MAX_NICE);
+  if (nice < 0 && !(mayRaise ?? mayRaisePriority(nice))) {
+    throw new UsageError(
+      `\`${flag} ${nice}\` starts each worker at a higher priority, which needs root or CAP_SYS_NICE: run baton as root (or with that capability), or give a value from 0 to ${MAX_NICE}`,
+    );
+  }
+  return nice;
+}
+
 const LISTENER_NAME = /^[A-Za-z0-9_.-]{1,64}$/;
 const INET_URL = /^(tcp|udp):\/\/(\[[^\]]*\]|[^:/[\]]*):(\d+)$/;
 const UNIX_OPTIONS = new Set(['mode', 'owner', 'group']);
@@ -342,6 +359,8 @@ export interface RawStartArgs {
   watchdog?: unknown;
   /** `--start-nice 10`. */
   startNice?: unknown;
+  /** Whether this process may raise a priority (a negative `--start-nice`); read from /proc when absent. */
+  mayRaisePriority?: boolean;
   /** `--user NAME|UID` and `--group NAME|GID` for the workers. */
   user?: unknown;
   group?: unknown;
@@ -440,7 +459,7 @@ export function parseStartOptions(raw: RawStartArgs, fields: FieldNames = {}): M
     startNice:
       raw.startNice === undefined
         ? DEFAULTS.startNice
-        : parseInteger(flag('startNice', '--start-nice'), raw.startNice, 0, MAX_NICE),
+        : parseStartNice(flag('startNice', '--start-nice'), raw.startNice, raw.mayRaisePriority),
     ...parseWorkerUser(raw.user, raw.group, raw.masterUid ?? process.getuid?.() ?? 0),
     preload: raw.preload === undefined ? DEFAULTS.preload : raw.preload !== false,
     ...(raw.env === undefined ? {} : { env: raw.env }),

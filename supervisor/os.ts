@@ -14,7 +14,7 @@ import { type ChildEnd, closeDescriptor, reapChild } from './linux.js';
 import { SignalTarget } from './main-pid.js';
 import { InheritedIpcChannel, type RawSocketHandle, sendRawHandle, streamFd } from './node-internals.js';
 import { type NotifyChannel, NotifySockets } from './notify-socket.js';
-import { lowerPriority, restorePriority } from './priority.js';
+import { restorePriority, startAtPriority } from './priority.js';
 import {
   connectionCountFallback,
   countConnections,
@@ -321,7 +321,7 @@ export const realOs: Os = {
       return notStarted(error, callbacks);
     }
     // Now, while the worker is still the trampoline's shell: the threads a runtime starts later inherit it.
-    if (request.startNice && child.pid !== undefined) lowerPriority(child.pid, request.startNice);
+    if (request.startNice && child.pid !== undefined) startAtPriority(child.pid, request.startNice);
     // The worker has its own copy now (or the spawn failed): the master keeps only its end.
     if (fdChannel) closeDescriptor(fdChannel.peerFd);
     child.stderr?.on('data', (chunk: Buffer) => callbacks.onStderr(chunk));

@@ -1,6 +1,8 @@
 /**
- * `--start-nice`: a worker starts at a lower CPU priority and gets its own back once it is ready, so
- * that a new generation's start-up takes less of the cores from the workers that serve meanwhile.
+ * `--start-nice`: a worker starts at another CPU priority and gets its own back once it is ready. Above
+ * 0, a new generation's start-up takes less of the cores from the workers that serve meanwhile (and
+ * takes longer); below 0 (root or CAP_SYS_NICE), it takes more of them and the new version takes over
+ * sooner.
  *
  * Linux weighs CPU time two ways, and a worker meets either:
  * - **Autogroups** (`/proc/sys/kernel/sched_autogroup_enabled`, on by default on most distributions,
@@ -16,7 +18,7 @@
  *   it back (lowering nice) needs CAP_SYS_NICE or a RLIMIT_NICE that allows it: without them the
  *   worker keeps the lower priority, and the master says so once.
  */
-import { readdirSync, writeFileSync } from 'node:fs';
+import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
 import { setPriority } from 'node:os';
 import { processTree } from './proc.js';
 
@@ -24,8 +26,27 @@ import { processTree } from './proc.js';
 const AUTOGROUP_RETRY_MS = 110;
 const AUTOGROUP_TRIES = 20;
 
-/** Lowers the CPU priority of the process `pid` just spawned (and of every thread it has) to `nice`. */
-export function lowerPriority(pid: number, nice: number): void {
+/** CAP_SYS_NICE's bit in a capability set (linux/capability.h). */
+const CAP_SYS_NICE = 23n;
+
+/**
+ * Whether this process may set a priority as high as `nice` (below 0): it has CAP_SYS_NICE, or a
+ * RLIMIT_NICE that allows it (the kernel's own rule, for a thread and for a session alike).
+ */
+export function mayRaisePriority(nice: number): boolean {
+  try {
+    const effective = /^CapEff:\s*([0-9a-f]+)$/m.exec(readFileSync('/proc/self/status', 'utf8'))?.[1];
+    if (effective !== undefined && ((BigInt(`0x${effective}`) >> CAP_SYS_NICE) & 1n) === 1n) return true;
+    // RLIMIT_NICE n lets a process go down to nice 20 - n.
+    const soft = /^Max nice priority\s+(\S+)/m.exec(readFileSync('/proc/self/limits', 'utf8'))?.[1];
+    return soft === 'unlimited' || (soft !== undefined && 20 - Number(soft) <= nice);
+  } catch {
+    return false;
+  }
+}
+
+/** Sets the CPU priority of the process `pid` just spawned (and of every thread it has) to `nice`. */
+export function startAtPriority(pid: number, nice: number): void {
   setAutogroupNice(pid, nice);
   setThreadsNice(pid, nice);
 }

@@ -8,6 +8,7 @@
  * supervisor's memory as ratios to the app alone, measured first in the same run.
  */
 import { join } from 'node:path';
+import { mayRaisePriority } from '../../supervisor/priority.js';
 import {
   buckets,
   countLoad,
@@ -44,10 +45,21 @@ import { count, failures, megabytes, ms, ratio, type ScenarioOutcome } from '../
 
 /** Workers per generation. */
 const WORKERS = 2;
+/** The `--start-nice` of the runs whose new generation starts ahead of the serving one. */
+const HIGHER_START_NICE = -10;
 /** Client loops sending back to back. */
 export const CONCURRENCY = 16;
 /** Requests sent in the first moments (connections opening, JIT warming) count in no latency figure. */
 const WARM_UP_MS = 300;
+/** The runs this process can make: a negative `--start-nice` needs root or CAP_SYS_NICE. */
+function runKinds(): RunKind[] {
+  return RUNS.filter((kind) => (kind.startNice ?? 0) >= 0 || mayRaisePriority(kind.startNice ?? 0));
+}
+
+/** How many times a generation's worth of the app alone is started beside each run's load. */
+const START_UP_SAMPLES = 3;
+/** A bound on one such start, for the load's own time limit. */
+const START_TIMEOUT_BOUND_MS = 10_000;
 /** The pause between one reload's end (old generation retired) and the next signal. */
 const GAP_MS = 300;
 /** A bound on one reload, for the load's own time limit. */
@@ -70,20 +82,24 @@ interface RunKind {
   supervisor: Supervisor;
   /** bench/apps/plain.js with --no-preload instead of the example app: the master counts connections itself. */
   unreported: boolean;
-  /** `--start-nice`: the new generation starts at this lower CPU priority until it is ready. */
+  /** `--start-nice`: the new generation starts at this CPU priority until it is ready. */
   startNice?: number;
 }
 
 /**
  * The runs, in order; the third is the case issue 17 measured (Python, Go, any server written for
- * systemd), the fourth the same with `--start-nice` (issue 17: with and without in the same run), the
- * next two the same example app under PM2, the last two under a textbook node:cluster primary.
+ * systemd), the fourth the same with `--start-nice 10` (issue 17: with and without in the same run),
+ * the next two the first two with the new generation at a higher priority, the next two the same
+ * example app under PM2, the last two under a textbook node:cluster primary.
  */
 const RUNS: RunKind[] = [
   { mode: 'keep-alive', supervisor: 'baton', unreported: false },
   { mode: 'new connection', supervisor: 'baton', unreported: false },
   { mode: 'new connection', supervisor: 'baton', unreported: true },
   { mode: 'new connection', supervisor: 'baton', unreported: true, startNice: 10 },
+  // A higher priority for the new generation: root or CAP_SYS_NICE only (left out elsewhere, and said).
+  { mode: 'keep-alive', supervisor: 'baton', unreported: false, startNice: HIGHER_START_NICE },
+  { mode: 'new connection', supervisor: 'baton', unreported: false, startNice: HIGHER_START_NICE },
   { mode: 'keep-alive', supervisor: 'pm2', unreported: false },
   { mode: 'new connection', supervisor: 'pm2', unreported: false },
   { mode: 'keep-alive', supervisor: 'cluster', unreported: false },
@@ -115,6 +131,8 @@ export interface ReloadRun {
   requestsPerSecondWithout: number;
   /** The app alone's, under the same load just before this run. */
   aloneRequestsPerSecond: number;
+  /** Spawn → listening of a generation's worth of the app alone, started beside the same load (AppAlone). */
+  aloneStartUpUnderLoadMs: number[];
   /** The supervisor (baton's master, PM2's God daemon, the cluster primary): RSS before the load, and its peak (VmHWM) at the end. */
   supervisorRssIdleBytes: number;
   supervisorPeakRssBytes: number;
@@ -209,6 +227,12 @@ interface AppAlone {
   rssIdleBytes: number;
   /** Requests per second under `mode`'s load now, no reload. */
   throughput(mode: ConnectionMode): Promise<number>;
+  /**
+   * Spawn → listening of as many copies as a generation has workers, started at once while this app
+   * serves `mode`'s load: a reload's new generation starts on cores that busy. One figure per sample:
+   * the slowest copy's (a generation is ready when its last worker is).
+   */
+  startUpUnderLoad(mode: ConnectionMode): Promise<number[]>;
   /** Its peak RSS (VmHWM) so far. */
   peakRssBytes(): number;
   stop(): Promise<void>;
@@ -226,21 +250,44 @@ async function startAppAlone(context: BenchContext): Promise<AppAlone> {
   }
   const { started } = await startListeningAlone(command, app.dir, { env, listeners: 2 });
   const measureMs = pick(context, 1000, 2000);
+  const loadOn = (mode: ConnectionMode, maxDurationMs: number) =>
+    startHttpLoad({
+      port: Number(env.PORT),
+      path: '/',
+      keepAliveLoops: mode === 'keep-alive' ? CONCURRENCY : 0,
+      newConnectionLoops: mode === 'new connection' ? CONCURRENCY : 0,
+      maxRequests: 2_000_000,
+      maxDurationMs,
+      requestTimeoutMs: 10_000,
+    });
   return {
     startUpMs,
     rssIdleBytes: procUsage(started.pid).rssBytes,
     throughput: async (mode) => {
-      const load = startHttpLoad({
-        port: Number(env.PORT),
-        path: '/',
-        keepAliveLoops: mode === 'keep-alive' ? CONCURRENCY : 0,
-        newConnectionLoops: mode === 'new connection' ? CONCURRENCY : 0,
-        maxRequests: 2_000_000,
-        maxDurationMs: WARM_UP_MS + measureMs,
-        requestTimeoutMs: 10_000,
-      });
+      const load = loadOn(mode, WARM_UP_MS + measureMs);
       const from = (await load.started) + WARM_UP_MS;
       return throughput(await load.result, from, from + measureMs);
+    },
+    startUpUnderLoad: async (mode) => {
+      const samples: number[] = [];
+      const load = loadOn(mode, WARM_UP_MS + START_UP_SAMPLES * START_TIMEOUT_BOUND_MS);
+      try {
+        await load.started;
+        await sleep(WARM_UP_MS);
+        for (let sample = 0; sample < START_UP_SAMPLES; sample++) {
+          const ports: Array<Record<string, string>> = [];
+          for (let copy = 0; copy < WORKERS; copy++) {
+            ports.push({ PORT: String(await freeFixedPort()), GAME_PORT: String(await freeFixedPort()) });
+          }
+          const startUps = await Promise.all(
+            ports.map((copyEnv) => startUpAloneMs(command, app.dir, { env: copyEnv, listeners: 2 })),
+          );
+          samples.push(Math.max(...startUps));
+        }
+      } finally {
+        await load.stop().catch(() => load.kill());
+      }
+      return samples;
     },
     peakRssBytes: () => procUsage(started.pid).peakRssBytes,
     stop: async () => {
@@ -328,10 +375,16 @@ async function underCluster(app: AppDir): Promise<Supervised> {
   };
 }
 
+/** The app alone's figures under a run's load, measured just before that run. */
+interface AloneUnderLoad {
+  requestsPerSecond: number;
+  startUpMs: number[];
+}
+
 async function runMode(
   context: BenchContext,
   kind: RunKind,
-  aloneRequestsPerSecond: number,
+  alone: AloneUnderLoad,
 ): Promise<{ run: ReloadRun; panel: ChartPanel }> {
   const { mode } = kind;
   const app = exampleAppCopy();
@@ -350,13 +403,13 @@ async function runMode(
         label: runLabel(kind),
         mode,
         httpPort: supervised.httpPort,
-        // A run at --start-nice takes seconds per reload: fewer of them keep the bench within its time.
-        reloads: kind.startNice ? pick(context, 2, 5) : pick(context, 3, 10),
+        // A run at a lower priority takes seconds per reload: fewer of them keep the bench in its time.
+        reloads: (kind.startNice ?? 0) > 0 ? pick(context, 2, 5) : pick(context, 3, 10),
         reloadOnce: supervised.reloadOnce,
         setVersion: (version) => app.setVersion(version),
       });
       const memory = { rssIdleBytes, peakRssBytes: procUsage(supervised.supervisorPid).peakRssBytes };
-      return analyse(kind, across, memory, aloneRequestsPerSecond);
+      return analyse(kind, across, memory, alone);
     } finally {
       await supervised.stop();
     }
@@ -369,7 +422,7 @@ function analyse(
   kind: RunKind,
   { result, times, loadStartedAt, loadStoppedAt }: LoadAcrossReloads,
   memory: { rssIdleBytes: number; peakRssBytes: number },
-  aloneRequestsPerSecond: number,
+  alone: AloneUnderLoad,
 ): { run: ReloadRun; panel: ChartPanel } {
   const windows = times.map((step) => ({ from: step.signalAt, to: step.retiredAt ?? step.activeAt }));
   const { during, without } = latencyDuringAndWithout(result, windows, loadStartedAt + WARM_UP_MS);
@@ -388,7 +441,8 @@ function analyse(
     signalToRetiredMs: times.map((step) => (step.retiredAt ?? Number.NaN) - step.signalAt),
     requestsPerSecond: throughput(result, loadStartedAt + WARM_UP_MS, loadStoppedAt),
     requestsPerSecondWithout: throughputOutside(result, windows, loadStartedAt + WARM_UP_MS, loadStoppedAt),
-    aloneRequestsPerSecond,
+    aloneRequestsPerSecond: alone.requestsPerSecond,
+    aloneStartUpUnderLoadMs: alone.startUpMs,
     supervisorRssIdleBytes: memory.rssIdleBytes,
     supervisorPeakRssBytes: memory.peakRssBytes,
     errors: result.errors,
@@ -436,10 +490,11 @@ export async function reloadUnderLoad(
   const panels: ChartPanel[] = [];
   let alonePeakRssBytes: number;
   try {
-    for (const kind of RUNS) {
+    for (const kind of runKinds()) {
       context.progress(`scenario 1, reload under load: the app alone, then ${runLabel(kind)}`);
-      const aloneRequestsPerSecond = await alone.throughput(kind.mode);
-      const { run, panel } = await runMode(context, kind, aloneRequestsPerSecond);
+      const requestsPerSecond = await alone.throughput(kind.mode);
+      const startUpMs = await alone.startUpUnderLoad(kind.mode);
+      const { run, panel } = await runMode(context, kind, { requestsPerSecond, startUpMs });
       runs.push(run);
       panels.push(panel);
     }
@@ -499,6 +554,11 @@ export async function reloadUnderLoad(
             '… as a ratio to the app alone: spawn → listening',
             (run) => `${ratio(median(run.signalToNewVersionOnlyMs) / aloneStartUpMs)}`,
           ),
+          row(
+            '… as a ratio to the app alone started beside the same load',
+            (run) =>
+              `${ratio(median(run.signalToNewVersionOnlyMs) / median(run.aloneStartUpUnderLoadMs))} (${ms(median(run.aloneStartUpUnderLoadMs))})`,
+          ),
           row('signal → old generation retired (PM2: `pm2 reload` returned)', (run) =>
             medianAndMax(run.signalToRetiredMs),
           ),
@@ -514,11 +574,12 @@ export async function reloadUnderLoad(
           ),
         ],
         note:
-          `${WORKERS} workers of the example app (the third and fourth columns: bench/apps/plain.js, a plain node:http server on fd 3 that says ready with process.send('ready') and never reports its connections, under --no-preload; the fourth with --start-nice 10, each new worker at nice 10 until it is ready), ${CONCURRENCY} client loops. ` +
+          `${WORKERS} workers of the example app (the third and fourth columns: bench/apps/plain.js, a plain node:http server on fd 3 that says ready with process.send('ready') and never reports its connections, under --no-preload; the fourth with --start-nice 10, each new worker at nice 10 until it is ready; the columns with --start-nice ${HIGHER_START_NICE}: the example app, each new worker at nice ${HIGHER_START_NICE} until it is ready, which needs root or CAP_SYS_NICE${runKinds().length < RUNS.length ? ' (left out of this run: this bench runs without them)' : ''}), ${CONCURRENCY} client loops. ` +
           `PM2: the same example app under \`pm2 start server.js -i ${WORKERS} --wait-ready\` (cluster mode: the God daemon accepts every connection and passes it to a worker; its ready() sends PM2's 'ready'; it drains on SIGINT, PM2's stop signal; default kill_timeout), reloaded with \`pm2 reload\`, whose "signal" is the command's spawn (its own start-up included) and whose end is the command's return; the supervisor is the God daemon. ` +
           `node:cluster: the same example app under bench/apps/cluster.js, a textbook primary (round-robin: it accepts every connection and passes it to a worker) whose SIGUSR2 forks ${WORKERS} new workers, waits until each listens on both ports, then disconnect()s the old ones (kill() after 2 s, as Node's documentation shows; the example app drains on that SIGTERM); the supervisor is the primary. ` +
           `"During reloads" is from each signal until the old generation retired (PM2: the command returned); "without" is the rest of the same run. Times are medians over the reloads. ` +
-          `The app alone (\`node server.js\` with ports of its own, no supervisor, no reload, idle beside the runs): spawn → both listeners open ${ms(aloneStartUpMs)} (median of ${alone.startUpMs.length}, /proc), RSS ${megabytes(alone.rssIdleBytes)} listening, peak ${megabytes(alonePeakRssBytes)} after its loads; its req/s under each run's load, measured just before that run: ${runs.map((run) => `${count(run.aloneRequestsPerSecond)}`).join(', ')}.`,
+          `The app alone (\`node server.js\` with ports of its own, no supervisor, no reload, idle beside the runs): spawn → both listeners open ${ms(aloneStartUpMs)} (median of ${alone.startUpMs.length}, /proc), RSS ${megabytes(alone.rssIdleBytes)} listening, peak ${megabytes(alonePeakRssBytes)} after its loads; its req/s under each run's load, measured just before that run: ${runs.map((run) => `${count(run.aloneRequestsPerSecond)}`).join(', ')}. ` +
+          `Beside the same load, just before each run, ${WORKERS} more copies of the app alone started at once, ${START_UP_SAMPLES} times, while the first served the load, as a reload's new generation starts while the old one serves: spawn → both listeners open of the slower copy, median of ${START_UP_SAMPLES}.`,
       },
     ],
     checks: baton.map((run) => ({

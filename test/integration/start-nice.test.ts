@@ -5,6 +5,7 @@
  */
 import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { afterEach, beforeEach, describe, expect, test } from '@jest/globals';
+import { mayRaisePriority } from '../../supervisor/priority.js';
 import { httpGetJson } from '../helpers/load.js';
 import { type AppDir, killAll, makeAppDir, startBaton } from '../helpers/processes.js';
 import { waitFor } from '../helpers/wait.js';
@@ -99,6 +100,45 @@ describe('--start-nice', () => {
     }
   });
 
+  test('below 0, where the priority may be raised (root or CAP_SYS_NICE), a worker starts ahead of the others and serves at its own once ready; elsewhere, one clear line and exit 2', async () => {
+    const args = [
+      'start',
+      '--listen',
+      'http=tcp://127.0.0.1:0',
+      '--no-preload',
+      '--ready',
+      'ipc',
+      '--start-nice',
+      '-5',
+      '--',
+      process.execPath,
+      'slow-ready.mjs',
+    ];
+    const baton = startBaton(args, { cwd: app.dir });
+    if (!mayRaisePriority(-5)) {
+      expect((await baton.waitForExit(10_000)).exitCode).toBe(2);
+      expect(baton.output.trim()).toBe(
+        "baton: `--start-nice -5` starts each worker at a higher priority, which needs root or CAP_SYS_NICE: run baton as root (or with that capability), or give a value from 0 to 19 (see 'baton --help')",
+      );
+      return;
+    }
+    const port = await baton.listenPort('http');
+    const answer = await waitFor(() => httpGetJson(port, '/').catch(() => undefined), {
+      timeoutMs: 10_000,
+      what: 'the starting worker to answer',
+    });
+    const pid = (answer?.body as { pid?: number } | undefined)?.pid as number;
+    expect(new Set(threadNices(pid))).toEqual(new Set([-5]));
+    const group = autogroupNice(pid);
+    if (group !== undefined) expect(group).toBe(-5);
+    process.kill(pid, 'SIGUSR1');
+    await baton.waitForLogMsg('worker ready', { gen: 1, pid });
+    expect(new Set(threadNices(pid))).toEqual(new Set([0]));
+    if (group !== undefined) {
+      await waitFor(() => autogroupNice(pid) === 0, { timeoutMs: 5_000, what: 'the session nice back to 0' });
+    }
+  });
+
   test('a value out of range is one clear line and exit 2', async () => {
     const baton = startBaton([
       'start',
@@ -113,7 +153,7 @@ describe('--start-nice', () => {
     ]);
     expect((await baton.waitForExit(10_000)).exitCode).toBe(2);
     expect(baton.output.trim()).toBe(
-      "baton: Expected `--start-nice` to be a whole number from 0 to 19, got '20' (see 'baton --help')",
+      "baton: Expected `--start-nice` to be a whole number from -20 to 19, got '20' (see 'baton --help')",
     );
   });
 });

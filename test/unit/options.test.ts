@@ -1,3 +1,4 @@
+import { getPriority, setPriority } from 'node:os';
 import { describe, expect, test } from '@jest/globals';
 import { UsageError } from '../../supervisor/errors.js';
 import {
@@ -10,6 +11,7 @@ import {
   parseStartOptions,
   parseWorkerUser,
 } from '../../supervisor/options.js';
+import { mayRaisePriority } from '../../supervisor/priority.js';
 
 describe('parseDuration', () => {
   test('reads every unit', () => {
@@ -191,6 +193,36 @@ describe('strict where lenient would surprise', () => {
   test('a Unix path with a control character, and a repeated option, are refused', () => {
     expect(() => parseListen('unix:/tmp/a\nb.sock', 0)).toThrow(/control characters/);
     expect(() => parseListen('unix:/tmp/a.sock?mode=600&mode=644', 0)).toThrow(/give 'mode' once/);
+  });
+});
+
+describe('--start-nice', () => {
+  const base = { listen: ['tcp://127.0.0.1:0'], command: ['node', 'server.js'] };
+  test('from -20 to 19; below 0 only where the priority may be raised (root or CAP_SYS_NICE)', () => {
+    expect(parseStartOptions(base).startNice).toBe(0);
+    expect(parseStartOptions({ ...base, startNice: '10' }).startNice).toBe(10);
+    expect(parseStartOptions({ ...base, startNice: '-10', mayRaisePriority: true }).startNice).toBe(-10);
+    expect(() => parseStartOptions({ ...base, startNice: '-10', mayRaisePriority: false })).toThrow(
+      '`--start-nice -10` starts each worker at a higher priority, which needs root or CAP_SYS_NICE: run baton as root (or with that capability), or give a value from 0 to 19',
+    );
+    expect(() => parseStartOptions({ ...base, startNice: '-21', mayRaisePriority: true })).toThrow(
+      "Expected `--start-nice` to be a whole number from -20 to 19, got '-21'",
+    );
+  });
+
+  test('this process may raise a priority exactly when the kernel lets it', () => {
+    // The kernel's answer: raise this thread's own priority by one, then give it back (always allowed).
+    const before = getPriority(0);
+    let raised: boolean;
+    try {
+      setPriority(0, before - 1);
+      raised = true;
+    } catch {
+      raised = false;
+    } finally {
+      setPriority(0, before);
+    }
+    expect(mayRaisePriority(before - 1)).toBe(raised);
   });
 });
 
