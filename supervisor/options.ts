@@ -223,7 +223,7 @@ function parseStartNice(flag: string, text: unknown, mayRaise: boolean | undefin
   const nice = parseInteger(flag, text, MIN_NICE, MAX_NICE);
   if (nice < 0 && !(mayRaise ?? mayRaisePriority(nice))) {
     throw new UsageError(
-      `\`${flag} ${nice}\` starts each worker at a higher priority, which needs root or CAP_SYS_NICE: run baton as root (or with that capability), or give a value from 0 to ${MAX_NICE}`,
+      `\`${flag}\` ${nice} asks for a priority above baton's own, which needs CAP_SYS_NICE (root has it, unless a container or a user namespace leaves it out: \`docker run --cap-add SYS_NICE\`) or a RLIMIT_NICE that allows it (systemd's LimitNICE=): give baton one of them, or a value from 0 to ${MAX_NICE}`,
     );
   }
   return nice;

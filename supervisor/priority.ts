@@ -18,36 +18,45 @@
  *   it back (lowering nice) needs CAP_SYS_NICE or a RLIMIT_NICE that allows it: without them the
  *   worker keeps the lower priority, and the master says so once.
  */
-import { readdirSync, readFileSync, writeFileSync } from 'node:fs';
-import { setPriority } from 'node:os';
+import { readdirSync, writeFileSync } from 'node:fs';
+import { getPriority, setPriority } from 'node:os';
 import { processTree } from './proc.js';
 
 /** How often, and how many times, a session's nice is tried again after EAGAIN (the kernel's 100 ms). */
 const AUTOGROUP_RETRY_MS = 110;
 const AUTOGROUP_TRIES = 20;
 
-/** CAP_SYS_NICE's bit in a capability set (linux/capability.h). */
-const CAP_SYS_NICE = 23n;
-
 /**
- * Whether this process may set a priority as high as `nice` (below 0): it has CAP_SYS_NICE, or a
- * RLIMIT_NICE that allows it (the kernel's own rule, for a thread and for a session alike).
+ * Whether this process may set a priority as high as `nice` (below 0). Asked of the kernel itself, on
+ * this thread, then put back (going back down is always allowed): its rule (CAP_SYS_NICE in the
+ * initial user namespace, or a RLIMIT_NICE that allows it) is not what /proc/self/status shows inside
+ * a user namespace (a rootless container), where root has every capability on paper and none here.
  */
 export function mayRaisePriority(nice: number): boolean {
+  let before: number;
   try {
-    const effective = /^CapEff:\s*([0-9a-f]+)$/m.exec(readFileSync('/proc/self/status', 'utf8'))?.[1];
-    if (effective !== undefined && ((BigInt(`0x${effective}`) >> CAP_SYS_NICE) & 1n) === 1n) return true;
-    // RLIMIT_NICE n lets a process go down to nice 20 - n.
-    const soft = /^Max nice priority\s+(\S+)/m.exec(readFileSync('/proc/self/limits', 'utf8'))?.[1];
-    return soft === 'unlimited' || (soft !== undefined && 20 - Number(soft) <= nice);
+    before = getPriority(0);
   } catch {
     return false;
+  }
+  if (nice >= before) return true;
+  try {
+    setPriority(0, nice);
+    return true;
+  } catch {
+    return false;
+  } finally {
+    try {
+      setPriority(0, before);
+    } catch {
+      // A thread may always lower its own priority back.
+    }
   }
 }
 
 /** Sets the CPU priority of the process `pid` just spawned (and of every thread it has) to `nice`. */
 export function startAtPriority(pid: number, nice: number): void {
-  setAutogroupNice(pid, nice);
+  setAutogroupNice(pid, nice, AUTOGROUP_TRIES);
   setThreadsNice(pid, nice);
 }
 
@@ -56,7 +65,8 @@ export function startAtPriority(pid: number, nice: number): void {
  * (no CAP_SYS_NICE), undefined when it did or when the worker is gone.
  */
 export function restorePriority(pid: number): string | undefined {
-  setAutogroupNice(pid, 0);
+  // Tried for as long as the worker lives: a session left ahead of the others would keep its cores.
+  setAutogroupNice(pid, 0, Number.POSITIVE_INFINITY);
   return setThreadsNice(pid, 0);
 }
 
@@ -67,7 +77,7 @@ export function restorePriority(pid: number): string | undefined {
 const autogroupTargets = new Map<number, NodeJS.Timeout | undefined>();
 
 /** The session's nice, where autogroups are on; tried again on EAGAIN (see above) while the process lives. */
-function setAutogroupNice(pid: number, nice: number): void {
+function setAutogroupNice(pid: number, nice: number, tries: number): void {
   clearTimeout(autogroupTargets.get(pid));
   autogroupTargets.delete(pid);
   const attempt = (triesLeft: number) => {
@@ -85,31 +95,45 @@ function setAutogroupNice(pid: number, nice: number): void {
       autogroupTargets.set(pid, retry);
     }
   };
-  attempt(AUTOGROUP_TRIES);
+  attempt(tries);
 }
 
-/** Every thread of `pid`'s tree to `nice`; the first refusal's reason, if any. */
+/** How many passes over a tree catch the threads and processes started while it was being set. */
+const THREAD_PASSES = 3;
+
+/**
+ * Every thread of `pid`'s tree to `nice`; the first refusal's reason, if any. A thread started by one
+ * not set yet inherits the old value: the tree is read again until a pass finds nothing new.
+ */
 function setThreadsNice(pid: number, nice: number): string | undefined {
   let refused: string | undefined;
-  for (const member of processTree(pid)) {
-    let threads: string[];
-    try {
-      threads = readdirSync(`/proc/${member}/task`);
-    } catch {
-      continue; // exited meanwhile
-    }
-    for (const tid of threads) {
+  const done = new Set<string>();
+  for (let pass = 0; pass < THREAD_PASSES; pass++) {
+    let found = false;
+    for (const member of processTree(pid)) {
+      let threads: string[];
       try {
-        // On Linux setpriority(PRIO_PROCESS, tid) sets that one thread.
-        setPriority(Number(tid), nice);
-      } catch (error) {
-        // os.setPriority throws ERR_SYSTEM_ERROR with the errno's name in `info.code`.
-        const { info, code: nodeCode } = error as { info?: { code?: string }; code?: string };
-        const code = info?.code ?? nodeCode;
-        if (code === 'ESRCH') continue;
-        refused ??= `${code ?? 'error'}: ${(error as Error).message}`;
+        threads = readdirSync(`/proc/${member}/task`);
+      } catch {
+        continue; // exited meanwhile
+      }
+      for (const tid of threads) {
+        if (done.has(tid)) continue;
+        done.add(tid);
+        found = true;
+        try {
+          // On Linux setpriority(PRIO_PROCESS, tid) sets that one thread.
+          setPriority(Number(tid), nice);
+        } catch (error) {
+          // os.setPriority throws ERR_SYSTEM_ERROR with the errno's name in `info.code`.
+          const { info, code: nodeCode } = error as { info?: { code?: string }; code?: string };
+          const code = info?.code ?? nodeCode;
+          if (code === 'ESRCH') continue;
+          refused ??= `${code ?? 'error'}: ${(error as Error).message}`;
+        }
       }
     }
+    if (!found) break;
   }
   return refused;
 }

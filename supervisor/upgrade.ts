@@ -439,8 +439,10 @@ export class Upgrade {
   private signalDrain(generation: Generation): void {
     generation.cancelTimers();
     generation.drainStartedAt ??= this.now();
-    const { drainSignal, drainTimeoutMs } = this.settingsOf(generation);
+    const settings = this.settingsOf(generation);
+    const { drainSignal, drainTimeoutMs } = settings;
     for (const worker of generation.liveWorkers) {
+      this.lowerIfStarting(worker, settings);
       if (worker.markDraining()) this.ports.kill(worker, drainSignal);
     }
     if (generation.liveWorkers.length === 0) {
@@ -454,13 +456,25 @@ export class Upgrade {
 
   /** Drains one worker (scale, replacement), with its own deadline. */
   drainWorker(worker: Worker): void {
-    if (!worker.markDraining()) return;
-    const { drainSignal, drainTimeoutMs } = this.settingsOf(
+    const settings = this.settingsOf(
       this.generations.find((generation) => generation.id === worker.generation),
     );
+    this.lowerIfStarting(worker, settings);
+    if (!worker.markDraining()) return;
+    const { drainSignal, drainTimeoutMs } = settings;
     this.ports.kill(worker, drainSignal);
     worker.killAt = this.now() + drainTimeoutMs;
     this.ports.os.setTimer(drainTimeoutMs, () => this.ports.dispatch({ type: 'worker-kill-due', worker }));
+  }
+
+  /**
+   * A worker drained before it was ready (its ready timeout, a failed release) gives back a priority
+   * above the others' (a negative --start-nice): a start-up stuck in a loop would keep it until killed.
+   */
+  private lowerIfStarting(worker: Worker, settings: MasterOptions): void {
+    if (worker.state === 'starting' && (settings.startNice ?? 0) < 0 && worker.pid !== undefined) {
+      this.ports.os.restorePriority?.(worker.pid);
+    }
   }
 
   onDrainTimeout(generation: Generation): void {

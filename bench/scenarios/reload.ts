@@ -33,6 +33,7 @@ import {
   type ReloadTimes,
   reload,
   removeAppCopy,
+  START_TIMEOUT_MS,
   sleep,
   startBatonApp,
   startHttpLoad,
@@ -58,8 +59,6 @@ function runKinds(): RunKind[] {
 
 /** How many times a generation's worth of the app alone is started beside each run's load. */
 const START_UP_SAMPLES = 3;
-/** A bound on one such start, for the load's own time limit. */
-const START_TIMEOUT_BOUND_MS = 10_000;
 /** The pause between one reload's end (old generation retired) and the next signal. */
 const GAP_MS = 300;
 /** A bound on one reload, for the load's own time limit. */
@@ -238,6 +237,16 @@ interface AppAlone {
   stop(): Promise<void>;
 }
 
+/** A free port not among `taken` (and taken from now on). */
+async function distinctPort(taken: Set<number>): Promise<number> {
+  for (;;) {
+    const port = await freeFixedPort();
+    if (taken.has(port)) continue;
+    taken.add(port);
+    return port;
+  }
+}
+
 /** Starts the example app alone (its own ports, as `PORT=... node server.js`) after timing its start-up. */
 async function startAppAlone(context: BenchContext): Promise<AppAlone> {
   const app = exampleAppCopy();
@@ -270,19 +279,27 @@ async function startAppAlone(context: BenchContext): Promise<AppAlone> {
     },
     startUpUnderLoad: async (mode) => {
       const samples: number[] = [];
-      const load = loadOn(mode, WARM_UP_MS + START_UP_SAMPLES * START_TIMEOUT_BOUND_MS);
+      // Bounded by the copies' own start deadline, so that no sample is taken once the load has ended.
+      const load = loadOn(mode, WARM_UP_MS + START_UP_SAMPLES * START_TIMEOUT_MS);
       try {
         await load.started;
         await sleep(WARM_UP_MS);
         for (let sample = 0; sample < START_UP_SAMPLES; sample++) {
-          const ports: Array<Record<string, string>> = [];
+          const ports = new Set<number>([Number(env.PORT), Number(env.GAME_PORT)]);
+          const copies: Array<Record<string, string>> = [];
           for (let copy = 0; copy < WORKERS; copy++) {
-            ports.push({ PORT: String(await freeFixedPort()), GAME_PORT: String(await freeFixedPort()) });
+            const pair = [await distinctPort(ports), await distinctPort(ports)];
+            copies.push({ PORT: String(pair[0]), GAME_PORT: String(pair[1]) });
           }
-          const startUps = await Promise.all(
-            ports.map((copyEnv) => startUpAloneMs(command, app.dir, { env: copyEnv, listeners: 2 })),
+          // Each copy is killed once it listens or fails; one failing fails the sample after both ended.
+          const startUps = await Promise.allSettled(
+            copies.map((copyEnv) => startUpAloneMs(command, app.dir, { env: copyEnv, listeners: 2 })),
           );
-          samples.push(Math.max(...startUps));
+          const failed = startUps.find((outcome) => outcome.status === 'rejected');
+          if (failed) throw failed.reason;
+          samples.push(
+            Math.max(...startUps.map((outcome) => (outcome as PromiseFulfilledResult<number>).value)),
+          );
         }
       } finally {
         await load.stop().catch(() => load.kill());
@@ -579,7 +596,7 @@ export async function reloadUnderLoad(
           `node:cluster: the same example app under bench/apps/cluster.js, a textbook primary (round-robin: it accepts every connection and passes it to a worker) whose SIGUSR2 forks ${WORKERS} new workers, waits until each listens on both ports, then disconnect()s the old ones (kill() after 2 s, as Node's documentation shows; the example app drains on that SIGTERM); the supervisor is the primary. ` +
           `"During reloads" is from each signal until the old generation retired (PM2: the command returned); "without" is the rest of the same run. Times are medians over the reloads. ` +
           `The app alone (\`node server.js\` with ports of its own, no supervisor, no reload, idle beside the runs): spawn → both listeners open ${ms(aloneStartUpMs)} (median of ${alone.startUpMs.length}, /proc), RSS ${megabytes(alone.rssIdleBytes)} listening, peak ${megabytes(alonePeakRssBytes)} after its loads; its req/s under each run's load, measured just before that run: ${runs.map((run) => `${count(run.aloneRequestsPerSecond)}`).join(', ')}. ` +
-          `Beside the same load, just before each run, ${WORKERS} more copies of the app alone started at once, ${START_UP_SAMPLES} times, while the first served the load, as a reload's new generation starts while the old one serves: spawn → both listeners open of the slower copy, median of ${START_UP_SAMPLES}.`,
+          `Beside the same load, just before each run, ${WORKERS} more copies of the example app alone started at once, ${START_UP_SAMPLES} times, while the first served the load, as a reload's new generation starts while the old one serves: spawn → both listeners open of the slower copy, median of ${START_UP_SAMPLES}. One process serves that load where a reload has ${WORKERS} serving workers (and the columns of plain.js run another app than the yardstick's), so it is a lower bound of a start-up on cores that busy.`,
       },
     ],
     checks: baton.map((run) => ({

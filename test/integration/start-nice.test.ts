@@ -19,6 +19,15 @@ process.once('SIGUSR1', () => process.send('ready'));
 process.once('SIGTERM', () => server.close());
 `;
 
+/** The same, but it ignores the drain signal: a start-up that hangs, still there while it drains. */
+const STUBBORN_APP = `
+import http from 'node:http';
+const server = http.createServer((request, response) => response.end(JSON.stringify({ pid: process.pid })));
+server.listen({ fd: 3 });
+process.once('SIGUSR1', () => process.send('ready'));
+process.on('SIGTERM', () => {});
+`;
+
 let app: AppDir;
 
 beforeEach(() => {
@@ -118,7 +127,7 @@ describe('--start-nice', () => {
     if (!mayRaisePriority(-5)) {
       expect((await baton.waitForExit(10_000)).exitCode).toBe(2);
       expect(baton.output.trim()).toBe(
-        "baton: `--start-nice -5` starts each worker at a higher priority, which needs root or CAP_SYS_NICE: run baton as root (or with that capability), or give a value from 0 to 19 (see 'baton --help')",
+        "baton: `--start-nice` -5 asks for a priority above baton's own, which needs CAP_SYS_NICE (root has it, unless a container or a user namespace leaves it out: `docker run --cap-add SYS_NICE`) or a RLIMIT_NICE that allows it (systemd's LimitNICE=): give baton one of them, or a value from 0 to 19 (see 'baton --help')",
       );
       return;
     }
@@ -136,6 +145,68 @@ describe('--start-nice', () => {
     expect(new Set(threadNices(pid))).toEqual(new Set([0]));
     if (group !== undefined) {
       await waitFor(() => autogroupNice(pid) === 0, { timeoutMs: 5_000, what: 'the session nice back to 0' });
+    }
+  });
+
+  test('a new worker at a higher priority that never says ready gives it back when it is drained at its ready timeout', async () => {
+    if (!mayRaisePriority(-5)) {
+      // Where the priority cannot be raised, the option is refused at start (the test above).
+      expect(mayRaisePriority(-5)).toBe(false);
+      return;
+    }
+    app.writeFile('stubborn.mjs', STUBBORN_APP);
+    const baton = startBaton(
+      [
+        'start',
+        '--listen',
+        'http=tcp://127.0.0.1:0',
+        '--no-preload',
+        '--ready',
+        'ipc',
+        '--ready-timeout',
+        '2s',
+        '--drain-timeout',
+        '20s',
+        '--start-nice',
+        '-5',
+        '--log-level',
+        'debug',
+        '--',
+        process.execPath,
+        'stubborn.mjs',
+      ],
+      { cwd: app.dir },
+    );
+    const port = await baton.listenPort('http');
+    const first = (await baton.waitForLogMsg('worker spawned', { gen: 1 })).pid as number;
+    // Once it answers, its SIGUSR1 handler is in place (before that, SIGUSR1 would start Node's inspector).
+    await waitFor(() => httpGetJson(port, '/').catch(() => undefined), {
+      timeoutMs: 10_000,
+      what: 'the first worker to answer',
+    });
+    process.kill(first, 'SIGUSR1');
+    await baton.waitForLogMsg('generation active', { gen: 1 });
+    baton.signal('SIGUSR2');
+    const second = (await baton.waitForLogMsg('worker spawned', { gen: 2 })).pid as number;
+    await waitFor(() => threadNices(second).length > 1, {
+      timeoutMs: 10_000,
+      what: 'the new worker to start',
+    });
+    expect(new Set(threadNices(second))).toEqual(new Set([-5]));
+    // It never says ready: at its ready timeout the reload fails and it drains, ignoring the signal.
+    await waitFor(() => baton.logs.some((entry) => entry.gen === 2 && entry.reason === 'ready-timeout'), {
+      timeoutMs: 10_000,
+      what: 'the reload to fail at the ready timeout',
+    });
+    await waitFor(() => threadNices(second).every((nice) => nice === 0), {
+      timeoutMs: 5_000,
+      what: "the drained worker's threads back to nice 0",
+    });
+    if (autogroupNice(second) !== undefined) {
+      await waitFor(() => autogroupNice(second) === 0, {
+        timeoutMs: 5_000,
+        what: 'the session nice back to 0',
+      });
     }
   });
 

@@ -1,4 +1,5 @@
-import { getPriority, setPriority } from 'node:os';
+import { spawnSync } from 'node:child_process';
+import { getPriority } from 'node:os';
 import { describe, expect, test } from '@jest/globals';
 import { UsageError } from '../../supervisor/errors.js';
 import {
@@ -196,6 +197,9 @@ describe('strict where lenient would surprise', () => {
   });
 });
 
+/** Whether this machine lets `unshare -r` make a user namespace (where root's capabilities are its own). */
+const inUserNamespace = spawnSync('unshare', ['-r', 'true']).status === 0;
+
 describe('--start-nice', () => {
   const base = { listen: ['tcp://127.0.0.1:0'], command: ['node', 'server.js'] };
   test('from -20 to 19; below 0 only where the priority may be raised (root or CAP_SYS_NICE)', () => {
@@ -203,27 +207,37 @@ describe('--start-nice', () => {
     expect(parseStartOptions({ ...base, startNice: '10' }).startNice).toBe(10);
     expect(parseStartOptions({ ...base, startNice: '-10', mayRaisePriority: true }).startNice).toBe(-10);
     expect(() => parseStartOptions({ ...base, startNice: '-10', mayRaisePriority: false })).toThrow(
-      '`--start-nice -10` starts each worker at a higher priority, which needs root or CAP_SYS_NICE: run baton as root (or with that capability), or give a value from 0 to 19',
+      "`--start-nice` -10 asks for a priority above baton's own, which needs CAP_SYS_NICE (root has it, unless a container or a user namespace leaves it out: `docker run --cap-add SYS_NICE`) or a RLIMIT_NICE that allows it (systemd's LimitNICE=): give baton one of them, or a value from 0 to 19",
     );
     expect(() => parseStartOptions({ ...base, startNice: '-21', mayRaisePriority: true })).toThrow(
       "Expected `--start-nice` to be a whole number from -20 to 19, got '-21'",
     );
   });
 
-  test('this process may raise a priority exactly when the kernel lets it', () => {
-    // The kernel's answer: raise this thread's own priority by one, then give it back (always allowed).
+  test('whether a priority may be raised is asked of the kernel, which leaves this thread as it was', () => {
     const before = getPriority(0);
-    let raised: boolean;
-    try {
-      setPriority(0, before - 1);
-      raised = true;
-    } catch {
-      raised = false;
-    } finally {
-      setPriority(0, before);
-    }
-    expect(mayRaisePriority(before - 1)).toBe(raised);
+    const may = mayRaisePriority(before - 1);
+    expect(getPriority(0)).toBe(before);
+    expect(mayRaisePriority(before)).toBe(true);
+    expect(mayRaisePriority(19)).toBe(true);
+    if (process.getuid?.() !== 0) expect(may).toBe(false);
   });
+
+  (inUserNamespace ? test : test.skip)(
+    `in a user namespace (a rootless container), root without the host's CAP_SYS_NICE may not${inUserNamespace ? '' : ' (skipped: `unshare -r` cannot make one here)'}`,
+    () => {
+      const priority = new URL('../../supervisor/priority.js', import.meta.url).href;
+      const script = `const m = await import(${JSON.stringify(priority)}); process.stdout.write(String(m.mayRaisePriority(-5)));`;
+      const run = spawnSync('unshare', ['-r', process.execPath, '--input-type=module', '-e', script], {
+        encoding: 'utf8',
+        timeout: 10_000,
+      });
+      expect(run.stdout).toBe('false');
+      // The namespace's root has every capability on paper.
+      const status = spawnSync('unshare', ['-r', 'cat', '/proc/self/status'], { encoding: 'utf8' }).stdout;
+      expect(/^CapEff:\s*0*1f+/m.test(status)).toBe(true);
+    },
+  );
 });
 
 describe('--watchdog', () => {
