@@ -59,29 +59,31 @@ function autogroupNice(pid: number): number | undefined {
   return Number(/nice (-?\d+)/.exec(readFileSync(file, 'utf8'))?.[1]);
 }
 
+/** baton on `script` (one of the apps above) under `--ready ipc`, with `extra` flags. */
+function startSlow(script: string, extra: string[]) {
+  return startBaton(
+    [
+      'start',
+      '--listen',
+      'http=tcp://127.0.0.1:0',
+      '--no-preload',
+      '--ready',
+      'ipc',
+      ...extra,
+      '--',
+      process.execPath,
+      script,
+    ],
+    { cwd: app.dir },
+  );
+}
+
 /** Whether this process may start workers above its own priority (root or CAP_SYS_NICE here). */
 const mayRaise = mayRaisePriority(-5);
 
 describe('--start-nice', () => {
   test('a worker starts at the lower priority, every thread of it, and serves at its own once ready', async () => {
-    const baton = startBaton(
-      [
-        'start',
-        '--listen',
-        'http=tcp://127.0.0.1:0',
-        '--no-preload',
-        '--ready',
-        'ipc',
-        '--start-nice',
-        '10',
-        '--log-level',
-        'debug',
-        '--',
-        process.execPath,
-        'slow-ready.mjs',
-      ],
-      { cwd: app.dir },
-    );
+    const baton = startSlow('slow-ready.mjs', ['--start-nice', '10', '--log-level', 'debug']);
     const port = await baton.listenPort('http');
     const pid = (await baton.waitForLogMsg('worker spawned', { gen: 1 })).pid as number;
     // Node has started its threads once it serves: each of them inherited the lower priority.
@@ -113,20 +115,7 @@ describe('--start-nice', () => {
   });
 
   test('below 0, where the priority may be raised (root or CAP_SYS_NICE), a worker starts ahead of the others and serves at its own once ready; elsewhere, one clear line and exit 2', async () => {
-    const args = [
-      'start',
-      '--listen',
-      'http=tcp://127.0.0.1:0',
-      '--no-preload',
-      '--ready',
-      'ipc',
-      '--start-nice',
-      '-5',
-      '--',
-      process.execPath,
-      'slow-ready.mjs',
-    ];
-    const baton = startBaton(args, { cwd: app.dir });
+    const baton = startSlow('slow-ready.mjs', ['--start-nice', '-5']);
     if (!mayRaisePriority(-5)) {
       expect((await baton.waitForExit(10_000)).exitCode).toBe(2);
       expect(baton.output.trim()).toBe(
@@ -155,28 +144,16 @@ describe('--start-nice', () => {
     `a new worker at a higher priority that never says ready gives it back when it is drained at its ready timeout${mayRaise ? '' : ' (skipped: this process may not raise a priority, so --start-nice below 0 is refused at start, as the test above checks)'}`,
     async () => {
       app.writeFile('stubborn.mjs', STUBBORN_APP);
-      const baton = startBaton(
-        [
-          'start',
-          '--listen',
-          'http=tcp://127.0.0.1:0',
-          '--no-preload',
-          '--ready',
-          'ipc',
-          '--ready-timeout',
-          '2s',
-          '--drain-timeout',
-          '20s',
-          '--start-nice',
-          '-5',
-          '--log-level',
-          'debug',
-          '--',
-          process.execPath,
-          'stubborn.mjs',
-        ],
-        { cwd: app.dir },
-      );
+      const baton = startSlow('stubborn.mjs', [
+        '--ready-timeout',
+        '2s',
+        '--drain-timeout',
+        '20s',
+        '--start-nice',
+        '-5',
+        '--log-level',
+        'debug',
+      ]);
       const port = await baton.listenPort('http');
       const first = (await baton.waitForLogMsg('worker spawned', { gen: 1 })).pid as number;
       // Once it answers, its SIGUSR1 handler is in place (before that, SIGUSR1 would start Node's inspector).
