@@ -7,6 +7,10 @@
  * new worker has answered does the master commit: the new worker lets the connection go, the old one
  * closes its copy. If anything fails before that, the new worker drops its copies and the old one reads
  * on from where it stopped.
+ *
+ * In a staged round (both sides with the descriptor channel), the old worker first sends a copy of each
+ * connection while it still serves it and the new worker wraps it; only when the master says freeze does
+ * the old worker stop each at a boundary and send its state, which the new worker's hook then adopts.
  */
 import { fstatSync } from 'node:fs';
 import type net from 'node:net';

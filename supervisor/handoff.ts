@@ -8,7 +8,9 @@
  * does the round commit: the new workers start reading, the old ones close their copies. A new worker
  * that exits or hangs before that aborts the round: every old worker resumes every connection where it
  * stopped, nothing read twice or lost, and the reload fails. A second round after the switch moves what
- * the old workers accepted meanwhile.
+ * the old workers accepted meanwhile. A staged round first passes the connections while their old
+ * workers still serve them, and asks for their states (the freeze) only once every new worker holds
+ * its share, so that the sessions wait for the states and the commit alone.
  *
  * The decisions are pure functions and one small class over plain data; the master feeds it its events
  * (messages, handles, exits, the send callbacks, deadlines) one at a time, from its dispatcher.
